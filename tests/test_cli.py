@@ -1,0 +1,142 @@
+"""`tsugiki merge` on bad input: one line naming the file/tensor, exit code 2, nothing written."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tsugiki.cli import main
+from helpers import copy_model, weights
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "tsugiki.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def write_recipe(tmp_path, body, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+def linear(*models):
+    return "merge_method: linear\nmodels:\n" + "".join(f"  - {{model: {m}, parameters: {{weight: 1.0}}}}\n" for m in models)
+
+
+def assert_clean_failure(res, out, *patterns):
+    assert res.returncode == 2, res.stderr
+    err_lines = [l for l in res.stderr.splitlines() if l.startswith("tsugiki: error:")]
+    assert len(err_lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    for p in patterns:
+        assert p in err_lines[0], err_lines[0]
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]  # no temp dirs left
+
+
+def test_help_lists_verbs(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for verb in ("merge", "inspect", "tiny-models", "demo"):
+        assert verb in text
+
+
+def test_merge_success_prints_output(tiny_siblings, tmp_path):
+    a, b, _ = tiny_siblings.variants
+    out = tmp_path / "out"
+    res = run_cli("merge", write_recipe(tmp_path, linear(a, b)), "-o", out, "-q")
+    assert res.returncode == 0, res.stderr
+    assert str(out) in res.stdout and (out / "config.json").exists()
+
+
+def test_shape_mismatch(tiny_siblings, tiny_mismatched_lm, tmp_path):
+    out = tmp_path / "out"
+    res = run_cli("merge", write_recipe(tmp_path, linear(tiny_siblings.base, tiny_mismatched_lm)), "-o", out)
+    assert_clean_failure(res, out, "shape [704, 48]", str(tiny_mismatched_lm), "differs from [704, 32]")
+
+
+def test_missing_tensor(tiny_siblings, tmp_path):
+    broken = copy_model(tiny_siblings.variants[0], tmp_path / "broken",
+                        lambda t: {k: v for k, v in t.items() if k != "model.layers.1.mlp.up_proj.weight"})
+    out = tmp_path / "out"
+    res = run_cli("merge", write_recipe(tmp_path, linear(tiny_siblings.base, broken)), "-o", out)
+    assert_clean_failure(res, out, "model.layers.1.mlp.up_proj.weight", "missing")
+
+
+def test_truncated_safetensors(tiny_siblings, tmp_path):
+    broken = copy_model(tiny_siblings.variants[0], tmp_path / "broken", lambda t: t)
+    f = broken / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    out = tmp_path / "out"
+    res = run_cli("merge", write_recipe(tmp_path, linear(tiny_siblings.base, broken)), "-o", out)
+    assert_clean_failure(res, out, str(f), "truncated")
+
+
+def test_pickle_refused_then_allowed(tiny_siblings, tmp_path):
+    pick = copy_model(tiny_siblings.variants[0], tmp_path / "pick", lambda t: t)
+    torch.save(weights(pick), pick / "pytorch_model.bin")
+    (pick / "model.safetensors").unlink()
+    recipe = write_recipe(tmp_path, linear(tiny_siblings.base, pick))
+    out = tmp_path / "out"
+    assert_clean_failure(run_cli("merge", recipe, "-o", out), out, "pytorch_model.bin", "--allow-pickle")
+    res = run_cli("merge", recipe, "-o", out, "--allow-pickle", "-q")
+    assert res.returncode == 0, res.stderr
+
+
+def test_nan_input_warned_and_nan_output_refused(tiny_siblings, tmp_path):
+    def poison(t):
+        t["model.norm.weight"] = t["model.norm.weight"].clone()
+        t["model.norm.weight"][0] = float("nan")
+        return t
+
+    bad = copy_model(tiny_siblings.variants[0], tmp_path / "bad", poison)
+    out = tmp_path / "out"
+    res = run_cli("merge", write_recipe(tmp_path, linear(tiny_siblings.base, bad)), "-o", out, "-q")
+    assert "model.norm.weight" in res.stderr and "NaN/Inf" in res.stderr  # the input warning
+    assert_clean_failure(res, out, "model.norm.weight", "merged tensor contains NaN/Inf")
+
+
+def test_yaml_errors_carry_line_numbers(tiny_siblings, tmp_path):
+    out = tmp_path / "out"
+    bad_yaml = write_recipe(tmp_path, "merge_method: linear\nmodels:\n  - model: [unclosed\n", "bad.yaml")
+    res = run_cli("merge", bad_yaml, "-o", out)
+    assert_clean_failure(res, out, "bad.yaml:")
+    unknown = write_recipe(tmp_path, f"merge_method: lineer\nmodels:\n  - model: {tiny_siblings.base}\n", "unknown.yaml")
+    res = run_cli("merge", unknown, "-o", out)
+    assert_clean_failure(res, out, "unknown.yaml:1", "linear")
+
+
+def test_existing_output_needs_force(tiny_siblings, tmp_path):
+    a, b, _ = tiny_siblings.variants
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    recipe = write_recipe(tmp_path, linear(a, b))
+    res = run_cli("merge", recipe, "-o", out)
+    assert res.returncode == 2 and "--force" in res.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+    res = run_cli("merge", recipe, "-o", out, "--force", "-q")
+    assert res.returncode == 0 and not (out / "keep.txt").exists() and (out / "config.json").exists()
+
+
+def test_failed_force_keeps_previous_output(tiny_siblings, tiny_mismatched_lm, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = run_cli("merge", write_recipe(tmp_path, linear(tiny_siblings.base, tiny_mismatched_lm)), "-o", out, "--force")
+    assert res.returncode == 2 and (out / "keep.txt").read_text() == "mine"
+
+
+def test_inspect_known_and_inferred(tiny_siblings, tmp_path):
+    res = run_cli("inspect", tiny_siblings.base)
+    assert res.returncode == 0 and "known architecture 'llama'" in res.stdout
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    tensors = {k.replace("model.", "transformer.", 1): v for k, v in load_file(tiny_siblings.base / "model.safetensors").items()}
+    save_file(tensors, odd / "model.safetensors")
+    res = run_cli("inspect", odd)
+    assert res.returncode == 0 and "inferred" in res.stdout and "layers: 4" in res.stdout

@@ -1,0 +1,1 @@
+"""Japanese benchmark loaders, metrics and leaderboards."""

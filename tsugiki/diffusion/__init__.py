@@ -1,0 +1,1 @@
+"""SDXL UNet merge/swap by block; text encoders and VAE untouched."""

@@ -1,0 +1,1 @@
+"""Evolutionary search over merge recipes (PS, DFS, PS+DFS) with CMA-ES."""

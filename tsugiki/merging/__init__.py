@@ -1,0 +1,1 @@
+"""Merge engine: pure tensor kernels, lazy safetensors I/O, recipes, architecture maps."""

@@ -1,0 +1,316 @@
+"""Lazy, validated reading of model checkpoints, one tensor at a time.
+
+safetensors headers are parsed here rather than through `safe_open` so that (a) every malformed or
+truncated file is reported with its path and tensor name before any merge work starts, and (b) a tensor
+is read with `preadv` straight into its own buffer: resident memory stays at the tensors in flight, not
+at the mapped pages of whole shards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Protocol
+
+import torch
+
+from tsugiki.errors import CheckpointError
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_CODES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors spec's own limit
+PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    file: Path
+    offset: int  # absolute byte offset of the data in `file`
+    nbytes: int
+
+
+class TensorSource(Protocol):
+    """What the planner and executor need from a model: names, shapes, dtypes and tensors."""
+
+    label: str
+
+    def names(self) -> list[str]: ...
+
+    def info(self, name: str) -> TensorInfo: ...
+
+    def read(self, name: str) -> torch.Tensor: ...
+
+
+def element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def parse_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Validate a safetensors file's header against its size; return tensor infos and metadata."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+                raise CheckpointError(
+                    f"{path}: corrupt or truncated safetensors file (header claims {header_len} bytes, file has {size})"
+                )
+            raw = f.read(header_len)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header: not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start = 8 + header_len
+    infos: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, end = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name!r}: malformed header entry {entry!r}") from None
+        nbytes = math.prod(shape) * element_size(dtype)
+        if end - begin != nbytes or begin < 0:
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: data offsets {begin}..{end} do not match shape {list(shape)} {entry['dtype']}"
+            )
+        if data_start + end > size:
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: truncated file (data ends at byte {data_start + end}, file has {size})"
+            )
+        infos[name] = TensorInfo(name, dtype, shape, path, data_start + begin, nbytes)
+    return infos, metadata
+
+
+def read_tensor(info: TensorInfo, fd: int) -> torch.Tensor:
+    out = torch.empty(info.shape, dtype=info.dtype)
+    if info.nbytes == 0:
+        return out
+    buf = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+    done = 0
+    while done < info.nbytes:
+        n = os.preadv(fd, [buf[done:]], info.offset + done)
+        if n <= 0:
+            raise CheckpointError(f"{info.file}: tensor {info.name!r}: file ended while reading (truncated?)")
+        done += n
+    return out
+
+
+class Checkpoint:
+    """A Hugging Face model directory or a single weights file, read lazily.
+
+    Directory layouts: `model.safetensors.index.json` (sharded), `model.safetensors`, or a single
+    `*.safetensors` file. Pickle checkpoints (`pytorch_model.bin`) are refused unless
+    `allow_pickle=True`, and then loaded with `weights_only=True`.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, allow_pickle: bool = False, label: str | None = None):
+        self.path = Path(path)
+        self.label = label or str(path)
+        self._fds: dict[Path, int] = {}
+        self._pickled: dict[str, torch.Tensor] | None = None
+        if not self.path.exists():
+            raise CheckpointError(f"{self.path}: no such file or directory")
+        # storage order (shard, offset) is the order the model was saved in, and reads sequentially
+        found = self._discover(allow_pickle)
+        self._infos = dict(sorted(found.items(), key=lambda kv: (str(kv[1].file), kv[1].offset)))
+        if not self._infos:
+            raise CheckpointError(f"{self.path}: checkpoint holds no tensors")
+
+    # -- discovery -------------------------------------------------------------------------------
+    def _discover(self, allow_pickle: bool) -> dict[str, TensorInfo]:
+        p = self.path
+        if p.is_file():
+            if p.suffix == ".safetensors":
+                return parse_safetensors_header(p)[0]
+            return self._load_pickle([p], allow_pickle)
+        index = p / "model.safetensors.index.json"
+        if index.exists():
+            return self._from_index(index)
+        single = p / "model.safetensors"
+        if single.exists():
+            return parse_safetensors_header(single)[0]
+        candidates = sorted(p.glob("*.safetensors"))
+        if len(candidates) == 1:
+            return parse_safetensors_header(candidates[0])[0]
+        if len(candidates) > 1:
+            names = ", ".join(c.name for c in candidates)
+            raise CheckpointError(f"{p}: several safetensors files ({names}) and no model.safetensors.index.json")
+        pickles = [p / n for n in PICKLE_WEIGHT_FILES if (p / n).exists()]
+        if pickles:
+            return self._load_pickle(pickles, allow_pickle)
+        raise CheckpointError(f"{p}: no model weights found (expected model.safetensors or an index)")
+
+    def _from_index(self, index: Path) -> dict[str, TensorInfo]:
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: invalid index file ({type(e).__name__}: {e})") from None
+        infos: dict[str, TensorInfo] = {}
+        for shard in sorted(set(weight_map.values())):
+            shard_path = index.parent / shard
+            if not shard_path.exists():
+                raise CheckpointError(f"{index}: shard {shard!r} listed in the index is missing")
+            shard_infos = parse_safetensors_header(shard_path)[0]
+            for name, info in shard_infos.items():
+                if weight_map.get(name) == shard:
+                    infos[name] = info
+        missing = [n for n in weight_map if n not in infos]
+        if missing:
+            raise CheckpointError(f"{index}: tensor {missing[0]!r} is in the index but not in shard {weight_map[missing[0]]!r}")
+        return infos
+
+    def _load_pickle(self, files: list[Path], allow_pickle: bool) -> dict[str, TensorInfo]:
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{files[0]}: pickle checkpoint refused (it can run code when loaded); "
+                "convert it to safetensors or pass --allow-pickle"
+            )
+        files = [f for f in files if not f.name.endswith(".json")] or files
+        if files[0].name.endswith(".index.json"):
+            weight_map = json.loads(files[0].read_text())["weight_map"]
+            files = [files[0].parent / s for s in sorted(set(weight_map.values()))]
+        tensors: dict[str, torch.Tensor] = {}
+        for f in files:
+            try:
+                state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:  # torch raises many types for corrupt pickles
+                raise CheckpointError(f"{f}: cannot load pickle checkpoint: {e}") from None
+            tensors.update({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
+        self._pickled = tensors
+        return {k: TensorInfo(k, v.dtype, tuple(v.shape), files[0], 0, v.numel() * v.element_size()) for k, v in tensors.items()}
+
+    # -- access ----------------------------------------------------------------------------------
+    @property
+    def model_dir(self) -> Path:
+        return self.path if self.path.is_dir() else self.path.parent
+
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._infos[name]
+        except KeyError:
+            raise CheckpointError(f"{self.path}: tensor {name!r} not found") from None
+
+    def read(self, name: str) -> torch.Tensor:
+        info = self.info(name)
+        if self._pickled is not None:
+            return self._pickled[name]
+        fd = self._fds.get(info.file)
+        if fd is None:
+            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+        return read_tensor(info, fd)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def config(self) -> dict | None:
+        cfg = self.model_dir / "config.json"
+        if not cfg.exists():
+            return None
+        try:
+            return json.loads(cfg.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{cfg}: invalid JSON: {e}") from None
+
+
+class StateDictSource:
+    """In-memory tensors behind the same interface as a Checkpoint (for the in-memory merge path)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], *, label: str = "<memory>", config: dict | None = None):
+        self.label = label
+        self._tensors = dict(tensors)
+        self._config = config
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            t = self._tensors[name]
+        except KeyError:
+            raise CheckpointError(f"{self.label}: tensor {name!r} not found") from None
+        return TensorInfo(name, t.dtype, tuple(t.shape), Path(self.label), 0, t.numel() * t.element_size())
+
+    def read(self, name: str) -> torch.Tensor:
+        self.info(name)
+        return self._tensors[name]
+
+    def config(self) -> dict | None:
+        return self._config
+
+
+def resolve_model_ref(ref: str, *, base_dir: Path | None = None) -> Path:
+    """A recipe's model reference → a local path. Relative paths resolve against the recipe's folder;
+    a Hugging Face hub id is fetched (or taken from the local cache when HF_HUB_OFFLINE=1)."""
+    p = Path(ref).expanduser()
+    candidates = [p] if p.is_absolute() or base_dir is None else [base_dir / p, p]
+    for c in candidates:
+        if c.exists():
+            return c
+    if HUB_ID.match(ref):
+        return _snapshot(ref)
+    raise CheckpointError(f"{ref}: model not found (no such local path; not a hub id)")
+
+
+def _snapshot(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:  # offline, unknown repo, auth: all reported the same way
+        raise CheckpointError(f"{repo_id}: not a local path and could not be fetched from the hub ({type(e).__name__})") from None
+
+
+def open_sources(refs: Iterable[str], *, base_dir: Path | None = None, allow_pickle: bool = False) -> dict[str, Checkpoint]:
+    return {r: Checkpoint(resolve_model_ref(r, base_dir=base_dir), allow_pickle=allow_pickle, label=r) for r in refs}

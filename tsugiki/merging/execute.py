@@ -1,0 +1,83 @@
+"""Run a merge plan tensor by tensor: read the inputs of one output tensor, merge, check, hand it on.
+
+Peak memory is the inputs of one tensor, their float32 copies and the result; nothing accumulates.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+from tsugiki.errors import MergeError
+from tsugiki.merging.checkpoint import TensorSource
+from tsugiki.merging.methods.base import MergeInputs
+from tsugiki.merging.plan import MergePlan, TensorJob
+
+log = logging.getLogger("tsugiki.merge")
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise MergeError(f"unknown dtype {name!r} (use one of {', '.join(DTYPES)})") from None
+
+
+def compute_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """Kernels run in float32 (float64 stays float64): merging in bf16 would round every step."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def merge_job(job: TensorJob, plan: MergePlan, sources: Mapping[str, TensorSource], device: torch.device | str = "cpu",
+              warned: set | None = None) -> torch.Tensor:
+    """Compute one output tensor (in compute dtype, on `device`)."""
+    work = compute_dtype_for(job.in_dtype)
+    tensors = []
+    for ref, name in job.inputs:
+        t = sources[ref].read(name).to(device=device, dtype=work)
+        if not torch.isfinite(t).all() and (warned is None or (ref, name) not in warned):
+            log.warning("%s: tensor %r contains NaN/Inf", sources[ref].label, name)
+            if warned is not None:
+                warned.add((ref, name))
+        tensors.append(t)
+    generator = None
+    if job.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(job.seed)
+    inputs = MergeInputs(tensors, job.base_index, job.model_params, generator, job.out_name)
+    try:
+        out = plan.method(inputs, **job.global_params)
+    except MergeError:
+        raise
+    except (RuntimeError, ValueError) as e:
+        raise MergeError(f"{job.out_name}: {plan.method.name} failed: {e}") from None
+    if not torch.isfinite(out).all():
+        raise MergeError(f"{job.out_name}: merged tensor contains NaN/Inf (method {plan.method.name})")
+    return out
+
+
+def iter_merged(plan: MergePlan, sources: Mapping[str, TensorSource], *, device: str = "cpu",
+                progress: bool = False, desc: str = "merging") -> Iterator[tuple[TensorJob, torch.Tensor]]:
+    warned: set = set()
+    jobs: Callable = tqdm if progress else (lambda x, **_: x)
+    for job in jobs(plan.jobs, desc=desc, unit="tensor", leave=False):
+        yield job, merge_job(job, plan, sources, device, warned)
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    out_dtype: torch.dtype | None = None  # None: recipe's out_dtype/dtype, else each input's dtype
+    device: str = "cpu"
+    allow_pickle: bool = False
+    force: bool = False
+    max_shard_bytes: int | None = None
+    seed: int | None = None
+    progress: bool = True

@@ -1,0 +1,66 @@
+"""`tsugiki merge`: a recipe → a model directory that `from_pretrained` loads, written atomically."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tsugiki.merging.checkpoint import open_sources
+from tsugiki.merging.execute import MergeOptions, compute_dtype_for, iter_merged, parse_dtype
+from tsugiki.merging.output_files import copy_side_files, merged_config, model_card
+from tsugiki.merging.plan import plan_merge
+from tsugiki.merging.recipe import Recipe
+from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, AtomicOutputDir, OutputTensor, ShardedSafetensorsWriter
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    out: Path
+    tensors: int
+    bytes_written: int
+    seconds: float
+    files: list[str]
+
+
+def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = MergeOptions(), *,
+                  base_dir: Path | None = None) -> MergeResult:
+    start = time.perf_counter()
+    sources = open_sources(recipe.model_refs(), base_dir=base_dir, allow_pickle=options.allow_pickle)
+    try:
+        plan = plan_merge(recipe, sources, seed=options.seed)
+        out_dtype = options.out_dtype or parse_dtype(recipe.out_dtype or recipe.dtype)
+
+        def dtype_of(job):
+            # integer/bool tensors are never cast; floats take the requested dtype or keep their own
+            return job.in_dtype if out_dtype is None or not job.in_dtype.is_floating_point else out_dtype
+
+        entries = [OutputTensor(j.out_name, dtype_of(j), j.shape) for j in plan.jobs]
+        configs = {r: s.config() for r, s in sources.items()}
+        with AtomicOutputDir(out, force=options.force) as tmp:
+            writer = ShardedSafetensorsWriter(tmp, entries, max_shard_bytes=options.max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
+                                              metadata={"tsugiki_method": plan.method.name})
+            try:
+                for job, tensor in iter_merged(plan, sources, device=options.device, progress=options.progress):
+                    target = dtype_of(job)
+                    if not target.is_floating_point:
+                        tensor = tensor.round()
+                    writer.write(job.out_name, tensor.to(dtype=target, device="cpu"))
+                files = writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            config = merged_config(plan, configs, out_dtype)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            files += ["config.json"] + copy_side_files({r: s.model_dir for r, s in sources.items()}, recipe, plan, tmp)
+            (tmp / "tsugiki_recipe.yaml").write_text(recipe.to_yaml())
+            (tmp / "README.md").write_text(model_card(recipe, plan))
+            files += ["tsugiki_recipe.yaml", "README.md"]
+    finally:
+        for s in sources.values():
+            s.close()
+    return MergeResult(Path(out), len(entries), sum(e.nbytes for e in entries), time.perf_counter() - start, files)
+
+
+__all__ = ["MergeOptions", "MergeResult", "merge_to_disk", "compute_dtype_for"]

@@ -1,0 +1,150 @@
+"""Streaming safetensors output and atomic output directories.
+
+Every output tensor's name, dtype and shape is known from the merge plan before any is computed, so
+each shard's header is written first and tensors are appended as they are produced: nothing waits in
+memory for a shard to fill.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from tsugiki.errors import MergeError, OutputExistsError
+from tsugiki.merging.checkpoint import DTYPE_CODES, element_size
+
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # transformers' default for save_pretrained
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * element_size(self.dtype)
+
+
+def plan_shards(entries: Sequence[OutputTensor], max_shard_bytes: int) -> list[list[OutputTensor]]:
+    shards: list[list[OutputTensor]] = [[]]
+    size = 0
+    for e in entries:
+        if shards[-1] and size + e.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(e)
+        size += e.nbytes
+    return shards
+
+
+def _header_bytes(entries: Sequence[OutputTensor], metadata: dict[str, str]) -> bytes:
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for e in entries:
+        header[e.name] = {"dtype": DTYPE_CODES[e.dtype], "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
+        offset += e.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data section aligned to 8 bytes, as the spec recommends
+    return len(raw).to_bytes(8, "little") + raw
+
+
+class ShardedSafetensorsWriter:
+    """Writes `model.safetensors` (or `model-0000i-of-0000N.safetensors` + index) in plan order."""
+
+    def __init__(self, out_dir: Path, entries: Sequence[OutputTensor], *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                 metadata: dict[str, str] | None = None, prefix: str = "model"):
+        self.out_dir = Path(out_dir)
+        self.metadata = {"format": "pt", **(metadata or {})}
+        self.shards = plan_shards(entries, max_shard_bytes)
+        n = len(self.shards)
+        self.files = [f"{prefix}.safetensors"] if n == 1 else [f"{prefix}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.index_name = f"{prefix}.safetensors.index.json"
+        self._order: Iterator[tuple[int, OutputTensor]] = ((i, e) for i, shard in enumerate(self.shards) for e in shard)
+        self._open_shard = -1
+        self._fh = None
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        try:
+            shard, expected = next(self._order)
+        except StopIteration:
+            raise MergeError(f"writer: tensor {name!r} was not planned") from None
+        if expected.name != name or tensor.dtype != expected.dtype or tuple(tensor.shape) != expected.shape:
+            raise MergeError(
+                f"writer: expected {expected.name} {expected.dtype} {list(expected.shape)}, "
+                f"got {name} {tensor.dtype} {list(tensor.shape)}"
+            )
+        if shard != self._open_shard:
+            self._close_file()
+            self._fh = open(self.out_dir / self.files[shard], "wb")
+            self._fh.write(_header_bytes(self.shards[shard], self.metadata))
+            self._open_shard = shard
+        data = tensor.detach().contiguous().reshape(-1)
+        if data.numel():
+            self._fh.write(memoryview(data.view(torch.uint8).numpy()))
+
+    def _close_file(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def close(self) -> list[str]:
+        """Finish the last shard, write the index if sharded; returns the files written."""
+        leftover = next(self._order, None)
+        self._close_file()
+        if leftover is not None:
+            raise MergeError(f"writer: tensor {leftover[1].name!r} was planned but never written")
+        written = list(self.files)
+        if len(self.files) > 1:
+            weight_map = {e.name: self.files[i] for i, shard in enumerate(self.shards) for e in shard}
+            total = sum(e.nbytes for shard in self.shards for e in shard)
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (self.out_dir / self.index_name).write_text(json.dumps(index, indent=2) + "\n")
+            written.append(self.index_name)
+        return written
+
+    def abort(self) -> None:
+        self._close_file()
+
+
+class AtomicOutputDir:
+    """A temp directory beside OUT that becomes OUT only when everything succeeded.
+
+    Refuses an existing OUT unless force=True; on any exception the temp dir is removed and OUT is
+    left exactly as it was.
+    """
+
+    def __init__(self, out: str | os.PathLike, *, force: bool = False):
+        self.out = Path(out)
+        self.force = force
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        if self.out.exists() and not self.force:
+            raise OutputExistsError(f"{self.out}: output exists (pass --force to replace it)")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        os.chmod(self.tmp, 0o755)
+        if self.out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
+            os.replace(self.out, old / "x")
+            os.replace(self.tmp, self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.out)

@@ -1,0 +1,1 @@
+"""LLaVA-family surgery: merge or swap the language model, vision tower and projector untouched."""
