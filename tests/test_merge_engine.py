@@ -201,3 +201,33 @@ def test_tied_embeddings_model(tmp_path):
     assert "lm_head.weight" not in weights(tmp_path / "out")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def test_unknown_architecture_is_inferred_and_merged(tiny_siblings, tmp_path, caplog):
+    from helpers import copy_model
+
+    def rename(t):
+        return {k.replace("model.", "transformer.", 1): v for k, v in t.items()}
+
+    a = copy_model(tiny_siblings.variants[0], tmp_path / "a", rename)
+    b = copy_model(tiny_siblings.variants[1], tmp_path / "b", rename)
+    for d in (a, b):  # an architecture class tsugiki has no spec for
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["architectures"] = ["MysteryForCausalLM"]
+        (d / "config.json").write_text(json.dumps(cfg))
+    recipe = load_recipe(f"""
+merge_method: linear
+models:
+  - {{model: {a}, parameters: {{weight: [1.0, 0.0]}}}}
+  - {{model: {b}, parameters: {{weight: [0.0, 1.0]}}}}
+""")
+    with caplog.at_level("WARNING"):
+        merge_to_disk(recipe, tmp_path / "out", QUIET)
+    assert "inferred from key patterns" in caplog.text
+    got, wa, wb = weights(tmp_path / "out"), weights(a), weights(b)
+    # the weight gradient runs over the inferred layers: layer 0 is all a, layer 3 all b
+    for name in got:
+        if ".layers.0." in name:
+            assert torch.allclose(got[name], wa[name], atol=1e-7)
+        if ".layers.3." in name:
+            assert torch.allclose(got[name], wb[name], atol=1e-7)

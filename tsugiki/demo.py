@@ -46,14 +46,17 @@ def run_demo(run_dir: Path, *, seed: int = 0, force: bool = False) -> Path:
         print(f"merged {result.tensors} tensors in {result.seconds:.2f}s", flush=True)
 
         tok = AutoTokenizer.from_pretrained(tmp / "merged")
-        model = AutoModelForCausalLM.from_pretrained(tmp / "merged")
         prompt = "3+4="
         ids = tok(prompt, return_tensors="pt").input_ids
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
-        sample = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        samples = {}
+        for name in ("models/base", "models/variant_0", "models/variant_1", "merged"):
+            model = AutoModelForCausalLM.from_pretrained(tmp / name)
+            with torch.no_grad():
+                out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+            samples[name] = tok.decode(out[0, ids.shape[1]:])  # special tokens shown: tiny models often stop at once
     merged = run_dir / "merged"
-    print(f"sample: {prompt!r} → {sample!r}")
+    for name, text in samples.items():
+        print(f"{name:<18} {prompt!r} → {text!r}")
     print(f"recipe: {run_dir / 'recipe.yaml'}")
     print(f"merged model: {merged}  (load with AutoModelForCausalLM.from_pretrained)")
     return merged

@@ -20,7 +20,7 @@ from tsugiki.merging.plan import MergePlan, TensorJob
 log = logging.getLogger("tsugiki.merge")
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64, "int64": torch.int64}
 
 
 def parse_dtype(name: str | None) -> torch.dtype | None:

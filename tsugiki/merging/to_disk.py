@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tsugiki.merging.checkpoint import open_sources
-from tsugiki.merging.execute import MergeOptions, compute_dtype_for, iter_merged, parse_dtype
+from tsugiki.merging.execute import MergeOptions, iter_merged, parse_dtype
 from tsugiki.merging.output_files import copy_side_files, merged_config, model_card
 from tsugiki.merging.plan import plan_merge
 from tsugiki.merging.recipe import Recipe
 from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, AtomicOutputDir, OutputTensor, ShardedSafetensorsWriter
+
+log = logging.getLogger("tsugiki.merge")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = Merge
     sources = open_sources(recipe.model_refs(), base_dir=base_dir, allow_pickle=options.allow_pickle)
     try:
         plan = plan_merge(recipe, sources, seed=options.seed)
+        if plan.arch.inferred:
+            log.warning("%s: architecture not known to tsugiki; per-layer tensors inferred from key patterns (%s…)",
+                        plan.donor, plan.arch.layer_prefix)
         out_dtype = options.out_dtype or parse_dtype(recipe.out_dtype or recipe.dtype)
 
         def dtype_of(job):
@@ -63,4 +69,4 @@ def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = Merge
     return MergeResult(Path(out), len(entries), sum(e.nbytes for e in entries), time.perf_counter() - start, files)
 
 
-__all__ = ["MergeOptions", "MergeResult", "merge_to_disk", "compute_dtype_for"]
+__all__ = ["MergeOptions", "MergeResult", "merge_to_disk"]
