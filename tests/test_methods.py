@@ -393,3 +393,23 @@ def test_matches_mergekit(case):
     ref = _TENSORS[case["output"]]
     assert out.dtype == ref.dtype and out.shape == ref.shape
     assert (out - ref).abs().max().item() <= 1e-6
+
+
+def test_kth_smallest_radix_select_matches_kthvalue():
+    from tsugiki.merging.sparsify import kth_smallest
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(50_001, generator=g).abs()
+    w[::7] = 0.25  # many equal values
+    w[5] = 0.0
+    for m in (1, 2, 7143, 25_000, 50_000, 50_001):
+        assert kth_smallest(w, m).item() == torch.kthvalue(w, m).values.item()
+
+
+def test_rand_threshold_draws_equal_bernoulli():
+    from tsugiki.merging.sparsify import _draw
+
+    for p in (0.1, 0.5, 0.9):
+        mask = _draw(p, torch.Size([200_003]), torch.Generator().manual_seed(11))
+        ref = torch.bernoulli(torch.full((200_003,), p), generator=torch.Generator().manual_seed(11)).bool()
+        assert torch.equal(mask, ref)

@@ -30,7 +30,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
                            force=args.force, max_shard_bytes=args.max_shard_size, seed=args.seed,
                            progress=not args.quiet)
     result = merge_to_disk(recipe, args.output, options, base_dir=Path(args.recipe).resolve().parent)
-    print(f"merged {result.tensors} tensors ({result.bytes_written / 1e6:.1f} MB) in {result.seconds:.1f}s → {result.out}")
+    print(f"merged {result.tensors} tensors ({result.bytes_written / 1e6:.1f} MB) in {result.seconds:.2f}s → {result.out}")
     return 0
 
 

@@ -1,15 +1,17 @@
 """Lazy, validated reading of model checkpoints, one tensor at a time.
 
-safetensors headers are parsed here rather than through `safe_open` so that (a) every malformed or
-truncated file is reported with its path and tensor name before any merge work starts, and (b) a tensor
-is read with `preadv` straight into its own buffer: resident memory stays at the tensors in flight, not
-at the mapped pages of whole shards.
+safetensors headers are parsed here rather than through `safe_open` so that every malformed or
+truncated file is reported with its path and tensor name before any merge work starts. Two ways to get
+a tensor: `read` copies it into memory the caller owns (`preadv`); `view` maps it zero-copy from the
+page cache for the streaming merge, and `release` drops those mapped pages again once the tensor is
+used, so resident memory stays at the tensors in flight, not at whole shards.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import re
 import struct
@@ -62,6 +64,10 @@ class TensorSource(Protocol):
     def info(self, name: str) -> TensorInfo: ...
 
     def read(self, name: str) -> torch.Tensor: ...
+
+    def view(self, name: str) -> torch.Tensor: ...
+
+    def release(self, name: str) -> None: ...
 
 
 def element_size(dtype: torch.dtype) -> int:
@@ -139,6 +145,7 @@ class Checkpoint:
         self.path = Path(path)
         self.label = label or str(path)
         self._fds: dict[Path, int] = {}
+        self._maps: dict[Path, mmap.mmap] = {}
         self._pickled: dict[str, torch.Tensor] | None = None
         if not self.path.exists():
             raise CheckpointError(f"{self.path}: no such file or directory")
@@ -236,10 +243,38 @@ class Checkpoint:
             fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
         return read_tensor(info, fd)
 
+    def view(self, name: str) -> torch.Tensor:
+        """The tensor mapped zero-copy from its file (private mapping: writes never reach the file).
+        Valid until `release(name)` or `close()`."""
+        info = self.info(name)
+        itemsize = element_size(info.dtype)
+        if self._pickled is not None or info.nbytes == 0 or info.offset % itemsize:
+            return self.read(name)  # nothing to map, or unaligned data that a typed view cannot address
+        mm = self._maps.get(info.file)
+        if mm is None:
+            with open(info.file, "rb") as f:
+                mm = self._maps[info.file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        flat = torch.frombuffer(mm, dtype=info.dtype, count=info.nbytes // itemsize, offset=info.offset)
+        return flat.reshape(info.shape)
+
+    def release(self, name: str) -> None:
+        """Drop the mapped pages of a viewed tensor from this process (they stay in the page cache)."""
+        info = self.info(name)
+        mm = self._maps.get(info.file)
+        if mm is not None and info.nbytes:
+            start = info.offset - info.offset % mmap.PAGESIZE
+            mm.madvise(mmap.MADV_DONTNEED, start, info.offset + info.nbytes - start)
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        for mm in self._maps.values():
+            try:
+                mm.close()
+            except BufferError:  # a view is still alive somewhere; the map goes when it does
+                pass
+        self._maps.clear()
 
     def __enter__(self) -> "Checkpoint":
         return self
@@ -284,6 +319,11 @@ class StateDictSource:
     def read(self, name: str) -> torch.Tensor:
         self.info(name)
         return self._tensors[name]
+
+    view = read
+
+    def release(self, name: str) -> None:
+        pass
 
     def config(self) -> dict | None:
         return self._config

@@ -37,21 +37,27 @@ def compute_dtype_for(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    # NaN/Inf anywhere make the sum NaN/Inf, so one cheap reduction clears almost every tensor;
+    # only a sum that overflowed from finite values needs the element-wise check
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def merge_job(job: TensorJob, plan: MergePlan, sources: Mapping[str, TensorSource], device: torch.device | str = "cpu",
               warned: set | None = None) -> torch.Tensor:
-    """Compute one output tensor (in compute dtype, on `device`)."""
+    """Compute one output tensor (in compute dtype, on `device`). Inputs are views: call
+    `release_inputs(job, sources)` once the result has been consumed."""
     work = compute_dtype_for(job.in_dtype)
     tensors = []
     for ref, name in job.inputs:
-        t = sources[ref].read(name).to(device=device, dtype=work)
-        if not torch.isfinite(t).all() and (warned is None or (ref, name) not in warned):
+        t = sources[ref].view(name).to(device=device, dtype=work)
+        if (warned is None or (ref, name) not in warned) and not all_finite(t):
             log.warning("%s: tensor %r contains NaN/Inf", sources[ref].label, name)
             if warned is not None:
                 warned.add((ref, name))
         tensors.append(t)
-    generator = None
-    if job.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(job.seed)
+    # a CPU generator whatever the device: the same seed draws the same masks on CPU and GPU
+    generator = torch.Generator().manual_seed(job.seed) if job.seed is not None else None
     inputs = MergeInputs(tensors, job.base_index, job.model_params, generator, job.out_name)
     try:
         out = plan.method(inputs, **job.global_params)
@@ -59,17 +65,27 @@ def merge_job(job: TensorJob, plan: MergePlan, sources: Mapping[str, TensorSourc
         raise
     except (RuntimeError, ValueError) as e:
         raise MergeError(f"{job.out_name}: {plan.method.name} failed: {e}") from None
-    if not torch.isfinite(out).all():
+    if not all_finite(out):
         raise MergeError(f"{job.out_name}: merged tensor contains NaN/Inf (method {plan.method.name})")
     return out
 
 
+def release_inputs(job: TensorJob, sources: Mapping[str, TensorSource]) -> None:
+    for ref, name in job.inputs:
+        sources[ref].release(name)
+
+
 def iter_merged(plan: MergePlan, sources: Mapping[str, TensorSource], *, device: str = "cpu",
                 progress: bool = False, desc: str = "merging") -> Iterator[tuple[TensorJob, torch.Tensor]]:
+    """Yield each job with its merged tensor; the tensor may share memory with mapped inputs, so it
+    is only valid until the next iteration (consume it — write or copy — before asking for more)."""
     warned: set = set()
     jobs: Callable = tqdm if progress else (lambda x, **_: x)
     for job in jobs(plan.jobs, desc=desc, unit="tensor", leave=False):
-        yield job, merge_job(job, plan, sources, device, warned)
+        try:
+            yield job, merge_job(job, plan, sources, device, warned)
+        finally:
+            release_inputs(job, sources)
 
 
 @dataclass(frozen=True)

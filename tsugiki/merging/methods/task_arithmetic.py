@@ -85,19 +85,19 @@ def _make_kernel(method: str, params: tuple[Param, ...], sparsification: str | N
             deltas = torch.empty((len(sources), *base.shape), dtype=base.dtype, device=base.device)
             for k in range(len(sources)):
                 deltas[k] = weighted_delta(k)
-            positive = deltas.sum(dim=0) >= 0
-            # dropped: entries whose sign disagrees with the elected sign, and zeros
-            dropped = torch.where(positive, deltas <= 0, deltas >= 0)
-            del positive
-            mixed = deltas.masked_fill_(dropped, 0).sum(dim=0)
+            elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(base.dtype)
+            # kept: entries whose sign agrees with the elected sign (zeros never agree)
+            kept = torch.mul(deltas, elected) > 0
+            del elected
+            mixed = deltas.mul_(kept).sum(dim=0)
             del deltas
             if g["normalize"]:
                 divisor = torch.zeros_like(base)
                 for k in range(len(sources)):
-                    divisor += torch.where(dropped[k], 0, weights[k])
+                    divisor += kept[k] * weights[k]
                 divisor.masked_fill_(divisor == 0, 1)
                 mixed /= divisor
-            del dropped
+            del kept
         else:
             mixed = weighted_delta(0)
             for k in range(1, len(sources)):
