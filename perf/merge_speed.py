@@ -9,7 +9,8 @@ Throughput is reported as memcpy-equivalent: the time one memcpy of all bytes th
 (measured in this run, same machine, page-cached input) divided by the merge's own time (the time
 `tsugiki merge` reports, without interpreter start-up; wall time with start-up is printed too).
 Where the output goes matters on this kind of machine: writing new file pages on ext4 costs several
-times a memcpy, so `--out-dir /dev/shm` measures the engine with a tmpfs output.
+times a memcpy, so `--out-dir /dev/shm` measures the engine with a tmpfs output, and the "I/O floor"
+column times reading the same inputs and writing the same output bytes with no compute at all.
 """
 
 from __future__ import annotations
@@ -87,6 +88,35 @@ def memcpy_seconds(nbytes: int) -> float:
     return best * nbytes / done
 
 
+def settle() -> None:
+    """Flush dirty pages (and the discards of deleted outputs) so one run's writeback does not land
+    in the next run's timing."""
+    os.sync()
+    time.sleep(1)
+
+
+def io_floor_seconds(inputs: list[Path], out_dir: Path, out_bytes: int) -> float:
+    """Time to read every input file (page-cached) and write `out_bytes` to a new file in `out_dir`:
+    the I/O any merge into that directory has to do, with no compute."""
+    block = bytearray(64 * 1024**2)
+    target = out_dir / "tsugiki-perf-io-floor.bin"
+    settle()
+    start = time.perf_counter()
+    for path in inputs:
+        for f in path.glob("*.safetensors"):
+            with open(f, "rb", buffering=0) as fh:
+                while fh.readinto(block):
+                    pass
+    with open(target, "wb", buffering=0) as fh:
+        os.posix_fallocate(fh.fileno(), 0, out_bytes)  # as tsugiki's writer does
+        written = 0
+        while written < out_bytes:
+            written += fh.write(block[: min(len(block), out_bytes - written)])
+    seconds = time.perf_counter() - start
+    target.unlink()
+    return seconds
+
+
 def run_measured(cmd: list[str]) -> tuple[float, float, int, str]:
     """(wall seconds, peak RSS MB, exit code, stdout) of a subprocess."""
     start = time.perf_counter()
@@ -133,13 +163,17 @@ def main() -> None:
         copy_s = memcpy_seconds(bytes_read)
         out = Path(args.out_dir or work) / f"tsugiki-perf-out-{method}"
         shutil.rmtree(out, ignore_errors=True)
+        floor_s = min(io_floor_seconds([a, b], out.parent, size) for _ in range(2))
+        settle()
         wall, rss, code, stdout = run_measured([sys.executable, "-m", "tsugiki.cli", "merge", str(recipe), "-o", str(out), "-q"])
         reported = re.search(r"in ([0-9.]+)s", stdout)
         merge_s = float(reported.group(1)) if reported else wall
-        row = {"method": method, "tsugiki_s": wall, "merge_s": merge_s, "tsugiki_rss_mb": rss, "memcpy_s": copy_s, "ok": code == 0}
+        row = {"method": method, "tsugiki_s": wall, "merge_s": merge_s, "tsugiki_rss_mb": rss, "memcpy_s": copy_s,
+               "floor_s": floor_s, "ok": code == 0}
         shutil.rmtree(out, ignore_errors=True)
         if args.mergekit:
             warm(a), warm(b)
+            settle()
             mk = [args.mergekit, "-m", "mergekit.scripts.run_yaml", str(recipe), str(out), "--no-copy-tokenizer"]
             row["mergekit_s"], row["mergekit_rss_mb"], mk_code, _ = run_measured(mk)
             row["mergekit_ok"] = mk_code == 0
@@ -147,11 +181,12 @@ def main() -> None:
         rows.append(row)
 
     print(f"output written to {args.out_dir or work}")
-    print(f"\n{'method':<10} {'wall s':>7} {'merge s':>8} {'peak RSS MB':>12} {'memcpy s':>9} {'× memcpy bw':>12}", end="")
+    print(f"\n{'method':<10} {'wall s':>7} {'merge s':>8} {'peak RSS MB':>12} {'memcpy s':>9} {'× memcpy bw':>12}"
+          f" {'I/O floor s':>12} {'× I/O floor':>12}", end="")
     print(f" {'mergekit s':>11} {'wall ratio':>11} {'RSS ratio':>10}" if args.mergekit else "")
     for r in rows:
         line = (f"{r['method']:<10} {r['tsugiki_s']:7.2f} {r['merge_s']:8.2f} {r['tsugiki_rss_mb']:12.0f} {r['memcpy_s']:9.3f}"
-                f" {r['memcpy_s'] / r['merge_s']:12.1%}")
+                f" {r['memcpy_s'] / r['merge_s']:12.1%} {r['floor_s']:12.2f} {r['floor_s'] / r['merge_s']:12.1%}")
         if not r["ok"]:
             line += "  (tsugiki FAILED)"
         if args.mergekit:

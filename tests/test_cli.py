@@ -140,3 +140,9 @@ def test_inspect_known_and_inferred(tiny_siblings, tmp_path):
     save_file(tensors, odd / "model.safetensors")
     res = run_cli("inspect", odd)
     assert res.returncode == 0 and "inferred" in res.stdout and "layers: 4" in res.stdout
+
+
+def test_architecture_mismatch(tiny_siblings, tiny_mistral_siblings, tmp_path):
+    out = tmp_path / "out"
+    res = run_cli("merge", write_recipe(tmp_path, linear(tiny_siblings.base, tiny_mistral_siblings.base)), "-o", out)
+    assert_clean_failure(res, out, "architecture", "MistralForCausalLM", "LlamaForCausalLM")

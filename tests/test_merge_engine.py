@@ -231,3 +231,26 @@ models:
             assert torch.allclose(got[name], wa[name], atol=1e-7)
         if ".layers.3." in name:
             assert torch.allclose(got[name], wb[name], atol=1e-7)
+
+
+def test_tokenizer_source_and_chat_template(tiny_siblings, tmp_path):
+    from helpers import copy_model
+
+    base, (a, *_) = tiny_siblings.base, tiny_siblings.variants
+    donor = copy_model(a, tmp_path / "donor", lambda t: t)
+    cfg = json.loads((donor / "tokenizer_config.json").read_text())
+    cfg["model_max_length"] = 77  # a mark that only the donor's tokenizer carries
+    (donor / "tokenizer_config.json").write_text(json.dumps(cfg))
+    recipe = load_recipe(f"""
+merge_method: linear
+base_model: {base}
+models:
+  - {{model: {base}, parameters: {{weight: 0.5}}}}
+  - {{model: {donor}, parameters: {{weight: 0.5}}}}
+tokenizer_source: {donor}
+chat_template: "{{% for m in messages %}}{{{{ m['content'] }}}}{{% endfor %}}"
+""")
+    merge_to_disk(recipe, tmp_path / "out", QUIET)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert tok.model_max_length == 77
+    assert tok.apply_chat_template([{"role": "user", "content": "やあ"}], tokenize=False) == "やあ"
