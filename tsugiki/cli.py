@@ -1,66 +1,17 @@
-"""The `tsugiki` command line. It only parses arguments into the objects the Python API takes."""
+"""The `tsugiki` command line. It only parses arguments into the objects the Python API takes;
+each area's verbs live in `tsugiki.commands.<area>`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from tsugiki import __version__
+from tsugiki.commands import demo, merge
 from tsugiki.errors import TsugikiError
 
-
-def _size(text: str) -> int:
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
-    text = text.strip().upper().removesuffix("B")
-    try:
-        return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 500M, 2G)") from None
-
-
-def cmd_merge(args: argparse.Namespace) -> int:
-    from tsugiki.merging.execute import MergeOptions, parse_dtype
-    from tsugiki.merging.recipe import load_recipe
-    from tsugiki.merging.to_disk import merge_to_disk
-
-    recipe = load_recipe(args.recipe)
-    options = MergeOptions(out_dtype=parse_dtype(args.dtype), device=args.device, allow_pickle=args.allow_pickle,
-                           force=args.force, max_shard_bytes=args.max_shard_size, seed=args.seed,
-                           progress=not args.quiet)
-    result = merge_to_disk(recipe, args.output, options, base_dir=Path(args.recipe).resolve().parent)
-    print(f"merged {result.tensors} tensors ({result.bytes_written / 1e6:.1f} MB) in {result.seconds:.2f}s → {result.out}")
-    return 0
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from tsugiki.merging.architecture import architecture_for, describe
-    from tsugiki.merging.checkpoint import Checkpoint, resolve_model_ref
-
-    with Checkpoint(resolve_model_ref(args.model), allow_pickle=args.allow_pickle) as ckpt:
-        names = ckpt.names()
-        config = ckpt.config()
-        print(f"{args.model}")
-        print(describe(architecture_for(config, names, args.model), names, config))
-    return 0
-
-
-def cmd_tiny_models(args: argparse.Namespace) -> int:
-    from tsugiki.factory.lm import TinyLMSpec, build_siblings
-
-    siblings = build_siblings(Path(args.output), n=args.n, spec=TinyLMSpec(arch=args.arch, seed=args.seed), kind=args.kind)
-    print(f"base: {siblings.base}")
-    for v in siblings.variants:
-        print(f"variant: {v}")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from tsugiki.demo import run_demo
-
-    run_demo(Path(args.output), seed=args.seed, force=args.force)
-    return 0
+COMMAND_MODULES = (merge, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,38 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tsugiki {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    m = sub.add_parser("merge", help="merge models from a recipe (mergekit-compatible YAML)",
-                       description="Merge models tensor by tensor from a recipe and write a Hugging Face model dir.")
-    m.add_argument("recipe", help="recipe YAML file")
-    m.add_argument("-o", "--output", required=True, help="output model directory")
-    m.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
-    m.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="output dtype (overrides the recipe)")
-    m.add_argument("--device", default="cpu", help="device the kernels run on (cpu, cuda, cuda:1, ...)")
-    m.add_argument("--seed", type=int, help="seed for randomized methods (overrides the recipe's seed)")
-    m.add_argument("--max-shard-size", type=_size, help="largest output shard, e.g. 2G (default 5G)")
-    m.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) checkpoints")
-    m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    m.set_defaults(func=cmd_merge)
-
-    i = sub.add_parser("inspect", help="describe a checkpoint's architecture and tensors")
-    i.add_argument("model", help="model directory, weights file or hub id")
-    i.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) checkpoints")
-    i.set_defaults(func=cmd_inspect)
-
-    t = sub.add_parser("tiny-models", help="build tiny mergeable sibling LMs (real HF format) offline")
-    t.add_argument("-o", "--output", required=True, help="folder to create them in")
-    t.add_argument("--arch", default="llama", choices=["llama", "mistral", "qwen2"])
-    t.add_argument("--kind", default="finetuned", choices=["finetuned", "perturbed"])
-    t.add_argument("-n", type=int, default=2, help="number of variants besides the base")
-    t.add_argument("--seed", type=int, default=0)
-    t.set_defaults(func=cmd_tiny_models)
-
-    d = sub.add_parser("demo", help="run the main job on the embedded default models")
-    d.add_argument("-o", "--output", default="tsugiki-demo", help="run directory (default: ./tsugiki-demo)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--force", action="store_true", help="replace an existing run directory")
-    d.set_defaults(func=cmd_demo)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return p
 
 
