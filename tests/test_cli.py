@@ -146,3 +146,20 @@ def test_architecture_mismatch(tiny_siblings, tiny_mistral_siblings, tmp_path):
     out = tmp_path / "out"
     res = run_cli("merge", write_recipe(tmp_path, linear(tiny_siblings.base, tiny_mistral_siblings.base)), "-o", out)
     assert_clean_failure(res, out, "architecture", "MistralForCausalLM", "LlamaForCausalLM")
+
+
+def test_merge_routes_llava_recipes_to_the_graft(tmp_path):
+    from tsugiki.factory.vlm import build_graft_set
+
+    world = build_graft_set(tmp_path / "graft")
+    other = world.llms.variants[1]
+    recipe = write_recipe(tmp_path, f"merge_method: linear\nmodels:\n  - {{model: {world.llava}, parameters: {{weight: 0.5}}}}\n"
+                                    f"  - {{model: {other}, parameters: {{weight: 0.5}}}}\n")
+    out = tmp_path / "out"
+    res = run_cli("merge", recipe, "-o", out, "-q")
+    assert res.returncode == 0, res.stderr
+    src, got = weights(world.llava), weights(out)
+    assert set(src) == set(got)
+    vision = [k for k in src if k.startswith(("vision_tower.", "multi_modal_projector."))]
+    assert vision and all(torch.equal(src[k], got[k]) for k in vision)
+    assert not torch.equal(src["language_model.model.embed_tokens.weight"], got["language_model.model.embed_tokens.weight"])

@@ -8,10 +8,10 @@ import logging
 import sys
 
 from tsugiki import __version__
-from tsugiki.commands import demo, merge
+from tsugiki.commands import demo, merge, vlm
 from tsugiki.errors import TsugikiError
 
-COMMAND_MODULES = (merge, demo)
+COMMAND_MODULES = (merge, vlm, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,3 +28,11 @@ class UnknownNameError(TsugikiError, KeyError):
 
 class OutputExistsError(TsugikiError):
     """The output path exists and --force was not given."""
+
+
+class BenchmarkError(TsugikiError):
+    """Benchmark data, predictions or options that cannot be used; names the file (and line) where known."""
+
+
+class EvolutionError(TsugikiError):
+    """An evolution config, run directory or search that cannot proceed (names file:line or the run dir)."""

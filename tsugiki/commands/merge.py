@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tsugiki.commands.vlm import add_vocab_argument
+
 
 def _size(text: str) -> int:
     units = {"K": 1024, "M": 1024**2, "G": 1024**3}
@@ -20,11 +22,19 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from tsugiki.merging.recipe import load_recipe
     from tsugiki.merging.to_disk import merge_to_disk
 
+    from tsugiki.commands.vlm import VOCAB_CHOICES
+    from tsugiki.vlm.merge import is_vlm_recipe, merge_vlm_to_disk
+
     recipe = load_recipe(args.recipe)
     options = MergeOptions(out_dtype=parse_dtype(args.dtype), device=args.device, allow_pickle=args.allow_pickle,
                            force=args.force, max_shard_bytes=args.max_shard_size, seed=args.seed,
                            progress=not args.quiet)
-    result = merge_to_disk(recipe, args.output, options, base_dir=Path(args.recipe).resolve().parent)
+    base_dir = Path(args.recipe).resolve().parent
+    # the recipe's sources decide the family: a LLaVA source means the LM inside it is merged
+    if is_vlm_recipe(recipe, base_dir):
+        result = merge_vlm_to_disk(recipe, args.output, options, base_dir=base_dir, vocab=VOCAB_CHOICES[args.vocab])
+    else:
+        result = merge_to_disk(recipe, args.output, options, base_dir=base_dir)
     print(f"merged {result.tensors} tensors ({result.bytes_written / 1e6:.1f} MB) in {result.seconds:.2f}s → {result.out}")
     return 0
 
@@ -63,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--max-shard-size", type=_size, help="largest output shard, e.g. 2G (default 5G)")
     m.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) checkpoints")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_vocab_argument(m)
     m.set_defaults(func=cmd_merge)
 
     i = sub.add_parser("inspect", help="describe a checkpoint's architecture and tensors")

@@ -1,0 +1,94 @@
+"""`tsugiki vlm swap|ask|tiny`: LLaVA-family grafting helpers. (Merging a recipe with a VLM source is
+plain `tsugiki merge`.)"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+VOCAB_CHOICES = {"error": "error", "embed-slice": "embed_slice"}
+
+
+def add_vocab_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vocab", choices=list(VOCAB_CHOICES), default="error",
+                        help="when a source's vocabulary size differs from the VLM's: error (default), or embed-slice: "
+                             "merge the shared first rows of embedding/lm_head and keep the VLM's rows beyond")
+
+
+def cmd_swap(args: argparse.Namespace) -> int:
+    from tsugiki.merging.execute import MergeOptions, parse_dtype
+    from tsugiki.merging.recipe import Recipe
+    from tsugiki.vlm.merge import merge_vlm_to_disk
+
+    recipe = Recipe.from_dict({"merge_method": "passthrough", "models": [{"model": args.llm}]}, source_name="vlm swap")
+    options = MergeOptions(out_dtype=parse_dtype(args.dtype), allow_pickle=args.allow_pickle, force=args.force,
+                           progress=not args.quiet)
+    result = merge_vlm_to_disk(recipe, args.output, options, vocab=VOCAB_CHOICES[args.vocab], vision_source=args.vlm)
+    print(f"swapped {args.llm} into {args.vlm}: {result.tensors} tensors in {result.seconds:.2f}s → {result.out}")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from tsugiki.errors import TsugikiError
+    from tsugiki.vlm.generate import GenerationSettings, VQAPredictor
+
+    images = []
+    for path in args.images:
+        try:
+            images.append(Image.open(path).convert("RGB"))
+        except OSError as e:
+            raise TsugikiError(f"{path}: cannot open image: {e}") from None
+    settings = GenerationSettings(num_beams=args.beams, max_new_tokens=args.max_new_tokens)
+    predictor = VQAPredictor.from_pretrained(args.model, device=args.device, template=args.template,
+                                             batch_size=args.batch_size, settings=settings, progress=not args.quiet)
+    for path, answer in zip(args.images, predictor.predict(images, [args.question] * len(images))):
+        print(f"{path}\t{answer}")
+    return 0
+
+
+def cmd_tiny(args: argparse.Namespace) -> int:
+    from tsugiki.factory.lm import TinyLMSpec
+    from tsugiki.factory.vlm import build_graft_set
+
+    s = build_graft_set(Path(args.output), TinyLMSpec(arch=args.arch, seed=args.seed))
+    for label, path in [("llava", s.llava), ("llava_next", s.llava_next), ("llm base", s.llms.base)] + \
+            [("llm variant", v) for v in s.llms.variants]:
+        print(f"{label}: {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    vlm = sub.add_parser("vlm", help="LLaVA-family models: swap the language model, ask about images, tiny models",
+                         description="Merging a recipe whose sources include a LLaVA-family model is `tsugiki merge`.")
+    verbs = vlm.add_subparsers(dest="vlm_command", required=True, metavar="VERB")
+
+    s = verbs.add_parser("swap", help="replace a VLM's language model with a standalone LLM (vision tower kept)")
+    s.add_argument("vlm", help="LLaVA / LLaVA-NeXT model directory or hub id")
+    s.add_argument("llm", help="causal LM with the same hidden size and layer count")
+    s.add_argument("-o", "--output", required=True, help="output model directory")
+    s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="language-model dtype (vision is copied as is)")
+    s.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    s.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) checkpoints")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_vocab_argument(s)
+    s.set_defaults(func=cmd_swap)
+
+    a = verbs.add_parser("ask", help="answer a question about images (seed's Japanese VQA settings)")
+    a.add_argument("model", help="LLaVA-family model directory")
+    a.add_argument("images", nargs="+", help="image files")
+    a.add_argument("-q", "--question", required=True)
+    a.add_argument("--template", default="ja-shisa-vqa", help="prompt template name or a string with {input}")
+    a.add_argument("--beams", type=int, default=5)
+    a.add_argument("--max-new-tokens", type=int, default=512)
+    a.add_argument("--batch-size", type=int, default=4)
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=cmd_ask)
+
+    t = verbs.add_parser("tiny", help="build tiny LLaVA, LLaVA-NeXT and sibling LLMs (graftable) offline")
+    t.add_argument("-o", "--output", required=True, help="folder to create them in")
+    t.add_argument("--arch", default="mistral", choices=["llama", "mistral"])
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_tiny)
