@@ -1,0 +1,171 @@
+"""Which (model, benchmark) pairs to evaluate, from the options that ``pytest benchmarks/`` and
+``tsugiki eval`` share: ``--model`` (causal LMs, for the math benchmarks), ``--vlm-model`` (for
+the VQA benchmarks), ``--predictions`` (folders of ``<benchmark>.jsonl`` files), ``--dataset-dir``.
+
+Each option value is ``PATH`` or ``LABEL=PATH``; the label names the leaderboard row (default:
+the folder's name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tsugiki.benchmarks.predictors import PredictionsFile, Predictor, TextGenerator, vlm_predictor
+from tsugiki.benchmarks.runner import resolve_source, text_generator
+from tsugiki.benchmarks.specs import BENCHMARKS, BenchmarkSpec
+from tsugiki.errors import BenchmarkError
+
+EMBEDDED_MODEL = "tiny-llama"  # the label of the tiny random LM the default run builds
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    benchmark: str
+    source: Path | None
+    predictor: Callable[[], Predictor] = field(compare=False, repr=False)  # built on first use
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.benchmark}"
+
+
+def labelled(value: str) -> tuple[str, Path]:
+    """``LABEL=PATH`` or ``PATH`` (label: the path's last part)."""
+    label, sep, path = value.partition("=")
+    if not sep or not label or "/" in label:
+        label, path = "", value
+    p = Path(path).expanduser()
+    return label or p.resolve().name, p
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int | None = None  # None: the benchmark's (the seed's 1024 for MGSM)
+    batch_size: int = 8
+    device: str = "cpu"
+    dtype: str | None = None
+    threads: int | None = None  # torch CPU threads while generating (None: torch's default)
+
+
+class _LazyGenerators:
+    """One loaded LM per model path, re-prompted per benchmark."""
+
+    def __init__(self, gen: GenerationOptions):
+        self.gen = gen
+        self._base: dict[Path, TextGenerator] = {}
+
+    def get(self, spec: BenchmarkSpec, path: Path, label: str) -> TextGenerator:
+        if path not in self._base:
+            self._base[path] = text_generator(spec, path, max_new_tokens=self.gen.max_new_tokens,
+                                              batch_size=self.gen.batch_size, device=self.gen.device,
+                                              dtype=self.gen.dtype, name=label, threads=self.gen.threads)
+        return self._base[path].for_prompt(spec.prompt, spec.stop, self.gen.max_new_tokens or spec.max_new_tokens)
+
+
+def plan(benchmarks: Sequence[str] | None = None, *, models: Sequence[str] = (), vlm_models: Sequence[str] = (),
+         predictions: Sequence[str] = (), dataset_dir: str | Path | None = None, limit: int | None = None,
+         generation: GenerationOptions | None = None) -> list[Case]:
+    """All cases: every model on every selected benchmark of its kind, every predictions folder on
+    the selected benchmarks it has a file for (all of them when ``benchmarks`` names them)."""
+    explicit = benchmarks is not None and len(benchmarks) > 0
+    specs = [BENCHMARKS.get(b) for b in benchmarks] if explicit else [BENCHMARKS.get(b) for b in BENCHMARKS.names()]
+    if not (models or vlm_models or predictions):
+        raise BenchmarkError("nothing to evaluate: give --model, --vlm-model or --predictions")
+    sources = {}
+    cases: list[Case] = []
+    gen = generation or GenerationOptions()
+    generators = _LazyGenerators(gen)
+    vlm_options = {"device": gen.device, "dtype": gen.dtype, "batch_size": gen.batch_size,
+                   "max_new_tokens": gen.max_new_tokens}
+
+    def source(spec: BenchmarkSpec) -> Path | None:
+        if spec.name not in sources:
+            sources[spec.name] = resolve_source(spec, dataset_dir)
+        return sources[spec.name]
+
+    for value in models:
+        label, path = labelled(value)
+        for spec in (s for s in specs if s.kind == "math"):
+            cases.append(Case(label, spec.name, source(spec), lambda s=spec, p=path, l=label: generators.get(s, p, l)))
+    for value in vlm_models:
+        label, path = labelled(value)
+        for spec in (s for s in specs if s.kind == "vqa"):
+            cases.append(Case(label, spec.name, source(spec), lambda p=path, l=label: vlm_predictor(p, **vlm_options, name=l)))
+    for value in predictions:
+        label, path = labelled(value)
+        if path.is_file():
+            files = {path.stem: path}
+            label = label if "=" in value else path.resolve().parent.name
+        elif path.is_dir():
+            files = {f.stem: f for f in path.glob("*.jsonl")}
+        else:
+            raise BenchmarkError(f"--predictions {path}: no such file or folder")
+        for stem in files:
+            if stem not in BENCHMARKS:
+                BENCHMARKS.get(stem)  # did-you-mean error for a misnamed file
+        for spec in specs:
+            if spec.name not in files:
+                if explicit:
+                    raise BenchmarkError(f"{path}: no {spec.name}.jsonl")
+                continue
+            f = files[spec.name]
+            cases.append(Case(label, spec.name, source(spec),
+                              lambda f=f, l=label: PredictionsFile(f, name=l, allow_extra=limit is not None)))
+    if not cases:
+        raise BenchmarkError("no benchmark matches the given models/predictions")
+    ids = [c.id for c in cases]
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    if dup:
+        raise BenchmarkError(f"two sources evaluate {dup}; give them different labels (LABEL=PATH)")
+    return cases
+
+
+def build_embedded_model(folder: str | Path) -> Path:
+    """The default run's model: a tiny random Llama (char tokenizer, real HF format) built offline."""
+    from tsugiki.factory import TinyLMSpec, build_tiny_lm
+
+    return build_tiny_lm(Path(folder) / EMBEDDED_MODEL, TinyLMSpec(max_position_embeddings=2048))
+
+
+def parse_min_scores(values: Sequence[str]) -> dict[tuple[str, str | None], float]:
+    """``BENCH=VALUE`` (a threshold on the benchmark's primary score) or ``BENCH.SCORE=VALUE``."""
+    out: dict[tuple[str, str | None], float] = {}
+    for value in values:
+        key, sep, number = value.partition("=")
+        bench, _, score = key.strip().partition(".")
+        if not sep or not bench:
+            raise BenchmarkError(f"--min-score {value!r}: expected BENCHMARK=VALUE or BENCHMARK.SCORE=VALUE")
+        spec = BENCHMARKS.get(bench)
+        if score:
+            from tsugiki.benchmarks.specs import METRICS
+
+            if score not in METRICS.get(spec.metric).scores:
+                raise BenchmarkError(f"--min-score {value!r}: {bench} has no score {score!r} "
+                                     f"(has {', '.join(METRICS.get(spec.metric).scores)})")
+        try:
+            out[(bench, score or None)] = float(number)
+        except ValueError:
+            raise BenchmarkError(f"--min-score {value!r}: {number!r} is not a number") from None
+    return out
+
+
+def check_thresholds(result, thresholds: dict[tuple[str, str | None], float]) -> list[str]:
+    """Messages for each threshold ``result`` misses (empty when it passes). For a lower-is-better
+    score the threshold is a maximum. Benchmarks without a threshold always pass ("runs and reports")."""
+    failures = []
+    for (bench, score), minimum in thresholds.items():
+        if bench != result.benchmark:
+            continue
+        name = score or result.primary
+        if name not in result.scores:
+            continue
+        est = result.scores[name]
+        missed = est.value < minimum if result.higher_is_better else est.value > minimum
+        if missed:
+            side = "below the minimum" if result.higher_is_better else "above the maximum"
+            failures.append(f"{result.model} / {bench}: {name} = {est.value:.2f} "
+                            f"(95% CI {est.low:.2f}–{est.high:.2f}, n={result.n}) is {side} {minimum:g}")
+    return failures
