@@ -572,3 +572,11 @@ def test_round_trip_property(d):
         r2 = load_recipe(text, methods=TEST_METHODS)
     assert r2 == r and r2.to_yaml() == text
     assert not any(isinstance(v, float) and math.isnan(v) for v in r.parameters.values())
+
+
+def test_yaml_line_break_characters_round_trip():
+    # found by hypothesis: NEL (\x85) and LS/PS are read back as line breaks unless double-quoted
+    r = load_recipe('merge_method: linear\nmodels:\n  - {model: a, parameters: {weight: 1}}\nname: "x\\N y\\L z\\P"\n',
+                    methods=TEST_METHODS)
+    assert r.name == "x\x85 y\u2028 z\u2029"
+    assert load_recipe(r.to_yaml(), methods=TEST_METHODS) == r
