@@ -163,3 +163,31 @@ def test_merge_routes_llava_recipes_to_the_graft(tmp_path):
     vision = [k for k in src if k.startswith(("vision_tower.", "multi_modal_projector."))]
     assert vision and all(torch.equal(src[k], got[k]) for k in vision)
     assert not torch.equal(src["language_model.model.embed_tokens.weight"], got["language_model.model.embed_tokens.weight"])
+
+
+def test_merge_routes_sdxl_recipes_and_score_fid(tmp_path):
+    import json
+
+    import numpy as np
+
+    from tsugiki.factory.sdxl import build_tiny_sdxl
+
+    a = build_tiny_sdxl(tmp_path / "a", seed=0)
+    b = build_tiny_sdxl(tmp_path / "b", seed=0, unet_seed=1)
+    recipe = write_recipe(tmp_path, f"merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 0.5}}}}\n"
+                                    f"  - {{model: {b}, parameters: {{weight: 0.5}}}}\n")
+    out = tmp_path / "out"
+    res = run_cli("merge", recipe, "-o", out, "-q")
+    assert res.returncode == 0, res.stderr
+    ua, ub = weights(a / "unet"), weights(b / "unet")
+    got = weights(out / "unet")
+    assert set(got) == set(ua) and all(torch.allclose(got[k], 0.5 * ua[k] + 0.5 * ub[k], atol=1e-6) for k in got)
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == \
+        (a / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.normal(size=(50, 4)))
+    np.save(tmp_path / "y.npy", rng.normal(size=(50, 4)) + 1.0)
+    res = run_cli("score", "fid", tmp_path / "x.npy", tmp_path / "y.npy")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["fid"] > 3.0  # mean shift of 1 in 4 dims contributes ≈ 4

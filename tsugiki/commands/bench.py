@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
+from tsugiki.commands.images import add_score_fid_parser
+
 SUMMARY_FILES = ("leaderboard.md", "leaderboard.html")
 
 
@@ -188,7 +190,7 @@ def _positive(text: str) -> int:
 
 
 # Adders of `tsugiki score METRIC` verbs, listed explicitly: add e.g. FID's here.
-SCORE_VERBS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_score_verbs,)
+SCORE_VERBS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_score_verbs, add_score_fid_parser)
 
 
 def register(sub: argparse._SubParsersAction,

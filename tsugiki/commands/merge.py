@@ -23,6 +23,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from tsugiki.merging.to_disk import merge_to_disk
 
     from tsugiki.commands.vlm import VOCAB_CHOICES
+    from tsugiki.diffusion.merge import is_sdxl_recipe, merge_sdxl_to_disk
     from tsugiki.vlm.merge import is_vlm_recipe, merge_vlm_to_disk
 
     recipe = load_recipe(args.recipe)
@@ -30,9 +31,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
                            force=args.force, max_shard_bytes=args.max_shard_size, seed=args.seed,
                            progress=not args.quiet)
     base_dir = Path(args.recipe).resolve().parent
-    # the recipe's sources decide the family: a LLaVA source means the LM inside it is merged
+    # the recipe's sources decide the family: a LLaVA source means the LM inside it is merged,
+    # an SDXL pipeline/UNet source means UNets are merged and the rest of the pipeline copied
     if is_vlm_recipe(recipe, base_dir):
         result = merge_vlm_to_disk(recipe, args.output, options, base_dir=base_dir, vocab=VOCAB_CHOICES[args.vocab])
+    elif is_sdxl_recipe(recipe, base_dir):
+        result = merge_sdxl_to_disk(recipe, args.output, options, base_dir=base_dir,
+                                    components_from=args.components_from, single_file=args.single_file)
     else:
         result = merge_to_disk(recipe, args.output, options, base_dir=base_dir)
     print(f"merged {result.tensors} tensors ({result.bytes_written / 1e6:.1f} MB) in {result.seconds:.2f}s → {result.out}")
@@ -74,6 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) checkpoints")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_vocab_argument(m)
+    m.add_argument("--components-from", metavar="REF",
+                   help="SDXL: pipeline whose VAE and scheduler are copied (default: base_model, else the first model)")
+    m.add_argument("--single-file", action="store_true",
+                   help="SDXL: also write the merged UNet in the original single-file layout")
     m.set_defaults(func=cmd_merge)
 
     i = sub.add_parser("inspect", help="describe a checkpoint's architecture and tensors")

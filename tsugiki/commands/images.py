@@ -1,0 +1,100 @@
+"""Image-model verbs: `score fid`, `eval t2i` (or `eval-t2i`), `tiny-sdxl`.
+
+The CLI wires them in: `add_score_fid_parser(score_subparsers)` under a `score` verb,
+`add_eval_t2i_parser(eval_subparsers)` under an `eval` verb, and `register(subparsers)` for the
+top-level `eval-t2i` and `tiny-sdxl` verbs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def cmd_score_fid(args: argparse.Namespace) -> int:
+    from tsugiki.benchmarks.fid import fid_from_features, load_features
+
+    value = fid_from_features(load_features(args.features_a), load_features(args.features_b))
+    print(json.dumps({"fid": value}))
+    return 0
+
+
+def add_score_fid_parser(score_sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = score_sub.add_parser("fid", help="FID between two saved feature arrays (N x D .npy)",
+                             description="Fréchet distance (float64) between the Gaussians fitted to two feature sets; "
+                                         "prints {\"fid\": ...}.")
+    p.add_argument("features_a", help="first .npy array (N x D, N >= 2)")
+    p.add_argument("features_b", help="second .npy array (M x D, M >= 2)")
+    p.set_defaults(func=cmd_score_fid)
+    return p
+
+
+def cmd_eval_t2i(args: argparse.Namespace) -> int:
+    from tsugiki.diffusion.evaluate import T2IOptions, evaluate_t2i, load_prompts
+
+    options = T2IOptions(preset=args.preset, steps=args.steps, guidance_scale=args.guidance, height=args.height,
+                         width=args.width, seed=args.seed, device=args.device, dtype=args.dtype,
+                         inception_weights=args.inception_weights, download_inception=args.download_inception,
+                         fid_ref=args.fid_ref, resize=args.resize, hps_weights=args.hps_weights,
+                         clip_tokenizer=args.clip_tokenizer, allow_pickle=args.allow_pickle, progress=not args.quiet)
+    report = evaluate_t2i(args.pipeline, load_prompts(args.prompts, args.limit), Path(args.output), options)
+    report.pop("hps_per_image", None)
+    print(json.dumps(report, ensure_ascii=False))
+    return 0
+
+
+def _t2i_arguments(p: argparse.ArgumentParser) -> None:
+    from tsugiki.diffusion.presets import PRESETS
+
+    p.add_argument("pipeline", help="diffusers SDXL pipeline folder")
+    p.add_argument("--prompts", required=True, help="prompt file: .txt (one per line), .jsonl (prompt/caption), .json list")
+    p.add_argument("-o", "--output", required=True, help="run folder (images/, grid.png, report.json)")
+    p.add_argument("--limit", type=int, help="use only the first N prompts")
+    p.add_argument("--preset", choices=PRESETS.names(), help="sampling preset (scheduler, steps, guidance)")
+    p.add_argument("--steps", type=int, help="inference steps (overrides the preset)")
+    p.add_argument("--guidance", type=float, help="guidance scale (overrides the preset)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="pipeline dtype (default: as saved)")
+    p.add_argument("--fid-ref", help="reference for FID: features .npy (N x 2048) or a folder of images")
+    p.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth (or .safetensors)")
+    p.add_argument("--download-inception", action="store_true", help="download the FID Inception weights if not cached")
+    p.add_argument("--resize", choices=("clean", "legacy"), default="clean", help="FID resize convention (default: clean)")
+    p.add_argument("--hps-weights", help="HPS v2/v2.1 checkpoint (open_clip ViT-H-14 state dict)")
+    p.add_argument("--clip-tokenizer", help="local CLIP tokenizer folder for HPS")
+    p.add_argument("--allow-pickle", action="store_true", help="allow .pt/.pth weight files (loaded with weights_only=True)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval_t2i)
+
+
+def add_eval_t2i_parser(eval_sub: argparse._SubParsersAction, name: str = "t2i") -> argparse.ArgumentParser:
+    p = eval_sub.add_parser(name, help="generate images for prompts with an SDXL pipeline; report FID and HPSv2",
+                            description="Generate one image per prompt, save them with a grid PNG, and score FID "
+                                        "(against reference features or images) and HPSv2.")
+    _t2i_arguments(p)
+    return p
+
+
+def cmd_tiny_sdxl(args: argparse.Namespace) -> int:
+    from tsugiki.factory.sdxl import build_tiny_sdxl, export_single_file
+
+    out = Path(args.output)
+    for i in range(args.n):
+        path = build_tiny_sdxl(out / f"sdxl_{i}", seed=args.seed, unet_seed=args.seed + i)
+        print(f"pipeline: {path}")
+        if args.single_file:
+            print(f"single file: {export_single_file(path, out / f'sdxl_{i}.safetensors')}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    add_eval_t2i_parser(sub, name="eval-t2i")
+    t = sub.add_parser("tiny-sdxl", help="build tiny SDXL pipelines (real diffusers format) offline")
+    t.add_argument("-o", "--output", required=True, help="folder to create them in")
+    t.add_argument("-n", type=int, default=2, help="number of pipelines (same text encoders/VAE, different UNets)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--single-file", action="store_true", help="also export each in the original single-file layout")
+    t.set_defaults(func=cmd_tiny_sdxl)
