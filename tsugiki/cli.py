@@ -8,10 +8,10 @@ import logging
 import sys
 
 from tsugiki import __version__
-from tsugiki.commands import bench, demo, images, merge, vlm
+from tsugiki.commands import bench, demo, evolve, images, merge, vlm
 from tsugiki.errors import TsugikiError
 
-COMMAND_MODULES = (merge, vlm, bench, images, demo)
+COMMAND_MODULES = (merge, vlm, evolve, bench, images, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,1 +1,28 @@
-"""Evolutionary search over merge recipes (PS, DFS, PS+DFS) with CMA-ES."""
+"""Evolutionary search over merge recipes (PS, DFS, PS+DFS) with CMA-ES.
+
+After Akiba et al. 2024, "Evolutionary Optimization of Model Merging Recipes" (arXiv:2403.13187).
+
+    from tsugiki.evolution import load_config, evolve, summary
+    result = evolve(load_config("configs/tiny-ps.yaml"), "runs/tiny-ps")   # or evolve(None, run_dir)
+    print(summary("runs/tiny-ps"))
+
+Modules: ``space`` (bounded parameters <-> vectors), ``ps`` / ``dfs`` (the search spaces),
+``assemble`` (no-copy DFS candidates), ``fitness`` / ``data`` (scoring), ``config`` (the YAML
+schema), ``problems`` (space + scoring + export), ``backends`` (serial, processes, Ray), ``runner``
+(the CMA-ES loop), ``rundir`` (files, lock, atomic checkpoints), ``report`` (plots, summary).
+"""
+
+from tsugiki.evolution.config import EvolveConfig, from_data, load_config
+from tsugiki.evolution.dfs import DFSPath, DFSSpace
+from tsugiki.evolution.fitness import FITNESS, EvalContext, FitnessSpec, resolve_fitness
+from tsugiki.evolution.problems import Problem, make_problem
+from tsugiki.evolution.ps import PSSpace
+from tsugiki.evolution.report import summary, write_plots
+from tsugiki.evolution.runner import RunResult, evolve
+from tsugiki.evolution.space import Param, SearchSpace
+
+__all__ = [
+    "DFSPath", "DFSSpace", "EvalContext", "EvolveConfig", "FITNESS", "FitnessSpec", "Param", "PSSpace", "Problem",
+    "RunResult", "SearchSpace", "evolve", "from_data", "load_config", "make_problem", "resolve_fitness", "summary",
+    "write_plots",
+]

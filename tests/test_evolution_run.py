@@ -1,0 +1,167 @@
+"""The run machinery on model-free problems: optimum reached, failures survive, resume after SIGKILL
+is exact, lock, incompatible configs, parallel == serial."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tsugiki.errors import EvolutionError
+from tsugiki.evolution import evolve, from_data, summary
+from tsugiki.evolution.rundir import RunDir
+
+HERE = Path(__file__).resolve()
+
+
+# ---- fitness functions named in configs as "<this file>:<name>" ------------------------------------
+def flaky_sphere(ctx, data=None, *, sleep: float = 0.0):
+    """-(x-1)^2-(y+2)^2, but NaN when x > 2 and an exception when y > 2 (both reachable)."""
+    if sleep:
+        time.sleep(sleep)
+    x, y = ctx.params["x"], ctx.params["y"]
+    if x > 2:
+        return math.nan
+    if y > 2:
+        raise RuntimeError("candidate exploded")
+    return -((x - 1) ** 2) - (y + 2) ** 2
+
+
+def hang_sometimes(ctx, data=None):
+    if ctx.params["x"] > 0:
+        time.sleep(5)
+    return -ctx.params["x"] ** 2
+
+
+def box(tmp_path: Path, fn: str = "flaky_sphere", **search) -> dict:
+    return {
+        "name": "box",
+        "space": {"kind": "box", "params": {"x": [-5, 5], "y": [-5, 5]}},
+        "fitness": {"function": f"{HERE}:{fn}", "args": search.pop("args", {})},
+        "search": {"seed": 3, "population": 6, "sigma": 1.0, "generations": 12, **search},
+    }
+
+
+def history(run: Path) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in RunDir(run).read_jsonl("history.jsonl")]
+
+
+def test_reaches_optimum_and_failures_survive(tmp_path):
+    result = evolve(from_data(box(tmp_path, generations=40)), tmp_path / "run")
+    assert result.best["params"]["x"] == pytest.approx(1.0, abs=1e-2)
+    assert result.best["params"]["y"] == pytest.approx(-2.0, abs=1e-2)
+    hist = RunDir(tmp_path / "run").read_jsonl("history.jsonl")
+    assert len(hist) == result.evaluations == 240
+    errors = [h["error"] for h in hist if h["fitness"] is None]
+    assert any("fitness is nan" in e for e in errors) and any("candidate exploded" in e for e in errors)
+    assert result.failures == len(errors)
+    assert (tmp_path / "run" / "best.yaml").exists() and (tmp_path / "run" / "plots" / "fitness.png").exists()
+    assert "failed" in summary(tmp_path / "run")
+
+
+def test_timeout_fails_the_candidate(tmp_path):
+    cfg = box(tmp_path, "hang_sometimes", generations=1, population=4, timeout=0.2)
+    cfg["space"]["params"] = {"x": {"bounds": [-1, 1], "init": 0.5}}
+    result = evolve(from_data(cfg), tmp_path / "run")
+    hist = RunDir(tmp_path / "run").read_jsonl("history.jsonl")
+    timed_out = [h for h in hist if h["error"] and "timed out" in h["error"]]
+    assert timed_out and all(h["seconds"] < 2 for h in timed_out)
+    assert result.generations == 1
+
+
+def test_extend_run_and_refuse_incompatible_config(tmp_path):
+    run = tmp_path / "run"
+    evolve(from_data(box(tmp_path, generations=3)), run)
+    reference = tmp_path / "ref"
+    evolve(from_data(box(tmp_path, generations=5)), reference)
+    evolve(from_data(box(tmp_path, generations=5)), run)  # the same command with a larger budget continues
+    assert history(run) == history(reference)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(EvolutionError, match=r"different config \(search\.seed"):
+        evolve(from_data(box(tmp_path, generations=5, seed=4)), run)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(EvolutionError, match="not a tsugiki run dir"):
+        evolve(from_data(box(tmp_path)), tmp_path / "other")
+
+
+def test_lock_refuses_a_second_writer(tmp_path):
+    holder = RunDir(tmp_path / "run")
+    holder.lock()
+    try:
+        with pytest.raises(EvolutionError, match=f"another process \\(pid {os.getpid()}\\)"):
+            evolve(from_data(box(tmp_path)), tmp_path / "run")
+    finally:
+        holder.unlock()
+
+
+RUNNER = textwrap.dedent("""
+    import argparse, sys
+    from tsugiki.commands import evolve
+    p = argparse.ArgumentParser()
+    evolve.register(p.add_subparsers())
+    a = p.parse_args(sys.argv[1:])
+    sys.exit(a.func(a))
+""")
+
+
+def _run_and_kill(args: list[str], run: Path, kill_at_lines: int) -> bool:
+    """Start `tsugiki evolve ARGS` in a subprocess and SIGKILL it once history.jsonl has that many
+    lines; returns whether it was killed (False: it finished first)."""
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, "evolve", *args, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    hist = run / "history.jsonl"
+    try:
+        while proc.poll() is None:
+            if hist.exists() and hist.read_bytes().count(b"\n") >= kill_at_lines:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.005)
+        assert proc.returncode == 0, proc.stderr.read().decode()
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
+    cfg = box(tmp_path, generations=10, args={"sleep": 0.01})
+    reference = evolve(from_data(cfg), tmp_path / "ref", plots=False)
+    (tmp_path / "c.yaml").write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    killed = [_run_and_kill([str(tmp_path / "c.yaml"), "-o", str(run)], run, 17),  # mid generation 2
+              _run_and_kill(["--resume", str(run)], run, 40)]
+    assert all(killed), "the run finished before it could be killed"
+    resumed = evolve(None, run, plots=False)
+    assert history(run) == history(tmp_path / "ref")
+    assert resumed.best == reference.best
+    assert (run / "best.yaml").read_text() == (tmp_path / "ref" / "best.yaml").read_text()
+    assert RunDir(run).read_jsonl("generations.jsonl")[-1]["best_so_far"] == reference.best["fitness"]
+
+
+def test_parallel_workers_equal_serial(tmp_path):
+    serial = evolve(from_data(box(tmp_path, generations=3)), tmp_path / "serial", plots=False)
+    parallel = evolve(from_data(box(tmp_path, generations=3, workers=2)), tmp_path / "parallel", plots=False)
+    assert history(tmp_path / "parallel") == history(tmp_path / "serial")
+    assert parallel.best == serial.best
+
+
+def test_ray_backend_equals_serial(tmp_path):
+    if os.environ.get("TSUGIKI_TEST_RAY") != "1":
+        pytest.skip("starts a local Ray cluster (~15 s); set TSUGIKI_TEST_RAY=1 to run")
+    pytest.importorskip("ray")
+    serial = evolve(from_data(box(tmp_path, generations=2)), tmp_path / "serial", plots=False)
+    ray_run = evolve(from_data(box(tmp_path, generations=2, workers=2, backend="ray")), tmp_path / "ray", plots=False)
+    assert history(tmp_path / "ray") == history(tmp_path / "serial")
+    assert ray_run.best == serial.best
+

@@ -1,0 +1,56 @@
+"""`tsugiki evolve`: run, continue or export an evolutionary merge search (PS, DFS, PS+DFS)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tsugiki.errors import EvolutionError
+
+
+def cmd_evolve(args: argparse.Namespace) -> int:
+    from tsugiki.evolution.config import load_config
+    from tsugiki.evolution.problems import make_problem
+    from tsugiki.evolution.report import summary
+    from tsugiki.evolution.runner import evolve
+
+    if (args.config is None) == (args.resume is None):
+        raise EvolutionError("give either CONFIG (with -o RUN_DIR) or --resume RUN_DIR")
+    if args.config is not None and args.output is None:
+        raise EvolutionError("-o RUN_DIR is required with CONFIG (rerunning with the same RUN_DIR continues the run)")
+    run_dir = Path(args.resume or args.output)
+    if args.config is not None:
+        config = load_config(args.config)
+    else:
+        config = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
+        if config is None:
+            raise EvolutionError(f"{run_dir}: not a run dir (no config.yaml) to resume")
+    changes = {k: getattr(args, k) for k in ("workers", "backend", "generations", "max_evaluations") if getattr(args, k) is not None}
+    if changes:
+        config = config.with_search(**changes)
+    result = evolve(config, run_dir, progress=not args.quiet)
+    if args.export:
+        best = result.best
+        if best is None:
+            raise EvolutionError(f"{run_dir}: no successful candidate to export")
+        out = make_problem(config, run_dir).export(best["params"], args.export, force=args.force)
+        print(f"exported the best candidate → {out}")
+    print(summary(run_dir, stop_reason=result.stop_reason))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("evolve", help="evolve merge recipes with CMA-ES (PS, DFS, PS+DFS); resumable",
+                       description="Search merge recipes (parameter space, data-flow space or both) with CMA-ES. "
+                                   "Rerunning with the same RUN_DIR, or --resume RUN_DIR, continues a stopped run.")
+    e.add_argument("config", nargs="?", help="evolve config YAML (see configs/tiny-ps.yaml)")
+    e.add_argument("-o", "--output", help="run directory (created, or continued if it holds this config's run)")
+    e.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its own config")
+    e.add_argument("--workers", type=int, help="parallel evaluation processes (default: the config's)")
+    e.add_argument("--backend", choices=["local", "ray"], help="where workers run (ray: optional dependency)")
+    e.add_argument("--generations", type=int, help="total generations (may be raised to extend a run)")
+    e.add_argument("--max-evaluations", dest="max_evaluations", type=int, help="total evaluation budget")
+    e.add_argument("--export", metavar="DIR", help="write the best candidate as a merged model dir at the end")
+    e.add_argument("--force", action="store_true", help="replace the --export DIR if it exists")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_evolve)

@@ -1,0 +1,247 @@
+"""Where candidates are evaluated: in this process, in local worker processes, or on a Ray cluster.
+
+Every backend runs the same :func:`evaluate_task` on a :class:`Task` and returns a :class:`Result`;
+the runner orders results by task index, so the history does not depend on which worker finished
+first. Each evaluation runs with the same number of torch threads (``search.threads``) whatever the
+backend, so CPU reductions add up in the same order and parallel runs equal serial ones.
+
+A candidate that raises, returns NaN or runs past ``search.timeout`` seconds gets ``fitness=None`` and
+its error; the timeout is a SIGALRM in the evaluating process's main thread (it interrupts Python code
+between operations, not a single long C call). A local worker that dies fails its candidate and is
+replaced.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from tsugiki.errors import EvolutionError
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int
+    x: tuple[float, ...]
+    split: str = "fitness"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Result:
+    fitness: float | None
+    error: str | None
+    seconds: float
+    fatal: bool = False  # the problem itself cannot be set up (models do not load): the run stops
+
+
+class SetupError(EvolutionError):
+    """The problem cannot be set up in an evaluating process; no candidate can succeed."""
+
+
+class CandidateTimeout(Exception):
+    pass
+
+
+class _time_limit:
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.active = bool(seconds) and threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+
+    def _fire(self, signum, frame):
+        raise CandidateTimeout(f"timed out after {self.seconds:g} s")
+
+    def __enter__(self):
+        if self.active:
+            self.previous = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, float(self.seconds))
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+        return False
+
+
+def evaluate_task(problem, task: Task, *, timeout: float | None, threads: int) -> Result:
+    """Decode, evaluate and time one candidate; never raises for a failing candidate."""
+    start = time.perf_counter()
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with _time_limit(timeout):
+            values = problem.space.decode(task.x)
+            fitness = problem.evaluate(values, task.split, task.seed)
+        return Result(fitness, None, time.perf_counter() - start)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except SetupError as e:
+        return Result(None, str(e), time.perf_counter() - start, fatal=True)
+    except BaseException as e:  # noqa: BLE001 - a failing candidate must not stop the run
+        msg = f"{type(e).__name__}: {e}"
+        tb = traceback.extract_tb(e.__traceback__)
+        if tb:
+            msg += f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})"
+        return Result(None, msg, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+# ------------------------------------------------------------------------------ serial
+class SerialBackend:
+    """Evaluates in this process, one candidate at a time."""
+
+    name = "serial"
+
+    def __init__(self, problem, *, timeout: float | None = None, threads: int = 1):
+        self.problem, self.timeout, self.threads = problem, timeout, threads
+
+    def map(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, Result]]:
+        for t in tasks:
+            yield t, evaluate_task(self.problem, t, timeout=self.timeout, threads=self.threads)
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------ local processes
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(config_data: Mapping, run_dir: str, timeout: float | None, threads: int) -> None:
+    from tsugiki.evolution.config import from_data
+    from tsugiki.evolution.problems import make_problem
+
+    torch.set_num_threads(threads)
+    _WORKER.update(timeout=timeout, threads=threads)
+    try:
+        _WORKER["problem"] = make_problem(from_data(config_data), Path(run_dir))
+    except Exception as e:  # noqa: BLE001 - reported with the first task instead of a dead pool
+        _WORKER["error"] = f"worker setup failed: {type(e).__name__}: {e}"
+
+
+def _run_in_worker(task: Task) -> Result:
+    if "error" in _WORKER:
+        return Result(None, _WORKER["error"], 0.0, fatal=True)
+    return evaluate_task(_WORKER["problem"], task, timeout=_WORKER["timeout"], threads=_WORKER["threads"])
+
+
+_DIED = ("worker process died (killed, crashed, or could not start: a script that runs workers > 1 must guard "
+         "its top level with `if __name__ == '__main__':`)")
+
+
+class ProcessBackend:
+    """A pool of ``workers`` local processes (``spawn``), each building the problem once."""
+
+    name = "local"
+
+    def __init__(self, config, run_dir: Path, *, workers: int, timeout: float | None = None, threads: int = 1):
+        self.args = (dict(config.data), str(run_dir), timeout, threads)
+        self.workers = workers
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=self.args)
+
+    def map(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, Result]]:
+        pending: dict[Future, Task] = {self.pool.submit(_run_in_worker, t): t for t in tasks}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            broken = False
+            for f in done:
+                t = pending.pop(f)
+                try:
+                    yield t, f.result()
+                except BrokenProcessPool:
+                    broken = True
+                    yield t, Result(None, _DIED, math.nan)
+            if broken:  # the pool is unusable: fail what it still held and start a new one
+                for f, t in pending.items():
+                    yield t, Result(None, _DIED, math.nan)
+                pending.clear()
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = self._new_pool()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------ ray
+class RayBackend:
+    """``workers`` Ray actors running the same worker code; the run dir and model paths must be
+    readable at the same paths on every node (a shared filesystem). Uses the cluster named by
+    ``RAY_ADDRESS`` if set, else starts a local one."""
+
+    name = "ray"
+
+    def __init__(self, config, run_dir: Path, *, workers: int, timeout: float | None = None, threads: int = 1):
+        try:
+            import ray
+        except ImportError:
+            raise EvolutionError("--backend ray needs the optional dependency ray (pip install 'tsugiki[ray]')") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if not os.environ.get("RAY_ADDRESS"):
+                kwargs["num_cpus"] = max(workers * threads, 1)
+            ray.init(**kwargs)
+            self._owns = True
+        else:
+            self._owns = False
+
+        @ray.remote(num_cpus=threads)
+        class _Actor:
+            def __init__(self, *args):
+                _init_worker(*args)
+
+            def run(self, task):
+                return _run_in_worker(task)
+
+        args = (dict(config.data), str(run_dir), timeout, threads)
+        self.actors = [_Actor.remote(*args) for _ in range(workers)]
+
+    def map(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, Result]]:
+        ray = self.ray
+        queue = list(tasks)
+        pending: dict[Any, tuple[Any, Task]] = {}
+        free = list(self.actors)
+        while queue or pending:
+            while queue and free:
+                actor, t = free.pop(), queue.pop(0)
+                pending[actor.run.remote(t)] = (actor, t)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            actor, t = pending.pop(done[0])
+            free.append(actor)
+            try:
+                yield t, ray.get(done[0])
+            except Exception as e:  # noqa: BLE001 - an actor that died fails its candidate
+                yield t, Result(None, f"ray worker failed: {type(e).__name__}: {e}", math.nan)
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+        if self._owns:
+            self.ray.shutdown()
+
+
+def make_backend(name: str, problem, config, run_dir: Path, *, workers: int, timeout: float | None, threads: int):
+    if name == "ray":
+        return RayBackend(config, run_dir, workers=workers, timeout=timeout, threads=threads)
+    if name != "local":
+        raise EvolutionError(f"unknown backend {name!r} (local, ray)")
+    if workers <= 1:
+        return SerialBackend(problem, timeout=timeout, threads=threads)
+    return ProcessBackend(config, run_dir, workers=workers, timeout=timeout, threads=threads)

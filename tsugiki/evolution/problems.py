@@ -1,0 +1,328 @@
+"""Problems: a search space plus how one candidate is scored, documented and exported.
+
+A problem is built from a validated config and the run dir's source paths, cheaply (configs and
+metadata only); :meth:`Problem.setup` loads models the first time a candidate is evaluated, once per
+process, so worker processes pay for it once. Kinds (Akiba et al. 2024, arXiv:2403.13187):
+
+- ``box``: named bounded numbers scored by a function of the parameters alone (tests the optimiser).
+- ``ps``: a merge recipe per candidate (:mod:`tsugiki.evolution.ps`), merged in place into one loaded
+  model with :class:`~tsugiki.merging.inmemory.InMemoryMerger`.
+- ``dfs`` / ``ps_dfs``: an inference path per candidate (:mod:`tsugiki.evolution.dfs`), assembled
+  from the loaded sources without copying weights (:mod:`tsugiki.evolution.assemble`); ``ps_dfs``
+  includes ``ps``, the PS recipe merged once into ``RUN_DIR/ps_model``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from tsugiki.errors import EvolutionError, TsugikiError
+from tsugiki.evolution.config import EvolveConfig
+from tsugiki.evolution.data import Pair, check_disjoint, load_pairs
+from tsugiki.evolution.dfs import DFSSpace, check_foldable, exact_export
+from tsugiki.evolution.fitness import EvalContext, FitnessSpec, as_fitness, resolve_fitness
+from tsugiki.evolution.ps import DEFAULT_BOUNDS, PSSpace
+from tsugiki.evolution.space import Param, SearchSpace
+
+PS_MODEL = "ps"
+
+
+# ------------------------------------------------------------------------------ sources
+def source_paths(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
+    """Short name -> model path: ``sources``, tiny factory models and the ps_dfs merged model."""
+    paths = dict(config.data["sources"])
+    tiny = config.data.get("tiny_models")
+    if tiny is not None:
+        root = Path(run_dir).resolve() / "models"
+        paths.setdefault("base", str(root / "base"))
+        for i in range(tiny.get("n", 2)):
+            paths.setdefault(f"variant_{i}", str(root / f"variant_{i}"))
+    if config.space["kind"] == "ps_dfs":
+        paths.setdefault(PS_MODEL, str(Path(run_dir).resolve() / "ps_model"))
+    return paths
+
+
+def prepare_sources(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
+    """Build what the sources need and is missing (tiny models, the ps_dfs merge); main process only."""
+    run_dir = Path(run_dir)
+    tiny = config.data.get("tiny_models")
+    if tiny is not None and not (run_dir / "models" / ".complete").exists():
+        from tsugiki.factory.lm import TinyLMSpec, build_siblings
+
+        shutil.rmtree(run_dir / "models", ignore_errors=True)
+        shape = {k: tiny[k] for k in ("hidden_size", "num_layers") if k in tiny}
+        spec = TinyLMSpec(arch=tiny.get("arch", "llama"), seed=tiny.get("seed", 0), **shape)
+        build_siblings(run_dir / "models", n=tiny.get("n", 2), spec=spec, kind=tiny.get("kind", "finetuned"),
+                       steps=tiny.get("steps", 20))
+        (run_dir / "models" / ".complete").write_text("")
+    paths = source_paths(config, run_dir)
+    if config.space["kind"] == "ps_dfs" and not Path(paths[PS_MODEL]).exists():
+        from tsugiki.merging.execute import MergeOptions
+        from tsugiki.merging.recipe import Recipe, load_recipe
+        from tsugiki.merging.to_disk import merge_to_disk
+
+        r = config.space["ps_recipe"]
+        base_dir = Path(r).parent if isinstance(r, str) else None
+        data = load_recipe(r).to_dict() if isinstance(r, str) else dict(r)
+        recipe = Recipe.from_dict(_with_paths(data, paths), source_name=config.where("space.ps_recipe").rstrip(": "))
+        merge_to_disk(recipe, paths[PS_MODEL], MergeOptions(progress=False), base_dir=base_dir)
+    return paths
+
+
+def _with_paths(recipe: dict, paths: Mapping[str, str]) -> dict:
+    """A recipe's model refs that are source names replaced by their paths."""
+    sub = lambda ref: paths.get(ref, ref) if isinstance(ref, str) else ref  # noqa: E731
+    out = json.loads(json.dumps(recipe))
+    if "base_model" in out:
+        out["base_model"] = sub(out["base_model"])
+    for m in out.get("models") or []:
+        m["model"] = sub(m.get("model"))
+    for s in out.get("slices") or []:
+        if "base_model" in s:
+            s["base_model"] = sub(s["base_model"])
+        for src in s.get("sources") or []:
+            src["model"] = sub(src.get("model"))
+    return out
+
+
+def _model_config(path: str) -> tuple[dict, list[str]]:
+    from tsugiki.merging.checkpoint import Checkpoint, resolve_model_ref
+
+    try:
+        with Checkpoint(resolve_model_ref(path)) as ckpt:
+            return ckpt.config() or {}, ckpt.names()
+    except TsugikiError as e:
+        raise EvolutionError(f"source {path}: {e}") from None
+
+
+def load_causal_lm(path: str, device: str = "cpu"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+# ------------------------------------------------------------------------------ problems
+class Problem:
+    kind = ""
+    space: SearchSpace
+
+    def __init__(self, config: EvolveConfig, paths: Mapping[str, str]):
+        self.config = config
+        self.paths = dict(paths)
+        fit = config.data["fitness"]
+        val = config.data.get("validation")
+        self.fitness: FitnessSpec = self._resolve("fitness", fit["function"])
+        self.fitness_args = dict(fit["args"])
+        self.data: dict[str, list[Pair] | None] = {"fitness": load_pairs(fit["data"], config.where("fitness.data")) if fit.get("data") else None}
+        if val is not None:
+            self.val_fitness = self._resolve("validation", val["function"]) if val.get("function") else self.fitness
+            self.val_args = dict(val["args"]) if val.get("function") or val["args"] else self.fitness_args
+            self.data["validation"] = load_pairs(val["data"], config.where("validation.data"))
+            if self.data["fitness"] is not None:
+                check_disjoint(self.data["fitness"], self.data["validation"])
+        self._ready = False
+
+    def _resolve(self, section: str, name: str) -> FitnessSpec:
+        try:
+            return resolve_fitness(name)
+        except TsugikiError as e:
+            raise EvolutionError(f"{self.config.where(section + '.function')}{e}") from None
+
+    @property
+    def has_validation(self) -> bool:
+        return "validation" in self.data
+
+    def setup(self) -> None:
+        """Load what evaluation needs (models); called once per process before the first candidate."""
+
+    def check(self) -> None:
+        """Fail fast, before any candidate runs, on sources that cannot work together (metadata only)."""
+
+    def evaluate(self, values: Mapping[str, float], split: str = "fitness", seed: int = 0) -> float:
+        if not self._ready:
+            from tsugiki.evolution.backends import SetupError
+
+            try:
+                self.setup()
+            except Exception as e:  # noqa: BLE001 - no candidate can succeed: stop the run, say why
+                raise SetupError(f"cannot set up the {self.kind} problem: {type(e).__name__}: {e}") from e
+            self._ready = True
+        spec, args = (self.fitness, self.fitness_args) if split == "fitness" else (self.val_fitness, self.val_args)
+        ctx = EvalContext(params=dict(values), split=split, seed=seed)
+        self.prepare_candidate(values, ctx)
+        return as_fitness(spec.fn(ctx, self.data[split], **args))
+
+    def prepare_candidate(self, values: Mapping[str, float], ctx: EvalContext) -> None:
+        """Put the candidate (model, tokenizer) into ``ctx``."""
+
+    def document(self, values: Mapping[str, float], header: str = "") -> str:
+        """The best candidate as YAML text (``best.yaml``)."""
+        return header + yaml.safe_dump({"params": dict(values)}, sort_keys=False)
+
+    def details(self, values: Mapping[str, float]) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    def export(self, values: Mapping[str, float], out: str | Path, *, force: bool = False) -> Path:
+        raise EvolutionError(f"a {self.kind} space has no model to export")
+
+
+class BoxProblem(Problem):
+    kind = "box"
+
+    def __init__(self, config: EvolveConfig, paths: Mapping[str, str]):
+        super().__init__(config, paths)
+        t = config.space.get("transform", "sigmoid")
+        self.space = SearchSpace.of(Param(n, *p["bounds"], p.get("init"), p.get("transform", t))
+                                    for n, p in config.space["params"].items())
+
+
+class PSProblem(Problem):
+    kind = "ps"
+
+    def __init__(self, config: EvolveConfig, paths: Mapping[str, str]):
+        super().__init__(config, paths)
+        from tsugiki.merging.architecture import architecture_for
+
+        s = config.space
+        for key in ("models", "base_model"):
+            for name in (s.get(key) if isinstance(s.get(key), list) else [s.get(key)] if s.get(key) else []):
+                if name not in self.paths:
+                    raise EvolutionError(f"{config.where('space.' + key)}unknown source {name!r} (known: {', '.join(self.paths)})")
+        ref = s.get("base_model") or s["models"][0]
+        cfg, names = _model_config(self.paths[ref])
+        arch = architecture_for(cfg, names, ref)
+        params = s.get("params") or {k: {"bounds": list(v)} for k, v in DEFAULT_BOUNDS.items()}
+        self.ps = PSSpace(
+            method=s.get("method", "dare_ties"), base_model=s.get("base_model"), models=tuple(s["models"]),
+            paths=self.paths, num_layers=arch.num_layers(cfg, names), layer_prefix=arch.layer_prefix,
+            layer_groups=s.get("layer_groups", 1), bounds={k: tuple(v["bounds"]) for k, v in params.items()},
+            init={k: v["init"] for k, v in params.items() if "init" in v}, transform=s.get("transform", "sigmoid"),
+            fixed=s.get("fixed", {}), merge_seed=s.get("merge_seed", 0), dtype=s.get("dtype"))
+        self.space = self.ps.space()
+        self.ps.recipe(self.space.decode(self.space.x0()))  # bad method/parameter names fail now, not per candidate
+
+    def check(self) -> None:
+        from tsugiki.merging.checkpoint import open_sources
+        from tsugiki.merging.plan import plan_merge
+
+        recipe = self.ps.recipe(self.space.decode(self.space.x0()))
+        sources = open_sources(recipe.model_refs())
+        try:
+            plan_merge(recipe, sources)  # MergeError names the tensor, model and shape at fault
+        finally:
+            for src in sources.values():
+                src.close()
+
+    def setup(self) -> None:
+        from tsugiki.merging.inmemory import InMemoryMerger
+
+        ref = self.ps.base_model or self.ps.models[0]
+        self.model, self.tokenizer = load_causal_lm(self.paths[ref], self.config.search["device"])
+        refs = {self.paths[m] for m in (*self.ps.models, *([self.ps.base_model] if self.ps.base_model else []))}
+        self.merger = InMemoryMerger(self.model, {r: r for r in sorted(refs)})
+
+    def prepare_candidate(self, values, ctx) -> None:
+        self.merger.apply(self.ps.recipe(values))
+        ctx.model, ctx.tokenizer = self.model, self.tokenizer
+
+    def document(self, values, header: str = "") -> str:
+        return header + self.ps.recipe(values).to_yaml()
+
+    def details(self, values) -> dict[str, Any]:
+        mats = {}
+        for pname in self.ps.bounds:
+            rows, cols, vals = self.ps.matrix(values, pname)
+            mats[pname] = {"rows": rows, "cols": cols, "values": vals, "bounds": list(self.ps.bounds[pname])}
+        return {"kind": "ps", "matrices": mats}
+
+    def export(self, values, out, *, force: bool = False) -> Path:
+        from tsugiki.merging.execute import MergeOptions
+        from tsugiki.merging.to_disk import merge_to_disk
+
+        return merge_to_disk(self.ps.recipe(values), out, MergeOptions(force=force, progress=False)).out
+
+
+class DFSProblem(Problem):
+    kind = "dfs"
+
+    def __init__(self, config: EvolveConfig, paths: Mapping[str, str]):
+        super().__init__(config, paths)
+        s = config.space
+        self.kind = s["kind"]
+        for name in s["models"]:
+            if name not in self.paths:
+                raise EvolutionError(f"{config.where('space.models')}unknown source {name!r} (known: {', '.join(self.paths)})")
+        layers, first = {}, None
+        for name in s["models"]:
+            cfg, names = _model_config(self.paths[name])
+            layers[name] = int(cfg.get("num_hidden_layers", 0))
+            check_foldable(names, name)
+            shape = (tuple(cfg.get("architectures") or ()), cfg.get("hidden_size"))
+            if first is not None and shape != first[1]:
+                raise EvolutionError(f"{config.where('space.models')}{name} ({shape[0]}, hidden {shape[1]}) cannot share a "
+                                     f"path with {first[0]} ({first[1][0]}, hidden {first[1][1]})")
+            first = first or (name, shape)
+        ends = s.get("fixed_ends") or {}
+        try:
+            self.dfs = DFSSpace(
+                models=tuple(s["models"]), paths=self.paths, num_layers=layers, repeats=s.get("repeats", 3),
+                scale_bounds=tuple(s.get("scale_bounds", (0.5, 1.5))), scale_diagonal=s.get("scale_diagonal", True),
+                fixed_model=ends.get("model"), fixed_first=ends.get("first", 0), fixed_last=ends.get("last", 0),
+                init_model=s.get("init_model"), init_indicator=s.get("init_indicator", 1.0),
+                transform=s.get("transform", "sigmoid"))
+        except EvolutionError as e:
+            raise EvolutionError(f"{config.where('space')}{e}") from None
+        self.space = self.dfs.space()
+
+    def setup(self) -> None:
+        from tsugiki.evolution.assemble import check_compatible
+
+        self.models = {}
+        for name in self.dfs.models:
+            self.models[name], tok = load_causal_lm(self.paths[name], self.config.search["device"])
+            if name == self.dfs.models[0]:
+                self.tokenizer = tok
+        check_compatible(self.models)
+
+    def prepare_candidate(self, values, ctx) -> None:
+        from tsugiki.evolution.assemble import assemble
+
+        ctx.model, ctx.tokenizer = assemble(self.models, self.dfs.path(values)), self.tokenizer
+
+    def document(self, values, header: str = "") -> str:
+        path = self.dfs.path(values)
+        lines = [f"#   {i:3d}: {m} layer {l}  scale {s:.4f}" for i, ((m, l), s) in enumerate(zip(path.layers, path.scales))]
+        exact = "exact" if exact_export(path) else "equal up to RMSNorm epsilon (scales folded into o_proj/down_proj)"
+        note = f"# DFS inference path ({len(path.layers)} layers); this passthrough recipe is {exact}\n"
+        return header + note + "\n".join(lines) + "\n" + self.dfs.recipe(path).to_yaml()
+
+    def details(self, values) -> dict[str, Any]:
+        path = self.dfs.path(values)
+        return {"kind": self.kind, "models": list(self.dfs.models), "num_layers": dict(self.dfs.num_layers),
+                "path": path.to_data(), "scales": self.dfs.scale_matrix(values), "exact_export": exact_export(path)}
+
+    def export(self, values, out, *, force: bool = False) -> Path:
+        from tsugiki.merging.execute import MergeOptions
+        from tsugiki.merging.to_disk import merge_to_disk
+
+        return merge_to_disk(self.dfs.recipe(self.dfs.path(values)), out, MergeOptions(force=force, progress=False)).out
+
+
+PROBLEMS = {"box": BoxProblem, "ps": PSProblem, "dfs": DFSProblem, "ps_dfs": DFSProblem}
+
+
+def make_problem(config: EvolveConfig, run_dir: str | Path) -> Problem:
+    return PROBLEMS[config.space["kind"]](config, source_paths(config, Path(run_dir)))

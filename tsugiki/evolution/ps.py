@@ -1,0 +1,113 @@
+"""Parameter-space (PS) search: per-model merge parameters, optionally per layer group.
+
+PS evolution as in Akiba et al. 2024 (arXiv:2403.13187, Sec. 3.1): a merge method (default DARE-TIES,
+Yu et al. 2023) whose per-model ``weight`` and ``density`` are searched by CMA-ES. A candidate is a
+plain tsugiki/mergekit :class:`~tsugiki.merging.recipe.Recipe`, so the best one is a YAML recipe that
+``tsugiki merge`` (and mergekit) can run.
+
+Parameter names (what ``history.jsonl`` and the heatmap use)::
+
+    layer_groups == 1:  "<model>.<param>"                         e.g. "variant_0.weight"
+    layer_groups  > 1:  "<model>.<param>.g<k>", k = 0..G-1      one value per group of layers
+                        "<model>.<param>.rest"                  embeddings, final norm, lm_head
+
+Layer i of L belongs to group ``i * G // L``. Groups become ``{filter, value}`` conditionals, one per
+layer, whose filter is the architecture's exact layer prefix (``model.layers.3.``), followed by a
+catch-all conditional holding the ``rest`` value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from tsugiki.errors import EvolutionError
+from tsugiki.evolution.space import Param, SearchSpace
+from tsugiki.merging.recipe import Recipe
+
+DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.1, 1.0)}
+
+
+@dataclass(frozen=True)
+class PSSpace:
+    """PS search space. ``models`` are the searched (non-base) models' short names; ``paths`` maps every
+    short name (the base included) to the model reference written into recipes."""
+
+    method: str
+    base_model: str | None
+    models: tuple[str, ...]
+    paths: Mapping[str, str]
+    num_layers: int
+    layer_prefix: str = "model.layers.${layer_index}."
+    layer_groups: int = 1
+    bounds: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_BOUNDS))
+    init: Mapping[str, float] = field(default_factory=dict)
+    transform: str = "sigmoid"
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # method-level parameters, not searched
+    merge_seed: int | None = 0
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise EvolutionError("space.models: at least one model to merge is needed")
+        if not 1 <= self.layer_groups <= max(1, self.num_layers):
+            raise EvolutionError(f"space.layer_groups: {self.layer_groups} must be within 1..{self.num_layers} (the layer count)")
+        for name in (*self.models, *([self.base_model] if self.base_model else [])):
+            if name not in self.paths:
+                raise EvolutionError(f"space: model {name!r} is not among the sources ({', '.join(self.paths)})")
+
+    # ---- naming ---------------------------------------------------------------------------------
+    def groups(self) -> list[str]:
+        return [""] if self.layer_groups == 1 else [f"g{k}" for k in range(self.layer_groups)] + ["rest"]
+
+    def name(self, model: str, param: str, group: str = "") -> str:
+        return f"{model}.{param}" + (f".{group}" if group else "")
+
+    def space(self) -> SearchSpace:
+        params = []
+        for model in self.models:
+            for pname, (lo, hi) in self.bounds.items():
+                for g in self.groups():
+                    params.append(Param(self.name(model, pname, g), lo, hi, self.init.get(pname), self.transform))
+        return SearchSpace.of(params)
+
+    def group_of_layer(self, layer: int) -> int:
+        return layer * self.layer_groups // self.num_layers
+
+    # ---- decoding -------------------------------------------------------------------------------
+    def recipe_dict(self, values: Mapping[str, float]) -> dict[str, Any]:
+        """Plain recipe data (mergekit layout) for decoded parameter values."""
+        entries = []
+        for model in self.models:
+            params: dict[str, Any] = {}
+            for pname in self.bounds:
+                if self.layer_groups == 1:
+                    params[pname] = float(values[self.name(model, pname)])
+                    continue
+                conds = []
+                for layer in range(self.num_layers):
+                    g = self.group_of_layer(layer)
+                    prefix = self.layer_prefix.replace("${layer_index}", str(layer))
+                    conds.append({"filter": prefix, "value": float(values[self.name(model, pname, f"g{g}")])})
+                conds.append({"value": float(values[self.name(model, pname, "rest")])})
+                params[pname] = conds
+            entries.append({"model": self.paths[model], "parameters": params})
+        data: dict[str, Any] = {"merge_method": self.method, "models": entries}
+        if self.base_model is not None:
+            data["base_model"] = self.paths[self.base_model]
+        if self.fixed:
+            data["parameters"] = dict(self.fixed)
+        if self.dtype is not None:
+            data["dtype"] = self.dtype
+        if self.merge_seed is not None:
+            data["seed"] = int(self.merge_seed)
+        return data
+
+    def recipe(self, values: Mapping[str, float]) -> Recipe:
+        return Recipe.from_dict(self.recipe_dict(values), source_name="<candidate>")
+
+    def matrix(self, values: Mapping[str, float], pname: str) -> tuple[list[str], list[str], list[list[float]]]:
+        """(row labels = models, column labels = groups, values) of one parameter, for the heatmap."""
+        cols = self.groups()
+        rows = [[float(values[self.name(m, pname, g)]) for g in cols] for m in self.models]
+        return list(self.models), [g or "all" for g in cols], rows

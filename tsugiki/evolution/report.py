@@ -1,0 +1,177 @@
+"""Plots (PNG) and the one-screen terminal summary of a run dir.
+
+- ``plots/fitness.png``: every candidate's fitness over evaluations, the best so far, and the best of
+  each generation next to its score on the validation split (the gap shows overfitting to the fitness
+  set, which the toy runs measured at 2-5x).
+- ``plots/ps_heatmap.png``: the best PS candidate's parameters per model and layer group (as in Fig. 3
+  of Akiba et al. 2024, arXiv:2403.13187).
+- ``plots/dfs_path.png``: the best DFS inference path (source layer per path position, coloured by
+  model) and the scaling matrix W (as in the paper's Fig. 4).
+
+matplotlib is imported lazily and used through its object API (no pyplot state, no display).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from tsugiki.evolution.rundir import RunDir
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=100, layout="constrained")
+
+
+def plot_fitness(history: list[dict], generations: list[dict], out: Path) -> Path:
+    fig = _figure(8, 4.5)
+    ax = fig.add_subplot()
+    xs = list(range(1, len(history) + 1))
+    ok = [(x, h["fitness"]) for x, h in zip(xs, history) if h["fitness"] is not None]
+    if ok:
+        ax.scatter(*zip(*ok), s=8, alpha=0.35, color="tab:gray", label="candidate (fitness split)")
+        best, run = [], -math.inf
+        for x, h in zip(xs, history):
+            if h["fitness"] is not None:
+                run = max(run, h["fitness"])
+            best.append(run if run > -math.inf else math.nan)
+        ax.plot(xs, best, color="tab:blue", label="best so far (fitness)")
+        floor = min(f for _, f in ok)
+        failed = [x for x, h in zip(xs, history) if h["fitness"] is None]
+        if failed:
+            ax.scatter(failed, [floor] * len(failed), marker="x", color="tab:red", s=14, label="failed candidate")
+    g_x = [g["evaluations"] for g in generations if g["best_fitness"] is not None]
+    ax.plot(g_x, [g["best_fitness"] for g in generations if g["best_fitness"] is not None], "o-", ms=3,
+            color="tab:green", label="generation best (fitness)")
+    val = [(g["evaluations"], g["validation"]) for g in generations if g.get("validation") is not None]
+    if val:
+        ax.plot(*zip(*val), "s--", ms=3, color="tab:orange", label="generation best (validation)")
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("fitness (higher is better)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.savefig(out)
+    return out
+
+
+def plot_ps(details: dict, out: Path) -> Path:
+    mats = details["matrices"]
+    fig = _figure(4 + 2.2 * len(mats), 1.5 + 0.5 * len(next(iter(mats.values()))["rows"]))
+    for k, (pname, m) in enumerate(mats.items(), 1):
+        ax = fig.add_subplot(1, len(mats), k)
+        lo, hi = m["bounds"]
+        im = ax.imshow(m["values"], vmin=lo, vmax=hi, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(m["cols"])), m["cols"])
+        ax.set_yticks(range(len(m["rows"])), m["rows"])
+        ax.set_xlabel("layer group")
+        ax.set_title(pname)
+        for i, row in enumerate(m["values"]):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < (lo + hi) / 2 else "k")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.savefig(out)
+    return out
+
+
+def plot_dfs(details: dict, out: Path) -> Path:
+    models = details["models"]
+    fig = _figure(11, 4)
+    ax = fig.add_subplot(1, 2, 1)
+    colors = {m: f"C{i}" for i, m in enumerate(models)}
+    path = details["path"]
+    ax.plot(range(len(path)), [p["layer"] for p in path], color="lightgray", zorder=1)
+    for m in models:
+        pts = [(k, p["layer"]) for k, p in enumerate(path) if p["model"] == m]
+        if pts:
+            ax.scatter(*zip(*pts), color=colors[m], label=m, zorder=2, s=25)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("position on the inference path")
+    ax.set_ylabel("source layer")
+    ax.set_title(f"inference path ({len(path)} layers)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax2 = fig.add_subplot(1, 2, 2)
+    im = ax2.imshow(details["scales"], cmap="coolwarm", vmin=0, vmax=2)
+    ax2.set_xticks(range(len(models)), models, rotation=30)
+    ax2.set_yticks(range(len(models)), models)
+    ax2.set_xlabel("to model j")
+    ax2.set_ylabel("from model i")
+    ax2.set_title("scaling matrix W")
+    for i, row in enumerate(details["scales"]):
+        for j, v in enumerate(row):
+            ax2.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax2, shrink=0.8)
+    fig.savefig(out)
+    return out
+
+
+def write_plots(run_dir: str | Path, problem=None) -> list[Path]:
+    """Write the run's PNG plots; none (with a warning) when matplotlib is not installed."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        logging.getLogger("tsugiki.evolve").warning("matplotlib is not installed: no plots written")
+        return []
+    rd = RunDir(run_dir)
+    history, generations = rd.read_jsonl("history.jsonl"), rd.read_jsonl("generations.jsonl")
+    if not history:
+        return []
+    out = rd.file("plots")
+    out.mkdir(exist_ok=True)
+    files = [plot_fitness(history, generations, out / "fitness.png")]
+    best = _best(rd)
+    if problem is not None and best is not None:
+        details = problem.details(best["params"])
+        if details["kind"] == "ps":
+            files.append(plot_ps(details, out / "ps_heatmap.png"))
+        elif details["kind"] in ("dfs", "ps_dfs"):
+            files.append(plot_dfs(details, out / "dfs_path.png"))
+    return files
+
+
+def _best(rd: RunDir) -> dict | None:
+    p = rd.file("best.json")
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _f(v: Any) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def summary(run_dir: str | Path, *, stop_reason: str = "", max_params: int = 12) -> str:
+    """A one-screen text summary of a run dir."""
+    rd = RunDir(run_dir)
+    history, generations = rd.read_jsonl("history.jsonl"), rd.read_jsonl("generations.jsonl")
+    best = _best(rd)
+    failed = [h for h in history if h["fitness"] is None]
+    seconds = sum(g["seconds"] for g in generations)
+    lines = [f"run dir      {rd.path}",
+             f"progress     {len(generations)} generations, {len(history)} evaluations, {len(failed)} failed, "
+             f"{seconds:.1f} s ({len(history) / max(seconds, 1e-9):.1f} evals/s)"]
+    if stop_reason:
+        lines.append(f"stopped      {stop_reason}")
+    if best:
+        lines.append(f"best         fitness {_f(best['fitness'])}, validation {_f(best.get('validation'))} "
+                     f"(generation {best['generation']}, candidate {best['index']})")
+        if generations and generations[-1].get("validation") is not None:
+            lines.append(f"last gen     best fitness {_f(generations[-1]['best_fitness'])}, validation {_f(generations[-1]['validation'])}")
+        slots = [v for k, v in best["params"].items() if k.startswith("use.")]
+        others = [(k, v) for k, v in best["params"].items() if not k.startswith("use.")]
+        if slots:
+            lines.append(f"dfs slots    {sum(v > 0 for v in slots)} of {len(slots)} on the path")
+        lines.append("params       " + ", ".join(f"{k}={v:.3g}" for k, v in others[:max_params])
+                     + (f" ... ({len(others) - max_params} more)" if len(others) > max_params else ""))
+    if failed:
+        lines.append(f"first error  gen {failed[0]['generation']} #{failed[0]['index']}: {str(failed[0]['error'])[:100]}")
+    files = [f for f in ("best.yaml", "best.json", "history.jsonl", "generations.jsonl") if rd.file(f).exists()]
+    plots = sorted(p.name for p in rd.file("plots").glob("*.png")) if rd.file("plots").exists() else []
+    lines.append("files        " + ", ".join(files + [f"plots/{p}" for p in plots]))
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""The run directory: files, a lock against a second writer, atomic checkpoints.
+
+Layout::
+
+    config.yaml        the validated config (absolute paths); what --resume reads
+    history.jsonl      one line per evaluated candidate, in (generation, index) order
+    generations.jsonl  one line per finished generation (best, mean, validation of its best, ...)
+    state.pkl          CMA-ES state and its RNG state, the counters, and the byte lengths of the two
+                       .jsonl files at the last commit; written atomically (tmp + fsync + rename)
+    best.yaml          the best candidate so far (a tsugiki/mergekit recipe where the space has one)
+    best.json          its generation, index, fitness, validation score and parameters
+    plots/*.png        fitness curve, PS heatmap or DFS path and scales (at the end of a run)
+    .lock              held (flock) by the process writing the run
+
+``state.pkl`` is the commit point. History lines are appended (and fsynced) as candidates finish, in
+index order; a run killed at any moment resumes from the last commit: lines past the committed length
+that belong to the interrupted generation are reused when they match the re-asked candidates exactly,
+the rest is cut off, so the resumed history is the uninterrupted one. ``state.pkl`` is a pickle (the
+CMA-ES object): load run dirs you trust only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Iterator
+
+from tsugiki.errors import EvolutionError
+
+STATE_VERSION = 1
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe: non-finite floats become null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def json_line(obj: dict) -> bytes:
+    return (json.dumps(_clean(obj), ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    # ---- files ----------------------------------------------------------------------------------
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config_file(self) -> Path:
+        return self.file("config.yaml")
+
+    def exists(self) -> bool:
+        return self.config_file.exists()
+
+    # ---- lock -----------------------------------------------------------------------------------
+    def lock(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.file(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise EvolutionError(f"{self.path}: run dir is being written by another process (pid {other}); "
+                                 f"wait for it or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ---- state ----------------------------------------------------------------------------------
+    def load_state(self) -> dict | None:
+        p = self.file("state.pkl")
+        if not p.exists():
+            return None
+        try:
+            state = pickle.loads(p.read_bytes())
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt state file
+            raise EvolutionError(f"{p}: unreadable run state ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise EvolutionError(f"{p}: run state of an unknown version")
+        return state
+
+    def commit(self, state: dict) -> None:
+        """Record the logs' current lengths in ``state`` (in place) and write it atomically."""
+        state["version"] = STATE_VERSION
+        state["history_bytes"] = self.size("history.jsonl")
+        state["generations_bytes"] = self.size("generations.jsonl")
+        atomic_write(self.file("state.pkl"), pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
+    # ---- append-only logs -----------------------------------------------------------------------
+    def size(self, name: str) -> int:
+        p = self.file(name)
+        return p.stat().st_size if p.exists() else 0
+
+    def append(self, name: str, obj: dict) -> None:
+        with open(self.file(name), "ab") as f:
+            f.write(json_line(obj))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate(self, name: str, size: int) -> None:
+        p = self.file(name)
+        if p.exists() and p.stat().st_size != size:
+            with open(p, "r+b") as f:
+                f.truncate(size)
+                os.fsync(f.fileno())
+        elif not p.exists() and size:
+            raise EvolutionError(f"{p}: missing, but the run state says it holds {size} bytes")
+
+    def lines_after(self, name: str, offset: int) -> Iterator[tuple[dict, int]]:
+        """Complete, valid JSON lines after byte ``offset``, each with the offset of its end."""
+        p = self.file(name)
+        if not p.exists():
+            return
+        with open(p, "rb") as f:
+            f.seek(offset)
+            pos = offset
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    return
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError:
+                    return
+                pos += len(raw)
+                yield obj, pos
+
+    def read_jsonl(self, name: str) -> list[dict]:
+        return [obj for obj, _ in self.lines_after(name, 0)]
