@@ -254,3 +254,24 @@ chat_template: "{{% for m in messages %}}{{{{ m['content'] }}}}{{% endfor %}}"
     tok = AutoTokenizer.from_pretrained(tmp_path / "out")
     assert tok.model_max_length == 77
     assert tok.apply_chat_template([{"role": "user", "content": "やあ"}], tokenize=False) == "やあ"
+
+
+def test_in_memory_checks_sources_once(tiny_siblings, caplog):
+    from tsugiki.errors import MergeError
+    from tsugiki.merging.checkpoint import Checkpoint, StateDictSource
+
+    base, a = tiny_siblings.base, tiny_siblings.variants[0]
+    with Checkpoint(a) as ck:
+        poisoned = {n: ck.read(n).clone() for n in ck.names()}
+        config = ck.config()
+    poisoned["model.norm.weight"][0] = float("inf")
+    model = AutoModelForCausalLM.from_pretrained(base)
+    with caplog.at_level("WARNING"):
+        merger = InMemoryMerger(model, {"base": base, "a": StateDictSource(poisoned, label="a", config=config)})
+    assert caplog.text.count("contains NaN/Inf") == 1 and "model.norm.weight" in caplog.text
+    caplog.clear()
+    recipe = load_recipe("merge_method: linear\nmodels:\n  - {model: base, parameters: {weight: 0.5}}\n"
+                         "  - {model: a, parameters: {weight: 0.5}}\n")
+    with caplog.at_level("WARNING"), pytest.raises(MergeError, match="model.norm.weight: merged tensor contains NaN/Inf"):
+        merger.apply(recipe)
+    assert "contains NaN/Inf" not in caplog.text.replace("merged tensor contains NaN/Inf", "")

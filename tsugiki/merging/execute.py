@@ -43,18 +43,22 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
+def warn_if_not_finite(t: torch.Tensor, source: TensorSource, name: str) -> None:
+    if not all_finite(t):
+        log.warning("%s: tensor %r contains NaN/Inf", source.label, name)
+
+
 def merge_job(job: TensorJob, plan: MergePlan, sources: Mapping[str, TensorSource], device: torch.device | str = "cpu",
-              warned: set | None = None) -> torch.Tensor:
+              check_inputs: bool = True) -> torch.Tensor:
     """Compute one output tensor (in compute dtype, on `device`). Inputs are views: call
-    `release_inputs(job, sources)` once the result has been consumed."""
+    `release_inputs(job, sources)` once the result has been consumed. check_inputs=False skips the
+    NaN/Inf warning for inputs (for callers that checked their sources once up front)."""
     work = compute_dtype_for(job.in_dtype)
     tensors = []
     for ref, name in job.inputs:
         t = sources[ref].view(name).to(device=device, dtype=work)
-        if (warned is None or (ref, name) not in warned) and not all_finite(t):
-            log.warning("%s: tensor %r contains NaN/Inf", sources[ref].label, name)
-            if warned is not None:
-                warned.add((ref, name))
+        if check_inputs:
+            warn_if_not_finite(t, sources[ref], name)
         tensors.append(t)
     # a CPU generator whatever the device: the same seed draws the same masks on CPU and GPU
     generator = torch.Generator().manual_seed(job.seed) if job.seed is not None else None
@@ -76,14 +80,14 @@ def release_inputs(job: TensorJob, sources: Mapping[str, TensorSource]) -> None:
 
 
 def iter_merged(plan: MergePlan, sources: Mapping[str, TensorSource], *, device: str = "cpu",
-                progress: bool = False, desc: str = "merging") -> Iterator[tuple[TensorJob, torch.Tensor]]:
+                progress: bool = False, desc: str = "merging", check_inputs: bool = True
+                ) -> Iterator[tuple[TensorJob, torch.Tensor]]:
     """Yield each job with its merged tensor; the tensor may share memory with mapped inputs, so it
     is only valid until the next iteration (consume it — write or copy — before asking for more)."""
-    warned: set = set()
     jobs: Callable = tqdm if progress else (lambda x, **_: x)
     for job in jobs(plan.jobs, desc=desc, unit="tensor", leave=False):
         try:
-            yield job, merge_job(job, plan, sources, device, warned)
+            yield job, merge_job(job, plan, sources, device, check_inputs)
         finally:
             release_inputs(job, sources)
 

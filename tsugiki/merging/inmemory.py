@@ -15,7 +15,7 @@ from torch import nn
 
 from tsugiki.errors import MergeError
 from tsugiki.merging.checkpoint import Checkpoint, StateDictSource, TensorSource, resolve_model_ref
-from tsugiki.merging.execute import iter_merged
+from tsugiki.merging.execute import iter_merged, warn_if_not_finite
 from tsugiki.merging.plan import MergePlan, plan_merge
 from tsugiki.merging.recipe import Recipe
 
@@ -55,6 +55,10 @@ class InMemoryMerger:
                  name_map: Callable[[str], str] | None = None, device: str | torch.device | None = None):
         self.module = module
         self.sources = {ref: load_into_memory(ref, s) for ref, s in sources.items()}
+        # sources never change between candidates: check them for NaN/Inf once, not per apply
+        for source in self.sources.values():
+            for name in source.names():
+                warn_if_not_finite(source.read(name), source, name)
         self.name_map = name_map or (lambda n: n)
         self.targets = dict(module.state_dict(keep_vars=True))
         first = next(iter(self.targets.values()), None)
@@ -74,6 +78,6 @@ class InMemoryMerger:
     def apply(self, recipe: Recipe, *, seed: int | None = None) -> MergePlan:
         """Merge `recipe` into the module's parameters (in place); returns the plan used."""
         plan = self.plan(recipe, seed=seed)
-        for job, tensor in iter_merged(plan, self.sources, device=self.device):
+        for job, tensor in iter_merged(plan, self.sources, device=self.device, check_inputs=False):
             self.targets[self.name_map(job.out_name)].copy_(tensor)
         return plan

@@ -87,14 +87,16 @@ def _config(source: TensorSource) -> dict | None:
 
 
 def _check_architectures(refs: list[str], configs: dict[str, dict | None]) -> None:
-    seen: dict[tuple, str] = {}
-    for r in refs:
-        cfg = configs[r] or {}
-        key = (tuple(cfg.get("architectures") or ()), cfg.get("model_type"))
-        if seen and key not in seen:
-            other = next(iter(seen.values()))
-            raise MergeError(f"{r}: architecture {key[0] or key[1]} differs from {other}'s {next(iter(seen))[0]}")
-        seen.setdefault(key, r)
+    def describe(cfg: dict | None) -> str:
+        if not cfg:
+            return "unknown (no config.json)"
+        return ", ".join(cfg.get("architectures") or ()) or cfg.get("model_type") or "unknown"
+
+    first = refs[0]
+    for r in refs[1:]:
+        a, b = configs[first] or {}, configs[r] or {}
+        if (a.get("architectures"), a.get("model_type")) != (b.get("architectures"), b.get("model_type")):
+            raise MergeError(f"{r}: architecture {describe(configs[r])} differs from {first}'s {describe(configs[first])}")
 
 
 def _job(recipe: Recipe, method: MergeMethod, sources: Mapping[str, TensorSource], out_name: str,
