@@ -165,3 +165,88 @@ def test_ray_backend_equals_serial(tmp_path):
     assert history(tmp_path / "ray") == history(tmp_path / "serial")
     assert ray_run.best == serial.best
 
+
+
+# ---- resume is a replay of the logs: no pickle, exact, and refuses what does not replay -------------
+def _files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+
+
+class _Planted:
+    """Unpickling this creates a file: proof that a run dir's pickle was loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_never_unpickles(tmp_path):
+    import pickle
+
+    run, marker = tmp_path / "run", tmp_path / "unpickled"
+    evolve(from_data(box(tmp_path, generations=2)), run, plots=False)
+    assert not (run / "state.pkl").exists() and json.loads((run / "run.json").read_text())["format"] == 2
+    (run / "state.pkl").write_bytes(pickle.dumps(_Planted(marker)))  # what an old or hostile run dir may hold
+    evolve(from_data(box(tmp_path, generations=4)), run, plots=False)
+    assert not marker.exists()
+    src = HERE.parents[1] / "tsugiki" / "evolution"
+    assert not [p.name for p in src.glob("*.py") if "import pickle" in p.read_text() or "pickle.load" in p.read_text()]
+
+
+def test_interrupted_generation_and_partial_lines_resume_exactly(tmp_path):
+    evolve(from_data(box(tmp_path, generations=4)), tmp_path / "ref", plots=False)
+    run = tmp_path / "run"
+    evolve(from_data(box(tmp_path, generations=2)), run, plots=False)
+    ref_lines = (tmp_path / "ref" / "history.jsonl").read_bytes().splitlines(keepends=True)
+    with open(run / "history.jsonl", "ab") as f:  # a kill in generation 2: 3 of its lines and half a line
+        f.write(b"".join(ref_lines[12:15]) + ref_lines[15][:20])
+    with open(run / "generations.jsonl", "ab") as f:
+        f.write(b'{"generation": 2, "evalua')
+    evolve(None, run, plots=False)  # the run's own budget (2 generations) is spent: the lines wait
+    assert len(RunDir(run).read_jsonl("history.jsonl")) == 15
+    evolve(from_data(box(tmp_path, generations=4)), run, plots=False)
+    assert history(run) == history(tmp_path / "ref")
+    assert [g["generation"] for g in RunDir(run).read_jsonl("generations.jsonl")] == [0, 1, 2, 3]
+    assert (run / "best.json").read_text() == (tmp_path / "ref" / "best.json").read_text()
+
+
+@pytest.mark.parametrize("damage", ["x", "fitness", "missing line", "generation line", "pending x"])
+def test_run_dir_that_does_not_replay_is_refused_untouched(tmp_path, damage):
+    run = tmp_path / "run"
+    evolve(from_data(box(tmp_path, generations=3)), run, plots=False)
+    hist = (run / "history.jsonl").read_bytes().splitlines(keepends=True)
+    gens = (run / "generations.jsonl").read_bytes().splitlines(keepends=True)
+    line = json.loads(hist[8])  # generation 1, candidate 2
+    if damage == "x":
+        line["x"][0] = math.nextafter(line["x"][0], math.inf)  # one ulp: still refused
+        hist[8] = (json.dumps(line) + "\n").encode()
+    elif damage == "fitness":
+        line["fitness"] = (line["fitness"] or 0.0) + 1.0
+        hist[8] = (json.dumps(line) + "\n").encode()
+    elif damage == "missing line":
+        del hist[8]
+    elif damage == "generation line":
+        gens[1] = b"not json\n"
+    else:  # a line of the interrupted generation that is not what CMA-ES asks
+        extra = json.loads(hist[-1])
+        extra.update(generation=3, index=0)
+        hist.append((json.dumps(extra) + "\n").encode())
+    (run / "history.jsonl").write_bytes(b"".join(hist))
+    (run / "generations.jsonl").write_bytes(b"".join(gens))
+    before = _files(run)
+    with pytest.raises(EvolutionError, match=f"{run}.*(cannot resume|damaged)"):
+        evolve(from_data(box(tmp_path, generations=5)), run, plots=False)
+    assert _files(run) == before
+
+
+def test_edited_config_yaml_is_refused(tmp_path):
+    run = tmp_path / "run"
+    evolve(from_data(box(tmp_path, generations=2)), run, plots=False)
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("sigma: 1.0", "sigma: 2.0"))
+    before = _files(run)
+    with pytest.raises(EvolutionError, match="differs from the config the run was started with"):
+        evolve(None, run, plots=False)
+    assert _files(run) == before

@@ -27,7 +27,9 @@ Schema (defaults in brackets; paths are relative to the config file)::
 
 DATA is described in :mod:`tsugiki.evolution.data`. ``workers``, ``backend``, ``generations`` and
 ``max_evaluations`` may change when a run is resumed; any other change makes the config incompatible
-with the run dir (see :meth:`EvolveConfig.fingerprint`).
+with the run dir (see :meth:`EvolveConfig.fingerprint`, kept in the run dir's ``run.json``). A resume
+rebuilds the CMA-ES state by replaying the run's logs under this config (no pickle; see
+:mod:`tsugiki.evolution.rundir`).
 """
 
 from __future__ import annotations

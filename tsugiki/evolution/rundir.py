@@ -3,20 +3,25 @@
 Layout::
 
     config.yaml        the validated config (absolute paths); what --resume reads
-    history.jsonl      one line per evaluated candidate, in (generation, index) order
+    run.json           format and the config's fingerprint (resume refuses an edited config.yaml)
+    history.jsonl      one line per evaluated candidate, in (generation, index) order, with its raw
+                       CMA-ES vector ``x`` (JSON numbers, shortest round-trip repr: exact float64)
     generations.jsonl  one line per finished generation (best, mean, validation of its best, ...)
-    state.pkl          CMA-ES state and its RNG state, the counters, and the byte lengths of the two
-                       .jsonl files at the last commit; written atomically (tmp + fsync + rename)
     best.yaml          the best candidate so far (a tsugiki/mergekit recipe where the space has one)
     best.json          its generation, index, fitness, validation score and parameters
     plots/*.png        fitness curve, PS heatmap or DFS path and scales (at the end of a run)
     .lock              held (flock) by the process writing the run
 
-``state.pkl`` is the commit point. History lines are appended (and fsynced) as candidates finish, in
-index order; a run killed at any moment resumes from the last commit: lines past the committed length
-that belong to the interrupted generation are reused when they match the re-asked candidates exactly,
-the rest is cut off, so the resumed history is the uninterrupted one. ``state.pkl`` is a pickle (the
-CMA-ES object): load run dirs you trust only.
+Every file is text (YAML / JSON); nothing in a run dir is unpickled. (Resuming does run the fitness
+function config.yaml names, a module or a ``.py`` file: read a config you were handed first.) A
+generation's line in ``generations.jsonl`` is its commit point: history lines are appended (and
+fsynced) as candidates finish, in index order, then the generation line. Resuming rebuilds the
+CMA-ES state by replaying the committed generations (see :func:`tsugiki.evolution.runner.replay`):
+a fresh optimiser from the config asks, the asked vectors must equal the recorded ``x`` exactly, and
+it is told the recorded costs. History lines of the interrupted generation are reused when they
+match the re-asked candidates exactly; a partly written last line (a kill mid-write) is cut off, so
+the resumed history is the uninterrupted one. Anything else that does not fit is refused before a
+file is changed. (A ``state.pkl`` left by older versions is ignored, never loaded.)
 """
 
 from __future__ import annotations
@@ -25,13 +30,12 @@ import fcntl
 import json
 import math
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Iterator
 
 from tsugiki.errors import EvolutionError
 
-STATE_VERSION = 1
+RUN_FORMAT = 2  # 1: CMA-ES state in state.pkl (no longer read); 2: replayed from the logs
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -110,25 +114,21 @@ class RunDir:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    # ---- state ----------------------------------------------------------------------------------
-    def load_state(self) -> dict | None:
-        p = self.file("state.pkl")
+    # ---- run.json -------------------------------------------------------------------------------
+    def read_meta(self) -> dict | None:
+        p = self.file("run.json")
         if not p.exists():
             return None
         try:
-            state = pickle.loads(p.read_bytes())
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt state file
-            raise EvolutionError(f"{p}: unreadable run state ({type(e).__name__}: {e})") from None
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise EvolutionError(f"{p}: run state of an unknown version")
-        return state
+            meta = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise EvolutionError(f"{p}: unreadable ({type(e).__name__}: {e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
+            raise EvolutionError(f"{p}: run dir of an unknown format ({meta.get('format') if isinstance(meta, dict) else meta!r})")
+        return meta
 
-    def commit(self, state: dict) -> None:
-        """Record the logs' current lengths in ``state`` (in place) and write it atomically."""
-        state["version"] = STATE_VERSION
-        state["history_bytes"] = self.size("history.jsonl")
-        state["generations_bytes"] = self.size("generations.jsonl")
-        atomic_write(self.file("state.pkl"), pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    def write_meta(self, fingerprint: str) -> None:
+        atomic_write(self.file("run.json"), json_line({"format": RUN_FORMAT, "fingerprint": fingerprint}))
 
     # ---- append-only logs -----------------------------------------------------------------------
     def size(self, name: str) -> int:
@@ -148,7 +148,7 @@ class RunDir:
                 f.truncate(size)
                 os.fsync(f.fileno())
         elif not p.exists() and size:
-            raise EvolutionError(f"{p}: missing, but the run state says it holds {size} bytes")
+            raise EvolutionError(f"{p}: missing, but should hold {size} bytes")
 
     def lines_after(self, name: str, offset: int) -> Iterator[tuple[dict, int]]:
         """Complete, valid JSON lines after byte ``offset``, each with the offset of its end."""
@@ -167,6 +167,17 @@ class RunDir:
                     return
                 pos += len(raw)
                 yield obj, pos
+
+    def check_tail(self, name: str, offset: int) -> None:
+        """What follows byte ``offset`` (the end of the valid lines) may only be one partly written
+        line, as a kill mid-append leaves; anything else is a damaged log, refused."""
+        p = self.file(name)
+        if p.exists() and p.stat().st_size > offset:
+            with open(p, "rb") as f:
+                f.seek(offset)
+                if b"\n" in f.read():
+                    raise EvolutionError(f"{self.path}: {name} holds an invalid line after byte {offset}; "
+                                         f"the run dir is damaged, not resumed (nothing was changed)")
 
     def read_jsonl(self, name: str) -> list[dict]:
         return [obj for obj, _ in self.lines_after(name, 0)]

@@ -7,16 +7,19 @@ its generation (cost = worst successful cost + 1 + the generation's cost spread;
 succeeded), so the search goes on.
 
 Determinism: CMA-ES draws its normal samples from its own ``numpy`` generator seeded by
-``search.seed`` (pickled with it, never the global one); each candidate gets a seed derived from
-(run seed, generation, index); evaluation uses ``search.threads`` torch threads on every backend. An
-interrupted run resumed from its run dir therefore ends with the same history (all but the
-``seconds`` field) and best as an uninterrupted one. See :mod:`tsugiki.evolution.rundir` for how
-the files are committed.
+``search.seed`` (never the global one, never a ``cma_signals.in`` file); each candidate gets a seed
+derived from (run seed, generation, index); evaluation uses ``search.threads`` torch threads on
+every backend. Nothing is pickled: on resume :func:`replay` rebuilds the optimiser and its generator
+from the config and the logs alone (ask, check the asked vectors equal the recorded ones exactly,
+tell the recorded costs; no model is evaluated), so an interrupted run resumed from its run dir ends
+with the same history (all but the ``seconds`` field) and best as an uninterrupted one. See
+:mod:`tsugiki.evolution.rundir` for how the files are committed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -38,7 +41,8 @@ _OWN_OPTIONS = ("seed", "randn", "popsize", "verbose", "verb_log", "verb_disp", 
 
 
 class GaussianSource:
-    """``randn(*shape)`` for cma from a private PCG64 generator (picklable, so resume is exact)."""
+    """``randn(*shape)`` for cma from a private PCG64 generator; a resume reconstructs its stream by
+    replaying the run's ask() calls (:func:`replay`)."""
 
     def __init__(self, seed: int):
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -72,7 +76,7 @@ def new_strategy(config: EvolveConfig, problem: Problem):
         if k in _OWN_OPTIONS:
             raise EvolutionError(f"{config.where('search.cma_options.' + k)}set through search: (seed, population, ...), not cma_options")
         opts[k] = v
-    opts.update(seed=np.nan, randn=GaussianSource(s["seed"]), verbose=-9, verb_log=0, verb_disp=0)
+    opts.update(seed=np.nan, randn=GaussianSource(s["seed"]), verbose=-9, verb_log=0, verb_disp=0, signals_filename="")
     if s["population"]:
         opts["popsize"] = s["population"]
     try:
@@ -87,6 +91,97 @@ def failure_costs(fitness: list[float | None]) -> list[float]:
         return [0.0] * len(fitness)
     penalty = max(costs) + 1.0 + (max(costs) - min(costs))
     return [-f if f is not None else penalty for f in fitness]
+
+
+def _vec(x) -> list[float]:
+    """A CMA-ES vector as the JSON numbers history.jsonl records (float repr round-trips exactly)."""
+    return [float(v) for v in x]
+
+
+def _tally(st: dict, X: list, fitness: list[float | None]) -> tuple[float, int] | None:
+    """Count a generation into ``st``; its best (fitness, index), lowest index on ties, or None."""
+    ok = [(f, i) for i, f in enumerate(fitness) if f is not None]
+    st["evaluations"] += len(X)
+    st["failures"] += len(X) - len(ok)
+    return max(ok, key=lambda t: (t[0], -t[1])) if ok else None
+
+
+def _improves(st: dict, gen: int, X: list, top: tuple[float, int], validation: float | None, problem: Problem) -> bool:
+    best_f, best_i = top
+    if st["best"] is not None and not best_f > st["best"]["fitness"]:
+        return False
+    st["best"] = {"generation": gen, "index": best_i, "fitness": best_f, "validation": validation,
+                  "params": problem.space.decode(X[best_i]), "x": _vec(X[best_i])}
+    return True
+
+
+def replay(config: EvolveConfig, problem: Problem, rd: RunDir) -> dict:
+    """The run state after the generations committed in ``rd`` (none for a new run), rebuilt from the
+    config and the logs: a fresh optimiser asks, the asked vectors must equal the recorded ``x``
+    exactly, and it is told the recorded costs, generation by generation (CMA-ES arithmetic only, no
+    evaluation). History lines of an interrupted generation are checked against its re-asked
+    candidates and handed to the loop (``st["asked"]``). Reads only; refuses (EvolutionError naming
+    the run dir) anything that does not replay, before any file is changed."""
+    es = new_strategy(config, problem)
+    st: dict[str, Any] = {"es": es, "generation": 0, "evaluations": 0, "failures": 0, "best": None, "seconds": 0.0}
+
+    def refuse(what: str) -> EvolutionError:
+        return EvolutionError(f"{rd.path}: cannot resume: {what}; the run dir does not replay from its config.yaml "
+                              f"(edited by hand, or written with another cma/numpy version?); nothing was changed")
+
+    def check_line(obj: dict, gen: int, i: int, x) -> None:
+        if obj.get("generation") != gen or obj.get("index") != i:
+            raise refuse(f"history.jsonl has generation {obj.get('generation')!r} candidate {obj.get('index')!r} "
+                         f"where generation {gen} candidate {i} belongs")
+        if obj.get("x") != _vec(x):
+            raise refuse(f"generation {gen} candidate {i} in history.jsonl is not the vector CMA-ES asks for")
+        f = obj.get("fitness")
+        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float))):
+            raise refuse(f"generation {gen} candidate {i} in history.jsonl has fitness {f!r}")
+
+    rows = list(rd.lines_after("generations.jsonl", 0))
+    st["generations_bytes"] = rows[-1][1] if rows else 0
+    rd.check_tail("generations.jsonl", st["generations_bytes"])
+    lines = list(rd.lines_after("history.jsonl", 0))
+    st["history_bytes"] = lines[-1][1] if lines else 0  # only a partly written last line is cut
+    rd.check_tail("history.jsonl", st["history_bytes"])
+    at = 0
+    for gen, (row, _) in enumerate(rows):
+        if row.get("generation") != gen:
+            raise refuse(f"generations.jsonl line {gen + 1} is generation {row.get('generation')!r}")
+        es.stop()  # as the loop does before each generation (cma caches one check per iteration)
+        X = es.ask()
+        if row.get("population") != len(X) or len(lines) - at < len(X):
+            raise refuse(f"generation {gen} has {row.get('population')!r} candidates in generations.jsonl and "
+                         f"{min(len(X), len(lines) - at)} in history.jsonl; CMA-ES asks for {len(X)}")
+        fitness = []
+        for i in range(len(X)):
+            obj = lines[at + i][0]
+            check_line(obj, gen, i, X[i])
+            fitness.append(None if obj.get("fitness") is None else float(obj["fitness"]))
+        at += len(X)
+        es.tell(X, failure_costs(fitness))
+        top = _tally(st, X, fitness)
+        if (top or (None, None)) != (row.get("best_fitness"), row.get("best_index")):
+            raise refuse(f"generation {gen}'s best in generations.jsonl is not the best of its history lines")
+        if top:
+            _improves(st, gen, X, top, row.get("validation"), problem)
+        st["seconds"] += float(row.get("seconds") or 0.0)
+        st["generation"] = gen + 1
+    pending = [obj for obj, _ in lines[at:]]
+    for i, obj in enumerate(pending):
+        if obj.get("generation") != st["generation"] or obj.get("index") != i:
+            raise refuse(f"history.jsonl has generation {obj.get('generation')!r} candidate {obj.get('index')!r} "
+                         f"past the last finished generation ({st['generation'] - 1})")
+    if pending and not _stop_reason(config, st):  # the loop runs this generation next: ask it now
+        X = es.ask()
+        if len(pending) > len(X):
+            raise refuse(f"generation {st['generation']} has {len(pending)} history lines; CMA-ES asks for {len(X)}")
+        for i, obj in enumerate(pending):
+            check_line(obj, st["generation"], i, X[i])
+        st["asked"] = (X, {i: Result(obj.get("fitness"), obj.get("error"), obj.get("seconds") or 0.0)
+                           for i, obj in enumerate(pending)})
+    return st
 
 
 def _reconcile(rd: RunDir, config: EvolveConfig | None) -> EvolveConfig:
@@ -125,24 +220,26 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
     rd.lock()
     backend = None
     try:
+        existed = rd.exists()
         config = _reconcile(rd, config)
         prepare_sources(config, rd.path)
         problem = make_problem(config, rd.path)
         problem.check()
+        meta = rd.read_meta() if existed else None
+        if meta is not None and meta.get("fingerprint") != config.fingerprint():
+            raise EvolutionError(f"{rd.path}: config.yaml differs from the config the run was started with "
+                                 f"(fingerprint {config.fingerprint()}, run.json says {meta.get('fingerprint')!r}); "
+                                 f"restore it, or start a new run dir")
+        state = replay(config, problem, rd)  # reads only; refuses a run dir that does not replay
         atomic_write(rd.config_file, config.to_yaml())  # only a config that can run claims the dir
-        state = rd.load_state()
-        if state is None:
-            state = {"es": new_strategy(config, problem), "generation": 0, "evaluations": 0, "failures": 0,
-                     "best": None, "seconds": 0.0, "fingerprint": config.fingerprint()}
-            for name in ("history.jsonl", "generations.jsonl"):
-                rd.truncate(name, 0)
-            rd.commit(state)
-        elif state["fingerprint"] != config.fingerprint():
-            raise EvolutionError(f"{rd.path}: state.pkl belongs to a different config")
-        rd.truncate("generations.jsonl", state["generations_bytes"])
+        if meta is None:
+            rd.write_meta(config.fingerprint())
+        for name in ("generations.jsonl", "history.jsonl"):
+            rd.truncate(name, state.pop(name.replace(".jsonl", "_bytes")))
         s = config.search
         backend = make_backend(s["backend"], problem, config, rd.path, workers=s["workers"], timeout=s["timeout"], threads=s["threads"])
         loop = _Loop(config, rd, problem, backend, state, on_generation)
+        loop.sync_best()
         reason = loop.run(progress)
         if plots:
             from tsugiki.evolution.report import write_plots
@@ -179,27 +276,13 @@ class _Loop:
             bar.close()
         return reason
 
-    def _reused(self, gen: int, X: list) -> dict[int, Result]:
-        """Results of this generation already in history.jsonl past the last commit (after a kill)."""
-        out: dict[int, Result] = {}
-        end = self.state["history_bytes"]
-        for obj, pos in self.rd.lines_after("history.jsonl", end):
-            i = len(out)
-            if obj.get("generation") != gen or obj.get("index") != i or i >= len(X) or obj.get("x") != [float(v) for v in X[i]]:
-                break
-            out[i] = Result(obj.get("fitness"), obj.get("error"), obj.get("seconds") or 0.0)
-            end = pos
-        self.rd.truncate("history.jsonl", end)
-        return out
-
     def generation(self) -> dict:
         st, rd, space = self.state, self.rd, self.problem.space
         gen, seed = st["generation"], self.config.search["seed"]
         started = time.perf_counter()
         es = st["es"]
-        X = es.ask()
-        results = self._reused(gen, X)
-        tasks = [Task(i, tuple(float(v) for v in X[i]), "fitness", candidate_seed(seed, gen, i)) for i in range(len(X)) if i not in results]
+        X, results = st.pop("asked", None) or (es.ask(), {})  # asked by replay(): the interrupted generation
+        tasks = [Task(i, tuple(_vec(X[i])), "fitness", candidate_seed(seed, gen, i)) for i in range(len(X)) if i not in results]
         buffered: dict[int, Result] = {}
         next_i = len(results)
         for task, res in self.backend.map(tasks):
@@ -210,40 +293,50 @@ class _Loop:
                 results[next_i] = r = buffered.pop(next_i)
                 rd.append("history.jsonl", {"generation": gen, "index": next_i, "params": space.decode(X[next_i]),
                                             "fitness": r.fitness, "error": r.error, "seconds": r.seconds,
-                                            "seed": candidate_seed(seed, gen, next_i), "x": [float(v) for v in X[next_i]]})
+                                            "seed": candidate_seed(seed, gen, next_i), "x": _vec(X[next_i])})
                 next_i += 1
         fitness = [results[i].fitness for i in range(len(X))]
         es.tell(X, failure_costs(fitness))
-        ok = [(f, i) for i, f in enumerate(fitness) if f is not None]
-        st["evaluations"] += len(X)
-        st["failures"] += len(X) - len(ok)
+        top = _tally(st, X, fitness)
+        ok = [f for f in fitness if f is not None]
         row: dict[str, Any] = {"generation": gen, "evaluations": st["evaluations"], "population": len(X),
                                "failures": len(X) - len(ok), "best_index": None, "best_fitness": None,
-                               "mean_fitness": sum(f for f, _ in ok) / len(ok) if ok else None, "validation": None}
-        if ok:
-            best_f, best_i = max(ok, key=lambda t: (t[0], -t[1]))
+                               "mean_fitness": sum(ok) / len(ok) if ok else None, "validation": None}
+        if top:
+            best_f, best_i = top
             row.update(best_index=best_i, best_fitness=best_f)
-            values = space.decode(X[best_i])
             if self.problem.has_validation:
-                val_task = Task(best_i, tuple(float(v) for v in X[best_i]), "validation", candidate_seed(seed, gen, best_i))
+                val_task = Task(best_i, tuple(_vec(X[best_i])), "validation", candidate_seed(seed, gen, best_i))
                 (_, vr), = list(self.backend.map([val_task]))
                 if vr.fatal:
                     raise EvolutionError(vr.error)
                 row["validation"] = vr.fitness
                 if vr.error:
                     row["validation_error"] = vr.error
-            if st["best"] is None or best_f > st["best"]["fitness"]:
-                st["best"] = {"generation": gen, "index": best_i, "fitness": best_f, "validation": row["validation"],
-                              "params": values, "x": [float(v) for v in X[best_i]]}
+            if _improves(st, gen, X, top, row["validation"], self.problem):
                 self.write_best()
         row["best_so_far"] = st["best"]["fitness"] if st["best"] else None
         row["sigma"] = float(es.sigma)
         row["seconds"] = time.perf_counter() - started
         st["seconds"] += row["seconds"]
-        rd.append("generations.jsonl", row)
+        rd.append("generations.jsonl", row)  # the commit point of the generation
         st["generation"] = gen + 1
-        rd.commit(st)
         return row
+
+    def sync_best(self) -> None:
+        """best.yaml/best.json as of the last committed generation (a kill may have left a newer
+        generation's best, which that generation rewrites identically when it runs again)."""
+        b, p = self.state["best"], self.rd.file("best.json")
+        try:
+            on_disk = json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+        except (OSError, ValueError):
+            on_disk = {}
+        if b is None:
+            if on_disk is not None:
+                for name in ("best.json", "best.yaml"):
+                    self.rd.file(name).unlink(missing_ok=True)
+        elif not isinstance(on_disk, dict) or (on_disk.get("generation"), on_disk.get("index")) != (b["generation"], b["index"]):
+            self.write_best()
 
     def write_best(self) -> None:
         b = self.state["best"]
