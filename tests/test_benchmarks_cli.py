@@ -101,14 +101,15 @@ def test_score_missing_file_and_bad_answer(tsugiki, tmp_path):
 
 
 def test_score_takes_more_metrics_from_other_modules():
-    def add_fid(score_sub):
-        p = score_sub.add_parser("fid")
+    def add_kid(score_sub):
+        p = score_sub.add_parser("kid")
         p.set_defaults(func=lambda args: 0)
 
     parser = argparse.ArgumentParser()
-    score_sub = bench.register(parser.add_subparsers(dest="command"), score_verbs=[add_fid])
+    score_sub = bench.register(parser.add_subparsers(dest="command"), score_verbs=[add_kid])
     score_sub.add_parser("other").set_defaults(func=lambda args: 0)
-    assert parser.parse_args(["score", "fid"]).metric == "fid"
+    assert parser.parse_args(["score", "kid"]).metric == "kid"
+    assert parser.parse_args(["score", "fid", "a.npy", "b.npy"]).metric == "fid"  # built in, from images
     assert parser.parse_args(["score", "other"]).metric == "other"
 
 
