@@ -191,3 +191,9 @@ def test_merge_routes_sdxl_recipes_and_score_fid(tmp_path):
     res = run_cli("score", "fid", tmp_path / "x.npy", tmp_path / "y.npy")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["fid"] > 3.0  # mean shift of 1 in 4 dims contributes ≈ 4
+
+
+def test_eval_t2i_two_word_spelling(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "t2i", "--help"])
+    assert e.value.code == 0 and "--prompts" in capsys.readouterr().out

@@ -12,6 +12,8 @@ from tsugiki.commands import bench, demo, evolve, images, merge, vlm
 from tsugiki.errors import TsugikiError
 
 COMMAND_MODULES = (merge, vlm, evolve, bench, images, demo)
+# two-word spellings of verbs whose options differ from the first word's: `tsugiki eval t2i ...`
+VERB_ALIASES = {("eval", "t2i"): "eval-t2i"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if tuple(argv[:2]) in VERB_ALIASES:
+        argv = [VERB_ALIASES[tuple(argv[:2])], *argv[2:]]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

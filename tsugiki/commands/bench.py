@@ -204,7 +204,8 @@ def register(sub: argparse._SubParsersAction,
 
     e = sub.add_parser("eval", help="run Japanese benchmarks (the `pytest benchmarks/` evaluations) with progress bars",
                        description="Evaluate models or prediction files on benchmarks; writes per-item JSONL, "
-                                   "per-benchmark JSON and a Markdown + HTML leaderboard to --results-dir.")
+                                   "per-benchmark JSON and a Markdown + HTML leaderboard to --results-dir. "
+                                   "Text-to-image evaluation (FID, HPSv2) is `tsugiki eval t2i`.")
     e.add_argument("benchmarks", nargs="*", metavar="BENCHMARK", help="benchmarks to run (default: all that apply)")
     e.add_argument("--model", action="append", default=[], metavar="[LABEL=]PATH",
                    help="causal LM (folder or hub id) for the text benchmarks; repeatable")
