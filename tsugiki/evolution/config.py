@@ -18,8 +18,18 @@ Schema (defaults in brackets; paths are relative to the config file)::
       # ps_dfs: dfs keys plus ps_recipe: a recipe file or mapping (model refs may be source NAMEs);
       #   it is merged once into RUN_DIR/ps_model, available to models: as "ps"
       # box: params: {NAME: [low, high] or {bounds, init}}, transform [sigmoid]
+      # sdxl_blocks (tsugiki.evolution.sdxl): method [task_arithmetic], base_model, models, units
+      #   [blocks] | groups, blocks: [BLOCK or BLOCK/group, ...] (default all; others share a "rest"
+      #   value), params [{weight: [0, 1]}], fixed, transform, merge_seed
     fitness: {function: NAME | module:function | file.py:function, args: {...}, data: DATA}
+    tiny_sdxl: {n: 2, seed: 0}                 tiny SDXL pipelines base, variant_0, ... (same text
+                                                encoders and VAE, different UNets) in RUN_DIR/models
+    tiny_vlm: {kind: llava, n: 2, seed: 0,      build a tiny graft set on demand into RUN_DIR/models
+               lm_delta: 0.02}                  (tsugiki.factory.vlm.build_graft_set): sources llava
+                                                (the VLM), base, variant_0, ... (mistral LLMs)
     validation: {data: DATA, function: [fitness's], args: [fitness's]}      optional, never searched on
+    test: {data: DATA}                          optional: the evaluation set; fitness (and validation)
+                                                items sharing an id or text with it are an error
     search: {seed: 0, population: [CMA-ES default], sigma: 0.5, generations: 10, max_evaluations,
              timeout (s per candidate), workers: 1, backend: local | ray, threads: 1 (torch threads per
              evaluation, the same on every backend), device: cpu (where models live and merge: cuda, ...),
@@ -48,17 +58,19 @@ import yaml
 from tsugiki.errors import EvolutionError, RecipeError
 from tsugiki.merging.recipe_yaml import _fmt, _parent, _parse_yaml
 
-KINDS = ("ps", "dfs", "ps_dfs", "box")
-TOP = ("name", "sources", "tiny_models", "space", "fitness", "validation", "search")
+KINDS = ("ps", "dfs", "ps_dfs", "box", "sdxl_blocks")
+TOP = ("name", "sources", "tiny_models", "tiny_vlm", "tiny_sdxl", "space", "fitness", "validation", "test", "search")
 SPACE_KEYS = {
     "ps": ("kind", "method", "base_model", "models", "layer_groups", "params", "fixed", "transform", "merge_seed", "dtype"),
     "dfs": ("kind", "models", "repeats", "scale_bounds", "scale_diagonal", "fixed_ends", "init_model", "init_indicator", "transform"),
     "box": ("kind", "params", "transform"),
+    "sdxl_blocks": ("kind", "method", "base_model", "models", "units", "blocks", "params", "fixed", "transform", "merge_seed"),
 }
 SPACE_KEYS["ps_dfs"] = SPACE_KEYS["dfs"] + ("ps_recipe",)
 TINY_KEYS = ("arch", "n", "kind", "seed", "steps", "hidden_size", "num_layers")
+TINY_VLM_KEYS = ("kind", "n", "seed", "hidden_size", "num_layers", "lm_delta")
 FITNESS_KEYS = ("function", "args", "data")
-DATA_KEYS = ("pairs", "file", "limit", "generator", "split", "n", "seed")
+DATA_KEYS = ("pairs", "file", "mgsm", "source", "limit", "generator", "split", "n", "seed")
 SEARCH_DEFAULTS: dict[str, Any] = {"seed": 0, "population": None, "sigma": 0.5, "generations": 10, "max_evaluations": None,
                                    "timeout": None, "workers": 1, "backend": "local", "threads": 1, "device": "cpu",
                                    "cma_options": {}}
@@ -240,6 +252,31 @@ class _Checker:
         out["fitness"] = self.fitness(d["fitness"], ("fitness",), required=True)
         if d.get("validation") is not None:
             out["validation"] = self.fitness(d["validation"], ("validation",), required=False)
+        if d.get("test") is not None:
+            t = self.mapping(d["test"], ("test",), ("data",))
+            if t.get("data") is None:
+                raise self.err(("test",), "missing required key 'data'")
+            out["test"] = {"data": self.data(t["data"], ("test", "data"))}
+        if d.get("tiny_sdxl") is not None:
+            t = self.mapping(d["tiny_sdxl"], ("tiny_sdxl",), ("n", "seed"))
+            for k in ("n", "seed"):
+                if k in t:
+                    t[k] = self.number(t[k], ("tiny_sdxl", k), integer=True, minimum=1 if k == "n" else 0)
+            if d.get("tiny_models") is not None or d.get("tiny_vlm") is not None:
+                raise self.err(("tiny_sdxl",), "use only one of tiny_models, tiny_vlm, tiny_sdxl")
+            out["tiny_sdxl"] = t
+        if d.get("tiny_vlm") is not None:
+            t = self.mapping(d["tiny_vlm"], ("tiny_vlm",), TINY_VLM_KEYS)
+            if t.get("kind", "llava") not in ("llava", "llava_next"):
+                raise self.err(("tiny_vlm", "kind"), f"expected llava or llava_next, got {t['kind']!r}")
+            for k in ("n", "seed", "hidden_size", "num_layers"):
+                if k in t:
+                    t[k] = self.number(t[k], ("tiny_vlm", k), integer=True, minimum=1 if k == "n" else 0)
+            if "lm_delta" in t:
+                t["lm_delta"] = self.number(t["lm_delta"], ("tiny_vlm", "lm_delta"), minimum=0)
+            if d.get("tiny_models") is not None:
+                raise self.err(("tiny_vlm",), "use either tiny_models or tiny_vlm, not both")
+            out["tiny_vlm"] = t
         out["search"] = self.search(d.get("search") or {})
         return EvolveConfig(out, self.name, self.lines)
 
@@ -276,6 +313,10 @@ class _Checker:
             d["fixed_ends"] = f
         if "fixed" in d:
             d["fixed"] = self.mapping(d["fixed"], at("fixed"))
+        if "units" in d and d["units"] not in ("blocks", "groups"):
+            raise self.err(at("units"), f"expected 'blocks' or 'groups', got {d['units']!r}")
+        if "blocks" in d and not (isinstance(d["blocks"], list) and d["blocks"] and all(isinstance(b, str) for b in d["blocks"])):
+            raise self.err(at("blocks"), "expected a non-empty list of block names (IN04, M00, OUT01/attention, ...)")
         if kind == "ps_dfs":
             if "ps_recipe" not in d:
                 raise self.err(("space",), "missing required key 'ps_recipe' (a recipe file or mapping)")
@@ -303,16 +344,24 @@ class _Checker:
 
     def data(self, v: Any, path: tuple) -> dict:
         d = self.mapping(v, path, DATA_KEYS)
-        kinds = [k for k in ("pairs", "file", "generator") if k in d]
+        kinds = [k for k in ("pairs", "file", "generator", "mgsm") if k in d]
         if len(kinds) != 1:
-            raise self.err(path, "expected exactly one of 'pairs', 'file', 'generator'")
+            raise self.err(path, "expected exactly one of 'pairs', 'file', 'generator', 'mgsm'")
+        if "mgsm" in d and not isinstance(d["mgsm"], str):
+            raise self.err(path + ("mgsm",), "expected a language code (ja, en)")
+        if "source" in d:
+            if "mgsm" not in d:
+                raise self.err(path + ("source",), "'source' goes with 'mgsm'")
+            d["source"] = self.path(d["source"], path + ("source",))
         if "pairs" in d:
             if not isinstance(d["pairs"], list):
                 raise self.err(path + ("pairs",), "expected a list of {prompt, answer}")
             for i, p in enumerate(d["pairs"]):
-                self.mapping(p, path + ("pairs", i), ("prompt", "answer"))
-                if "prompt" not in p or "answer" not in p:
-                    raise self.err(path + ("pairs", i), "needs both 'prompt' and 'answer'")
+                self.mapping(p, path + ("pairs", i), ("prompt", "question", "answer", "id", "image"))
+                if ("prompt" not in p and "question" not in p) or "answer" not in p:
+                    raise self.err(path + ("pairs", i), "needs 'prompt' (or 'question') and 'answer'")
+                if isinstance(p.get("image"), str):
+                    p["image"] = self.path(p["image"], path + ("pairs", i, "image"))
         if "file" in d:
             d["file"] = self.path(d["file"], path + ("file",))
         if "generator" in d:

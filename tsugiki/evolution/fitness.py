@@ -17,6 +17,15 @@ DARE-TIES with CMA-ES after Akiba et al. 2024, arXiv:2403.13187):
 - ``answer_loglik``: mean over pairs of the mean log-probability of the answer tokens.
 - ``neg_sphere``: ``-sum((x - center)^2)`` over the parameters (no model; checks the optimiser).
 - ``weighted_sum``: ``sum(weight * f(ctx, data, **args))`` over ``terms: [{function, weight, args}]``.
+
+Benchmark-backed (:mod:`tsugiki.benchmarks`; data items ``{id, question, answer[, image]}``, which
+the loader keeps disjoint by id and text from the config's ``test`` set):
+
+- ``mgsm_accuracy``: MGSM-style accuracy (0..1) of greedy generations; args ``extraction``
+  (robust | sakana), ``max_new_tokens``, ``template`` (ja | en | "{input}" string), ``stop``,
+  ``batch_size``, ``metric`` (acc | acc_ja).
+- ``rougeL_ja``: Japanese ROUGE-L (0..1) of a VLM's VQA answers; args ``template``,
+  ``max_new_tokens``, ``num_beams``, ``repetition_penalty``, ``batch_size``, ``language_filter``.
 """
 
 from __future__ import annotations
@@ -129,6 +138,83 @@ def weighted_sum(ctx: EvalContext, data: Any, *, terms: Sequence[Mapping[str, An
     return total
 
 
+# ------------------------------------------------------------------------------ benchmark-backed
+MGSM_TEMPLATES = {"ja": "JA_ALPACA_COT_TEMPLATE", "en": "EN_ALPACA_COT_TEMPLATE"}
+
+
+def _text_generator(model, tokenizer, template: str, stop: Sequence[str], max_new_tokens: int, batch_size: int):
+    """The benchmarks' greedy :class:`~tsugiki.benchmarks.predictors.TextGenerator` around an already
+    loaded model (the candidate), so fitness generation is exactly the benchmark's."""
+    import copy as _copy
+
+    from tsugiki.benchmarks.predictors import TextGenerator
+
+    tok = _copy.copy(tokenizer)  # left padding for generation without changing the shared tokenizer
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    gen = TextGenerator.__new__(TextGenerator)
+    gen.name, gen.model_ref, gen.model, gen.tokenizer = "candidate", "<candidate>", model, tok
+    gen.template, gen.stop, gen.max_new_tokens, gen.batch_size = template, tuple(stop), max_new_tokens, batch_size
+    gen.device, gen.threads = str(next(model.parameters()).device), None
+    return gen
+
+
+def mgsm_accuracy(ctx: EvalContext, data: Sequence[Pair], *, extraction: str = "robust", max_new_tokens: int = 256,
+                  template: str = "ja", stop: Sequence[str] | None = None, batch_size: int = 8,
+                  metric: str = "acc") -> float:
+    """MGSM-style accuracy in [0, 1] of the candidate causal LM on ``{question, answer}`` items: greedy
+    generation with the benchmark's prompt (``template``: ``ja``/``en`` = the seed's Alpaca CoT prompts,
+    or any ``{input}`` string) and stop strings (default: the seed's), the number extracted with
+    ``extraction`` (``robust`` or ``sakana``) and compared with the gold answer by
+    :func:`tsugiki.benchmarks.mgsm.score_mgsm`. ``metric: acc_ja`` also requires a Japanese response."""
+    from tsugiki.benchmarks import mgsm
+
+    if extraction not in mgsm.EXTRACTIONS:
+        raise EvolutionError(f"mgsm_accuracy: extraction must be one of {', '.join(mgsm.EXTRACTIONS)}, not {extraction!r}")
+    if metric not in ("acc", "acc_ja"):
+        raise EvolutionError(f"mgsm_accuracy: metric must be acc or acc_ja, not {metric!r}")
+    if not data:
+        raise EvolutionError("mgsm_accuracy: no items to score")
+    text = getattr(mgsm, MGSM_TEMPLATES[template]) if template in MGSM_TEMPLATES else template
+    if "{input}" not in text:
+        raise EvolutionError(f"mgsm_accuracy: template {template!r} is neither ja, en nor a string with {{input}}")
+    gen = _text_generator(ctx.model, ctx.tokenizer, text, mgsm.SEED_STOP_STRINGS if stop is None else stop,
+                          int(max_new_tokens), int(batch_size))
+    responses = gen.predict(list(data))
+    result = mgsm.score_mgsm(responses, [p.answer for p in data], extraction=extraction, language_filter=metric == "acc_ja")
+    ctx.extra["responses"] = responses
+    return result.scores[metric].value / 100.0
+
+
+def rougeL_ja(ctx: EvalContext, data: Sequence[Pair], *, template: str = "ja-shisa-vqa", max_new_tokens: int = 64,
+              num_beams: int = 1, repetition_penalty: float = 1.0, batch_size: int = 4,
+              language_filter: bool = True) -> float:
+    """Japanese ROUGE-L in [0, 1] of the candidate VLM's answers on VQA items (``{question, answer,
+    image}``), scored by :func:`tsugiki.benchmarks.rouge.rouge_ja` (``rougeL_ja``: a pair counts only
+    when the answer is Japanese; ``language_filter: false`` gives plain ``rougeL``). Answers come from
+    :class:`tsugiki.vlm.generate.VQAPredictor` with ``template`` and the given generation settings
+    (the seed used 5 beams, repetition penalty 1.5, 512 tokens; the defaults here are cheaper)."""
+    from tsugiki.benchmarks.rouge import rouge_ja
+    from tsugiki.vlm.generate import GenerationSettings, VQAPredictor
+
+    if not data:
+        raise EvolutionError("rougeL_ja: no items to score")
+    processor = ctx.extra.get("processor")
+    if processor is None:
+        raise EvolutionError("rougeL_ja needs a VLM candidate with its processor (a VLM PS space)")
+    settings = GenerationSettings(num_beams=int(num_beams), repetition_penalty=float(repetition_penalty),
+                                  max_new_tokens=int(max_new_tokens), do_sample=False)
+    predictor = VQAPredictor(ctx.model, processor, template=template, batch_size=int(batch_size), settings=settings,
+                             progress=False)
+    answers = predictor.predict([p.load_image() for p in data], [p.prompt for p in data])
+    ctx.extra["responses"] = answers
+    result = rouge_ja([p.answer for p in data], answers, language_filter=language_filter)
+    return (result.rougeL_ja if language_filter else result.rougeL) / 100.0
+
+
+FITNESS.register("mgsm_accuracy", FitnessSpec(mgsm_accuracy, True, "MGSM-style accuracy of greedy generations (0..1)"))
+FITNESS.register("rougeL_ja", FitnessSpec(rougeL_ja, True, "Japanese ROUGE-L of a VLM's VQA answers (0..1)"))
 FITNESS.register("teacher_forced_accuracy", FitnessSpec(teacher_forced_accuracy, True, "exact match + prob_weight x mean answer probability"))
 FITNESS.register("answer_loglik", FitnessSpec(answer_loglik, True, "mean log-probability of the answer tokens"))
 FITNESS.register("neg_sphere", FitnessSpec(neg_sphere, False, "-sum((x - center)^2); no model"))

@@ -6,7 +6,12 @@ process, so worker processes pay for it once. Kinds (Akiba et al. 2024, arXiv:24
 
 - ``box``: named bounded numbers scored by a function of the parameters alone (tests the optimiser).
 - ``ps``: a merge recipe per candidate (:mod:`tsugiki.evolution.ps`), merged in place into one loaded
-  model with :class:`~tsugiki.merging.inmemory.InMemoryMerger`.
+  model with :class:`~tsugiki.merging.inmemory.InMemoryMerger`. When a merged model is a LLaVA-family
+  VLM, the language model inside it is merged in place with
+  :class:`~tsugiki.vlm.inmemory.VlmLanguageModelMerger` (vision tower and projector never touched;
+  the candidate context carries the processor) and the best exports as a grafted VLM dir.
+- ``sdxl_blocks``: per-block (or per block group) merge parameters of SDXL UNets
+  (:mod:`tsugiki.evolution.sdxl`), merged in place into one loaded UNet; exports a pipeline folder.
 - ``dfs`` / ``ps_dfs``: an inference path per candidate (:mod:`tsugiki.evolution.dfs`), assembled
   from the loaded sources without copying weights (:mod:`tsugiki.evolution.assemble`); ``ps_dfs``
   includes ``ps``, the PS recipe merged once into ``RUN_DIR/ps_model``.
@@ -19,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 import yaml
 
 from tsugiki.errors import EvolutionError, TsugikiError
@@ -27,6 +33,7 @@ from tsugiki.evolution.data import Pair, check_disjoint, load_pairs
 from tsugiki.evolution.dfs import DFSSpace, check_foldable, exact_export
 from tsugiki.evolution.fitness import EvalContext, FitnessSpec, as_fitness, resolve_fitness
 from tsugiki.evolution.ps import DEFAULT_BOUNDS, PSSpace
+from tsugiki.evolution.sdxl import SDXLBlockSpace, load_unet
 from tsugiki.evolution.space import Param, SearchSpace
 
 PS_MODEL = "ps"
@@ -42,6 +49,19 @@ def source_paths(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
         paths.setdefault("base", str(root / "base"))
         for i in range(tiny.get("n", 2)):
             paths.setdefault(f"variant_{i}", str(root / f"variant_{i}"))
+    sd = config.data.get("tiny_sdxl")
+    if sd is not None:
+        root = Path(run_dir).resolve() / "models"
+        paths.setdefault("base", str(root / "base"))
+        for i in range(sd.get("n", 2)):
+            paths.setdefault(f"variant_{i}", str(root / f"variant_{i}"))
+    vlm = config.data.get("tiny_vlm")
+    if vlm is not None:
+        root = Path(run_dir).resolve() / "models"
+        paths.setdefault("llava", str(root / vlm.get("kind", "llava")))
+        paths.setdefault("base", str(root / "llms" / "base"))
+        for i in range(vlm.get("n", 2)):
+            paths.setdefault(f"variant_{i}", str(root / "llms" / f"variant_{i}"))
     if config.space["kind"] == "ps_dfs":
         paths.setdefault(PS_MODEL, str(Path(run_dir).resolve() / "ps_model"))
     return paths
@@ -59,6 +79,26 @@ def prepare_sources(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
         spec = TinyLMSpec(arch=tiny.get("arch", "llama"), seed=tiny.get("seed", 0), **shape)
         build_siblings(run_dir / "models", n=tiny.get("n", 2), spec=spec, kind=tiny.get("kind", "finetuned"),
                        steps=tiny.get("steps", 20))
+        (run_dir / "models" / ".complete").write_text("")
+    sd = config.data.get("tiny_sdxl")
+    if sd is not None and not (run_dir / "models" / ".complete").exists():
+        from tsugiki.factory.sdxl import build_tiny_sdxl
+
+        shutil.rmtree(run_dir / "models", ignore_errors=True)
+        seed = sd.get("seed", 0)  # one seed for text encoders and VAE; UNets differ
+        build_tiny_sdxl(run_dir / "models" / "base", seed=seed, unet_seed=seed)
+        for i in range(sd.get("n", 2)):
+            build_tiny_sdxl(run_dir / "models" / f"variant_{i}", seed=seed, unet_seed=seed + 1 + i)
+        (run_dir / "models" / ".complete").write_text("")
+    vlm = config.data.get("tiny_vlm")
+    if vlm is not None and not (run_dir / "models" / ".complete").exists():
+        from tsugiki.factory.lm import TinyLMSpec
+        from tsugiki.factory.vlm import build_graft_set
+
+        shutil.rmtree(run_dir / "models", ignore_errors=True)
+        shape = {k: vlm[k] for k in ("hidden_size", "num_layers") if k in vlm}
+        build_graft_set(run_dir / "models", TinyLMSpec(arch="mistral", seed=vlm.get("seed", 0), **shape), n=vlm.get("n", 2),
+                        lm_delta=vlm.get("lm_delta", 0.02))
         (run_dir / "models" / ".complete").write_text("")
     paths = source_paths(config, run_dir)
     if config.space["kind"] == "ps_dfs" and not Path(paths[PS_MODEL]).exists():
@@ -114,6 +154,21 @@ def load_causal_lm(path: str, device: str = "cpu"):
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
+def load_vlm(path: str, device: str = "cpu"):
+    """A LLaVA-family model (float32, eval mode) and its processor."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype="float32").to(device)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.eval(), AutoProcessor.from_pretrained(path)
+
+
 # ------------------------------------------------------------------------------ problems
 class Problem:
     kind = ""
@@ -132,7 +187,12 @@ class Problem:
             self.val_args = dict(val["args"]) if val.get("function") or val["args"] else self.fitness_args
             self.data["validation"] = load_pairs(val["data"], config.where("validation.data"))
             if self.data["fitness"] is not None:
-                check_disjoint(self.data["fitness"], self.data["validation"])
+                check_disjoint(self.data["fitness"], self.data["validation"], "validation", config.where("validation.data"))
+        if config.data.get("test") is not None:  # the evaluation set: never scored here, only kept apart
+            test = load_pairs(config.data["test"]["data"], config.where("test.data"))
+            for split in ("fitness", "validation"):
+                if self.data.get(split) is not None:
+                    check_disjoint(test, self.data[split], split, config.where(f"{split}.data"), against="test")
         self._ready = False
 
     def _resolve(self, section: str, name: str) -> FitnessSpec:
@@ -201,13 +261,26 @@ class PSProblem(Problem):
             for name in (s.get(key) if isinstance(s.get(key), list) else [s.get(key)] if s.get(key) else []):
                 if name not in self.paths:
                     raise EvolutionError(f"{config.where('space.' + key)}unknown source {name!r} (known: {', '.join(self.paths)})")
-        ref = s.get("base_model") or s["models"][0]
-        cfg, names = _model_config(self.paths[ref])
-        arch = architecture_for(cfg, names, ref)
+        from tsugiki.vlm.merge import is_vlm_source
+
+        members = [*([s["base_model"]] if s.get("base_model") else []), *s["models"]]
+        vlms = [m for m in members if Path(self.paths[m]).is_dir() and is_vlm_source(Path(self.paths[m]))]
+        # VLM mode: the language model inside the first VLM (the base if it is one) is merged in place;
+        # its vision tower and projector stay as loaded (tsugiki.vlm.inmemory)
+        self.vlm = vlms[0] if vlms else None
+        llms = [m for m in members if m not in vlms]
+        if self.vlm is not None and not llms:
+            cfg = json.loads((Path(self.paths[self.vlm]) / "config.json").read_text()).get("text_config") or {}
+            num_layers, prefix = int(cfg.get("num_hidden_layers", 1)), "model.layers.${layer_index}."
+        else:
+            ref = llms[0]
+            cfg, names = _model_config(self.paths[ref])
+            arch = architecture_for(cfg, names, ref)
+            num_layers, prefix = arch.num_layers(cfg, names), arch.layer_prefix
         params = s.get("params") or {k: {"bounds": list(v)} for k, v in DEFAULT_BOUNDS.items()}
         self.ps = PSSpace(
             method=s.get("method", "dare_ties"), base_model=s.get("base_model"), models=tuple(s["models"]),
-            paths=self.paths, num_layers=arch.num_layers(cfg, names), layer_prefix=arch.layer_prefix,
+            paths=self.paths, num_layers=num_layers, layer_prefix=prefix,
             layer_groups=s.get("layer_groups", 1), bounds={k: tuple(v["bounds"]) for k, v in params.items()},
             init={k: v["init"] for k, v in params.items() if "init" in v}, transform=s.get("transform", "sigmoid"),
             fixed=s.get("fixed", {}), merge_seed=s.get("merge_seed", 0), dtype=s.get("dtype"))
@@ -218,6 +291,8 @@ class PSProblem(Problem):
         from tsugiki.merging.checkpoint import open_sources
         from tsugiki.merging.plan import plan_merge
 
+        if self.vlm is not None:
+            return  # VLM sources are checked when the merger is built (setup: shapes, vocabulary)
         recipe = self.ps.recipe(self.space.decode(self.space.x0()))
         sources = open_sources(recipe.model_refs())
         try:
@@ -229,14 +304,24 @@ class PSProblem(Problem):
     def setup(self) -> None:
         from tsugiki.merging.inmemory import InMemoryMerger
 
+        refs = {self.paths[m] for m in (*self.ps.models, *([self.ps.base_model] if self.ps.base_model else []))}
+        self.processor = None
+        if self.vlm is not None:
+            from tsugiki.vlm.inmemory import VlmLanguageModelMerger
+
+            self.model, self.processor = load_vlm(self.paths[self.vlm], self.config.search["device"])
+            self.tokenizer = self.processor.tokenizer
+            self.merger = VlmLanguageModelMerger(self.model, {r: r for r in sorted(refs)})
+            return
         ref = self.ps.base_model or self.ps.models[0]
         self.model, self.tokenizer = load_causal_lm(self.paths[ref], self.config.search["device"])
-        refs = {self.paths[m] for m in (*self.ps.models, *([self.ps.base_model] if self.ps.base_model else []))}
         self.merger = InMemoryMerger(self.model, {r: r for r in sorted(refs)})
 
     def prepare_candidate(self, values, ctx) -> None:
         self.merger.apply(self.ps.recipe(values))
         ctx.model, ctx.tokenizer = self.model, self.tokenizer
+        if self.processor is not None:
+            ctx.extra["processor"] = self.processor
 
     def document(self, values, header: str = "") -> str:
         return header + self.ps.recipe(values).to_yaml()
@@ -252,6 +337,10 @@ class PSProblem(Problem):
         from tsugiki.merging.execute import MergeOptions
         from tsugiki.merging.to_disk import merge_to_disk
 
+        if self.vlm is not None:  # a grafted VLM dir: the vision donor's files with the merged language model
+            from tsugiki.vlm.merge import merge_vlm_to_disk
+
+            return merge_vlm_to_disk(self.ps.recipe(values), out, MergeOptions(force=force, progress=False)).out
         return merge_to_disk(self.ps.recipe(values), out, MergeOptions(force=force, progress=False)).out
 
 
@@ -321,7 +410,71 @@ class DFSProblem(Problem):
         return merge_to_disk(self.dfs.recipe(self.dfs.path(values)), out, MergeOptions(force=force, progress=False)).out
 
 
-PROBLEMS = {"box": BoxProblem, "ps": PSProblem, "dfs": DFSProblem, "ps_dfs": DFSProblem}
+class SDXLBlocksProblem(Problem):
+    """PS over SDXL UNet blocks or block groups (:mod:`tsugiki.evolution.sdxl`), merged in place into
+    one loaded UNet; the best exports as a diffusers pipeline folder."""
+
+    kind = "sdxl_blocks"
+
+    def __init__(self, config: EvolveConfig, paths: Mapping[str, str]):
+        super().__init__(config, paths)
+        s = config.space
+        for key in ("models", "base_model"):
+            for name in (s.get(key) if isinstance(s.get(key), list) else [s.get(key)] if s.get(key) else []):
+                if name not in self.paths:
+                    raise EvolutionError(f"{config.where('space.' + key)}unknown source {name!r} (known: {', '.join(self.paths)})")
+        params = s.get("params") or {"weight": {"bounds": list(DEFAULT_BOUNDS["weight"])}}
+        try:
+            self.sdxl = SDXLBlockSpace(
+                method=s.get("method", "task_arithmetic"), base_model=s.get("base_model"), models=tuple(s["models"]),
+                paths=self.paths, units=s.get("units", "blocks"),
+                blocks=tuple(s["blocks"]) if s.get("blocks") is not None else None,
+                bounds={k: tuple(v["bounds"]) for k, v in params.items()},
+                init={k: v["init"] for k, v in params.items() if "init" in v}, transform=s.get("transform", "sigmoid"),
+                fixed=s.get("fixed", {}), merge_seed=s.get("merge_seed", 0))
+        except EvolutionError as e:
+            raise EvolutionError(f"{config.where('space')}{e}") from None
+        self.space = self.sdxl.space()
+        self.sdxl.recipe(self.space.decode(self.space.x0()))
+
+    def setup(self) -> None:
+        from tsugiki.diffusion.sources import UNetSource
+
+        ref = self.sdxl.base_model or self.sdxl.models[0]
+        self.model = load_unet(self.paths[ref], self.config.search["device"])
+        self.targets = dict(self.model.state_dict(keep_vars=True))
+        refs = {self.paths[m] for m in (*self.sdxl.models, *([self.sdxl.base_model] if self.sdxl.base_model else []))}
+        self.sources = {r: UNetSource(Path(r), label=r) for r in sorted(refs)}
+
+    @torch.no_grad()
+    def prepare_candidate(self, values, ctx) -> None:
+        from tsugiki.diffusion.merge import plan_unet_merge
+        from tsugiki.merging.execute import iter_merged
+
+        plan = plan_unet_merge(self.sdxl.recipe(values), self.sources)
+        for job, tensor in iter_merged(plan, self.sources, device=self.config.search["device"]):
+            self.targets[job.out_name].copy_(tensor)
+        ctx.model = self.model
+        ctx.extra["paths"] = self.paths
+
+    def document(self, values, header: str = "") -> str:
+        return header + self.sdxl.recipe(values).to_yaml()
+
+    def details(self, values) -> dict[str, Any]:
+        mats = {}
+        for pname in self.sdxl.bounds:
+            rows, cols, vals = self.sdxl.matrix(values, pname)
+            mats[pname] = {"rows": rows, "cols": cols, "values": vals, "bounds": list(self.sdxl.bounds[pname])}
+        return {"kind": "ps", "matrices": mats, "xlabel": "UNet " + self.sdxl.units[:-1]}
+
+    def export(self, values, out, *, force: bool = False) -> Path:
+        from tsugiki.diffusion.merge import merge_sdxl_to_disk
+        from tsugiki.merging.execute import MergeOptions
+
+        return merge_sdxl_to_disk(self.sdxl.recipe(values), out, MergeOptions(force=force, progress=False)).out
+
+
+PROBLEMS = {"box": BoxProblem, "ps": PSProblem, "dfs": DFSProblem, "ps_dfs": DFSProblem, "sdxl_blocks": SDXLBlocksProblem}
 
 
 def make_problem(config: EvolveConfig, run_dir: str | Path) -> Problem:

@@ -8,11 +8,16 @@
 - ``plots/dfs_path.png``: the best DFS inference path (source layer per path position, coloured by
   model) and the scaling matrix W (as in the paper's Fig. 4).
 
+- ``report.html``: a self-contained page (no scripts, nothing fetched) with the summary table, the
+  best candidate's parameters and a per-generation table, showing the PNG plots above (files in
+  ``plots/``, referenced relatively, so the run dir can be moved or archived whole).
+
 matplotlib is imported lazily and used through its object API (no pyplot state, no display).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import math
@@ -68,7 +73,7 @@ def plot_ps(details: dict, out: Path) -> Path:
         im = ax.imshow(m["values"], vmin=lo, vmax=hi, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(m["cols"])), m["cols"])
         ax.set_yticks(range(len(m["rows"])), m["rows"])
-        ax.set_xlabel("layer group")
+        ax.set_xlabel(details.get("xlabel", "layer group"))
         ax.set_title(pname)
         for i, row in enumerate(m["values"]):
             for j, v in enumerate(row):
@@ -119,6 +124,8 @@ def write_plots(run_dir: str | Path, problem=None) -> list[Path]:
         import matplotlib  # noqa: F401
     except ImportError:
         logging.getLogger("tsugiki.evolve").warning("matplotlib is not installed: no plots written")
+        if RunDir(run_dir).read_jsonl("history.jsonl"):
+            write_html(run_dir)
         return []
     rd = RunDir(run_dir)
     history, generations = rd.read_jsonl("history.jsonl"), rd.read_jsonl("generations.jsonl")
@@ -134,7 +141,70 @@ def write_plots(run_dir: str | Path, problem=None) -> list[Path]:
             files.append(plot_ps(details, out / "ps_heatmap.png"))
         elif details["kind"] in ("dfs", "ps_dfs"):
             files.append(plot_dfs(details, out / "dfs_path.png"))
+    write_html(rd.path)
     return files
+
+
+_CAPTIONS = {"fitness.png": "Fitness over evaluations: every candidate, the best so far, and each generation's best "
+                            "on the fitness and validation splits (the gap shows overfitting).",
+             "ps_heatmap.png": "Best candidate's merge parameters per model and layer group / UNet block.",
+             "dfs_path.png": "Best DFS inference path (source layer per position) and scaling matrix W."}
+
+
+def write_html(run_dir: str | Path) -> Path:
+    """``RUN_DIR/report.html`` from the run's logs and the PNGs in ``plots/`` (written atomically)."""
+    from tsugiki.evolution.rundir import atomic_write
+
+    rd = RunDir(run_dir)
+    history, generations = rd.read_jsonl("history.jsonl"), rd.read_jsonl("generations.jsonl")
+    best = _best(rd)
+    esc = html.escape
+    name = rd.path.name
+    cfg = rd.file("config.yaml")
+    if cfg.exists():
+        for line in cfg.read_text(encoding="utf-8").splitlines():
+            if line.startswith("name:"):
+                name = line.split(":", 1)[1].strip()
+                break
+    failed = sum(h["fitness"] is None for h in history)
+    seconds = sum(g["seconds"] for g in generations)
+    rows = [("run dir", str(rd.path)), ("generations", len(generations)), ("evaluations", len(history)),
+            ("failed candidates", failed), ("time", f"{seconds:.1f} s ({len(history) / max(seconds, 1e-9):.2f} evals/s)")]
+    if best:
+        rows += [("best fitness", _f(best["fitness"])), ("best validation", _f(best.get("validation"))),
+                 ("best found at", f"generation {best['generation']}, candidate {best['index']}")]
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(name)}: tsugiki evolve</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:"
+             "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
+             "td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;border:1px solid #eee}</style>",
+             f"</head><body><h1>{esc(name)}</h1><h2>Summary</h2><table>"]
+    parts += [f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in rows]
+    parts.append("</table>")
+    plots = rd.file("plots")
+    for png in ("fitness.png", "ps_heatmap.png", "dfs_path.png"):
+        if (plots / png).exists():
+            parts.append(f"<figure><img src=\"plots/{png}\" alt=\"{png}\"><figcaption>{esc(_CAPTIONS[png])}</figcaption></figure>")
+    if best:
+        parts.append("<h2>Best candidate</h2><table><tr><th>parameter</th><th>value</th></tr>")
+        parts += [f"<tr><td>{esc(k)}</td><td class=\"n\">{v:.4g}</td></tr>" for k, v in best["params"].items()]
+        parts.append("</table><p>Recipe: <a href=\"best.yaml\">best.yaml</a></p>")
+    if generations:
+        parts.append("<h2>Generations</h2><table><tr><th>generation</th><th>evaluations</th><th>best</th><th>mean</th>"
+                     "<th>validation</th><th>best so far</th><th>failures</th><th>seconds</th></tr>")
+        for g in generations:
+            cells = [g["generation"], g["evaluations"], _f(g["best_fitness"]), _f(g.get("mean_fitness")), _f(g.get("validation")),
+                     _f(g.get("best_so_far")), g.get("failures", 0), f"{g['seconds']:.2f}"]
+            parts.append("<tr>" + "".join(f"<td class=\"n\">{esc(str(c))}</td>" for c in cells) + "</tr>")
+        parts.append("</table>")
+    errors = [h for h in history if h["fitness"] is None][:10]
+    if errors:
+        parts.append("<h2>First failed candidates</h2><table><tr><th>generation</th><th>index</th><th>error</th></tr>")
+        parts += [f"<tr><td>{h['generation']}</td><td>{h['index']}</td><td>{esc(str(h['error']))}</td></tr>" for h in errors]
+        parts.append("</table>")
+    parts.append("</body></html>\n")
+    out = rd.file("report.html")
+    atomic_write(out, "".join(parts))
+    return out
 
 
 def _best(rd: RunDir) -> dict | None:
@@ -171,7 +241,7 @@ def summary(run_dir: str | Path, *, stop_reason: str = "", max_params: int = 12)
                      + (f" ... ({len(others) - max_params} more)" if len(others) > max_params else ""))
     if failed:
         lines.append(f"first error  gen {failed[0]['generation']} #{failed[0]['index']}: {str(failed[0]['error'])[:100]}")
-    files = [f for f in ("best.yaml", "best.json", "history.jsonl", "generations.jsonl") if rd.file(f).exists()]
+    files = [f for f in ("best.yaml", "best.json", "history.jsonl", "generations.jsonl", "report.html") if rd.file(f).exists()]
     plots = sorted(p.name for p in rd.file("plots").glob("*.png")) if rd.file("plots").exists() else []
     lines.append("files        " + ", ".join(files + [f"plots/{p}" for p in plots]))
     return "\n".join(lines)
