@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tsugiki.factory import (
     SiblingSet,
@@ -13,6 +14,16 @@ from tsugiki.factory import (
 )
 
 SHARD_SIZE = "100KB"  # the default tiny llama is ~330 KB, so this gives >= 3 shards
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Every test model is tiny: intra-op threads only add contention (seconds of spinning on a busy
+    2-core machine), and the evolution runner evaluates with one thread too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

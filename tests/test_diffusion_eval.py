@@ -19,14 +19,6 @@ from tsugiki.factory.sdxl import build_clip_tokenizer, build_tiny_sdxl
 PROMPTS = ["富士山と桜の写真", "a photo of a cat", "夜の東京の街並み"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention (seconds of spinning) on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):

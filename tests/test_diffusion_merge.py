@@ -25,14 +25,6 @@ COPIED = ("text_encoder/model.safetensors", "text_encoder_2/model.safetensors", 
           "vae/config.json", "text_encoder/config.json")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention (seconds of spinning) on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def sdxl(tmp_path_factory):

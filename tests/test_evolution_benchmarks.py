@@ -22,14 +22,6 @@ from tsugiki.vlm.generate import GenerationSettings, VQAPredictor
 VLM_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-vlm-ps.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the runner evaluates (search.threads): on a busy 2-core machine more only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def arithmetic_lm(tmp_path_factory):

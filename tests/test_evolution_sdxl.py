@@ -22,14 +22,6 @@ def unet_weights(pipe: Path) -> dict:
     return load_file(pipe / "unet" / "diffusion_pytorch_model.safetensors")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the runner evaluates (search.threads): on a busy 2-core machine more only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def sdxl_run(tmp_path_factory):

@@ -17,14 +17,6 @@ from tsugiki.errors import CheckpointError, TsugikiError
 WIDTH_T, WIDTH_V, EMBED, LAYERS_T, LAYERS_V, HEADS, PATCH, GRID, CTX, VOCAB = 16, 24, 12, 2, 3, 2, 4, 2, 8, 50
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention (seconds of spinning) on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ---- an open_clip-layout CLIP (names as open_clip's CLIP / VisionTransformer / ResidualAttentionBlock) ----
 class Block(nn.Module):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -140,32 +141,34 @@ def _model_config(path: str) -> tuple[dict, list[str]]:
         raise EvolutionError(f"source {path}: {e}") from None
 
 
-def load_causal_lm(path: str, device: str = "cpu"):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@contextmanager
+def _hf_progress_bars_off():
+    """transformers' per-load progress bars would interleave with the run's own bar."""
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
+        yield
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def load_causal_lm(path: str, device: str = "cpu"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _hf_progress_bars_off():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
 def load_vlm(path: str, device: str = "cpu"):
     """A LLaVA-family model (float32, eval mode) and its processor."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with _hf_progress_bars_off():
         model = AutoModelForImageTextToText.from_pretrained(path, dtype="float32").to(device)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     return model.eval(), AutoProcessor.from_pretrained(path)
 
 
