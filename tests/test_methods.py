@@ -413,3 +413,107 @@ def test_rand_threshold_draws_equal_bernoulli():
         mask = _draw(p, torch.Size([200_003]), torch.Generator().manual_seed(11))
         ref = torch.bernoulli(torch.full((200_003,), p), generator=torch.Generator().manual_seed(11)).bool()
         assert torch.equal(mask, ref)
+
+
+# --------------------------------------------------------------------------- blockwise, in-place kernels
+# The kernels keep their memory low by working block by block and in place (see sparsify.py);
+# these checks run them on blocks of a few entries, against whole-tensor references, bit for bit.
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(sp, "MIN_BLOCK", 16)  # a few hundred entries -> 8 blocks
+
+
+def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit patterns (so -0.0 != 0.0), NaN equal to NaN."""
+    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(nan_a, nan_b) and torch.equal(
+        a.masked_fill(nan_a, 0).view(torch.int32), b.masked_fill(nan_b, 0).view(torch.int32)
+    )
+
+
+def test_blockwise_selection_equals_stable_sort(small_blocks):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(-4, 5, (500,), generator=g) * 0.25  # signed, many ties, zeros
+    x[7], x[11], x[300] = -0.0, float("inf"), -float("inf")  # infinities: the counting path
+    for w in (x, x[:-3]):  # with and without infinities
+        mag = w.abs()
+        asc = torch.argsort(mag, stable=True)
+        desc = torch.argsort(mag, descending=True, stable=True)
+        for k in (0, 1, 3, 77, 250, w.numel() - 1, w.numel()):
+            want = torch.zeros(w.numel(), dtype=torch.bool)
+            want[asc[:k]] = True
+            assert torch.equal(sp.smallest_mask(w, k), want)  # signed values rank by magnitude
+            assert torch.equal(sp.smallest_mask(mag, k), want)
+            want = torch.zeros(w.numel(), dtype=torch.bool)
+            want[desc[:k]] = True
+            assert torch.equal(sp.largest_mask(w, k), want)
+            assert torch.equal(sp.largest_mask(w.double(), k), want)
+    for m in (1, 2, 250, 497):
+        assert sp.kth_smallest(x[:-3], m).item() == torch.kthvalue(x[:-3].abs(), m).values.item()
+
+
+def test_blockwise_draws_equal_whole_draw(small_blocks):
+    n = 1000
+    p = torch.rand(n, generator=torch.Generator().manual_seed(2))
+    for prob in (0.3, p):
+        whole = torch.rand(n, generator=torch.Generator().manual_seed(11)) < prob
+        assert torch.equal(sp._draw(prob, torch.Size([n]), torch.Generator().manual_seed(11)), whole)
+
+
+def _signed_zero_case(n_models: int):
+    """Tensors with signed zeros, zero deltas and mixed signs, to pin the result bit for bit."""
+    g = torch.Generator().manual_seed(n_models)
+    base = torch.randint(-2, 3, (400,), generator=g) * 0.5
+    base[::5] = -0.0
+    models = [base + torch.randint(-2, 3, (400,), generator=g) * 0.3 for _ in range(n_models)]
+    return base, models
+
+
+def _consensus_reference(base, models, weights, normalize, lam):
+    """TIES consensus in its whole-tensor form (mergekit's; tsugiki's before the blockwise kernel)."""
+    w = torch.tensor(weights, dtype=base.dtype)
+    deltas = torch.stack([(m - base) * w[k] for k, m in enumerate(models)])
+    elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0)
+    kept = deltas * elected > 0
+    mixed = (deltas * kept).sum(dim=0)
+    if normalize:
+        divisor = torch.zeros_like(base)
+        for k in range(len(models)):
+            divisor += kept[k] * w[k]
+        mixed /= divisor.masked_fill(divisor == 0, 1)
+    if lam != 1:
+        mixed *= lam
+    return base + mixed
+
+
+@pytest.mark.parametrize("n_models", [1, 2, 3])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("weights", [(1.0, 0.7, 2.5), (0.3, -0.6, 1.0), (-1.5, 0.0, 0.2)])
+def test_consensus_equals_whole_tensor_form(small_blocks, n_models, normalize, weights):
+    base, models = _signed_zero_case(n_models)
+    weights = weights[:n_models]
+    for lam in (1.0, -0.5):
+        out = run("ties", [base, *models], 0, [{"weight": w} for w in weights], normalize=normalize, **{"lambda": lam})
+        assert bits_equal(out, _consensus_reference(base, models, weights, normalize, lam))
+
+
+@pytest.mark.parametrize(
+    "name,per_model,globals_,n_models",
+    [
+        ("ties", {"weight": 0.7, "density": 0.5}, {}, 1),
+        ("ties", {"weight": 0.7, "density": 0.5}, {}, 2),
+        ("dare_ties", {"weight": 0.7, "density": 0.5}, {}, 1),
+        ("dare_linear", {"weight": 0.7, "density": 0.5}, {}, 2),
+        ("breadcrumbs_ties", {"weight": 0.7, "density": 0.5, "gamma": 0.1}, {}, 2),
+        ("della", {"weight": 0.7, "density": 0.5, "epsilon": 0.1}, {}, 2),
+        ("task_arithmetic", {"weight": 0.7}, {}, 1),
+        ("slerp", {}, {"t": 0.3}, 1),
+    ],
+)
+def test_kernels_leave_inputs_untouched(small_blocks, name, per_model, globals_, n_models):
+    base, models = _signed_zero_case(n_models)
+    inputs = [base, *models]
+    before = [t.clone() for t in inputs]
+    run(name, inputs, 0, [dict(per_model) for _ in models], seed=5, **globals_)
+    assert all(bits_equal(t, c) for t, c in zip(inputs, before))

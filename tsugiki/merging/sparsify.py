@@ -14,22 +14,65 @@ Conventions shared by all functions (they follow mergekit 0.1.5):
   * random masks are drawn on the generator's device (the engine always passes a CPU generator),
     one float32 uniform per element in row-major order, so a seed gives the same mask on any device
     and the same mask as mergekit's ``torch.bernoulli`` after ``torch.manual_seed(seed)`` on CPU.
+
+Memory: a merge holds one tensor's inputs at a time, so the full-size temporaries of these functions
+set the engine's peak. Masks are therefore never materialised whole: selections and draws produce
+their keep-mask block by block (see `blocks`), each block is applied as soon as it is made, and
+``inplace=True`` lets a caller that owns ``x`` (a fresh task vector) have it pruned in place
+instead of copied. Every blockwise or in-place step is element-wise (or an exact count), so the
+results are bit-for-bit those of the whole-tensor forms.
 """
 
 from __future__ import annotations
 
+from typing import Iterable, Iterator
+
 import torch
 
 RESCALE_EPS = 1e-7
+MIN_BLOCK = 1 << 22  # entries (16 MB of float32)
+
+# (block of the flat tensor, its keep-mask as 1.0 / 0.0): float, because float * bool would first
+# copy the bool operand to float (on CPU), and the producers have a free float buffer at hand
+MaskBlocks = Iterable[tuple[slice, torch.Tensor]]
+
+
+def block_size(n: int) -> int:
+    """Entries per block of the blockwise passes over n entries: at most 8 blocks (each torch call
+    has a fixed cost, large on a busy machine), so a block's temporaries are at most 1/8 of the
+    full-size ones, and at least MIN_BLOCK entries (smaller tensors are done in one block)."""
+    return max(MIN_BLOCK, -(-n // 8))
+
+
+def blocks(n: int) -> list[slice]:
+    """Slices covering range(n), `block_size(n)` entries each (the last one shorter)."""
+    size = block_size(n)
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def scratch(n: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """A one-block buffer for the blockwise passes over n entries: block temporaries are written
+    into it with ``out=`` (see `part`) instead of being allocated per block, which glibc's heap
+    would keep resident, fragmented, past the block."""
+    return torch.empty(min(block_size(n), n), dtype=dtype, device=device)
+
+
+def part(buf: torch.Tensor, b: slice) -> torch.Tensor:
+    """The first len(b) entries of the scratch ``buf``: where block ``b``'s temporary goes."""
+    return buf[: b.stop - b.start]
+
+
+def _rescale_by(before: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Scale ``masked`` in place to the L1 norm ``before`` (unless either norm is < 1e-7)."""
+    after = torch.linalg.vector_norm(masked, ord=1)
+    if before < RESCALE_EPS or after < RESCALE_EPS:
+        return masked
+    return masked.mul_(before / after)
 
 
 def rescale_l1(original: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Scale ``masked`` so that sum|masked| == sum|original|, unless either sum is < 1e-7."""
-    before = torch.linalg.vector_norm(original, ord=1)
-    after = torch.linalg.vector_norm(masked, ord=1)
-    if before < RESCALE_EPS or after < RESCALE_EPS:
-        return masked
-    return masked * (before / after)
+    return _rescale_by(torch.linalg.vector_norm(original, ord=1), masked.clone())
 
 
 def _ranking_magnitudes(x: torch.Tensor) -> torch.Tensor:
@@ -39,87 +82,176 @@ def _ranking_magnitudes(x: torch.Tensor) -> torch.Tensor:
     return w
 
 
-def _take_first(ties: torch.Tensor, count: int) -> torch.Tensor:
-    """The first ``count`` True entries of the 1-D bool ``ties`` (by position)."""
-    if count <= 0:
-        return torch.zeros_like(ties)
-    if int(torch.count_nonzero(ties)) <= count:
-        return ties
-    return ties & (torch.cumsum(ties, 0) <= count)
+def _ranking_values(x: torch.Tensor) -> torch.Tensor:
+    """Flat ``x`` for the selections below, which rank |values| themselves: no full-size |x| copy
+    (16-bit inputs are upcast to float32 as in `_ranking_magnitudes`)."""
+    w = x.detach().reshape(-1)
+    return w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+
+
+def _radix_select(w: torch.Tensor, m: int) -> tuple[int, int, int, bool]:
+    """For the 1-D float32 ``w``: the bit pattern of the m-th smallest |w| (1-based), how many |w|
+    have a smaller and how many the same bit pattern, and whether every |w| is finite.
+
+    Non-negative floats order like their int32 bit patterns (the sign bit is masked off): a
+    histogram of bits 16..30 finds the bucket holding the m-th value, a histogram of the low 16
+    bits inside that bucket finds the value itself. Exact, and about 5x faster than
+    `torch.kthvalue` on CPU for the tens of millions of entries of LLM tensors.
+    """
+    bits = w.reshape(-1).view(torch.int32)
+    n = bits.numel()
+    h, sel = scratch(n, torch.int32, w.device), scratch(n, torch.bool, w.device)
+
+    def high_bits(b: slice) -> torch.Tensor:
+        return torch.bitwise_right_shift(bits[b], 16, out=part(h, b)).bitwise_and_(0x7FFF)
+
+    # histograms by index_add_ (a plain serial loop; bincount adds two full reductions per call)
+    one = torch.ones(1, dtype=torch.int64, device=w.device)
+    high = torch.zeros(1 << 15, dtype=torch.int64, device=w.device)
+    for b in blocks(n):
+        high.index_add_(0, high_bits(b), one.expand(b.stop - b.start))
+    high_below = high.cumsum(0)
+    bucket = int(torch.searchsorted(high_below, m))
+    before = int(high_below[bucket - 1]) if bucket > 0 else 0
+    # low bits of the entries in the bucket; the others go to an extra bin (no variable-size
+    # selection, whose allocations would fragment the heap)
+    low = torch.zeros((1 << 16) + 1, dtype=torch.int64, device=w.device)
+    for b in blocks(n):
+        outside = torch.ne(high_bits(b), bucket, out=part(sel, b))
+        low_bits = torch.bitwise_and(bits[b], 0xFFFF, out=part(h, b)).masked_fill_(outside, 1 << 16)
+        low.index_add_(0, low_bits, one.expand(b.stop - b.start))
+    low = low[: 1 << 16]
+    low_below = low.cumsum(0)
+    v = int(torch.searchsorted(low_below, m - before))
+    below = before + (int(low_below[v - 1]) if v > 0 else 0)
+    finite = int(high[0x7F80:].sum()) == 0  # bucket 0x7F80 and up: inf and NaN
+    return (bucket << 16) | v, below, int(low[v]), finite
+
+
+def _from_bits(value_bits: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor([value_bits], dtype=torch.int32, device=device).view(torch.float32)[0]
 
 
 def kth_smallest(w: torch.Tensor, m: int) -> torch.Tensor:
-    """The m-th smallest value (1-based) of the 1-D ``w`` of non-negative magnitudes.
-
-    For float32 this is a two-pass radix select on the IEEE bits (non-negative floats order like
-    their int32 bit patterns): a histogram of the high 16 bits finds the bucket holding the m-th
-    value, a histogram of the low 16 bits inside that bucket finds the value itself. Exact, and
-    about 5x faster than `torch.kthvalue` on CPU for the tens of millions of entries of LLM tensors.
-    """
+    """The m-th smallest (1-based) of the magnitudes |w| of the 1-D ``w`` (``w`` may hold the
+    magnitudes themselves or the signed values). float32: radix select (see `_radix_select`), in
+    blocks so that no full-size copy is made; other dtypes: `torch.kthvalue`."""
     if w.dtype != torch.float32:
-        return torch.kthvalue(w, m).values
-    bits = w.view(torch.int32)
-    high = bits >> 16
-    below = torch.bincount(high, minlength=1 << 16).cumsum(0)
-    bucket = int(torch.searchsorted(below, m))
-    before = int(below[bucket - 1]) if bucket > 0 else 0
-    low = torch.bincount(bits[high == bucket] & 0xFFFF, minlength=1 << 16).cumsum(0)
-    value_bits = (bucket << 16) | int(torch.searchsorted(low, m - before))
-    return torch.tensor([value_bits], dtype=torch.int32, device=w.device).view(torch.float32)[0]
+        return torch.kthvalue(w.abs(), m).values
+    return _from_bits(_radix_select(w, m)[0], w.device)
+
+
+def _threshold(w: torch.Tensor, m: int) -> tuple[torch.Tensor, int, int, int]:
+    """v = the m-th smallest |w| and the numbers of entries with |w| < v, == v and > v."""
+    n = w.numel()
+    if w.dtype == torch.float32:
+        value_bits, below, tied, finite = _radix_select(w, m)
+        v = _from_bits(value_bits, w.device)
+        if finite:  # bit order is float order: the counts come with the histograms
+            return v, below, tied, n - below - tied
+    else:
+        v = torch.kthvalue(w.abs(), m).values
+    # other dtypes, or inf/NaN present (NaN compares false to everything): count
+    below = tied = above = 0
+    a = scratch(n, w.dtype, w.device)
+    for b in blocks(n):
+        mag = torch.abs(w[b], out=part(a, b))
+        below += int(torch.count_nonzero(mag < v))
+        tied += int(torch.count_nonzero(mag == v))
+        above += int(torch.count_nonzero(mag > v))
+    return v, below, tied, above
+
+
+def _constant_blocks(n: int, keep: bool, dtype: torch.dtype, device: torch.device | str) -> MaskBlocks:
+    mask = scratch(n, dtype, device).fill_(float(keep))
+    return [(b, part(mask, b)) for b in blocks(n)]
+
+
+def _select_blocks(w: torch.Tensor, want: int, largest: bool) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Keep-mask blocks (in w's dtype) of the ``want`` largest (or smallest) magnitudes |w| of the
+    1-D ``w``, equal values taken lowest index first (stable order). Each block of ``w`` is read
+    before its mask is yielded and never after, so the caller may overwrite it then; a mask block
+    is valid until the next one.
+    """
+    n = w.numel()
+    if want <= 0 or want >= n:
+        yield from _constant_blocks(n, want > 0, w.dtype, w.device)
+        return
+    v, below, tied, above = _threshold(w, n - want + 1 if largest else want)
+    # |w| on the kept side of v, v included, minus `want`: how many of the tied entries must go;
+    # those kept are the first ones by position
+    surplus = (above if largest else below) + tied - want
+    allowed = max(0, tied - surplus)
+    a, keep = scratch(n, w.dtype, w.device), scratch(n, torch.bool, w.device)
+    eq = scratch(n, torch.bool, w.device) if surplus > 0 else None
+    seen = 0  # tied entries kept so far
+    for b in blocks(n):
+        mag = torch.abs(w[b], out=part(a, b))
+        kept = (torch.ge if largest else torch.le)(mag, v, out=part(keep, b))
+        if eq is not None:  # drop the tied entries past the first `allowed`
+            tied_here = torch.eq(mag, v, out=part(eq, b))
+            stay = allowed - seen  # how many more tied entries stay
+            count = int(torch.count_nonzero(tied_here)) if stay > 0 else 0
+            if 0 < stay and count <= stay:
+                seen += count  # all of this block's tied entries stay
+            else:
+                if stay > 0:  # the first `stay` of them stay: unmark those
+                    cumulative = part(scratch(n, torch.int32, w.device), b)
+                    torch.cumsum(tied_here, 0, dtype=torch.int32, out=cumulative)
+                    tied_here[: int(torch.searchsorted(cumulative, stay, right=True))] = False
+                    seen = allowed
+                kept.logical_and_(tied_here.logical_not_())
+        yield b, mag.copy_(kept)  # |w| of this block is no longer needed: its buffer holds the mask
+
+
+def _whole(pieces: MaskBlocks, n: int, device: torch.device | str) -> torch.Tensor:
+    """The full bool mask from its blocks."""
+    mask = torch.empty(n, dtype=torch.bool, device=device)
+    for b, kept in pieces:
+        mask[b] = kept  # 1.0 -> True, 0.0 -> False
+    return mask
 
 
 def smallest_mask(w: torch.Tensor, m: int) -> torch.Tensor:
-    """Bool mask of the ``m`` smallest entries of the 1-D ``w`` in stable ascending order.
+    """Bool mask of the ``m`` smallest magnitudes |w| of the 1-D ``w`` in stable ascending order.
 
     O(n) selection instead of a full sort; equal values are taken lowest index first.
     """
-    n = w.numel()
-    if m <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=w.device)
-    if m >= n:
-        return torch.ones(n, dtype=torch.bool, device=w.device)
-    v = kth_smallest(w, m)
-    at_most = w <= v
-    if int(torch.count_nonzero(at_most)) == m:  # the usual case: v itself is not tied
-        return at_most
-    below = w < v
-    return below | _take_first(w == v, m - int(torch.count_nonzero(below)))
+    return _whole(_select_blocks(w, m, largest=False), w.numel(), w.device)
 
 
 def largest_mask(w: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of the ``k`` largest entries of the 1-D ``w`` in stable descending order
+    """Bool mask of the ``k`` largest magnitudes |w| of the 1-D ``w`` in stable descending order
     (equal values are taken lowest index first)."""
-    n = w.numel()
-    if k <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=w.device)
-    if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=w.device)
-    v = kth_smallest(w, n - k + 1)
-    at_least = w >= v
-    if int(torch.count_nonzero(at_least)) == k:  # the usual case: v itself is not tied
-        return at_least
-    above = w > v
-    return above | _take_first(w == v, k - int(torch.count_nonzero(above)))
+    return _whole(_select_blocks(w, k, largest=True), w.numel(), w.device)
 
 
-def _apply(x: torch.Tensor, keep: torch.Tensor, rescale: bool) -> torch.Tensor:
-    masked = x * keep.reshape(x.shape).to(x.dtype)
-    return rescale_l1(x, masked) if rescale else masked
+def _apply(x: torch.Tensor, pieces: MaskBlocks, rescale: bool, inplace: bool) -> torch.Tensor:
+    """``x`` times the keep-mask given by blocks of flat ``x`` (x * 0 keeps the sign of zeroed
+    entries, as mergekit's product does), rescaled to x's L1 norm if asked; in ``x`` itself when
+    ``inplace`` (and x is contiguous)."""
+    before = torch.linalg.vector_norm(x, ord=1) if rescale else None
+    out = x if inplace and x.is_contiguous() else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    src, dst = x.reshape(-1), out.view(-1)
+    for b, kept in pieces:
+        torch.mul(src[b], kept, out=dst[b])
+    return _rescale_by(before, out) if rescale else out
 
 
-def magnitude(x: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
+def magnitude(x: torch.Tensor, density: float, rescale: bool = False, *, inplace: bool = False) -> torch.Tensor:
     """TIES trim step (Yadav et al. 2023, arXiv:2306.01708): keep the ``max(1, int(density * n))``
-    entries of largest magnitude; ``density <= 0`` (or an empty tensor) gives all zeros."""
+    entries of largest magnitude; ``density <= 0`` (or an empty tensor) gives all zeros.
+    ``inplace``: the caller owns ``x``, prune it in place and return it."""
     if density >= 1:
         return x
     if density <= 0 or x.numel() == 0:
-        return torch.zeros_like(x)
+        return x.zero_() if inplace else torch.zeros_like(x)
     k = max(1, int(density * x.numel()))
-    return _apply(x, largest_mask(_ranking_magnitudes(x), k), rescale)
+    return _apply(x, _select_blocks(_ranking_values(x), k, largest=True), rescale, inplace)
 
 
 def magnitude_outliers(
-    x: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False
+    x: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False, *, inplace: bool = False
 ) -> torch.Tensor:
     """Model Breadcrumbs (Davari & Belilovsky 2023, arXiv:2312.06795): drop the ``int(gamma * n)``
     largest-magnitude entries and the smallest ones, keeping ``int(density * n)`` entries.
@@ -135,30 +267,51 @@ def magnitude_outliers(
     n_top = int(gamma * n)
     n_bot = max(0, n - n_keep - n_top)
     if n_keep == 0:
-        return _apply(x, torch.zeros(n, dtype=torch.bool, device=x.device), rescale)
-    w = _ranking_magnitudes(x)
-    keep = smallest_mask(w, n_bot + n_keep)
-    if n_bot > 0:
-        keep &= ~smallest_mask(w, n_bot)
-    return _apply(x, keep, rescale)
+        return _apply(x, _constant_blocks(n, False, x.dtype, x.device), rescale, inplace)
+    w = _ranking_values(x)
+    pieces: MaskBlocks = _select_blocks(w, n_bot + n_keep, largest=False)
+    if n_bot > 0:  # ranks [n_bot, n_bot + n_keep): the n_bot + n_keep smallest minus the n_bot smallest
+        lowest = _select_blocks(w, n_bot, largest=False)
+        pieces = ((b, kept.mul_(low.neg_().add_(1))) for (b, kept), (_, low) in zip(pieces, lowest))
+    return _apply(x, pieces, rescale, inplace)
+
+
+def _draw_blocks(p: torch.Tensor | float, n: int, generator: torch.Generator) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Keep-mask blocks (float32) with P(keep) = p (a float or a tensor of n probabilities). `rand < p`
+    consumes the generator exactly as `torch.bernoulli(p)` does on CPU (one float32 uniform per
+    element, same order), so the masks are identical, at a third of the cost and without
+    materialising a tensor of p for a scalar density. CPU draws are sequential, so drawing block
+    by block consumes the generator exactly as one whole-tensor draw does."""
+    device = generator.device
+    flat_p = p.reshape(-1) if isinstance(p, torch.Tensor) else None
+    if device.type != "cpu":  # other devices' generators are not sequential: one draw
+        u = torch.rand(n, generator=generator, dtype=torch.float32, device=device)
+        u.copy_(u < (p if flat_p is None else flat_p))
+        yield from ((b, u[b]) for b in blocks(n))
+        return
+    u, keep = scratch(n, torch.float32, device), scratch(n, torch.bool, device)
+    for b in blocks(n):
+        draws = part(u, b).uniform_(generator=generator)  # what torch.rand does
+        yield b, draws.copy_(torch.lt(draws, p if flat_p is None else flat_p[b], out=part(keep, b)))
 
 
 def _draw(p: torch.Tensor | float, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
-    """Bool keep-mask with P(keep) = p. `rand < p` consumes the generator exactly as
-    `torch.bernoulli(p)` does on CPU (one float32 uniform per element, same order), so the masks are
-    identical, at a third of the cost and without materialising a tensor of p for a scalar density."""
-    return torch.rand(shape, generator=generator, dtype=torch.float32, device=generator.device) < p
+    """The whole bool keep-mask of `_draw_blocks`, shaped ``shape``, on the generator's device."""
+    return _whole(_draw_blocks(p, shape.numel(), generator), shape.numel(), generator.device).reshape(shape)
+
+
+def _on(device: torch.device, pieces: MaskBlocks) -> Iterator[tuple[slice, torch.Tensor]]:
+    return ((b, kept.to(device)) for b, kept in pieces)
 
 
 def bernoulli(
-    x: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = False
+    x: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = False, *, inplace: bool = False
 ) -> torch.Tensor:
     """DARE drop (Yu et al. 2023, arXiv:2311.03099): keep each entry independently with
     probability ``density`` (probabilities in float32; draws happen even for density <= 0)."""
     if density >= 1:
         return x
-    keep = _draw(float(density), x.shape, generator).to(device=x.device)
-    return _apply(x, keep, rescale)
+    return _apply(x, _on(x.device, _draw_blocks(float(density), x.numel(), generator)), rescale, inplace)
 
 
 def della_probabilities(x: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
@@ -174,14 +327,15 @@ def della_probabilities(x: torch.Tensor, density: float, epsilon: float) -> torc
     if t.dim() < 2:
         t = t.reshape(1, -1)
     m = t.shape[1]
-    order = torch.argsort(_ranking_magnitudes(t).reshape(t.shape), dim=1, stable=True)
     if m <= 1:
         return torch.full(t.shape, float(density), dtype=torch.float32, device=t.device).reshape(x.shape)
+    order = torch.argsort(_ranking_magnitudes(t).reshape(t.shape), dim=1, stable=True)
     ranks = torch.empty(t.shape, dtype=torch.float32, device=t.device)
     positions = torch.arange(m, dtype=torch.float32, device=t.device)
     ranks.scatter_(1, order, positions.reshape((1, m) + (1,) * (t.dim() - 2)).expand(t.shape))
-    rank_norm = (ranks / (m - 1)).clamp_(0, 1)
-    probs = (density - epsilon) + rank_norm * 2 * epsilon
+    del order  # int64: twice the size of the float32 result
+    # (density - epsilon) + clamp(r / (m - 1), 0, 1) * 2 * epsilon, each step in place
+    probs = ranks.div_(m - 1).clamp_(0, 1).mul_(2).mul_(epsilon).add_(density - epsilon)
     return probs.reshape(x.shape)
 
 
@@ -191,6 +345,8 @@ def della_magprune(
     epsilon: float,
     generator: torch.Generator,
     rescale: bool = False,
+    *,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """DELLA MagPrune (Deep et al. 2024, arXiv:2406.11617): keep each entry with a probability
     that grows with its magnitude rank, from density-epsilon to density+epsilon.
@@ -200,11 +356,10 @@ def della_magprune(
     if density >= 1:
         return x
     if density <= 0:
-        return torch.zeros_like(x)
+        return x.zero_() if inplace else torch.zeros_like(x)
     if density + epsilon >= 1 or density - epsilon <= 0:
         raise ValueError(
             f"density ± epsilon must lie in (0, 1) (density={density}, epsilon={epsilon})"
         )
     p = della_probabilities(x, density, epsilon).to(generator.device)
-    keep = _draw(p, x.shape, generator).to(device=x.device)
-    return _apply(x, keep, rescale)
+    return _apply(x, _on(x.device, _draw_blocks(p, x.numel(), generator)), rescale, inplace)

@@ -21,6 +21,7 @@ as int8 instead of the tensor dtype, which never changes the result. tsugiki's m
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -45,23 +46,65 @@ def _sparsify(
     rescale: bool,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
+    """Prune ``delta`` in place (it is a fresh task vector owned by the kernel) and return it."""
     if kind is None:
         return delta
     density = float(p["density"])
     if kind == "magnitude":
-        return sp.magnitude(delta, density, rescale=rescale)
+        return sp.magnitude(delta, density, rescale=rescale, inplace=True)
     if kind == "magnitude_outliers":
-        return sp.magnitude_outliers(delta, density, float(p["gamma"]), rescale=rescale)
+        return sp.magnitude_outliers(delta, density, float(p["gamma"]), rescale=rescale, inplace=True)
     if kind == "random":
-        return sp.bernoulli(delta, density, generator, rescale=rescale)
+        return sp.bernoulli(delta, density, generator, rescale=rescale, inplace=True)
     if kind == "della_magprune":
-        return sp.della_magprune(delta, density, float(p["epsilon"]), generator, rescale=rescale)
+        return sp.della_magprune(delta, density, float(p["epsilon"]), generator, rescale=rescale, inplace=True)
     raise AssertionError(kind)
+
+
+def _consensus_sum(deltas: torch.Tensor, weights: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """TIES sign consensus over the stacked weighted task vectors ``deltas`` (which it overwrites):
+    the sum of the entries that agree with the elected sign, divided by the summed weights of
+    those entries (1 where none) when ``normalize``.
+
+    Elementwise steps go block by block through one-block scratch buffers, so that the only
+    full-size temporaries are the elected signs and the result (the peak is the deltas plus one
+    tensor, as the final sum needs anyway).
+    """
+    n_models = deltas.shape[0]
+    flat = deltas.view(n_models, -1)
+    n = flat.shape[1]
+    # elected sign: +1 where the sum is >= 0, else -1 (the sum's own storage, in place)
+    elected = deltas.sum(dim=0).view(-1).ge_(0).mul_(2).sub_(1)
+    # kept: entries whose sign agrees with the elected sign (zeros never agree): d * elected > 0
+    kept = sp.scratch(n, deltas.dtype, deltas.device)
+    for k in range(n_models):
+        for b in sp.blocks(n):
+            d = flat[k, b]
+            d.mul_(torch.mul(d, elected[b], out=sp.part(kept, b)).gt_(0))  # as 1.0 / 0.0
+    del elected
+    mixed = deltas.sum(dim=0)
+    if normalize:
+        # After the masking an entry was kept iff it is nonzero, except where it is NaN (a dropped
+        # inf, or a NaN), and there the sum is NaN whatever the divisor: so the divisor can be
+        # built block by block here instead of as a full-size tensor during the masking.
+        divisor, zero = sp.scratch(n, deltas.dtype, deltas.device), sp.scratch(n, torch.bool, deltas.device)
+        out = mixed.view(-1)
+        for b in sp.blocks(n):
+            div = sp.part(divisor, b).zero_()
+            for k in range(n_models):
+                nonzero = torch.ne(flat[k, b], 0, out=sp.part(kept, b))  # as 1.0 / 0.0
+                div.add_(nonzero, alpha=float(weights[k]))  # + kept * w: exact, kept is 0 or 1
+            div.masked_fill_(torch.eq(div, 0, out=sp.part(zero, b)), 1)
+            out[b].div_(div)
+    return mixed
 
 
 def _make_kernel(method: str, params: tuple[Param, ...], sparsification: str | None, consensus: bool, randomized: bool) -> Callable[..., torch.Tensor]:
     model_specs = tuple(p for p in params if p.per_model)
 
+    # Memory: the engine's peak is one tensor's inputs plus the kernel's full-size temporaries, so
+    # every step after `t - base` works in place on kernel-owned tensors (never on the inputs,
+    # which are views of the source files), and masks are made and applied block by block.
     def kernel(inputs: MergeInputs, **given: Any) -> torch.Tensor:
         g = fill_globals(method, params, given, inputs.name)
         base = require_base(method, inputs)
@@ -73,31 +116,37 @@ def _make_kernel(method: str, params: tuple[Param, ...], sparsification: str | N
         weights = torch.tensor([float(p["weight"]) for p in per_model], dtype=base.dtype, device=base.device)
         rescale = bool(g["rescale"])
 
-        def weighted_delta(k: int) -> torch.Tensor:
+        def weighted_delta(k: int, out: torch.Tensor | None = None) -> torch.Tensor:
+            """weight_k * sparsify(t_k - base), computed in ``out`` where given."""
             i, t, _ = sources[k]
+            if out is not None and t.dtype == out.dtype:
+                d = torch.sub(t, base, out=out)
+            else:
+                d = t - base
             try:
-                d = _sparsify(sparsification, t - base, per_model[k], rescale, generator)
+                d = _sparsify(sparsification, d, per_model[k], rescale, generator)
             except ValueError as e:
                 raise MergeError(f"{inputs.name}: {method}, source #{i}: {e}") from None
-            return d.mul_(weights[k])  # d is always a fresh tensor (t - base or its pruned copy)
+            d.mul_(weights[k])
+            if out is not None and d is not out:
+                out.copy_(d)  # only where t's dtype differs from the base's
+                return out
+            return d
 
-        if consensus:
+        if consensus and len(sources) == 1 and (not g["normalize"] or 0 < float(weights[0]) < math.inf):
+            # One task vector always agrees with its own sign, so the consensus keeps every nonzero
+            # entry and the divisor is its weight there (1 elsewhere, where the entry is ±0 or NaN
+            # and dividing by a positive weight changes nothing). `+ 0.0` turns -0.0 into +0.0, as
+            # the one-term sum of the general path does: the result is bit-for-bit the same.
+            mixed = weighted_delta(0).add_(0.0)
+            if g["normalize"]:
+                mixed /= weights[0]
+        elif consensus:
             deltas = torch.empty((len(sources), *base.shape), dtype=base.dtype, device=base.device)
             for k in range(len(sources)):
-                deltas[k] = weighted_delta(k)
-            elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(base.dtype)
-            # kept: entries whose sign agrees with the elected sign (zeros never agree)
-            kept = torch.mul(deltas, elected) > 0
-            del elected
-            mixed = deltas.mul_(kept).sum(dim=0)
+                weighted_delta(k, out=deltas[k])
+            mixed = _consensus_sum(deltas, weights, bool(g["normalize"]))
             del deltas
-            if g["normalize"]:
-                divisor = torch.zeros_like(base)
-                for k in range(len(sources)):
-                    divisor += kept[k] * weights[k]
-                divisor.masked_fill_(divisor == 0, 1)
-                mixed /= divisor
-            del kept
         else:
             mixed = weighted_delta(0)
             for k in range(1, len(sources)):
@@ -109,6 +158,8 @@ def _make_kernel(method: str, params: tuple[Param, ...], sparsification: str | N
         lam = float(g["lambda"])
         if lam != 1:
             mixed *= lam
+        if mixed.dtype == base.dtype and mixed.shape == base.shape:
+            return mixed.add_(base)  # mixed + base is base + mixed exactly (IEEE addition commutes)
         return (base + mixed).to(base.dtype)
 
     return kernel
