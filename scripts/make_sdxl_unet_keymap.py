@@ -18,16 +18,11 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 
+from tsugiki.diffusion.layout import SDXL_BASE_UNET_CONFIG
+
 OUT = Path(__file__).resolve().parents[1] / "tsugiki" / "diffusion" / "keymaps" / "sdxl_unet.json"
 
-SDXL_BASE_CONFIG = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
-    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-)
+SDXL_BASE_CONFIG = SDXL_BASE_UNET_CONFIG
 
 # diffusers ResnetBlock2D submodule -> sgm ResBlock submodule
 RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",

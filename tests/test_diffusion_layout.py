@@ -9,17 +9,11 @@ import pytest
 import torch
 
 from tsugiki.diffusion import blocks, layout
+from tsugiki.diffusion.layout import SDXL_BASE_UNET_CONFIG
 from tsugiki.errors import CheckpointError
 from tsugiki.factory.sdxl import build_unet
 
-SDXL_BASE = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
-    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-)
+SDXL_BASE = SDXL_BASE_UNET_CONFIG
 
 
 

@@ -26,6 +26,15 @@ ORIGINAL_PREFIX = "model.diffusion_model."
 # prefixes of the other components stored beside the UNet in a single-file SDXL checkpoint
 TEXT_ENCODER_PREFIX = "conditioner.embedders."
 VAE_PREFIX = "first_stage_model."
+# diffusers' UNet2DConditionModel arguments of the SDXL base UNet: the shapes the key table records
+SDXL_BASE_UNET_CONFIG = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
+    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+)
 
 T = TypeVar("T")
 

@@ -198,6 +198,15 @@ class Problem:
                     check_disjoint(test, self.data[split], split, config.where(f"{split}.data"), against="test")
         self._ready = False
 
+    def _check_sources(self, *keys: str) -> None:
+        """Every model named under `space.<key>` (a name or a list of names) is a known source."""
+        for key in keys:
+            value = self.config.space.get(key)
+            for name in value if isinstance(value, list) else [value] if value else []:
+                if name not in self.paths:
+                    raise EvolutionError(
+                        f"{self.config.where('space.' + key)}unknown source {name!r} (known: {', '.join(self.paths)})")
+
     def _resolve(self, section: str, name: str) -> FitnessSpec:
         try:
             return resolve_fitness(name)
@@ -260,10 +269,7 @@ class PSProblem(Problem):
         from tsugiki.merging.architecture import architecture_for
 
         s = config.space
-        for key in ("models", "base_model"):
-            for name in (s.get(key) if isinstance(s.get(key), list) else [s.get(key)] if s.get(key) else []):
-                if name not in self.paths:
-                    raise EvolutionError(f"{config.where('space.' + key)}unknown source {name!r} (known: {', '.join(self.paths)})")
+        self._check_sources("models", "base_model")
         from tsugiki.vlm.merge import is_vlm_source
 
         members = [*([s["base_model"]] if s.get("base_model") else []), *s["models"]]
@@ -354,9 +360,7 @@ class DFSProblem(Problem):
         super().__init__(config, paths)
         s = config.space
         self.kind = s["kind"]
-        for name in s["models"]:
-            if name not in self.paths:
-                raise EvolutionError(f"{config.where('space.models')}unknown source {name!r} (known: {', '.join(self.paths)})")
+        self._check_sources("models")
         layers, first = {}, None
         for name in s["models"]:
             cfg, names = _model_config(self.paths[name])
@@ -422,10 +426,7 @@ class SDXLBlocksProblem(Problem):
     def __init__(self, config: EvolveConfig, paths: Mapping[str, str]):
         super().__init__(config, paths)
         s = config.space
-        for key in ("models", "base_model"):
-            for name in (s.get(key) if isinstance(s.get(key), list) else [s.get(key)] if s.get(key) else []):
-                if name not in self.paths:
-                    raise EvolutionError(f"{config.where('space.' + key)}unknown source {name!r} (known: {', '.join(self.paths)})")
+        self._check_sources("models", "base_model")
         params = s.get("params") or {"weight": {"bounds": list(DEFAULT_BOUNDS["weight"])}}
         try:
             self.sdxl = SDXLBlockSpace(
