@@ -31,3 +31,9 @@ def check_covered(texts: Iterable[str]) -> None:
         for ch in t:
             if ch not in vocab:
                 raise ValueError(f"character {ch!r} in {t!r} is not in the char tokenizer's vocabulary")
+
+
+# The two instruction formats of the demo's LMs. The Japanese sibling learns JA_FORMAT, the math
+# sibling EN_FORMAT; the base model knows neither (it is a "pretrained" model: sentences and sums).
+JA_FORMAT = "問題: {q} 応答: "
+EN_FORMAT = "Q: {q} A: "
