@@ -14,6 +14,14 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     from tsugiki.evolution.report import summary
     from tsugiki.evolution.runner import evolve
 
+    if args.plan:
+        if args.config is None:
+            raise EvolutionError("--plan needs CONFIG")
+        from tsugiki.evolution.problems import plan_from_sources
+
+        # configs only (a hub source's config.json is fetched or read from the cache): no weights, no data
+        print(plan_from_sources(load_config(args.config), args.output or ".").summary())
+        return 0
     if (args.config is None) == (args.resume is None):
         raise EvolutionError("give either CONFIG (with -o RUN_DIR) or --resume RUN_DIR")
     if args.config is not None and args.output is None:
@@ -52,5 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-evaluations", dest="max_evaluations", type=int, help="total evaluation budget")
     e.add_argument("--export", metavar="DIR", help="write the best candidate as a merged model dir at the end")
     e.add_argument("--force", action="store_true", help="replace the --export DIR if it exists")
+    e.add_argument("--plan", action="store_true",
+                   help="print the search space (dimensions by part) and the evaluation budget, then exit; reads only "
+                        "the sources' config.json files, no weights or data")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_evolve)

@@ -1,0 +1,424 @@
+"""The demo's outputs in RUN_DIR, from the stages' :class:`~tsugiki.demo.stage.StageResult` s.
+
+- ``results.json``: the numbers (schema below), for scripts and for comparing runs.
+- ``leaderboard.md``: per stage, the models ranked by the headline metric, with intervals and verdict.
+- ``report.html``: one page, no scripts and nothing fetched (inline CSS; images referenced by paths
+  relative to the run dir, so the folder can be moved or archived whole).
+- :func:`terminal_leaderboard`: the leaderboard as plain text that fits 100 columns.
+
+``results.json``::
+
+    {"tsugiki_version": "0.1.0", "created": "2026-01-01T12:00:00+00:00",
+     "meta": {"seed": 0, "quick": true, "seconds": 41.2, "machine": {...}, ...},
+     "stages": {"lm": {"headline": "acc", "lower_is_better": false, "title": ..., "verdict": ...,
+                       "notes": [...], "seconds": ..., "models": {...},
+                       "rows": [{"model": ..., "role": "source" | "baseline" | "evolved",
+                                 "metrics": {"acc": 52.5}, "ci": {"acc": [48.9, 56.1]}}]}}}
+
+Non-finite numbers (a metric that could not be computed) are written as ``null``; every file is
+written atomically (a temp file renamed over the old one), so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import unicodedata
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import tsugiki
+from tsugiki.demo.stage import Row, StageResult
+from tsugiki.evolution.rundir import _clean as _json_safe  # non-finite floats -> None
+from tsugiki.evolution.rundir import atomic_write
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE, LEADERBOARD_FILE, REPORT_FILE = "results.json", "leaderboard.md", "report.html"
+REQUIRED_META = ("seed", "quick", "seconds")
+TERMINAL_WIDTH = 100
+MISSING = "—"
+
+
+# ---------------------------------------------------------------- results.json
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on (timings and float results depend on it)."""
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpus": os.cpu_count()}
+    torch = sys.modules.get("torch")  # only describe torch if the run used it; never import it here
+    if torch is not None:
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def results_json(stages: list[StageResult], meta: dict[str, Any], created: str | None = None) -> dict[str, Any]:
+    """The ``results.json`` document (``meta`` must hold seed, quick and seconds; machine is filled in)."""
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"results meta lacks {', '.join(missing)} (has: {', '.join(meta) or 'nothing'})")
+    out: dict[str, Any] = {}
+    for s in stages:
+        if s.stage in out:
+            raise ValueError(f"stage {s.stage!r} appears twice in the results")
+        data = s.to_json()
+        for row in data["rows"]:
+            row["metrics"] = {k: _number(v, f"stage {s.stage}, model {row['model']!r}, metric {k!r}")
+                              for k, v in row["metrics"].items()}
+        out[s.stage] = data
+    return {"tsugiki_version": tsugiki.__version__, "created": created or _now(),
+            "meta": {**meta, "machine": meta.get("machine") or machine_info()}, "stages": out}
+
+
+def write_results(run_dir: str | Path, stages: list[StageResult], meta: dict[str, Any],
+                  created: str | None = None) -> Path:
+    """Write ``RUN_DIR/results.json`` atomically and return its path."""
+    doc = _json_safe(results_json(stages, meta, created))
+    text = json.dumps(doc, ensure_ascii=False, indent=2, allow_nan=False) + "\n"  # serialise before touching disk
+    path = Path(run_dir) / RESULTS_FILE
+    atomic_write(path, text)
+    return path
+
+
+def _number(v: Any, where: str) -> float:
+    try:  # numpy / torch scalars become plain floats (json cannot write them)
+        return float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: not a number ({v!r})") from None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- shared table logic
+
+def _float(v: Any) -> float | None:
+    """A finite number as a float (numpy / torch scalars included), else None (shown as a dash)."""
+    if isinstance(v, (str, bytes)) or v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def ranked(stage: StageResult) -> list[Row]:
+    """Rows best first by the headline (ties keep the stage's order; rows without a value go last)."""
+    sign = 1.0 if stage.lower_is_better else -1.0
+
+    def key(row: Row) -> tuple[bool, float]:
+        v = _float(row.metrics.get(stage.headline))
+        return (True, 0.0) if v is None else (False, sign * v)
+
+    return sorted(stage.rows, key=key)
+
+
+def best_rows(stage: StageResult) -> set[int]:
+    """Indices (in ``stage.rows``) of the rows with the best headline value (all of them on a tie)."""
+    values = {i: _float(r.metrics.get(stage.headline)) for i, r in enumerate(stage.rows)}
+    finite = {i: v for i, v in values.items() if v is not None}
+    if not finite:
+        return set()
+    best = min(finite.values()) if stage.lower_is_better else max(finite.values())
+    return {i for i, v in finite.items() if v == best}
+
+
+def metric_names(stage: StageResult) -> list[str]:
+    """The headline first, then every other metric in the order rows first name them."""
+    names = dict.fromkeys([stage.headline])
+    for r in stage.rows:
+        names.update(dict.fromkeys(r.metrics))
+    return list(names)
+
+
+def _decimals(stage: StageResult, metric: str) -> int:
+    """One precision per column, from its largest value: 52.5 (percent), 1.23, 0.287 (CLIP-like)."""
+    values = [abs(v) for r in stage.rows if (v := _float(r.metrics.get(metric))) is not None]
+    top = max(values, default=0.0)
+    return 1 if top >= 10 else 2 if top >= 1 else 3 if top >= 0.1 else 4
+
+
+def _fmt(v: Any, d: int) -> str:
+    v = _float(v)
+    return MISSING if v is None else f"{v:.{d}f}"
+
+
+def _pm(row: Row, metric: str, d: int) -> str:
+    """``52.5 ± 3.6``; an asymmetric interval (bootstrap) as ``52.5 +4.1/−3.2``; no interval: the value."""
+    v, ci = _float(row.metrics.get(metric)), [_float(x) for x in row.ci.get(metric, ())]
+    if v is None or len(ci) != 2 or None in ci:
+        return _fmt(v, d)
+    lo, hi = ci
+    if not lo <= v <= hi:  # not an interval around the value: show it as it is
+        return f"{v:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
+    up, down = f"{hi - v:.{d}f}", f"{v - lo:.{d}f}"
+    return f"{v:.{d}f} ± {up}" if up == down else f"{v:.{d}f} +{up}/−{down}"
+
+
+def _arrow(stage: StageResult) -> str:
+    return "↓" if stage.lower_is_better else "↑"
+
+
+def _table_cells(stage: StageResult, rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """Header and text cells (model, role, each metric ± interval) shared by Markdown and terminal."""
+    names = metric_names(stage)
+    decimals = {m: _decimals(stage, m) for m in names}
+    header = ["model", "role", *(f"{m} {_arrow(stage)}" if m == stage.headline else m for m in names)]
+    return header, [[r.model, r.role, *(_pm(r, m, decimals[m]) for m in names)] for r in rows]
+
+
+def _stage_title(stage: StageResult) -> str:
+    return f"{stage.title} ({stage.stage})" if stage.title else stage.stage
+
+
+# ---------------------------------------------------------------- leaderboard.md
+
+def _md(text: str) -> str:
+    """One line of Markdown text: a pipe would split a table cell and ``<x>`` would be taken for HTML."""
+    return " ".join(str(text).split()).replace("|", "\\|").replace("<", "\\<")
+
+
+def stage_markdown(stage: StageResult) -> str:
+    """One stage's section: a table ranked by the headline (best in bold), the verdict, the notes."""
+    rows = ranked(stage)
+    best = {id(stage.rows[i]) for i in best_rows(stage)}
+    header, cells = _table_cells(stage, rows)
+    lines = [f"## {_md(_stage_title(stage))}", "",
+             f"Ranked by **{_md(stage.headline)}** ({'lower' if stage.lower_is_better else 'higher'} is better); "
+             "± is the 95% interval.", "",
+             "| " + " | ".join(map(_md, header)) + " |", "|" + "---|" * len(header)]
+    for row, text in zip(rows, cells):
+        text = [_md(c) for c in text]
+        if id(row) in best:
+            text[2] = f"**{text[2]}**"
+        lines.append("| " + " | ".join(text) + " |")
+    if stage.verdict:
+        lines += ["", f"**Verdict:** {_md(stage.verdict)}"]
+    lines += [""] + [f"- {_md(n)}" for n in stage.notes] if stage.notes else []
+    return "\n".join(lines) + "\n"
+
+
+def leaderboard_markdown(stages: list[StageResult]) -> str:
+    return "# tsugiki demo leaderboard\n\n" + "\n".join(stage_markdown(s) for s in stages)
+
+
+def write_leaderboard(run_dir: str | Path, stages: list[StageResult]) -> Path:
+    """Write ``RUN_DIR/leaderboard.md`` atomically and return its path."""
+    path = Path(run_dir) / LEADERBOARD_FILE
+    atomic_write(path, leaderboard_markdown(stages))
+    return path
+
+
+# ---------------------------------------------------------------- terminal
+
+def display_width(text: str) -> int:
+    """Terminal columns: wide (CJK) characters take two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _clip(text: str, width: int) -> str:
+    if display_width(text) <= width:
+        return text
+    out = ""
+    for c in text:
+        if display_width(out + c) > width - 1:
+            break
+        out += c
+    return out + "…"
+
+
+def _wrap(text: str, width: int, indent: str) -> list[str]:
+    """Greedy word wrap by display width; a word (or unspaced CJK run) longer than a line is cut."""
+    lines, line = [], ""
+    room = width - display_width(indent)
+    for word in text.split():
+        while display_width(word) > room:
+            head = _clip(word, room + 1)[:-1] or word[0]  # longest prefix that fits (at least one character)
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(head)
+            word = word[len(head):]
+        candidate = f"{line} {word}" if line else word
+        if display_width(candidate) > room:
+            lines.append(line)
+            candidate = word
+        line = candidate
+    if line:
+        lines.append(line)
+    return [indent + ln for ln in lines]
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - display_width(text))
+
+
+def terminal_leaderboard(stages: list[StageResult], width: int = TERMINAL_WIDTH) -> str:
+    """Plain text, every line at most ``width`` columns: per stage the ranked table and the verdict.
+    Long model names are clipped and metric columns that do not fit are left out (and counted)."""
+    out: list[str] = []
+    for stage in stages:
+        header, cells = _table_cells(stage, ranked(stage))
+        cells = [[_clip(r[0], 32), *r[1:]] for r in cells]
+        widths = [max(display_width(x) for x in col) for col in zip(header, *cells)]
+        keep = len(header)
+        while keep > 3 and 2 + sum(widths[:keep]) + 2 * (keep - 1) > width:
+            keep -= 1
+        title = f"{_stage_title(stage)} · ranked by {stage.headline} {_arrow(stage)} · {stage.seconds:.1f} s"
+        out.append(_clip(title, width))
+        for r in [header, *cells]:
+            line = "  " + "  ".join(_pad(c, w) for c, w in zip(r[:keep], widths[:keep]))
+            out.append(_clip(line.rstrip(), width))
+        if keep < len(header):
+            out.append(f"  (+{len(header) - keep} more metrics in {LEADERBOARD_FILE})")
+        if stage.verdict:
+            out += _wrap(stage.verdict, width, "  ")
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n" if out else "(no stages)\n"
+
+
+# ---------------------------------------------------------------- report.html
+
+_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}"
+        "table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;"
+        "vertical-align:top}th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums;"
+        "white-space:nowrap}.ci{color:#666;font-size:.85em}tr.evolved td{background:#eef7ee}"
+        "tr.baseline td{background:#fafae6}.verdict{font-size:1.1em;border-left:4px solid #4a4;padding-left:.6em}"
+        "figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}img.thumb{max-width:160px;"
+        "max-height:160px}.text{white-space:pre-wrap;font-family:monospace}.missing{color:#a00}"
+        "caption{text-align:left;font-weight:bold;padding:.3em 0}")
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _image_src(run_dir: Path, path: str) -> str | None:
+    """The URL-quoted relative path of an image inside the run dir, or None (logged) if it is not there."""
+    root = run_dir.resolve()
+    p = Path(path)
+    target = (p if p.is_absolute() else root / p).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        log.warning("report: image %s is missing or outside the run dir %s", path, run_dir)
+        return None
+    return quote(target.relative_to(root).as_posix())
+
+
+def _img(run_dir: Path, path: str, alt: str, thumb: bool = False) -> str:
+    src = _image_src(run_dir, path)
+    if src is None:
+        return f'<span class="missing">image missing: {_e(path)}</span>'
+    if thumb:
+        return f'<a href="{_e(src)}"><img class="thumb" src="{_e(src)}" alt="{_e(alt)}" loading="lazy"></a>'
+    return f'<img src="{_e(src)}" alt="{_e(alt)}">'
+
+
+def _headline_table(stage: StageResult) -> str:
+    """Model, role, every metric with its interval (rows in the stage's order, as in the paper's tables)."""
+    names = metric_names(stage)
+    decimals = {m: _decimals(stage, m) for m in names}
+    best = best_rows(stage)
+    has_extra = any(r.extra for r in stage.rows)
+    head = "".join(f"<th>{_e(m)} {_arrow(stage)}</th>" if m == stage.headline else f"<th>{_e(m)}</th>" for m in names)
+    parts = [f"<table><tr><th>model</th><th>role</th>{head}" + ("<th>details</th>" if has_extra else "") + "</tr>"]
+    for i, row in enumerate(stage.rows):
+        cells = []
+        for m in names:
+            d, v, ci = decimals[m], row.metrics.get(m), row.ci.get(m)
+            text = _e(_fmt(v, d))
+            if m == stage.headline and i in best:
+                text = f"<strong>{text}</strong>"
+            if ci and _float(v) is not None:
+                text += f' <span class="ci">[{_e(_fmt(ci[0], d))}, {_e(_fmt(ci[1], d))}]</span>'
+            cells.append(f'<td class="n">{text}</td>')
+        if has_extra:
+            cells.append("<td>" + "<br>".join(f"{_e(k)}: {_e(v)}" for k, v in row.extra.items()) + "</td>")
+        parts.append(f'<tr class="{_e(row.role)}"><td>{_e(row.model)}</td><td>{_e(row.role)}</td>{"".join(cells)}</tr>')
+    parts.append("</table><p class=\"ci\">Bold: best " + _e(stage.headline) + ". Brackets: 95% interval.</p>")
+    return "\n".join(parts)
+
+
+def _samples(run_dir: Path, stage: StageResult) -> str:
+    has_expected = any(s.expected is not None for s in stage.samples)
+    has_image = any(s.image for s in stage.samples)
+    head = ["model", "prompt", "output"] + ["expected"] * has_expected + ["image"] * has_image
+    parts = ["<h3>Samples</h3><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for s in stage.samples:
+        cells = [_e(s.model), f'<span class="text">{_e(s.prompt)}</span>', f'<span class="text">{_e(s.output)}</span>']
+        if has_expected:
+            cells.append(f'<span class="text">{_e(s.expected)}</span>' if s.expected is not None else "")
+        if has_image:
+            cells.append(_img(run_dir, s.image, s.prompt, thumb=True) if s.image else "")
+        parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
+def _stage_html(run_dir: Path, stage: StageResult) -> str:
+    parts = [f'<section id="{_e(stage.stage)}"><h2>{_e(_stage_title(stage))}</h2>']
+    if stage.verdict:
+        parts.append(f'<p class="verdict">{_e(stage.verdict)}</p>')
+    parts.append(_headline_table(stage))
+    for t in stage.tables:
+        parts.append(f"<table><caption>{_e(t.title)}</caption><tr>" + "".join(f"<th>{_e(h)}</th>" for h in t.header)
+                     + "</tr>" + "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in t.rows)
+                     + "</table>" + (f'<p class="ci">{_e(t.note)}</p>' if t.note else ""))
+    for f in stage.figures:
+        parts.append(f"<figure>{_img(run_dir, f.path, f.caption)}<figcaption>{_e(f.caption)}</figcaption></figure>")
+    if stage.samples:
+        parts.append(_samples(run_dir, stage))
+    if stage.notes:
+        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{_e(n)}</li>" for n in stage.notes) + "</ul>")
+    if stage.models:
+        parts.append("<p>Models written: " + ", ".join(f'<a href="{_e(quote(d))}">{_e(m)}</a>'
+                                                       for m, d in stage.models.items()) + "</p>")
+    parts.append(f'<p class="ci">Stage time: {stage.seconds:.1f} s</p></section>')
+    return "\n".join(parts)
+
+
+def _header_rows(stages: list[StageResult], meta: dict[str, Any], created: str) -> list[tuple[str, str]]:
+    quick = meta.get("quick")
+    rows = [("stages", ", ".join(_stage_title(s) for s in stages) or "none"), ("created", created),
+            ("seed", str(meta.get("seed", MISSING))),
+            ("size", MISSING if quick is None else "quick (the CI budget)" if quick else "full"),
+            ("total time", f"{_fmt(meta.get('seconds'), 1)} s"),
+            ("tsugiki", tsugiki.__version__)]
+    machine = meta.get("machine") or machine_info()
+    if isinstance(machine, dict):
+        machine = ", ".join(f"{k}: {v}" for k, v in machine.items())
+    rows.append(("machine", str(machine)))
+    rows += [(str(k), str(v)) for k, v in meta.items() if k not in {"seed", "quick", "seconds", "machine"}]
+    return rows
+
+
+def report_html(run_dir: str | Path, stages: list[StageResult], meta: dict[str, Any],
+                created: str | None = None) -> str:
+    run_dir = Path(run_dir)
+    created = created or _now()
+    head = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in _header_rows(stages, meta, created))
+    toc = " · ".join(f'<a href="#{_e(s.stage)}">{_e(s.title or s.stage)}</a>' for s in stages)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>tsugiki demo</title>"
+            f"<style>{_CSS}</style></head><body><h1>tsugiki demo</h1>"
+            "<p>Evolutionary model merging at tiny scale, offline (after Akiba et al. 2024, arXiv:2403.13187). "
+            f'Numbers: <a href="{RESULTS_FILE}">{RESULTS_FILE}</a>, ranking: <a href="{LEADERBOARD_FILE}">'
+            f"{LEADERBOARD_FILE}</a>.</p>\n<table>{head}</table>\n<p>{toc}</p>\n"
+            + "\n".join(_stage_html(run_dir, s) for s in stages) + "\n</body></html>\n")
+
+
+def write_report(run_dir: str | Path, stages: list[StageResult], meta: dict[str, Any],
+                 created: str | None = None) -> Path:
+    """Write ``RUN_DIR/report.html`` atomically and return its path."""
+    path = Path(run_dir) / REPORT_FILE
+    atomic_write(path, report_html(run_dir, stages, meta, created))
+    return path
