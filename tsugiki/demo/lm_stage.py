@@ -24,7 +24,7 @@ from tsugiki.demo.world import EN_FORMAT, JA_FORMAT
 HEADLINE = "acc_ja"
 JA_TEMPLATE = JA_FORMAT.replace("{q}", "{input}")
 EN_TEMPLATE = EN_FORMAT.replace("{q}", "{input}")
-DESIGN: lm_data.Design = "worked"
+DEFAULT_DESIGN: lm_data.Design = "worked"
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def write_data(out: Path, budget: LMBudget) -> dict[str, Path]:
+def write_data(out: Path, budget: LMBudget, design: lm_data.Design) -> dict[str, Path]:
     """Fitness and validation pairs (teacher forced: the whole Japanese answer after the Japanese prompt)
     and the held-out test questions, as JSONL files the evolve configs and the evaluation read."""
     def forced(split: str, n: int) -> list[dict]:
         return [{"id": p.id, "prompt": JA_FORMAT.format(q=p.prompt),
-                 "answer": lm_data.ja_answer(p.prompt, int(p.answer), DESIGN)} for p in lm_data.target_items(split, n)]
+                 "answer": lm_data.ja_answer(p.prompt, int(p.answer), design)} for p in lm_data.target_items(split, n)]
 
     test = [{"id": p.id, "question": p.prompt, "answer": p.answer} for p in lm_data.target_items("test", budget.test_n)]
     return {"fitness": _write_jsonl(out / "fitness.jsonl", forced("fitness", budget.fitness_n)),
@@ -147,12 +147,12 @@ def evaluate(model_dir: Path, test: list[dict], english: list[dict], *, batch_si
     from tsugiki.benchmarks.predictors import TextGenerator
     from tsugiki.evolution.data import Pair
 
-    gen = TextGenerator(model_dir, JA_TEMPLATE, stop=["\n"], max_new_tokens=40, batch_size=batch_size,
+    gen = TextGenerator(model_dir, JA_TEMPLATE, stop=["\n"], max_new_tokens=32, batch_size=batch_size,
                         name=model_dir.name, threads=1)
     items = [Pair(t["question"], t["answer"], t["id"]) for t in test]
     ja = gen.predict(items)
     ja_scores = score_mgsm(ja, [t["answer"] for t in test], extraction="sakana", language_filter=True)
-    en_gen = gen.for_prompt(EN_TEMPLATE, ["\n"], 40)
+    en_gen = gen.for_prompt(EN_TEMPLATE, ["\n"], 32)
     en = en_gen.predict([Pair(t["question"], t["answer"], t["id"]) for t in english])
     en_scores = score_mgsm(en, [t["answer"] for t in english], extraction="sakana", language_filter=False)
     n = len(test)
@@ -186,20 +186,21 @@ def merge_baseline(name: str, recipe: dict[str, Any], sources: dict[str, str], o
 KINDS = (("PS", "ps"), ("DFS", "dfs"), ("PS+DFS", "ps-dfs"))
 
 
-def run_lm_stage(ctx: StageContext, *, base: Path | None = None) -> tuple[StageResult, dict[str, Path]]:
+def run_lm_stage(ctx: StageContext, *, base: Path | None = None, design: lm_data.Design = DEFAULT_DESIGN,
+                 budget: LMBudget | None = None) -> tuple[StageResult, dict[str, Path]]:
     """Train the siblings, evaluate sources and baselines, run the searches for each search seed and
     evaluate their best candidates. Returns the stage result and the evolved models' dirs by row name."""
     t0 = time.perf_counter()
-    budget = QUICK if ctx.quick else FULL
+    budget = budget or (QUICK if ctx.quick else FULL)
     out = ctx.out
     base = Path(base or SHIPPED_BASE)
     models = out / "models"
     say = print if ctx.progress else (lambda *a, **k: None)
     say(f"[lm] fine-tuning the Japanese and math siblings from the base ({base.name}) …", flush=True)
     sources = {"base": str(base),
-               "ja": str(train_sibling(base, models / "ja", budget.ja, DESIGN, progress=ctx.progress)),
-               "math": str(train_sibling(base, models / "math", budget.math, DESIGN, progress=ctx.progress))}
-    data = write_data(out / "data", budget)
+               "ja": str(train_sibling(base, models / "ja", budget.ja, design, progress=ctx.progress)),
+               "math": str(train_sibling(base, models / "math", budget.math, design, progress=ctx.progress))}
+    data = write_data(out / "data", budget, design)
     test = [json.loads(line) for line in data["test"].read_text(encoding="utf-8").splitlines()]
     english = test  # the same questions, asked in the English format
 
@@ -232,7 +233,7 @@ def run_lm_stage(ctx: StageContext, *, base: Path | None = None) -> tuple[StageR
         rows.append(Row(name, role, s["metrics"], s["ci"], {**extra, "se": s["se"], "n": s["n"]}))
         for t, r in list(zip(test, s["responses"]))[:3]:
             samples.append(Sample(name, JA_FORMAT.format(q=t["question"]), r,
-                                  lm_data.ja_answer(t["question"], int(t["answer"]), DESIGN)))
+                                  lm_data.ja_answer(t["question"], int(t["answer"]), design)))
 
     result = StageResult(stage="lm", headline=HEADLINE, rows=rows, title="Japanese math LM (EvoLLM-JP, tiny)")
     result.verdict = verdict(rows, budget.seeds)

@@ -36,8 +36,8 @@ from urllib.parse import quote
 
 import tsugiki
 from tsugiki.demo.stage import Row, StageResult
-from tsugiki.evolution.rundir import _clean as _json_safe  # non-finite floats -> None
-from tsugiki.evolution.rundir import atomic_write
+from tsugiki.fileio import json_safe as _json_safe  # non-finite floats -> None
+from tsugiki.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 

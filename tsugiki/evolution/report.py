@@ -153,7 +153,7 @@ _CAPTIONS = {"fitness.png": "Fitness over evaluations: every candidate, the best
 
 def write_html(run_dir: str | Path) -> Path:
     """``RUN_DIR/report.html`` from the run's logs and the PNGs in ``plots/`` (written atomically)."""
-    from tsugiki.evolution.rundir import atomic_write
+    from tsugiki.fileio import atomic_write
 
     rd = RunDir(run_dir)
     history, generations = rd.read_jsonl("history.jsonl"), rd.read_jsonl("generations.jsonl")

@@ -28,53 +28,18 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from tsugiki.errors import EvolutionError
+from tsugiki.fileio import atomic_write, json_safe
 
 RUN_FORMAT = 2  # 1: CMA-ES state in state.pkl (no longer read); 2: replayed from the logs
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _clean(v: Any) -> Any:
-    """JSON-safe: non-finite floats become null."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
-
-
 def json_line(obj: dict) -> bytes:
-    return (json.dumps(_clean(obj), ensure_ascii=False, allow_nan=False) + "\n").encode()
+    return (json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
 class RunDir:

@@ -32,7 +32,8 @@ from tsugiki.errors import EvolutionError
 from tsugiki.evolution.backends import Result, Task, make_backend
 from tsugiki.evolution.config import EvolveConfig, load_config
 from tsugiki.evolution.problems import Problem, make_problem, prepare_sources
-from tsugiki.evolution.rundir import RunDir, atomic_write, json_line
+from tsugiki.evolution.rundir import RunDir, json_line
+from tsugiki.fileio import atomic_write
 
 # cma termination rules that would end a merge search on flat fitness (exact-match scores are flat
 # often); a config's search.cma_options overrides them
