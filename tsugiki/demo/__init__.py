@@ -1,5 +1,7 @@
-"""`tsugiki demo`: the seed paper's three experiments at tiny scale, offline, with an honest report."""
+"""`tsugiki demo`: the seed paper's three experiments at tiny scale, offline, with an honest report.
 
-from tsugiki.demo_interim import run_demo  # replaced by the staged demo as it lands
-
-__all__ = ["run_demo"]
+Stages (each returns a :class:`tsugiki.demo.stage.StageResult`): :mod:`~tsugiki.demo.lm_stage`
+(EvoLLM-JP), :mod:`~tsugiki.demo.vlm_stage` (EvoVLM-JP), :mod:`~tsugiki.demo.sdxl_stage` (EvoSDXL-JP);
+:mod:`~tsugiki.demo.run` runs them and :mod:`~tsugiki.demo.report` writes results.json, the HTML
+report and the leaderboard.
+"""

@@ -9,6 +9,7 @@ Searches run once per search seed; their fitness is teacher-forced on a disjoint
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -187,11 +188,14 @@ KINDS = (("PS", "ps"), ("DFS", "dfs"), ("PS+DFS", "ps-dfs"))
 
 
 def run_lm_stage(ctx: StageContext, *, base: Path | None = None, design: lm_data.Design = DEFAULT_DESIGN,
-                 budget: LMBudget | None = None) -> tuple[StageResult, dict[str, Path]]:
+                 budget: LMBudget | None = None, seeds: tuple[int, ...] | None = None
+                 ) -> tuple[StageResult, dict[str, Path]]:
     """Train the siblings, evaluate sources and baselines, run the searches for each search seed and
     evaluate their best candidates. Returns the stage result and the evolved models' dirs by row name."""
     t0 = time.perf_counter()
     budget = budget or (QUICK if ctx.quick else FULL)
+    if seeds is not None:
+        budget = dataclasses.replace(budget, seeds=tuple(seeds))
     out = ctx.out
     base = Path(base or SHIPPED_BASE)
     models = out / "models"
@@ -245,6 +249,25 @@ def run_lm_stage(ctx: StageContext, *, base: Path | None = None, design: lm_data
     result.seconds = time.perf_counter() - t0
     evolved = {name: path for name, role, path, _ in candidates if role == "evolved"}
     return result, evolved
+
+
+def search_seeds(seed: int, quick: bool) -> tuple[int, ...]:
+    """The search seeds of a demo run with ``--seed seed``: three (one when quick), starting at ``seed``."""
+    return tuple(range(seed, seed + len((QUICK if quick else FULL).seeds)))
+
+
+def vlm_grafts(lm_out: Path, evolved: dict[str, Path], base: Path | None) -> tuple[Path, dict[str, tuple[str, Path]]]:
+    """What the VLM stage grafts: its LLaVA is built around the base LM; the Japanese sibling is the
+    baseline graft and every PS-evolved LM (same shapes as the base; DFS models have more layers) an
+    evolved one."""
+    grafts: dict[str, tuple[str, Path]] = {}
+    ja = lm_out / "models" / "ja"
+    if (ja / "config.json").exists():
+        grafts["LLaVA + JA sibling"] = ("baseline", ja)
+    for name, path in evolved.items():
+        if name.startswith("evolved PS ("):
+            grafts[f"LLaVA + {name}"] = ("evolved", path)
+    return Path(base or SHIPPED_BASE), grafts
 
 
 _SOURCE_NAMES = {"base": "base (shipped)", "ja": "JA sibling", "math": "MATH sibling"}
