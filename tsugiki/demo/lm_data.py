@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from tsugiki.demo.world import COLOURS, EN_FORMAT, JA_FORMAT, SHAPES
+from tsugiki.demo.world import COLOURS, EN_FORMAT, JA_ANSWER, JA_FORMAT, JA_QUESTIONS, SHAPES
 from tsugiki.evolution.data import Pair, split_of
 
 Design = Literal["worked", "direct"]
@@ -145,10 +145,13 @@ def base_corpus(n: int, seed: int) -> list[Example]:
 
 
 def _ja_world_qa(rng: random.Random) -> Example:
-    (_, ja_c, _), (_, ja_s) = rng.choice(COLOURS), rng.choice(SHAPES)
-    if rng.random() < 0.5:
-        return JA_FORMAT.format(q=f"{ja_s}は{ja_c}です。何色ですか？"), f"{ja_c}です。"
-    return JA_FORMAT.format(q=f"{ja_c}の図形です。形は{ja_s}です。形は何ですか？"), f"{ja_s}です。"
+    """A Japanese question about a shape described in Japanese or English (the VLM stage asks the same
+    questions about a picture, whose features the LLaVA aligned to English words)."""
+    (en_c, ja_c, _), (en_s, ja_s) = rng.choice(COLOURS), rng.choice(SHAPES)
+    described = rng.choice((f"{ja_c}の{ja_s}です。", f"{ja_s}は{ja_c}です。", f"a {en_c} {en_s}."))
+    kind = rng.choice(("colour", "shape"))
+    answer = JA_ANSWER.format(word=ja_c if kind == "colour" else ja_s)
+    return JA_FORMAT.format(q=described + JA_QUESTIONS[kind]), answer
 
 
 def ja_corpus(n: int, seed: int, design: Design) -> list[Example]:

@@ -40,8 +40,8 @@ class LMBudget:
     seeds: tuple[int, ...]
 
 
-FULL = LMBudget(ja=SiblingRecipe("ja", steps=300, seed=1), math=SiblingRecipe("math", steps=600, seed=2),
-                fitness_n=200, validation_n=100, test_n=600, population=12, generations=15, seeds=(0, 1, 2))
+FULL = LMBudget(ja=SiblingRecipe("ja", steps=250, seed=1), math=SiblingRecipe("math", steps=500, seed=2),
+                fitness_n=150, validation_n=60, test_n=500, population=10, generations=10, seeds=(0, 1, 2))
 QUICK = LMBudget(ja=SiblingRecipe("ja", steps=20, seed=1), math=SiblingRecipe("math", steps=20, seed=2),
                  fitness_n=24, validation_n=16, test_n=40, population=4, generations=2, seeds=(0,))
 

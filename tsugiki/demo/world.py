@@ -37,3 +37,9 @@ def check_covered(texts: Iterable[str]) -> None:
 # sibling EN_FORMAT; the base model knows neither (it is a "pretrained" model: sentences and sums).
 JA_FORMAT = "問題: {q} 応答: "
 EN_FORMAT = "Q: {q} A: "
+
+# Questions about one shape (the VLM stage asks them about pictures; the JA sibling learns the Japanese
+# ones about a described shape, so that a grafted Japanese LM knows the question and the answer form).
+EN_QUESTIONS: dict[str, str] = {"colour": "What colour is it?", "shape": "What shape is it?"}
+JA_QUESTIONS: dict[str, str] = {"colour": "この図形は何色ですか？", "shape": "この図形の形は何ですか？"}
+JA_ANSWER = "{word}です。"
