@@ -17,13 +17,11 @@ def add_vocab_argument(parser: argparse.ArgumentParser) -> None:
 
 def cmd_swap(args: argparse.Namespace) -> int:
     from tsugiki.merging.execute import MergeOptions, parse_dtype
-    from tsugiki.merging.recipe import Recipe
-    from tsugiki.vlm.merge import merge_vlm_to_disk
+    from tsugiki.vlm.merge import swap_language_model
 
-    recipe = Recipe.from_dict({"merge_method": "passthrough", "models": [{"model": args.llm}]}, source_name="vlm swap")
     options = MergeOptions(out_dtype=parse_dtype(args.dtype), allow_pickle=args.allow_pickle, force=args.force,
                            progress=not args.quiet)
-    result = merge_vlm_to_disk(recipe, args.output, options, vocab=VOCAB_CHOICES[args.vocab], vision_source=args.vlm)
+    result = swap_language_model(args.vlm, args.llm, args.output, options, vocab=VOCAB_CHOICES[args.vocab])
     print(f"swapped {args.llm} into {args.vlm}: {result.tensors} tensors in {result.seconds:.2f}s → {result.out}")
     return 0
 

@@ -235,12 +235,9 @@ def build_llava(llava_lm: Path, out: Path, budget: VlmBudget, *, seed: int, prog
 def graft(llava: Path, lm_dir: Path, out: Path) -> Path:
     """`tsugiki vlm swap LLAVA LM -o OUT`: LLaVA's vision tower and projector, `lm_dir` as language model."""
     from tsugiki.merging.execute import MergeOptions
-    from tsugiki.merging.recipe import Recipe
-    from tsugiki.vlm.merge import merge_vlm_to_disk
+    from tsugiki.vlm.merge import swap_language_model
 
-    recipe = Recipe.from_dict({"merge_method": "passthrough", "models": [{"model": str(lm_dir)}]}, source_name="vlm stage")
-    merge_vlm_to_disk(recipe, out, MergeOptions(force=True, progress=False), vision_source=str(llava))
-    return out
+    return swap_language_model(llava, lm_dir, out, MergeOptions(force=True, progress=False)).out
 
 
 def _predict(model, processor, template: str, items: Sequence[Pair], progress: bool) -> list[str]:

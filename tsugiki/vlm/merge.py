@@ -66,6 +66,14 @@ def is_vlm_recipe(recipe: Recipe, base_dir: Path | None = None) -> bool:
     return False
 
 
+def swap_language_model(vlm: str | Path, llm: str | Path, out: str | Path, options: MergeOptions = MergeOptions(), *,
+                        vocab: str = "error") -> MergeResult:
+    """`tsugiki vlm swap`: `vlm`'s vision tower and projector bit for bit, `llm` as its language model
+    (a one-model passthrough recipe with `vlm` as the vision source)."""
+    recipe = Recipe.from_dict({"merge_method": "passthrough", "models": [{"model": str(llm)}]}, source_name="vlm swap")
+    return merge_vlm_to_disk(recipe, out, options, vocab=vocab, vision_source=str(vlm))
+
+
 def merge_vlm_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = MergeOptions(), *,
                       base_dir: Path | None = None, vocab: str = "error", vision_source: str | None = None) -> MergeResult:
     """Like `merge_to_disk`, for recipes with a LLaVA-family source (see the module docstring);
