@@ -1,0 +1,97 @@
+"""`tsugiki demo --quick` end to end, as a user runs it: every stage, the report files, and that what
+they hold is what the run computed (re-scored from the saved models and answers)."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tsugiki.demo.report import _decimals, _fmt
+
+ROLES = {"source", "baseline", "evolved"}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "tsugiki.cli", "demo", "--quick", "--no-progress", "-o", str(run_dir)],
+                          capture_output=True, text=True, env=env, timeout=900)
+    return run_dir, proc
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+
+
+def test_quick_demo_runs_every_stage(demo_run):
+    run_dir, proc = demo_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = _results(run_dir)
+    assert set(results["stages"]) == {"lm", "vlm", "sdxl"}
+    for name, stage in results["stages"].items():
+        assert stage["rows"], name
+        headline = stage["headline"]
+        for row in stage["rows"]:
+            assert set(row) == {"model", "role", "metrics", "ci"}
+            assert row["role"] in ROLES
+            assert isinstance(row["metrics"][headline], float), (name, row)
+            for lo_hi in row["ci"].values():
+                assert len(lo_hi) == 2 and lo_hi[0] <= lo_hi[1]
+        roles = {r["role"] for r in stage["rows"]}
+        assert {"source", "evolved"} <= roles, name
+    assert {"source", "baseline", "evolved"} == {r["role"] for r in results["stages"]["lm"]["rows"]}
+    # the terminal ends with the leaderboard and where the report is
+    assert str(run_dir / "report.html") in proc.stdout
+
+
+def test_report_and_leaderboard_hold_the_computed_numbers(demo_run):
+    from tsugiki.demo.stage import Row, StageResult
+
+    run_dir, _ = demo_run
+    results = _results(run_dir)
+    report = (run_dir / "report.html").read_text(encoding="utf-8")
+    board = (run_dir / "leaderboard.md").read_text(encoding="utf-8")
+    for name, stage in results["stages"].items():
+        headline = stage["headline"]
+        as_stage = StageResult(name, headline, [Row(r["model"], r["role"], r["metrics"], r["ci"]) for r in stage["rows"]],
+                               lower_is_better=stage["lower_is_better"])
+        digits = _decimals(as_stage, headline)
+        for row in stage["rows"]:
+            shown = _fmt(row["metrics"][headline], digits)
+            assert html.escape(row["model"]) in report and shown in report, (name, row["model"], shown)
+            assert shown in board, (name, row["model"], shown)
+        assert stage["verdict"] and html.escape(stage["verdict"]) in report
+
+
+def test_lm_numbers_are_reproduced_from_the_saved_models(demo_run):
+    """Re-score two LM rows (a source and an evolved model) from their saved dirs: same acc_ja and acc."""
+    from tsugiki.demo.lm_stage import evaluate
+
+    run_dir, _ = demo_run
+    lm = _results(run_dir)["stages"]["lm"]
+    test = [json.loads(line) for line in (run_dir / "lm" / "data" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = {r["model"]: r for r in lm["rows"]}
+    evolved = next(r for r in lm["rows"] if r["role"] == "evolved")
+    for name, path in ((evolved["model"], run_dir / lm["models"][evolved["model"]]),
+                       ("JA sibling", run_dir / "lm" / "models" / "ja")):
+        again = evaluate(path, test, test)
+        for metric in ("acc_ja", "acc", "acc_en"):
+            assert again["metrics"][metric] == pytest.approx(rows[name]["metrics"][metric]), (name, metric)
+
+
+def test_evolved_models_load(demo_run):
+    from transformers import AutoModelForCausalLM
+
+    run_dir, _ = demo_run
+    lm = _results(run_dir)["stages"]["lm"]
+    assert lm["models"]
+    for name, rel in lm["models"].items():
+        model = AutoModelForCausalLM.from_pretrained(run_dir / rel)
+        assert model.config.num_hidden_layers >= 1, name
