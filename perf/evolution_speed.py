@@ -8,9 +8,11 @@ candidate assembly adds < 5% RSS over the loaded source models.
     python perf/evolution_speed.py --hidden 1024 --layers 12
 
 Models are random Llama checkpoints built in memory (no disk): a base and variants = base + small
-deltas. "memcpy" is the best of 5 ``copy_`` of every parameter of the model (its bytes once, the
+deltas. "memcpy" is the best of 15 ``copy_`` of every parameter of the model (its bytes once, the
 output of a merge); the merge itself reads base + variants, so the table also gives the ratio to a
-memcpy of everything it reads.
+memcpy of everything it reads. "first" is the first candidate of a method, which fills the merger's
+cache (task vectors, magnitude ranks, random uniforms: see tsugiki.merging.inmemory); the re-merge
+is the best of 5 candidates after it. --cache-mb 0 measures the merger without a cache.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tsugiki.evolution.assemble import assemble
 from tsugiki.evolution.dfs import DFSPath
-from tsugiki.merging.inmemory import InMemoryMerger
+from tsugiki.merging.inmemory import DEFAULT_CACHE_BYTES, InMemoryMerger
 from tsugiki.merging.recipe import Recipe
 
 
@@ -69,14 +71,16 @@ def remerge(args) -> None:
 
     t_copy = best_of(memcpy, n=15)  # the machine may be shared: best case for both sides
     del copies
-    merger = InMemoryMerger(model, {"base": base, **{f"v{i}": v for i, v in enumerate(variants)}})
+    cache = args.cache_mb << 20 if args.cache_mb is not None else DEFAULT_CACHE_BYTES
+    merger = InMemoryMerger(model, {"base": base, **{f"v{i}": v for i, v in enumerate(variants)}}, cache_bytes=cache)
     probe = Recipe.from_dict({"merge_method": "linear", "models": [{"model": "base", "parameters": {"weight": 1.0}}]})
     plan_s = best_of(lambda: merger.plan(probe))
     print(f"model: {nbytes / 1e6:.0f} MB fp32 ({args.layers} layers, hidden {args.hidden}), {args.variants} variants, "
           f"torch threads {torch.get_num_threads()}")
     print(f"one memcpy of the weights: {t_copy * 1e3:.1f} ms ({nbytes / t_copy / 1e9:.2f} GB/s)")
-    print(f"in-memory merge overhead: plan {plan_s * 1e3:.1f} ms per candidate (recipe -> per-tensor jobs)\n")
-    print(f"{'method':<18}{'re-merge ms':>12}{'x memcpy':>10}{'x memcpy of inputs':>20}")
+    print(f"in-memory merge overhead: plan {plan_s * 1e3:.1f} ms per candidate (recipe -> per-tensor jobs)")
+    print(f"merger cache budget: {cache / 2**20:.0f} MiB\n")
+    print(f"{'method':<18}{'first ms':>10}{'re-merge ms':>12}{'x memcpy':>10}{'x memcpy of inputs':>20}{'cache MiB':>11}")
     for method, p in (("linear", {"weight": 0.5}), ("task_arithmetic", {"weight": 0.5}), ("ties", {"weight": 0.5, "density": 0.5}),
                       ("dare_linear", {"weight": 0.5, "density": 0.5}), ("dare_ties", {"weight": 0.5, "density": 0.5})):
         data = {"merge_method": method, "models": [{"model": f"v{i}", "parameters": p} for i in range(args.variants)], "seed": 0}
@@ -85,9 +89,13 @@ def remerge(args) -> None:
         else:
             data["models"].append({"model": "base", "parameters": p})
         recipe = Recipe.from_dict(data)
+        start = time.perf_counter()
+        merger.apply(recipe)
+        first = time.perf_counter() - start
         t = best_of(lambda: merger.apply(recipe), n=5)
         inputs = nbytes * (args.variants + 1)
-        print(f"{method:<18}{t * 1e3:>12.1f}{t / t_copy:>10.2f}{t / (t_copy * inputs / nbytes):>20.2f}")
+        print(f"{method:<18}{first * 1e3:>10.0f}{t * 1e3:>12.1f}{t / t_copy:>10.2f}{t / (t_copy * inputs / nbytes):>20.2f}"
+              f"{merger.cache_used / 2**20:>11.0f}")
 
 
 def dfs_overhead(args) -> None:
@@ -122,11 +130,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--candidates", type=int, default=20)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--cache-mb", type=int, help="in-memory merger cache budget in MiB (default: the merger's)")
+    p.add_argument("--skip-dfs", action="store_true", help="measure the re-merge only")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dfs_overhead(args)  # first: RSS deltas are clean only before the allocator holds freed memory
-    print()
+    if not args.skip_dfs:
+        dfs_overhead(args)  # first: RSS deltas are clean only before the allocator holds freed memory
+        print()
     remerge(args)
 
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from tsugiki.errors import MergeError
 from tsugiki.merging.checkpoint import TensorSource
-from tsugiki.merging.methods.base import MergeInputs
+from tsugiki.merging.methods.base import Memo, MergeInputs
 from tsugiki.merging.plan import MergePlan, TensorJob
 
 log = logging.getLogger("tsugiki.merge")
@@ -49,10 +49,12 @@ def warn_if_not_finite(t: torch.Tensor, source: TensorSource, name: str) -> None
 
 
 def merge_job(job: TensorJob, plan: MergePlan, sources: Mapping[str, TensorSource], device: torch.device | str = "cpu",
-              check_inputs: bool = True) -> torch.Tensor:
+              check_inputs: bool = True, memo: Memo | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Compute one output tensor (in compute dtype, on `device`). Inputs are views: call
     `release_inputs(job, sources)` once the result has been consumed. check_inputs=False skips the
-    NaN/Inf warning for inputs (for callers that checked their sources once up front)."""
+    NaN/Inf warning for inputs (for callers that checked their sources once up front). ``memo``: the
+    caller's store for this job's inputs and seed (see `Memo`); ``out``: where the kernel may write
+    the result (see `MergeInputs.out`; a NaN/Inf result is reported after it was written there)."""
     work = compute_dtype_for(job.in_dtype)
     tensors = []
     for ref, name in job.inputs:
@@ -62,7 +64,7 @@ def merge_job(job: TensorJob, plan: MergePlan, sources: Mapping[str, TensorSourc
         tensors.append(t)
     # a CPU generator whatever the device: the same seed draws the same masks on CPU and GPU
     generator = torch.Generator().manual_seed(job.seed) if job.seed is not None else None
-    inputs = MergeInputs(tensors, job.base_index, job.model_params, generator, job.out_name)
+    inputs = MergeInputs(tensors, job.base_index, job.model_params, generator, job.out_name, memo, out)
     try:
         out = plan.method(inputs, **job.global_params)
     except MergeError:

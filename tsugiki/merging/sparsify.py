@@ -21,19 +21,29 @@ their keep-mask block by block (see `blocks`), each block is applied as soon as 
 ``inplace=True`` lets a caller that owns ``x`` (a fresh task vector) have it pruned in place
 instead of copied. Every blockwise or in-place step is element-wise (or an exact count), so the
 results are bit-for-bit those of the whole-tensor forms.
+
+Re-merging (evolution re-runs the same tensors with new densities): what depends only on the delta
+and the seed can be computed once and passed back in, with the same results: the magnitude ranks
+(`magnitude_ranks`: a new density's selection is then one comparison), DELLA's ranks (`della_ranks`)
+and the random uniforms (`UniformStream`).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
+
+if TYPE_CHECKING:
+    from tsugiki.merging.methods.base import Memo
 
 RESCALE_EPS = 1e-7
 MIN_BLOCK = 1 << 22  # entries (16 MB of float32)
 
 # (block of the flat tensor, its keep-mask as 1.0 / 0.0): float, because float * bool would first
-# copy the bool operand to float (on CPU), and the producers have a free float buffer at hand
+# copy the bool operand to float (on CPU), and the producers have a free float buffer at hand. CPU
+# kernels that read or write bool tensors are not vectorised (several times slower than float ones):
+# comparisons write their 1.0 / 0.0 straight into float buffers (``out=`` or in place) where they can.
 MaskBlocks = Iterable[tuple[slice, torch.Tensor]]
 
 
@@ -141,6 +151,32 @@ def kth_smallest(w: torch.Tensor, m: int) -> torch.Tensor:
     return _from_bits(_radix_select(w, m)[0], w.device)
 
 
+def magnitude_ranks(x: torch.Tensor, descending: bool) -> torch.Tensor | None:
+    """Each entry's position (int32, flat) in the stable order of |x| (equal magnitudes lowest index
+    first), descending or ascending: the selections below keep exactly the entries whose rank is
+    below their count, so these ranks, passed back as ``ranks``, turn a new density's selection
+    into one comparison. None where x has inf/NaN (whose selection follows comparisons, not order)."""
+    w = _ranking_magnitudes(x)
+    if not bool(torch.isfinite(w).all()):
+        return None
+    order = torch.sort(w, descending=descending, stable=True).indices
+    ranks = torch.empty(w.numel(), dtype=torch.int32 if w.numel() < 2**31 else torch.int64, device=w.device)
+    return ranks.scatter_(0, order, torch.arange(w.numel(), dtype=ranks.dtype, device=w.device))
+
+
+def _rank_blocks(ranks: torch.Tensor, lo: int, hi: int, dtype: torch.dtype) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Keep-mask blocks (in ``dtype``) of lo <= rank < hi: what `_select_blocks` gives, read off
+    `magnitude_ranks`."""
+    n = ranks.numel()
+    mask = scratch(n, dtype, ranks.device)
+    low = scratch(n, dtype, ranks.device) if lo > 0 else None
+    for b in blocks(n):
+        kept = torch.lt(ranks[b], hi, out=part(mask, b))
+        if low is not None:
+            kept.mul_(torch.ge(ranks[b], lo, out=part(low, b)))
+        yield b, kept
+
+
 def _threshold(w: torch.Tensor, m: int) -> tuple[torch.Tensor, int, int, int]:
     """v = the m-th smallest |w| and the numbers of entries with |w| < v, == v and > v."""
     n = w.numel()
@@ -226,11 +262,16 @@ def largest_mask(w: torch.Tensor, k: int) -> torch.Tensor:
     return _whole(_select_blocks(w, k, largest=True), w.numel(), w.device)
 
 
-def _apply(x: torch.Tensor, pieces: MaskBlocks, rescale: bool, inplace: bool) -> torch.Tensor:
+def l1_norm(x: torch.Tensor) -> torch.Tensor:
+    """x's L1 norm as ``rescale`` computes it: passed back as ``l1``, it saves that pass."""
+    return torch.linalg.vector_norm(x, ord=1)
+
+
+def _apply(x: torch.Tensor, pieces: MaskBlocks, rescale: bool, inplace: bool, l1: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` times the keep-mask given by blocks of flat ``x`` (x * 0 keeps the sign of zeroed
-    entries, as mergekit's product does), rescaled to x's L1 norm if asked; in ``x`` itself when
-    ``inplace`` (and x is contiguous)."""
-    before = torch.linalg.vector_norm(x, ord=1) if rescale else None
+    entries, as mergekit's product does), rescaled to x's L1 norm (``l1``, if at hand) if asked;
+    in ``x`` itself when ``inplace`` (and x is contiguous)."""
+    before = (l1_norm(x) if l1 is None else l1) if rescale else None
     out = x if inplace and x.is_contiguous() else torch.empty(x.shape, dtype=x.dtype, device=x.device)
     src, dst = x.reshape(-1), out.view(-1)
     for b, kept in pieces:
@@ -238,27 +279,34 @@ def _apply(x: torch.Tensor, pieces: MaskBlocks, rescale: bool, inplace: bool) ->
     return _rescale_by(before, out) if rescale else out
 
 
-def magnitude(x: torch.Tensor, density: float, rescale: bool = False, *, inplace: bool = False) -> torch.Tensor:
+def magnitude(x: torch.Tensor, density: float, rescale: bool = False, *, inplace: bool = False,
+              ranks: torch.Tensor | None = None, l1: torch.Tensor | None = None) -> torch.Tensor:
     """TIES trim step (Yadav et al. 2023, arXiv:2306.01708): keep the ``max(1, int(density * n))``
     entries of largest magnitude; ``density <= 0`` (or an empty tensor) gives all zeros.
-    ``inplace``: the caller owns ``x``, prune it in place and return it."""
+    ``inplace``: the caller owns ``x``, prune it in place and return it. ``ranks``: x's descending
+    `magnitude_ranks`, if at hand (same result, no selection); ``l1``: its `l1_norm`, if at hand.
+    """
     if density >= 1:
         return x
     if density <= 0 or x.numel() == 0:
         return x.zero_() if inplace else torch.zeros_like(x)
     k = max(1, int(density * x.numel()))
-    return _apply(x, _select_blocks(_ranking_values(x), k, largest=True), rescale, inplace)
+    if ranks is not None:
+        return _apply(x, _rank_blocks(ranks, 0, k, x.dtype), rescale, inplace, l1)
+    return _apply(x, _select_blocks(_ranking_values(x), k, largest=True), rescale, inplace, l1)
 
 
 def magnitude_outliers(
-    x: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False, *, inplace: bool = False
+    x: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False, *, inplace: bool = False,
+    ranks: torch.Tensor | None = None, l1: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Model Breadcrumbs (Davari & Belilovsky 2023, arXiv:2312.06795): drop the ``int(gamma * n)``
     largest-magnitude entries and the smallest ones, keeping ``int(density * n)`` entries.
 
     With n_keep = int(density*n) and n_top = int(gamma*n), the kept entries are those of ascending
     magnitude rank in [n_bot, n_bot + n_keep) with n_bot = max(0, n - n_keep - n_top): when
-    n_keep + n_top > n, fewer outliers are removed so that n_keep entries remain.
+    n_keep + n_top > n, fewer outliers are removed so that n_keep entries remain. ``ranks``: x's
+    ascending `magnitude_ranks`, ``l1`` its `l1_norm`, if at hand.
     """
     if density >= 1:
         return x
@@ -267,21 +315,69 @@ def magnitude_outliers(
     n_top = int(gamma * n)
     n_bot = max(0, n - n_keep - n_top)
     if n_keep == 0:
-        return _apply(x, _constant_blocks(n, False, x.dtype, x.device), rescale, inplace)
+        return _apply(x, _constant_blocks(n, False, x.dtype, x.device), rescale, inplace, l1)
+    if ranks is not None:
+        return _apply(x, _rank_blocks(ranks, n_bot, n_bot + n_keep, x.dtype), rescale, inplace, l1)
     w = _ranking_values(x)
     pieces: MaskBlocks = _select_blocks(w, n_bot + n_keep, largest=False)
     if n_bot > 0:  # ranks [n_bot, n_bot + n_keep): the n_bot + n_keep smallest minus the n_bot smallest
         lowest = _select_blocks(w, n_bot, largest=False)
         pieces = ((b, kept.mul_(low.neg_().add_(1))) for (b, kept), (_, low) in zip(pieces, lowest))
-    return _apply(x, pieces, rescale, inplace)
+    return _apply(x, pieces, rescale, inplace, l1)
 
 
-def _draw_blocks(p: torch.Tensor | float, n: int, generator: torch.Generator) -> Iterator[tuple[slice, torch.Tensor]]:
+class UniformStream:
+    """The float32 uniforms that a seeded generator yields, in draw order, remembered in a `Memo`
+    between calls: a kernel re-run with the same seed reads them instead of drawing them again
+    (drawing is most of DARE's cost). Pass it where a generator goes (`bernoulli`,
+    `della_magprune`): the masks are the generator's own. Uniforms that the memo has no room for
+    are drawn as usual, after skipping those that were read instead of drawn."""
+
+    def __init__(self, generator: torch.Generator, memo: Memo, device: torch.device | str):
+        self.generator, self.memo, self.device = generator, memo, torch.device(device)
+        self.position = 0  # uniforms of the stream consumed so far
+        self._drawn = 0  # of which the generator has drawn
+
+    def take(self, n: int) -> torch.Tensor | None:
+        """The next n uniforms (on `device`), read, or drawn and remembered; None when the memo has
+        no room for them: draw them from `generator` then, which is positioned for that."""
+        key = ("uniforms", self.position, n)
+        u = self.memo.get(key)
+        if u is None:
+            self._catch_up()
+            if self.memo.room(4 * n):
+                u = torch.empty(n, dtype=torch.float32, device=self.generator.device).uniform_(generator=self.generator)
+                u = u.to(self.device)
+                self.memo.put(key, u)
+            self._drawn += n
+        self.position += n
+        return u
+
+    def _catch_up(self) -> None:
+        """Draw (and drop) the uniforms that were read from the memo instead of drawn."""
+        behind = self.position - self._drawn
+        if behind:
+            buf = scratch(behind, torch.float32, self.generator.device)
+            for b in blocks(behind):
+                part(buf, b).uniform_(generator=self.generator)
+        self._drawn = self.position
+
+
+def _draw_blocks(p: torch.Tensor | float, n: int, generator: torch.Generator | UniformStream) -> Iterator[tuple[slice, torch.Tensor]]:
     """Keep-mask blocks (float32) with P(keep) = p (a float or a tensor of n probabilities). `rand < p`
     consumes the generator exactly as `torch.bernoulli(p)` does on CPU (one float32 uniform per
     element, same order), so the masks are identical, at a third of the cost and without
     materialising a tensor of p for a scalar density. CPU draws are sequential, so drawing block
-    by block consumes the generator exactly as one whole-tensor draw does."""
+    by block consumes the generator exactly as one whole-tensor draw does. A `UniformStream`
+    gives the same uniforms, remembered ones on its device."""
+    if isinstance(generator, UniformStream):
+        u = generator.take(n)
+        if u is not None:
+            yield from _compare_blocks(u, p)
+            return
+        generator = generator.generator
+        if isinstance(p, torch.Tensor):
+            p = p.to(generator.device)
     device = generator.device
     flat_p = p.reshape(-1) if isinstance(p, torch.Tensor) else None
     if device.type != "cpu":  # other devices' generators are not sequential: one draw
@@ -289,10 +385,19 @@ def _draw_blocks(p: torch.Tensor | float, n: int, generator: torch.Generator) ->
         u.copy_(u < (p if flat_p is None else flat_p))
         yield from ((b, u[b]) for b in blocks(n))
         return
-    u, keep = scratch(n, torch.float32, device), scratch(n, torch.bool, device)
+    u = scratch(n, torch.float32, device)
     for b in blocks(n):
         draws = part(u, b).uniform_(generator=generator)  # what torch.rand does
-        yield b, draws.copy_(torch.lt(draws, p if flat_p is None else flat_p[b], out=part(keep, b)))
+        yield b, draws.lt_(p if flat_p is None else flat_p[b])
+
+
+def _compare_blocks(u: torch.Tensor, p: torch.Tensor | float) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Keep-mask blocks (float32) of ``u < p`` for given uniforms (the comparison of `_draw_blocks`)."""
+    n = u.numel()
+    flat_p = p.reshape(-1).to(u.device) if isinstance(p, torch.Tensor) else None
+    mask = scratch(n, torch.float32, u.device)
+    for b in blocks(n):
+        yield b, torch.lt(u[b], p if flat_p is None else flat_p[b], out=part(mask, b))
 
 
 def _draw(p: torch.Tensor | float, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
@@ -305,53 +410,68 @@ def _on(device: torch.device, pieces: MaskBlocks) -> Iterator[tuple[slice, torch
 
 
 def bernoulli(
-    x: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = False, *, inplace: bool = False
+    x: torch.Tensor, density: float, generator: torch.Generator | UniformStream, rescale: bool = False, *,
+    inplace: bool = False, l1: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DARE drop (Yu et al. 2023, arXiv:2311.03099): keep each entry independently with
-    probability ``density`` (probabilities in float32; draws happen even for density <= 0)."""
+    probability ``density`` (probabilities in float32; draws happen even for density <= 0).
+    ``l1``: x's `l1_norm`, if at hand."""
     if density >= 1:
         return x
-    return _apply(x, _on(x.device, _draw_blocks(float(density), x.numel(), generator)), rescale, inplace)
+    return _apply(x, _on(x.device, _draw_blocks(float(density), x.numel(), generator)), rescale, inplace, l1)
 
 
-def della_probabilities(x: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+def della_ranks(x: torch.Tensor) -> torch.Tensor:
+    """r / (m - 1) for each entry's stable magnitude rank r in 0..m-1 along dim 1 (see
+    `della_probabilities`), float32, shape of x: what DELLA's probabilities take from x. Rows of
+    length m <= 1 give zeros (they are not ranked)."""
+    t = x.detach()
+    if t.dim() < 2:
+        t = t.reshape(1, -1)
+    m = t.shape[1]
+    if m <= 1:
+        return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    order = torch.argsort(_ranking_magnitudes(t).reshape(t.shape), dim=1, stable=True)
+    ranks = torch.empty(t.shape, dtype=torch.float32, device=t.device)
+    positions = torch.arange(m, dtype=torch.float32, device=t.device)
+    ranks.scatter_(1, order, positions.reshape((1, m) + (1,) * (t.dim() - 2)).expand(t.shape))
+    del order  # int64: twice the size of the float32 result
+    return ranks.div_(m - 1).clamp_(0, 1).reshape(x.shape)
+
+
+def della_probabilities(x: torch.Tensor, density: float, epsilon: float, ranks: torch.Tensor | None = None) -> torch.Tensor:
     """DELLA MagPrune keep probabilities (float32, on x's device, shape of x).
 
     Entries are ranked by magnitude along dim 1 (a 1-D tensor is one row; for >2-D tensors the
     ranking runs along dim 1 exactly as in mergekit), rank r in 0..m-1 (stable), and
     p = (density - epsilon) + (r / (m - 1)) * 2 * epsilon, i.e. linear from density-epsilon for the
     smallest to density+epsilon for the largest. A row of length 1 gets p = density (mergekit
-    fails there with a probability of NaN).
+    fails there with a probability of NaN). ``ranks``: x's `della_ranks`, if at hand.
     """
-    t = x.detach()
-    if t.dim() < 2:
-        t = t.reshape(1, -1)
-    m = t.shape[1]
+    m = x.shape[1] if x.dim() >= 2 else x.numel()
     if m <= 1:
-        return torch.full(t.shape, float(density), dtype=torch.float32, device=t.device).reshape(x.shape)
-    order = torch.argsort(_ranking_magnitudes(t).reshape(t.shape), dim=1, stable=True)
-    ranks = torch.empty(t.shape, dtype=torch.float32, device=t.device)
-    positions = torch.arange(m, dtype=torch.float32, device=t.device)
-    ranks.scatter_(1, order, positions.reshape((1, m) + (1,) * (t.dim() - 2)).expand(t.shape))
-    del order  # int64: twice the size of the float32 result
+        return torch.full(x.shape, float(density), dtype=torch.float32, device=x.device)
     # (density - epsilon) + clamp(r / (m - 1), 0, 1) * 2 * epsilon, each step in place
-    probs = ranks.div_(m - 1).clamp_(0, 1).mul_(2).mul_(epsilon).add_(density - epsilon)
-    return probs.reshape(x.shape)
+    doubled = della_ranks(x).mul_(2) if ranks is None else ranks.mul(2)  # a given `ranks` stays as it is
+    return doubled.mul_(epsilon).add_(density - epsilon)
 
 
 def della_magprune(
     x: torch.Tensor,
     density: float,
     epsilon: float,
-    generator: torch.Generator,
+    generator: torch.Generator | UniformStream,
     rescale: bool = False,
     *,
     inplace: bool = False,
+    ranks: torch.Tensor | None = None,
+    l1: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DELLA MagPrune (Deep et al. 2024, arXiv:2406.11617): keep each entry with a probability
     that grows with its magnitude rank, from density-epsilon to density+epsilon.
 
     ``density <= 0`` gives zeros; otherwise density ± epsilon must lie in (0, 1) (ValueError).
+    ``ranks``: x's `della_ranks`, ``l1`` its `l1_norm`, if at hand.
     """
     if density >= 1:
         return x
@@ -361,5 +481,5 @@ def della_magprune(
         raise ValueError(
             f"density ± epsilon must lie in (0, 1) (density={density}, epsilon={epsilon})"
         )
-    p = della_probabilities(x, density, epsilon).to(generator.device)
-    return _apply(x, _on(x.device, _draw_blocks(p, x.numel(), generator)), rescale, inplace)
+    p = della_probabilities(x, density, epsilon, ranks).to(generator.device)
+    return _apply(x, _on(x.device, _draw_blocks(p, x.numel(), generator)), rescale, inplace, l1)

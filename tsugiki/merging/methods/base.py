@@ -8,7 +8,7 @@ defaults) and hands the kernel plain floats/bools, one dict per source model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Protocol, Sequence
 
 import torch
 
@@ -31,6 +31,41 @@ class Param:
         return self.default is REQUIRED
 
 
+class Memo(Protocol):
+    """A store kept per output tensor between calls with the same input tensors and seed (the
+    in-memory merger keeps one; see `tsugiki.merging.inmemory`). Kernels may put there what depends
+    only on those inputs and the seed (task vectors, magnitude ranks, random uniforms), never on
+    the per-call parameters, so a result never depends on what was remembered. A memo may decline
+    to store (a memory budget): `room` tells beforehand, `put` says whether it kept the tensor.
+    `scratch` lends a buffer for temporaries, reused by the next call (no fresh pages per call).
+    `repeated` is False on the first call for these inputs: statistics that cost more to build than
+    the work they save once (a sort) are best built from the second call on."""
+
+    repeated: bool
+
+    def get(self, key: Hashable) -> torch.Tensor | None: ...
+
+    def room(self, nbytes: int) -> bool: ...
+
+    def put(self, key: Hashable, value: torch.Tensor) -> bool: ...
+
+    def scratch(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor: ...
+
+
+def remember(memo: Memo | None, key: Hashable, nbytes: int, make: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
+    """memo[key]; else make(), stored, when the memo has room for its ``nbytes``; else None (the
+    caller then takes its ordinary path: nothing is computed that would not be kept). make() may
+    return None (nothing to remember for these inputs)."""
+    if memo is None:
+        return None
+    value = memo.get(key)
+    if value is None and memo.room(nbytes):
+        value = make()
+        if value is not None:
+            memo.put(key, value)
+    return value
+
+
 @dataclass(frozen=True)
 class MergeInputs:
     """What a kernel sees for one output tensor.
@@ -40,6 +75,10 @@ class MergeInputs:
     params: per-model parameter dicts aligned with `tensors` (the base's dict is empty).
     generator: seeded RNG for randomized methods (DARE, DELLA), None otherwise.
     name: the output tensor's name, for error messages.
+    memo: what the caller remembers for these inputs between calls (see `Memo`), or None.
+    out: where the kernel may write its result, or None: a contiguous tensor of the base's (or the
+        first input's) shape and dtype that aliases no input. Kernels that can compute in place
+        return it; the others ignore it, and the caller copies what they return.
     """
 
     tensors: Sequence[torch.Tensor]
@@ -47,6 +86,13 @@ class MergeInputs:
     params: Sequence[dict[str, Any]]
     generator: torch.Generator | None = None
     name: str = ""
+    memo: Memo | None = None
+    out: torch.Tensor | None = None
+
+    def out_like(self, t: torch.Tensor) -> torch.Tensor | None:
+        """`out` where it fits the shape and dtype of ``t``, else None."""
+        o = self.out
+        return o if o is not None and o.shape == t.shape and o.dtype == t.dtype and o.device == t.device else None
 
     @property
     def base(self) -> torch.Tensor:

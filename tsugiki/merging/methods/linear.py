@@ -30,15 +30,16 @@ def linear(inputs: MergeInputs, **given: Any) -> torch.Tensor:
     if not inputs.tensors:
         raise MergeError(f"{inputs.name}: linear needs at least one model")
     weights = [float(model_param("linear", p, PARAMS[0], inputs.name, i)) for i, p in enumerate(inputs.params)]
+    total = sum(weights)
+    if g["normalize"] and total == 0:
+        raise MergeError(f"{inputs.name}: linear with normalize=true needs weights that do not sum to 0")
     first = inputs.tensors[0]
     work = torch.float64 if first.dtype == torch.float64 else torch.float32
-    out = inputs.tensors[0].to(work) * weights[0]
+    first_work = first.to(work)
+    out = torch.mul(first_work, weights[0], out=inputs.out_like(first_work))
     for t, w in zip(inputs.tensors[1:], weights[1:]):
         out.add_(t.to(work), alpha=w)
     if g["normalize"]:
-        total = sum(weights)
-        if total == 0:
-            raise MergeError(f"{inputs.name}: linear with normalize=true needs weights that do not sum to 0")
         out /= total
     return out.to(first.dtype)
 

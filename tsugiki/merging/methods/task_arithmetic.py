@@ -29,7 +29,7 @@ import torch
 from tsugiki.errors import MergeError
 from tsugiki.merging import sparsify as sp
 from tsugiki.merging.methods._common import fill_globals, model_param, require_base, require_generator
-from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
+from tsugiki.merging.methods.base import Memo, MergeInputs, MergeMethod, Param, remember
 
 WEIGHT = Param("weight", per_model=True, doc="scale of this model's task vector")
 DENSITY = Param("density", 1.0, per_model=True, doc="fraction of task-vector entries kept")
@@ -44,27 +44,40 @@ def _sparsify(
     delta: torch.Tensor,
     p: dict[str, Any],
     rescale: bool,
-    generator: torch.Generator | None,
+    generator: torch.Generator | sp.UniformStream | None,
+    memo: Memo | None,
+    k: int,
 ) -> torch.Tensor:
-    """Prune ``delta`` in place (it is a fresh task vector owned by the kernel) and return it."""
+    """Prune ``delta`` (the task vector of non-base source ``k``) in place (it is a fresh task
+    vector owned by the kernel) and return it. What depends only on the delta (magnitude ranks,
+    DELLA's ranks, the L1 norm) is taken from / kept in ``memo`` where one is given."""
     if kind is None:
         return delta
     density = float(p["density"])
-    if kind == "magnitude":
-        return sp.magnitude(delta, density, rescale=rescale, inplace=True)
-    if kind == "magnitude_outliers":
-        return sp.magnitude_outliers(delta, density, float(p["gamma"]), rescale=rescale, inplace=True)
+    if not 0 < density < 1:  # no selection, or all zeros: nothing worth remembering
+        memo = None
+    l1 = remember(memo, ("l1", k), delta.element_size(), lambda: sp.l1_norm(delta)) if rescale else None
+    if kind in ("magnitude", "magnitude_outliers"):
+        largest = kind == "magnitude"  # TIES keeps the largest magnitudes, breadcrumbs a band from the smallest
+        # ranks take a sort, several selections' time: made on a re-merge only (a one-off merge selects)
+        ranks = remember(memo if memo is not None and memo.repeated else None, ("magnitude_ranks", largest, k),
+                         4 * delta.numel(), lambda: sp.magnitude_ranks(delta, descending=largest))
+        if largest:
+            return sp.magnitude(delta, density, rescale=rescale, inplace=True, ranks=ranks, l1=l1)
+        return sp.magnitude_outliers(delta, density, float(p["gamma"]), rescale=rescale, inplace=True, ranks=ranks, l1=l1)
     if kind == "random":
-        return sp.bernoulli(delta, density, generator, rescale=rescale, inplace=True)
+        return sp.bernoulli(delta, density, generator, rescale=rescale, inplace=True, l1=l1)
     if kind == "della_magprune":
-        return sp.della_magprune(delta, density, float(p["epsilon"]), generator, rescale=rescale, inplace=True)
+        ranks = remember(memo, ("della_ranks", k), 4 * delta.numel(), lambda: sp.della_ranks(delta))
+        return sp.della_magprune(delta, density, float(p["epsilon"]), generator, rescale=rescale, inplace=True,
+                                 ranks=ranks, l1=l1)
     raise AssertionError(kind)
 
 
-def _consensus_sum(deltas: torch.Tensor, weights: torch.Tensor, normalize: bool) -> torch.Tensor:
+def _consensus_sum(deltas: torch.Tensor, weights: torch.Tensor, normalize: bool, out: torch.Tensor | None = None) -> torch.Tensor:
     """TIES sign consensus over the stacked weighted task vectors ``deltas`` (which it overwrites):
     the sum of the entries that agree with the elected sign, divided by the summed weights of
-    those entries (1 where none) when ``normalize``.
+    those entries (1 where none) when ``normalize``. Computed in ``out`` where given.
 
     Elementwise steps go block by block through one-block scratch buffers, so that the only
     full-size temporaries are the elected signs and the result (the peak is the deltas plus one
@@ -74,7 +87,7 @@ def _consensus_sum(deltas: torch.Tensor, weights: torch.Tensor, normalize: bool)
     flat = deltas.view(n_models, -1)
     n = flat.shape[1]
     # elected sign: +1 where the sum is >= 0, else -1 (the sum's own storage, in place)
-    elected = deltas.sum(dim=0).view(-1).ge_(0).mul_(2).sub_(1)
+    elected = torch.sum(deltas, dim=0, out=out).view(-1).ge_(0).mul_(2).sub_(1)
     # kept: entries whose sign agrees with the elected sign (zeros never agree): d * elected > 0
     kept = sp.scratch(n, deltas.dtype, deltas.device)
     for k in range(n_models):
@@ -82,19 +95,21 @@ def _consensus_sum(deltas: torch.Tensor, weights: torch.Tensor, normalize: bool)
             d = flat[k, b]
             d.mul_(torch.mul(d, elected[b], out=sp.part(kept, b)).gt_(0))  # as 1.0 / 0.0
     del elected
-    mixed = deltas.sum(dim=0)
+    mixed = torch.sum(deltas, dim=0, out=out)
     if normalize:
         # After the masking an entry was kept iff it is nonzero, except where it is NaN (a dropped
         # inf, or a NaN), and there the sum is NaN whatever the divisor: so the divisor can be
         # built block by block here instead of as a full-size tensor during the masking.
-        divisor, zero = sp.scratch(n, deltas.dtype, deltas.device), sp.scratch(n, torch.bool, deltas.device)
+        divisor = sp.scratch(n, deltas.dtype, deltas.device)
         out = mixed.view(-1)
         for b in sp.blocks(n):
             div = sp.part(divisor, b).zero_()
             for k in range(n_models):
                 nonzero = torch.ne(flat[k, b], 0, out=sp.part(kept, b))  # as 1.0 / 0.0
                 div.add_(nonzero, alpha=float(weights[k]))  # + kept * w: exact, kept is 0 or 1
-            div.masked_fill_(torch.eq(div, 0, out=sp.part(zero, b)), 1)
+            # 0 -> 1 as `div + (div == 0)`: adding +0.0 elsewhere changes nothing, as div is never
+            # -0.0 (+0.0 plus any sum of ±0 is +0.0); a float mask, as bool kernels are slow
+            div.add_(torch.eq(div, 0, out=sp.part(kept, b)))
             out[b].div_(div)
     return mixed
 
@@ -109,22 +124,42 @@ def _make_kernel(method: str, params: tuple[Param, ...], sparsification: str | N
         g = fill_globals(method, params, given, inputs.name)
         base = require_base(method, inputs)
         generator = require_generator(method, inputs) if randomized else None
+        if generator is not None and inputs.memo is not None:  # uniforms read back on a re-merge
+            generator = sp.UniformStream(generator, inputs.memo, base.device)
         sources = [(i, t, p) for i, (t, p) in enumerate(zip(inputs.tensors, inputs.params)) if i != inputs.base_index]
+        result = inputs.out_like(base)  # where the result goes, if the caller gave a place
         if not sources:
-            return base.clone()
+            return base.clone() if result is None else result.copy_(base)
         per_model = [{s.name: model_param(method, p, s, inputs.name, i) for s in model_specs} for i, _, p in sources]
         weights = torch.tensor([float(p["weight"]) for p in per_model], dtype=base.dtype, device=base.device)
         rescale = bool(g["rescale"])
 
+        def task_vector(k: int) -> torch.Tensor | None:
+            """The remembered t_k - base, if any (made now where the memo has room for it and, for
+            sparsified methods, for a statistic of its size too: those save much more)."""
+            memo, t = inputs.memo, sources[k][1]
+            if memo is None:
+                return None
+            known = memo.get(("delta", k))
+            if known is None and memo.room(t.numel() * t.element_size() * (1 if sparsification is None else 2)):
+                known = t - base
+                memo.put(("delta", k), known)
+            return known
+
         def weighted_delta(k: int, out: torch.Tensor | None = None) -> torch.Tensor:
             """weight_k * sparsify(t_k - base), computed in ``out`` where given."""
             i, t, _ = sources[k]
-            if out is not None and t.dtype == out.dtype:
+            known = task_vector(k) if t.dtype == base.dtype else None
+            if known is not None and sparsification is None:  # (t - base) * w in one pass
+                return torch.mul(known, weights[k], out=out)
+            if known is not None:
+                d = known.clone() if out is None else out.copy_(known)
+            elif out is not None and t.dtype == out.dtype:
                 d = torch.sub(t, base, out=out)
             else:
                 d = t - base
             try:
-                d = _sparsify(sparsification, d, per_model[k], rescale, generator)
+                d = _sparsify(sparsification, d, per_model[k], rescale, generator, inputs.memo, k)
             except ValueError as e:
                 raise MergeError(f"{inputs.name}: {method}, source #{i}: {e}") from None
             d.mul_(weights[k])
@@ -138,17 +173,19 @@ def _make_kernel(method: str, params: tuple[Param, ...], sparsification: str | N
             # entry and the divisor is its weight there (1 elsewhere, where the entry is ±0 or NaN
             # and dividing by a positive weight changes nothing). `+ 0.0` turns -0.0 into +0.0, as
             # the one-term sum of the general path does: the result is bit-for-bit the same.
-            mixed = weighted_delta(0).add_(0.0)
+            mixed = weighted_delta(0, out=result).add_(0.0)
             if g["normalize"]:
                 mixed /= weights[0]
         elif consensus:
-            deltas = torch.empty((len(sources), *base.shape), dtype=base.dtype, device=base.device)
+            shape = (len(sources), *base.shape)
+            deltas = (torch.empty(shape, dtype=base.dtype, device=base.device) if inputs.memo is None
+                      else inputs.memo.scratch(shape, base.dtype))
             for k in range(len(sources)):
                 weighted_delta(k, out=deltas[k])
-            mixed = _consensus_sum(deltas, weights, bool(g["normalize"]))
+            mixed = _consensus_sum(deltas, weights, bool(g["normalize"]), out=result)
             del deltas
         else:
-            mixed = weighted_delta(0)
+            mixed = weighted_delta(0, out=result)
             for k in range(1, len(sources)):
                 mixed += weighted_delta(k)
             if g["normalize"]:
