@@ -135,3 +135,23 @@ def test_weighted_sum_and_named_callables():
     cfg = {"space": {"kind": "box", "params": {"x": [0, 1]}}, "fitness": {"function": "neg_spher"}, "search": {}}
     with pytest.raises(EvolutionError, match=r"fitness\.function: unknown fitness function 'neg_spher'; did you mean 'neg_sphere'"):
         make_problem(from_data(cfg), ".")
+
+
+def test_bad_fitness_arguments_and_unknown_sources_are_refused_before_any_candidate(tmp_path):
+    from tsugiki.evolution import from_data, make_problem
+
+    cfg = {"space": {"kind": "box", "params": {"x": [0, 1]}},
+           "fitness": {"function": "neg_sphere", "args": {"centre": 1.0}}, "search": {}}
+    with pytest.raises(EvolutionError, match=r"fitness\.args: .*'centre'"):
+        make_problem(from_data(cfg), ".")
+    cfg["fitness"]["args"] = {"center": 1.0}
+    cfg["validation"] = {"function": "neg_sphere", "args": {"radius": 2}, "data": {"pairs": [{"prompt": "p", "answer": "a"}]}}
+    with pytest.raises(EvolutionError, match=r"validation\.args: .*'radius'"):
+        make_problem(from_data(cfg), ".")
+
+    (tmp_path / "a").mkdir()
+    ps = {"name": "x", "sources": {"a": str(tmp_path / "a")},
+          "space": {"kind": "ps", "method": "linear", "models": ["a", "b"]},
+          "fitness": {"function": "neg_sphere"}, "search": {}}
+    with pytest.raises(EvolutionError, match=r"space\.models: unknown source 'b' \(known: a"):
+        make_problem(from_data(ps), tmp_path).check()

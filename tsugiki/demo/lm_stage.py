@@ -38,10 +38,11 @@ class LMBudget:
     population: int
     generations: int
     seeds: tuple[int, ...]
+    workers: int = 1  # candidate evaluations in parallel processes (same results as serial)
 
 
 FULL = LMBudget(ja=SiblingRecipe("ja", steps=250, seed=1), math=SiblingRecipe("math", steps=500, seed=2),
-                fitness_n=150, validation_n=60, test_n=500, population=10, generations=10, seeds=(0, 1, 2))
+                fitness_n=150, validation_n=60, test_n=500, population=10, generations=10, seeds=(0, 1, 2), workers=2)
 QUICK = LMBudget(ja=SiblingRecipe("ja", steps=20, seed=1), math=SiblingRecipe("math", steps=20, seed=2),
                  fitness_n=24, validation_n=16, test_n=40, population=4, generations=2, seeds=(0,))
 
@@ -87,7 +88,7 @@ def _common(data: dict[str, Path], seed: int, budget: LMBudget) -> dict[str, Any
                     "data": {"file": str(data["fitness"])}},
         "validation": {"data": {"file": str(data["validation"])}},
         "search": {"seed": seed, "population": budget.population, "sigma": 0.5, "generations": budget.generations,
-                   "workers": 1},
+                   "workers": budget.workers},
     }
 
 

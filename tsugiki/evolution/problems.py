@@ -313,6 +313,16 @@ def _sdxl_space(config: EvolveConfig, paths: Mapping[str, str]) -> SDXLBlockSpac
 
 
 # ------------------------------------------------------------------------------ problems
+def _check_args(spec: FitnessSpec, args: Mapping[str, Any], where: str) -> None:
+    """Refuse fitness arguments the function does not take now, not when the first candidate runs."""
+    import inspect
+
+    try:
+        inspect.signature(spec.fn).bind(None, None, **args)
+    except TypeError as e:
+        raise EvolutionError(f"{where}{e}") from None
+
+
 class Problem:
     kind = ""
     space: SearchSpace
@@ -324,10 +334,12 @@ class Problem:
         val = config.data.get("validation")
         self.fitness: FitnessSpec = self._resolve("fitness", fit["function"])
         self.fitness_args = dict(fit["args"])
+        _check_args(self.fitness, self.fitness_args, config.where("fitness.args"))
         self.data: dict[str, list[Pair] | None] = {"fitness": load_pairs(fit["data"], config.where("fitness.data")) if fit.get("data") else None}
         if val is not None:
             self.val_fitness = self._resolve("validation", val["function"]) if val.get("function") else self.fitness
             self.val_args = dict(val["args"]) if val.get("function") or val["args"] else self.fitness_args
+            _check_args(self.val_fitness, self.val_args, config.where("validation.args"))
             self.data["validation"] = load_pairs(val["data"], config.where("validation.data"))
             if self.data["fitness"] is not None:
                 check_disjoint(self.data["fitness"], self.data["validation"], "validation", config.where("validation.data"))
