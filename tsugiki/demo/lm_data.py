@@ -12,8 +12,9 @@ tiny analogue here:
   (:data:`world.EN_FORMAT`);
 - the target is the harder skill asked and answered in Japanese, on problems no model saw in training.
 
-Worked answers (``design="worked"``) state the computation before the answer, as chain-of-thought answers
-do (``3+4-2=5 なので、答えは 5 です。``); ``design="direct"`` answers with the number only.
+Answers show their computation before the answer, as chain-of-thought answers do: ``design="steps"``
+as two two-operand steps (``3+4=7, 7-2=5 なので、答えは 5 です。``), ``"worked"`` in one go
+(``3+4-2=5 なので、…``); ``"direct"`` answers with the number only (``答えは 5 です。``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Literal
 from tsugiki.demo.world import COLOURS, EN_FORMAT, JA_ANSWER, JA_FORMAT, JA_QUESTIONS, SHAPES
 from tsugiki.evolution.data import Pair, split_of
 
-Design = Literal["worked", "direct"]
-DESIGNS: tuple[str, ...] = ("worked", "direct")
+Design = Literal["steps", "worked", "direct"]
+DESIGNS: tuple[str, ...] = ("steps", "worked", "direct")
 
 
 # ----------------------------------------------------------------------------- arithmetic universes
@@ -69,12 +70,26 @@ def hard_split(split: str) -> list[tuple[str, int]]:
 
 
 # ----------------------------------------------------------------------------- answers
+def work(expr: str, value: int, design: Design) -> str:
+    """The computation an answer shows: ``steps`` splits a three-operand sum into two two-operand ones
+    (``3+4=7, 7-2=5``), each a sum the base model already knows; ``worked`` states it in one go
+    (``3+4-2=5``); ``direct`` shows none."""
+    if design == "direct":
+        return ""
+    if design == "steps" and len(expr) == 5:
+        first = _value(expr[:3])
+        return f"{expr[:3]}={first}, {first}{expr[3:]}={value}"
+    return f"{expr}={value}"
+
+
 def ja_answer(expr: str, value: int, design: Design) -> str:
-    return f"{expr}={value} なので、答えは {value} です。" if design == "worked" else f"答えは {value} です。"
+    shown = work(expr, value, design)
+    return f"{shown} なので、答えは {value} です。" if shown else f"答えは {value} です。"
 
 
 def en_answer(expr: str, value: int, design: Design) -> str:
-    return f"{expr}={value}, so the answer is {value}." if design == "worked" else f"The answer is {value}."
+    shown = work(expr, value, design)
+    return f"{shown}, so the answer is {value}." if shown else f"The answer is {value}."
 
 
 def target_items(split: str, n: int | None = None, seed: int = 0) -> list[Pair]:
