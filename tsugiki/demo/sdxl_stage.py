@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -84,27 +83,11 @@ ROW_NAMES = {"source_a": "source A (red/blue/white)", "source_b": "source B (bla
 
 
 # ----------------------------------------------------------------------------- quiet loading
-@contextmanager
 def _quiet():
     """No per-load progress bars or accelerate notices from diffusers/transformers inside the stage's own bars."""
-    from diffusers.utils import logging as d_logging
-    from transformers.utils import logging as t_logging
+    from tsugiki.hf_quiet import hf_progress_bars_off
 
-    levels = d_logging.get_verbosity(), t_logging.get_verbosity()
-    bars = d_logging.is_progress_bar_enabled(), t_logging.is_progress_bar_enabled()
-    d_logging.set_verbosity_error()
-    t_logging.set_verbosity_error()
-    d_logging.disable_progress_bar()
-    t_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        d_logging.set_verbosity(levels[0])
-        t_logging.set_verbosity(levels[1])
-        if bars[0]:
-            d_logging.enable_progress_bar()
-        if bars[1]:
-            t_logging.enable_progress_bar()
+    return hf_progress_bars_off(diffusers=True, errors_only=True)
 
 
 def load_pipeline(path: Path):

@@ -27,7 +27,6 @@ import json
 import math
 import random
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -41,6 +40,7 @@ from tsugiki.demo.stage import Row, Sample, StageContext, StageResult, Table
 from tsugiki.demo.world import EN_FORMAT, JA_FORMAT
 from tsugiki.errors import CheckpointError
 from tsugiki.evolution.data import Pair
+from tsugiki.hf_quiet import hf_progress_bars_off
 from tsugiki.vlm.generate import GenerationSettings, VQAPredictor
 
 EN_TEMPLATE = EN_FORMAT.format(q="{input}")  # "Q: {input} A: " -> "Q: <image>\n<question> A: "
@@ -96,24 +96,10 @@ def _fingerprint(lm_dir: Path, budget: VlmBudget, seed: int) -> str:
     return h.hexdigest()
 
 
-@contextmanager
-def _hf_bars_off():
-    """No "Loading weights" / "Writing model shards" bar per tiny model (the stage shows its own)."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def _load(model_dir: Path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    with _hf_bars_off():
+    with hf_progress_bars_off():
         return LlavaForConditionalGeneration.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
 
 
@@ -220,7 +206,7 @@ def build_llava(llava_lm: Path, out: Path, budget: VlmBudget, *, seed: int, prog
         build_tiny_vlm(tmp, TinyVLMSpec(kind="llava", text=lm_spec(llava_lm), seed=seed, **VISION), language_model=llava_lm)
         model, processor = _load(tmp)
         losses = train_vision(model, processor, train, budget, seed=seed, progress=progress)
-        with _hf_bars_off():
+        with hf_progress_bars_off():
             model.save_pretrained(tmp)
         seconds = time.perf_counter() - start
         answers = _predict(model, processor, EN_TEMPLATE, held_out, progress)

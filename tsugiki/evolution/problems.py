@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,6 +37,7 @@ from tsugiki.evolution.fitness import EvalContext, FitnessSpec, as_fitness, reso
 from tsugiki.evolution.ps import DEFAULT_BOUNDS, PSSpace
 from tsugiki.evolution.sdxl import SDXLBlockSpace, load_unet
 from tsugiki.evolution.space import Param, SearchSpace
+from tsugiki.hf_quiet import hf_progress_bars_off
 
 PS_MODEL = "ps"
 
@@ -143,24 +143,10 @@ def _model_config(path: str) -> tuple[dict, list[str]]:
         raise EvolutionError(f"source {path}: {e}") from None
 
 
-@contextmanager
-def _hf_progress_bars_off():
-    """transformers' per-load progress bars would interleave with the run's own bar."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def load_causal_lm(path: str, device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _hf_progress_bars_off():
+    with hf_progress_bars_off():
         model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
@@ -169,7 +155,7 @@ def load_vlm(path: str, device: str = "cpu"):
     """A LLaVA-family model (float32, eval mode) and its processor."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    with _hf_progress_bars_off():
+    with hf_progress_bars_off():
         model = AutoModelForImageTextToText.from_pretrained(path, dtype="float32").to(device)
     return model.eval(), AutoProcessor.from_pretrained(path)
 
