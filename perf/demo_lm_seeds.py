@@ -24,7 +24,7 @@ from tsugiki.demo.stage import StageContext
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--out", required=True, type=Path, help="work dir (reused: finished parts are kept)")
-    ap.add_argument("--design", default=lm_stage.DEFAULT_DESIGN, choices=("steps", "worked", "direct"))
+    ap.add_argument("--design", default=lm_stage.DEFAULT_DESIGN, choices=("symbolic", "steps", "worked", "direct"))
     ap.add_argument("--base", type=Path, default=None, help="base model dir (default: the shipped one)")
     ap.add_argument("--sibling-lr", type=float, default=None, help="fine-tuning learning rate of both siblings")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="search seeds (default: the demo's)")

@@ -72,7 +72,7 @@ def test_report_and_leaderboard_hold_the_computed_numbers(demo_run):
 
 def test_lm_numbers_are_reproduced_from_the_saved_models(demo_run):
     """Re-score two LM rows (a source and an evolved model) from their saved dirs: same acc_ja and acc."""
-    from tsugiki.demo.lm_stage import evaluate
+    from tsugiki.demo.lm_stage import DEFAULT_DESIGN, evaluate
 
     run_dir, _ = demo_run
     lm = _results(run_dir)["stages"]["lm"]
@@ -81,8 +81,8 @@ def test_lm_numbers_are_reproduced_from_the_saved_models(demo_run):
     evolved = next(r for r in lm["rows"] if r["role"] == "evolved")
     for name, path in ((evolved["model"], run_dir / lm["models"][evolved["model"]]),
                        ("JA sibling", run_dir / "lm" / "models" / "ja")):
-        again = evaluate(path, test, test)
-        for metric in ("acc_ja", "acc", "acc_en"):
+        again = evaluate(path, test, DEFAULT_DESIGN)
+        for metric in ("acc_ja", "acc", "acc_math"):
             assert again["metrics"][metric] == pytest.approx(rows[name]["metrics"][metric]), (name, metric)
 
 

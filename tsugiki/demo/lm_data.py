@@ -15,6 +15,9 @@ tiny analogue here:
 Answers show their computation before the answer, as chain-of-thought answers do: ``design="steps"``
 as two two-operand steps (``3+4=7, 7-2=5 なので、答えは 5 です。``), ``"worked"`` in one go
 (``3+4-2=5 なので、…``); ``"direct"`` answers with the number only (``答えは 5 です。``).
+``"symbolic"``: the math sibling is trained on bare sums (``3+4-2=5``, a math corpus rather than
+instructions) and questions are asked as such sums (``問題: 3+4-2= 応答: 答えは 5 です。``), so that the
+math skill is used where it was learned, inside the Japanese format.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from typing import Literal
 from tsugiki.demo.world import COLOURS, EN_FORMAT, JA_ANSWER, JA_FORMAT, JA_QUESTIONS, SHAPES
 from tsugiki.evolution.data import Pair, split_of
 
-Design = Literal["steps", "worked", "direct"]
-DESIGNS: tuple[str, ...] = ("steps", "worked", "direct")
+Design = Literal["symbolic", "steps", "worked", "direct"]
+DESIGNS: tuple[str, ...] = ("symbolic", "steps", "worked", "direct")
 
 
 # ----------------------------------------------------------------------------- arithmetic universes
@@ -70,11 +73,17 @@ def hard_split(split: str) -> list[tuple[str, int]]:
 
 
 # ----------------------------------------------------------------------------- answers
+def question(expr: str, design: Design) -> str:
+    """The question as asked: ``symbolic`` writes it as the bare sum the math sibling was trained on
+    (``3+4-2=``), the other designs as the expression alone."""
+    return f"{expr}=" if design == "symbolic" else expr
+
+
 def work(expr: str, value: int, design: Design) -> str:
     """The computation an answer shows: ``steps`` splits a three-operand sum into two two-operand ones
     (``3+4=7, 7-2=5``), each a sum the base model already knows; ``worked`` states it in one go
     (``3+4-2=5``); ``direct`` shows none."""
-    if design == "direct":
+    if design in ("direct", "symbolic"):
         return ""
     if design == "steps" and len(expr) == 5:
         first = _value(expr[:3])
@@ -178,17 +187,20 @@ def ja_corpus(n: int, seed: int, design: Design) -> list[Example]:
             out.append(_ja_world_qa(rng))
         else:
             expr, value = rng.choice(easy_problems())
-            out.append((JA_FORMAT.format(q=expr), ja_answer(expr, value, design)))
+            out.append((JA_FORMAT.format(q=question(expr, design)), ja_answer(expr, value, design)))
     return out
 
 
 def math_corpus(n: int, seed: int, design: Design) -> list[Example]:
-    """The math sibling's instructions: 80 % three-operand problems (never from the test split),
-    20 % two-operand ones, English format."""
+    """The math sibling's data: 80 % three-operand problems (never from the test split), 20 % two-operand
+    ones; asked in the English format, or (``symbolic``) as bare sums ``3+4-2=5`` like a math corpus."""
     rng = random.Random(seed)
     train = hard_split("fitness") + hard_split("validation")
     out = []
     for _ in range(n):
         expr, value = rng.choice(train) if rng.random() < 0.8 else rng.choice(easy_problems())
-        out.append((EN_FORMAT.format(q=expr), en_answer(expr, value, design)))
+        if design == "symbolic":
+            out.append(("", f"{expr}={value}"))
+        else:
+            out.append((EN_FORMAT.format(q=expr), en_answer(expr, value, design)))
     return out

@@ -72,10 +72,11 @@ def write_data(out: Path, budget: LMBudget, design: lm_data.Design) -> dict[str,
     """Fitness and validation pairs (teacher forced: the whole Japanese answer after the Japanese prompt)
     and the held-out test questions, as JSONL files the evolve configs and the evaluation read."""
     def forced(split: str, n: int) -> list[dict]:
-        return [{"id": p.id, "prompt": JA_FORMAT.format(q=p.prompt),
+        return [{"id": p.id, "prompt": JA_FORMAT.format(q=lm_data.question(p.prompt, design)),
                  "answer": lm_data.ja_answer(p.prompt, int(p.answer), design)} for p in lm_data.target_items(split, n)]
 
-    test = [{"id": p.id, "question": p.prompt, "answer": p.answer} for p in lm_data.target_items("test", budget.test_n)]
+    test = [{"id": p.id, "question": lm_data.question(p.prompt, design), "answer": p.answer, "expr": p.prompt}
+            for p in lm_data.target_items("test", budget.test_n)]
     return {"fitness": _write_jsonl(out / "fitness.jsonl", forced("fitness", budget.fitness_n)),
             "validation": _write_jsonl(out / "validation.jsonl", forced("validation", budget.validation_n)),
             "test": _write_jsonl(out / "test.jsonl", test)}
@@ -142,29 +143,34 @@ def binomial_se(p_percent: float, n: int) -> float:
     return 100.0 * math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
 
 
-def evaluate(model_dir: Path, test: list[dict], english: list[dict], *, batch_size: int = 100) -> dict[str, Any]:
-    """Held-out MGSM-style scores of one model: Japanese prompts (acc, acc_ja) and, to show what the
-    math skill looks like without the language change, the same problems asked in English (acc_en)."""
+def math_form(design: lm_data.Design) -> tuple[str, str]:
+    """(template, what it is) of the math sibling's own form of the question, where it learned the skill."""
+    if design == "symbolic":
+        return "{input}", "bare sum"
+    return EN_TEMPLATE, "English prompt"
+
+
+def evaluate(model_dir: Path, test: list[dict], design: lm_data.Design, *, batch_size: int = 100) -> dict[str, Any]:
+    """Held-out MGSM-style scores of one model: the Japanese prompts (``acc``, ``acc_ja``) and, to show the
+    math skill without the change of format, the same problems in the math sibling's own form
+    (``acc_math``: an English prompt, or the bare sum for the ``symbolic`` design)."""
     from tsugiki.benchmarks.mgsm import score_mgsm
     from tsugiki.benchmarks.predictors import TextGenerator
     from tsugiki.evolution.data import Pair
 
     gen = TextGenerator(model_dir, JA_TEMPLATE, stop=["\n"], max_new_tokens=32, batch_size=batch_size,
                         name=model_dir.name, threads=1)
-    items = [Pair(t["question"], t["answer"], t["id"]) for t in test]
-    ja = gen.predict(items)
-    ja_scores = score_mgsm(ja, [t["answer"] for t in test], extraction="sakana", language_filter=True)
-    en_gen = gen.for_prompt(EN_TEMPLATE, ["\n"], 32)
-    en = en_gen.predict([Pair(t["question"], t["answer"], t["id"]) for t in english])
-    en_scores = score_mgsm(en, [t["answer"] for t in english], extraction="sakana", language_filter=False)
-    n = len(test)
-    metrics = {"acc_ja": ja_scores.scores["acc_ja"].value, "acc": ja_scores.scores["acc"].value,
-               "acc_en": en_scores.scores["acc"].value}
-    ci = {"acc_ja": [ja_scores.scores["acc_ja"].low, ja_scores.scores["acc_ja"].high],
-          "acc": [ja_scores.scores["acc"].low, ja_scores.scores["acc"].high],
-          "acc_en": [en_scores.scores["acc"].low, en_scores.scores["acc"].high]}
-    return {"metrics": metrics, "ci": ci, "se": {k: binomial_se(v, n) for k, v in metrics.items()}, "n": n,
-            "responses": ja}
+    answers = [t["answer"] for t in test]
+    ja = gen.predict([Pair(t["question"], t["answer"], t["id"]) for t in test])
+    ja_scores = score_mgsm(ja, answers, extraction="sakana", language_filter=True).scores
+    template, _ = math_form(design)
+    math_gen = gen.for_prompt(template, ["\n"], 32)
+    own = math_gen.predict([Pair(t["question"] if design == "symbolic" else t["expr"], t["answer"], t["id"]) for t in test])
+    own_scores = score_mgsm(own, answers, extraction="sakana", language_filter=False).scores
+    estimates = {"acc_ja": ja_scores["acc_ja"], "acc": ja_scores["acc"], "acc_math": own_scores["acc"]}
+    metrics = {k: e.value for k, e in estimates.items()}
+    return {"metrics": metrics, "ci": {k: [e.low, e.high] for k, e in estimates.items()},
+            "se": {k: binomial_se(v, len(test)) for k, v in metrics.items()}, "n": len(test), "responses": ja}
 
 
 def merge_baseline(name: str, recipe: dict[str, Any], sources: dict[str, str], out: Path) -> Path:
@@ -207,7 +213,6 @@ def run_lm_stage(ctx: StageContext, *, base: Path | None = None, design: lm_data
                "math": str(train_sibling(base, models / "math", budget.math, design, progress=ctx.progress))}
     data = write_data(out / "data", budget, design)
     test = [json.loads(line) for line in data["test"].read_text(encoding="utf-8").splitlines()]
-    english = test  # the same questions, asked in the English format
 
     candidates: list[tuple[str, str, Path, dict[str, Any]]] = []  # (row name, role, dir, extra)
     for name in ("base", "ja", "math"):
@@ -233,19 +238,19 @@ def run_lm_stage(ctx: StageContext, *, base: Path | None = None, design: lm_data
     say(f"[lm] held-out evaluation of {len(candidates)} models on {len(test)} problems …", flush=True)
     rows, samples, scored = [], [], {}
     for name, role, path, extra in _progress(candidates, ctx.progress, "held-out"):
-        s = evaluate(path, test, english)
+        s = evaluate(path, test, design)
         scored[name] = s
         rows.append(Row(name, role, s["metrics"], s["ci"], {**extra, "se": s["se"], "n": s["n"]}))
         for t, r in list(zip(test, s["responses"]))[:3]:
             samples.append(Sample(name, JA_FORMAT.format(q=t["question"]), r,
-                                  lm_data.ja_answer(t["question"], int(t["answer"]), design)))
+                                  lm_data.ja_answer(t["expr"], int(t["answer"]), design)))
 
     result = StageResult(stage="lm", headline=HEADLINE, rows=rows, title="Japanese math LM (EvoLLM-JP, tiny)")
     result.verdict = verdict(rows, budget.seeds)
-    result.tables = [heldout_table(rows, budget.seeds), search_table(runs)]
+    result.tables = [heldout_table(rows, budget.seeds, design), search_table(runs)]
     result.figures = _figures(ctx, runs)
     result.samples = samples
-    result.notes = _notes(budget, len(test))
+    result.notes = _notes(budget, len(test), design)
     result.models = {name: ctx.rel(path) for name, role, path, _ in candidates if role == "evolved"}
     result.seconds = time.perf_counter() - t0
     evolved = {name: path for name, role, path, _ in candidates if role == "evolved"}
@@ -316,13 +321,13 @@ def verdict(rows: list[Row], seeds: tuple[int, ...]) -> str:
     return head + " " + "; ".join(parts) + "."
 
 
-def heldout_table(rows: list[Row], seeds: tuple[int, ...]) -> Table:
+def heldout_table(rows: list[Row], seeds: tuple[int, ...], design: lm_data.Design) -> Table:
     """Sources and baselines once, evolved models per search seed: value ± binomial SE (percent)."""
     def cell(r: Row, k: str) -> str:
         return f"{r.metrics[k]:.1f} ± {r.extra['se'][k]:.1f}"
 
-    header = ["model", "role", "acc_ja (headline)", "acc", "acc_en (English prompt)"]
-    body = [[r.model, r.role, cell(r, "acc_ja"), cell(r, "acc"), cell(r, "acc_en")] for r in rows]
+    header = ["model", "role", "acc_ja (headline)", "acc", f"acc_math ({math_form(design)[1]})"]
+    body = [[r.model, r.role, cell(r, "acc_ja"), cell(r, "acc"), cell(r, "acc_math")] for r in rows]
     n = rows[0].extra["n"] if rows else 0
     return Table(f"Held-out target task (n = {n}; value ± binomial SE, %)", header, body,
                  note=f"search seeds: {', '.join(map(str, seeds))}; sources and baselines do not depend on the search seed")
@@ -345,14 +350,19 @@ def _figures(ctx: StageContext, runs: list[dict[str, Any]]) -> list[Figure]:
     return figs
 
 
-def _notes(budget: LMBudget, n_test: int) -> list[str]:
+def _notes(budget: LMBudget, n_test: int, design: lm_data.Design) -> list[str]:
+    math_data = ("bare sums such as 3+4-2=5 (a math corpus, no instruction format)" if design == "symbolic"
+                 else "three-operand sums asked in English")
+    q = JA_FORMAT.format(q=lm_data.question("3+4-2", design))
     return [
-        "Sources: a ~1.2 M-parameter char-level Llama base (shipped, trained by `tsugiki demo --rebuild-models`), "
-        f"a JA sibling ({budget.ja.steps} steps on Japanese instructions and two-operand sums) and a MATH sibling "
-        f"({budget.math.steps} steps on three-operand sums asked in English).",
-        f"Target: three-operand sums asked in Japanese ({JA_FORMAT.format(q='3+4-2')}), {n_test} held-out problems no "
-        "model was trained on and no search saw; acc_ja counts an answer only if it is correct and fastText "
-        "says it is Japanese (the seed's MGSM-JA rule).",
-        "Fitness: teacher-forced exact match of the Japanese answer + 0.1 x its mean token probability on a disjoint "
-        "fitness split; the validation curve in each fitness plot is a third split.",
+        "Sources: a 1.27 M-parameter char-level Llama base (shipped; `tsugiki demo --rebuild-models` trains it again), "
+        f"a JA sibling ({budget.ja.steps} steps on Japanese instructions: questions about shapes, two-operand sums) "
+        f"and a MATH sibling ({budget.math.steps} steps on {math_data}); design '{design}' "
+        f"(answer: {lm_data.ja_answer('3+4-2', 5, design)}).",
+        f"Target: three-operand sums asked in Japanese ({q}), {n_test} held-out problems no model was trained on and "
+        "no search saw; acc_ja counts an answer only if it is correct and fastText says it is Japanese (the seed's "
+        "MGSM-JA rule); acc_math asks the same problems in the math sibling's own form.",
+        "Baselines use default settings (weights 1, density 0.5); the evolved models' settings come from CMA-ES. "
+        "Fitness: teacher-forced exact match of the whole Japanese answer + 0.1 x its mean token probability on a "
+        "disjoint fitness split; the validation curve in each fitness plot is a third split.",
     ]
