@@ -25,7 +25,7 @@ from tsugiki.demo.world import EN_FORMAT, JA_FORMAT
 HEADLINE = "acc_ja"
 JA_TEMPLATE = JA_FORMAT.replace("{q}", "{input}")
 EN_TEMPLATE = EN_FORMAT.replace("{q}", "{input}")
-DEFAULT_DESIGN: lm_data.Design = "worked"
+DEFAULT_DESIGN: lm_data.Design = "steps"
 
 
 @dataclass(frozen=True)
