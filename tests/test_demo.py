@@ -95,3 +95,29 @@ def test_evolved_models_load(demo_run):
     for name, rel in lm["models"].items():
         model = AutoModelForCausalLM.from_pretrained(run_dir / rel)
         assert model.config.num_hidden_layers >= 1, name
+
+
+def test_exported_evolved_lm_is_the_searched_candidate(demo_run):
+    """The evolved model on disk (merged again from best.yaml's recipe) scores exactly the fitness the
+    search recorded for its best candidate (merged in memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tsugiki.evolution.data import load_pairs
+    from tsugiki.evolution.fitness import EvalContext, teacher_forced_accuracy
+
+    run_dir, _ = demo_run
+    best = json.loads((run_dir / "lm" / "runs" / "ps-s0" / "best.json").read_text())
+    pairs = load_pairs({"file": str(run_dir / "lm" / "data" / "fitness.jsonl")})
+    model_dir = run_dir / "lm" / "evolved" / "ps-s0"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    fitness = teacher_forced_accuracy(EvalContext({}, model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir)),
+                                      pairs, prob_weight=0.1, append_eos=True)
+    assert fitness == pytest.approx(best["fitness"], rel=1e-6, abs=1e-9)
+
+
+def test_report_shows_the_search_plots(demo_run):
+    run_dir, _ = demo_run
+    report = (run_dir / "report.html").read_text(encoding="utf-8")
+    for plot in ("lm/runs/ps-s0/plots/fitness.png", "lm/runs/ps-s0/plots/ps_heatmap.png", "lm/runs/dfs-s0/plots/dfs_path.png"):
+        assert (run_dir / plot).exists() and plot in report, plot

@@ -340,11 +340,13 @@ def search_table(runs: list[dict[str, Any]]) -> Table:
 
 
 def _figures(ctx: StageContext, runs: list[dict[str, Any]]) -> list[Figure]:
+    """Each search's plots (fitness and validation curves; the PS heatmap or the DFS path and W)."""
     figs = []
     for run in runs:
-        for png, what in (("fitness.png", "fitness (search) and validation"), ("ps.png", "PS parameters"),
-                          ("dfs.png", "DFS path and W")):
-            p = Path(run["run_dir"]) / png
+        for png, what in (("fitness.png", "fitness (search) and validation curves"),
+                          ("ps_heatmap.png", "PS parameters per model and layer group"),
+                          ("dfs_path.png", "DFS inference path and scaling matrix W")):
+            p = Path(run["run_dir"]) / "plots" / png
             if p.exists():
                 figs.append(Figure(ctx.rel(p), f"{run['kind']} seed {run['seed']}: {what}"))
     return figs
