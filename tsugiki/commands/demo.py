@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="The main job on the embedded default models: LM merges evolved in PS, DFS and PS+DFS and "
                     "scored held out against their sources and standard merges; the evolved Japanese LM grafted "
                     "into a tiny LLaVA; SDXL UNets merged block-wise. Writes RUN_DIR/results.json, report.html, "
-                    "leaderboard.md and the evolved models. About 15 minutes on 2 CPU cores (--quick: < 3).")
-    d.add_argument("-o", "--output", default="tsugiki-demo", help="run directory (default: ./tsugiki-demo); "
+                    "leaderboard.md and the evolved models. About 11 minutes on 2 CPU cores (--quick: under 3).")
+    d.add_argument("-o", "--output", default="tsugiki-demo", metavar="RUN_DIR", help="run directory (default: ./tsugiki-demo); "
                    "rerunning with the same settings continues where it stopped")
     d.add_argument("--quick", action="store_true", help="small budgets for every stage (CI; under 3 minutes)")
     d.add_argument("--seed", type=int, default=0, help="first search seed (the LM stage runs 3 seeds from it)")
