@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--seed", type=int, default=0, help="first search seed (the LM stage runs 3 seeds from it)")
     d.add_argument("--stages", default=None, help="comma-separated subset of lm,vlm,sdxl (default: all)")
     d.add_argument("--rebuild-models", action="store_true",
-                   help="train the shipped base LM again (about 15-25 minutes), check it is bit-for-bit the "
+                   help="train the shipped base LM again (about 10 minutes), check it is bit-for-bit the "
                         "shipped file and use it")
     d.add_argument("--force", action="store_true", help="delete an existing demo run directory first")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -102,7 +102,7 @@ def rebuild_base(out: Path, *, progress: bool = True) -> Path:
     from tsugiki.demo.lm_models import SHIPPED_BASE, file_digest, train_base
 
     if not (out / "model.safetensors").exists():
-        print("[models] training the base LM from scratch (about 15-25 minutes on 2 CPU cores) …", flush=True)
+        print("[models] training the base LM from scratch (about 10 minutes on 2 idle CPU cores) …", flush=True)
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         train_base(tmp, progress=progress)
