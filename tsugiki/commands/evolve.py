@@ -41,7 +41,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         best = result.best
         if best is None:
             raise EvolutionError(f"{run_dir}: no successful candidate to export")
-        out = make_problem(config, run_dir).export(best["params"], args.export, force=args.force)
+        out = make_problem(config, run_dir).export_as_evaluated(best["params"], args.export, force=args.force)
         print(f"exported the best candidate → {out}")
     print(summary(run_dir, stop_reason=result.stop_reason))
     return 0

@@ -132,7 +132,7 @@ def run_search(config_data: dict[str, Any], run_dir: Path, export_to: Path, prog
     if result.best is None:
         raise RuntimeError(f"{run_dir}: no successful candidate")
     if not (export_to / "config.json").exists():
-        make_problem(config, run_dir).export(result.best["params"], export_to, force=True)
+        make_problem(config, run_dir).export_as_evaluated(result.best["params"], export_to, force=True)
     return {"run_dir": run_dir, "model": export_to, "fitness": result.best.get("fitness"),
             "evaluations": result.evaluations, "seconds": result.seconds}
 

@@ -352,7 +352,7 @@ def run_search(config_data: dict[str, Any], run_dir: Path, export_to: Path, prog
     if result.best is None:
         raise EvolutionError(f"{run_dir}: the SDXL block search had no successful candidate")
     if not (export_to / "model_index.json").exists():
-        make_problem(config, run_dir).export(result.best["params"], export_to, force=True)
+        make_problem(config, run_dir).export_as_evaluated(result.best["params"], export_to, force=True)
     return {"run_dir": run_dir, "model": export_to, "best": result.best, "evaluations": result.evaluations,
             "seconds": result.seconds}
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -113,7 +114,8 @@ def prepare_sources(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
         base_dir = Path(r).parent if isinstance(r, str) else None
         data = load_recipe(r).to_dict() if isinstance(r, str) else dict(r)
         recipe = Recipe.from_dict(_with_paths(data, paths), source_name=config.where("space.ps_recipe").rstrip(": "))
-        merge_to_disk(recipe, paths[PS_MODEL], MergeOptions(progress=False), base_dir=base_dir)
+        with search_threads(config):  # the PS candidates were evaluated with these threads
+            merge_to_disk(recipe, paths[PS_MODEL], MergeOptions(progress=False), base_dir=base_dir)
     return paths
 
 
@@ -299,6 +301,17 @@ def _sdxl_space(config: EvolveConfig, paths: Mapping[str, str]) -> SDXLBlockSpac
 
 
 # ------------------------------------------------------------------------------ problems
+@contextmanager
+def search_threads(config: EvolveConfig):
+    """Run the block with the search's torch thread count (``search.threads``), then restore it."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(int(config.search.get("threads", 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def _check_args(spec: FitnessSpec, args: Mapping[str, Any], where: str) -> None:
     """Refuse fitness arguments the function does not take now, not when the first candidate runs."""
     import inspect
@@ -387,6 +400,13 @@ class Problem:
 
     def export(self, values: Mapping[str, float], out: str | Path, *, force: bool = False) -> Path:
         raise EvolutionError(f"a {self.kind} space has no model to export")
+
+    def export_as_evaluated(self, values: Mapping[str, float], out: str | Path, *, force: bool = False) -> Path:
+        """:meth:`export` with the torch thread count candidates were evaluated with: some merge reductions
+        (DARE's L1 rescale norms) sum in a thread-dependent order, so this makes the exported weights the
+        evaluated ones bit for bit."""
+        with search_threads(self.config):
+            return self.export(values, out, force=force)
 
 
 class BoxProblem(Problem):
