@@ -122,3 +122,19 @@ def test_report_shows_the_search_plots(demo_run):
     report = (run_dir / "report.html").read_text(encoding="utf-8")
     for plot in ("lm/runs/ps-s0/plots/fitness.png", "lm/runs/ps-s0/plots/ps_heatmap.png", "lm/runs/dfs-s0/plots/dfs_path.png"):
         assert (run_dir / plot).exists() and plot in report, plot
+
+
+def test_run_dir_that_is_not_a_demo_dir_is_refused(tmp_path, capsys):
+    from tsugiki.cli import main
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("mine")
+    assert main(["demo", "--quick", "-o", str(tmp_path / "file")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    for args in (["demo", "--quick", "-o", str(tmp_path / "other")], ["demo", "--quick", "--force", "-o", str(tmp_path / "other")]):
+        assert main(args) == 2
+        assert "not a tsugiki demo run dir" in capsys.readouterr().err
+    assert (tmp_path / "other" / "keep.txt").read_text() == "mine"  # never deleted, not even with --force
+    assert main(["demo", "--quick", "--stages", "lm,nope", "-o", str(tmp_path / "new")]) == 2
+    assert "unknown stage" in capsys.readouterr().err

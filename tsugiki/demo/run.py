@@ -25,6 +25,8 @@ class DemoError(TsugikiError):
 def _claim(run_dir: Path, settings: dict, force: bool) -> None:
     """Create RUN_DIR, or reuse it when it holds a demo run with the same settings."""
     marker = run_dir / "demo.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DemoError(f"{run_dir}: exists and is not a directory; choose another -o")
     if run_dir.exists() and force:
         if not marker.exists() and any(run_dir.iterdir()):
             raise DemoError(f"{run_dir}: exists and is not a tsugiki demo run dir; refusing to delete it with --force")
