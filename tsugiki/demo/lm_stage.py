@@ -191,7 +191,7 @@ def merge_baseline(name: str, recipe: dict[str, Any], sources: dict[str, str], o
 
 
 # ----------------------------------------------------------------------------- the stage
-KINDS = (("PS", "ps"), ("DFS", "dfs"), ("PS+DFS", "ps-dfs"))
+KINDS = ("PS", "DFS", "PS+DFS")
 
 
 def run_lm_stage(ctx: StageContext, *, base: Path | None = None, design: lm_data.Design = DEFAULT_DESIGN,
@@ -229,17 +229,16 @@ def run_lm_stage(ctx: StageContext, *, base: Path | None = None, design: lm_data
                          out / "evolved" / f"dfs-s{seed}", ctx.progress)
         both = run_search(ps_dfs_config(sources, data, seed, budget, ps["run_dir"] / "best.yaml"),
                           out / "runs" / f"ps-dfs-s{seed}", out / "evolved" / f"ps-dfs-s{seed}", ctx.progress)
-        for (label, slug), run in zip(KINDS, (ps, dfs, both)):
+        for label, run in zip(KINDS, (ps, dfs, both)):
             run.update(kind=label, seed=seed)
             runs.append(run)
             candidates.append((f"evolved {label} (seed {seed})", "evolved", run["model"],
                                {"search_seed": seed, "kind": label, "fitness": run["fitness"]}))
 
     say(f"[lm] held-out evaluation of {len(candidates)} models on {len(test)} problems …", flush=True)
-    rows, samples, scored = [], [], {}
+    rows, samples = [], []
     for name, role, path, extra in _progress(candidates, ctx.progress, "held-out"):
         s = evaluate(path, test, design)
-        scored[name] = s
         rows.append(Row(name, role, s["metrics"], s["ci"], {**extra, "se": s["se"], "n": s["n"]}))
         for t, r in list(zip(test, s["responses"]))[:3]:
             samples.append(Sample(name, JA_FORMAT.format(q=t["question"]), r,
