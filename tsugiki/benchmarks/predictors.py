@@ -141,15 +141,10 @@ class TextGenerator:
                 "do_sample": False, "num_beams": 1}
 
     def predict(self, items: Sequence[Item]) -> list[str]:
-        import torch
+        from tsugiki.threads import torch_threads
 
-        threads = torch.get_num_threads()
-        if self.threads:  # e.g. 1 for a tiny model: on a busy machine extra CPU threads only spin
-            torch.set_num_threads(self.threads)
-        try:
+        with torch_threads(self.threads):  # e.g. 1 for a tiny model: on a busy machine extra threads only spin
             return self._generate(items)
-        finally:
-            torch.set_num_threads(threads)
 
     def _generate(self, items: Sequence[Item]) -> list[str]:
         import torch

@@ -8,11 +8,12 @@ so the same arguments give the same weights on any machine with the same torch b
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+
+from tsugiki.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -23,16 +24,6 @@ class TrainSettings:
     warmup: int = 20
     weight_decay: float = 0.0
     seed: int = 0
-
-
-@contextmanager
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def encode_examples(tok, examples: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +47,7 @@ def train(model, tok, examples: list[tuple[str, str]], settings: TrainSettings, 
     """Train ``model`` in place; returns the loss per step."""
     ids, labels = encode_examples(tok, examples)
     losses = []
-    with one_thread(), torch.random.fork_rng(devices=[]):
+    with torch_threads(1), torch.random.fork_rng(devices=[]):
         gen = torch.Generator().manual_seed(settings.seed)
         torch.manual_seed(settings.seed)
         opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,

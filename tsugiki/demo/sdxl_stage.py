@@ -43,6 +43,7 @@ import torch
 from tsugiki.demo import sdxl_data as data
 from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table
 from tsugiki.errors import EvolutionError
+from tsugiki.threads import torch_threads
 
 HEADLINE = "acc"
 PRESET = "lightning-4step"
@@ -375,12 +376,15 @@ def merge_uniform_average(paths: dict[str, Path], out: Path) -> Path:
 # ----------------------------------------------------------------------------- the stage
 def run_sdxl_stage(ctx: StageContext, *, budget: SDXLBudget | None = None) -> StageResult:
     """Train the sources, search the block-wise merge, evaluate sources, baseline and evolved merge on
-    the held-out prompts; everything under ``ctx.out``."""
+    the held-out prompts; everything under ``ctx.out``. One torch thread throughout (restored after)."""
+    with torch_threads(1):
+        return _run_sdxl_stage(ctx, budget or (QUICK if ctx.quick else FULL))
+
+
+def _run_sdxl_stage(ctx: StageContext, budget: SDXLBudget) -> StageResult:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    budget = budget or (QUICK if ctx.quick else FULL)
-    torch.set_num_threads(1)
     out = ctx.out
     say = print if ctx.progress else (lambda *a, **k: None)
     say("[sdxl] tiny SDXL pipeline: fitting its VAE, pretraining the UNet, fine-tuning two sources, "

@@ -41,6 +41,7 @@ from tsugiki.demo.world import EN_FORMAT, JA_FORMAT
 from tsugiki.errors import CheckpointError
 from tsugiki.evolution.data import Pair
 from tsugiki.hf_quiet import hf_progress_bars_off
+from tsugiki.threads import torch_threads
 from tsugiki.vlm.generate import GenerationSettings, VQAPredictor
 
 EN_TEMPLATE = EN_FORMAT.format(q="{input}")  # "Q: {input} A: " -> "Q: <image>\n<question> A: "
@@ -138,11 +139,10 @@ def train_vision(model, processor, items: Sequence[Pair], budget: VlmBudget, *, 
         m.requires_grad_(True)
     params = [p for m in vision for p in m.parameters()]
     data = _batch_tensors(processor, EN_TEMPLATE, items)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-identical whatever the machine; fastest for a model this small
     losses: list[float] = []
     try:
-        with torch.random.fork_rng(devices=[]):
+        # one thread: bit-identical whatever the machine; fastest for a model this small
+        with torch_threads(1), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             opt = torch.optim.AdamW(params, lr=budget.lr, weight_decay=0.0, foreach=False)
             # warm up, then decay linearly to 10 % (tiny runs are sensitive to a too large final step)
@@ -167,7 +167,6 @@ def train_vision(model, processor, items: Sequence[Pair], budget: VlmBudget, *, 
     finally:
         model.eval()
         model.requires_grad_(False)
-        torch.set_num_threads(threads)
     return losses
 
 

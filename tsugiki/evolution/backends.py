@@ -29,6 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from tsugiki.errors import EvolutionError
+from tsugiki.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,8 @@ class _time_limit:
 def evaluate_task(problem, task: Task, *, timeout: float | None, threads: int) -> Result:
     """Decode, evaluate and time one candidate; never raises for a failing candidate."""
     start = time.perf_counter()
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     try:
-        with _time_limit(timeout):
+        with torch_threads(threads), _time_limit(timeout):
             values = problem.space.decode(task.x)
             fitness = problem.evaluate(values, task.split, task.seed)
         return Result(fitness, None, time.perf_counter() - start)
@@ -96,8 +95,6 @@ def evaluate_task(problem, task: Task, *, timeout: float | None, threads: int) -
         if tb:
             msg += f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})"
         return Result(None, msg, time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(saved_threads)
 
 
 # ------------------------------------------------------------------------------ serial

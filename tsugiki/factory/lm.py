@@ -28,6 +28,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from tsugiki.factory.tokenizer import build_char_tokenizer
+from tsugiki.threads import torch_threads
 
 Arch = Literal["llama", "mistral", "qwen2"]
 _ARCHS = {
@@ -215,14 +216,10 @@ def _finetune(
     """A few AdamW steps of next-token prediction on ``texts`` (deterministic for ``seed``)."""
     enc = tok([t + tok.eos_token for t in texts], padding=True, return_tensors="pt")
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-    threads = torch.get_num_threads()
     # One thread: CPU reductions then run in a fixed order whatever the machine's core count
     # (bit-identical results), and for a model this small it is also the fastest.
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         _train(model, enc["input_ids"], enc["attention_mask"], labels, seed, steps, lr, batch_size)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(model, input_ids, attention_mask, labels, seed, steps, lr, batch_size) -> None:
