@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,6 +38,7 @@ from tsugiki.evolution.ps import DEFAULT_BOUNDS, PSSpace
 from tsugiki.evolution.sdxl import SDXLBlockSpace, load_unet
 from tsugiki.evolution.space import Param, SearchSpace
 from tsugiki.hf_quiet import hf_progress_bars_off
+from tsugiki.threads import torch_threads
 
 PS_MODEL = "ps"
 
@@ -301,15 +301,19 @@ def _sdxl_space(config: EvolveConfig, paths: Mapping[str, str]) -> SDXLBlockSpac
 
 
 # ------------------------------------------------------------------------------ problems
-@contextmanager
 def search_threads(config: EvolveConfig):
-    """Run the block with the search's torch thread count (``search.threads``), then restore it."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(int(config.search.get("threads", 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
+    """Run a block with the search's torch thread count (``search.threads``), then restore it."""
+    return torch_threads(int(config.search.get("threads", 1)))
+
+
+def parameter_matrices(space, values: Mapping[str, float]) -> dict[str, dict[str, Any]]:
+    """Per parameter (weight, density, …) of a PS-like space: its model × layer-group (or UNet block)
+    matrix and bounds, as the PS heatmap plots them."""
+    mats = {}
+    for pname, bounds in space.bounds.items():
+        rows, cols, vals = space.matrix(values, pname)
+        mats[pname] = {"rows": rows, "cols": cols, "values": vals, "bounds": list(bounds)}
+    return mats
 
 
 def _check_args(spec: FitnessSpec, args: Mapping[str, Any], where: str) -> None:
@@ -479,11 +483,7 @@ class PSProblem(Problem):
         return header + self.ps.recipe(values).to_yaml()
 
     def details(self, values) -> dict[str, Any]:
-        mats = {}
-        for pname in self.ps.bounds:
-            rows, cols, vals = self.ps.matrix(values, pname)
-            mats[pname] = {"rows": rows, "cols": cols, "values": vals, "bounds": list(self.ps.bounds[pname])}
-        return {"kind": "ps", "matrices": mats}
+        return {"kind": "ps", "matrices": parameter_matrices(self.ps, values)}
 
     def export(self, values, out, *, force: bool = False) -> Path:
         from tsugiki.merging.execute import MergeOptions
@@ -581,11 +581,7 @@ class SDXLBlocksProblem(Problem):
         return header + self.sdxl.recipe(values).to_yaml()
 
     def details(self, values) -> dict[str, Any]:
-        mats = {}
-        for pname in self.sdxl.bounds:
-            rows, cols, vals = self.sdxl.matrix(values, pname)
-            mats[pname] = {"rows": rows, "cols": cols, "values": vals, "bounds": list(self.sdxl.bounds[pname])}
-        return {"kind": "ps", "matrices": mats, "xlabel": "UNet " + self.sdxl.units[:-1]}
+        return {"kind": "ps", "matrices": parameter_matrices(self.sdxl, values), "xlabel": "UNet " + self.sdxl.units[:-1]}
 
     def export(self, values, out, *, force: bool = False) -> Path:
         from tsugiki.diffusion.merge import merge_sdxl_to_disk
