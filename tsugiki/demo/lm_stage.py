@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tsugiki.benchmarks.jsonl import write_jsonl
+from tsugiki.benchmarks.results import slug
 from tsugiki.demo import lm_data
 from tsugiki.demo.lm_models import SHIPPED_BASE, SiblingRecipe, train_sibling
 from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table
@@ -62,12 +64,6 @@ BASELINES: dict[str, dict[str, Any]] = {
 
 
 # ----------------------------------------------------------------------------- data files
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def write_data(out: Path, budget: LMBudget, design: lm_data.Design) -> dict[str, Path]:
     """Fitness and validation pairs (teacher forced: the whole Japanese answer after the Japanese prompt)
     and the held-out test questions, as JSONL files the evolve configs and the evaluation read."""
@@ -77,9 +73,9 @@ def write_data(out: Path, budget: LMBudget, design: lm_data.Design) -> dict[str,
 
     test = [{"id": p.id, "question": lm_data.question(p.prompt, design), "answer": p.answer, "expr": p.prompt}
             for p in lm_data.target_items("test", budget.test_n)]
-    return {"fitness": _write_jsonl(out / "fitness.jsonl", forced("fitness", budget.fitness_n)),
-            "validation": _write_jsonl(out / "validation.jsonl", forced("validation", budget.validation_n)),
-            "test": _write_jsonl(out / "test.jsonl", test)}
+    return {"fitness": write_jsonl(out / "fitness.jsonl", forced("fitness", budget.fitness_n)),
+            "validation": write_jsonl(out / "validation.jsonl", forced("validation", budget.validation_n)),
+            "test": write_jsonl(out / "test.jsonl", test)}
 
 
 # ----------------------------------------------------------------------------- search configs
@@ -174,18 +170,14 @@ def evaluate(model_dir: Path, test: list[dict], design: lm_data.Design, *, batch
 
 
 def merge_baseline(name: str, recipe: dict[str, Any], sources: dict[str, str], out: Path) -> Path:
+    from tsugiki.evolution.problems import recipe_with_paths
     from tsugiki.merging.execute import MergeOptions
     from tsugiki.merging.recipe import Recipe
     from tsugiki.merging.to_disk import merge_to_disk
 
     if (out / "config.json").exists():
         return out
-    data = json.loads(json.dumps(recipe))
-    if "base_model" in data:
-        data["base_model"] = sources[data["base_model"]]
-    for m in data["models"]:
-        m["model"] = sources[m["model"]]
-    data["dtype"] = "float32"
+    data = {**recipe_with_paths(recipe, sources), "dtype": "float32"}
     merge_to_disk(Recipe.from_dict(data, source_name=name), out, MergeOptions(force=True, progress=False))
     return out
 
@@ -218,7 +210,7 @@ def run_lm_stage(ctx: StageContext, *, base: Path | None = None, design: lm_data
     for name in ("base", "ja", "math"):
         candidates.append((_SOURCE_NAMES[name], "source", Path(sources[name]), {}))
     for name, recipe in BASELINES.items():
-        candidates.append((name, "baseline", merge_baseline(name, recipe, sources, out / "baselines" / _slug(name)), {}))
+        candidates.append((name, "baseline", merge_baseline(name, recipe, sources, out / "baselines" / slug(name)), {}))
 
     runs: list[dict[str, Any]] = []
     for seed in budget.seeds:
@@ -276,10 +268,6 @@ def vlm_grafts(lm_out: Path, evolved: dict[str, Path], base: Path | None) -> tup
 
 
 _SOURCE_NAMES = {"base": "base (shipped)", "ja": "JA sibling", "math": "MATH sibling"}
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
 def _progress(items: list, enabled: bool, desc: str):

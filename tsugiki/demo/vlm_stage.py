@@ -301,11 +301,10 @@ def run_vlm_stage(ctx: StageContext, *, llava_lm: Path, grafts: dict[str, tuple[
 
 
 def _write_answers(path: Path, items: Sequence[Pair], answers: Sequence[str], per_item: Sequence[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for p, a, s in zip(items, answers, per_item):
-            f.write(json.dumps({"id": p.id, "question": p.prompt, "prompt": JA_TEMPLATE.format(input=f"<image>\n{p.prompt}"),
-                                "reference": p.answer, "answer": a, **s}, ensure_ascii=False) + "\n")
+    from tsugiki.benchmarks.jsonl import write_jsonl
+
+    write_jsonl(path, ({"id": p.id, "question": p.prompt, "prompt": JA_TEMPLATE.format(input=f"<image>\n{p.prompt}"),
+                        "reference": p.answer, "answer": a, **s} for p, a, s in zip(items, answers, per_item)))
 
 
 def verdict(rows: list[Row], per_item: dict[str, list[dict]]) -> str:

@@ -113,13 +113,13 @@ def prepare_sources(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
         r = config.space["ps_recipe"]
         base_dir = Path(r).parent if isinstance(r, str) else None
         data = load_recipe(r).to_dict() if isinstance(r, str) else dict(r)
-        recipe = Recipe.from_dict(_with_paths(data, paths), source_name=config.where("space.ps_recipe").rstrip(": "))
+        recipe = Recipe.from_dict(recipe_with_paths(data, paths), source_name=config.where("space.ps_recipe").rstrip(": "))
         with search_threads(config):  # the PS candidates were evaluated with these threads
             merge_to_disk(recipe, paths[PS_MODEL], MergeOptions(progress=False), base_dir=base_dir)
     return paths
 
 
-def _with_paths(recipe: dict, paths: Mapping[str, str]) -> dict:
+def recipe_with_paths(recipe: dict, paths: Mapping[str, str]) -> dict:
     """A recipe's model refs that are source names replaced by their paths."""
     sub = lambda ref: paths.get(ref, ref) if isinstance(ref, str) else ref  # noqa: E731
     out = json.loads(json.dumps(recipe))
