@@ -198,8 +198,7 @@ def run_lm_stage(ctx: StageContext, *, base: Path | None = None, design: lm_data
     out = ctx.out
     base = Path(base or SHIPPED_BASE)
     models = out / "models"
-    say = print if ctx.progress else (lambda *a, **k: None)
-    say(f"[lm] fine-tuning the Japanese and math siblings from the base ({base.name}) …", flush=True)
+    ctx.say(f"[lm] fine-tuning the Japanese and math siblings from the base ({base.name}) …")
     sources = {"base": str(base),
                "ja": str(train_sibling(base, models / "ja", budget.ja, design, progress=ctx.progress)),
                "math": str(train_sibling(base, models / "math", budget.math, design, progress=ctx.progress))}
@@ -214,7 +213,7 @@ def run_lm_stage(ctx: StageContext, *, base: Path | None = None, design: lm_data
 
     runs: list[dict[str, Any]] = []
     for seed in budget.seeds:
-        say(f"[lm] search seed {seed}: PS, DFS, PS+DFS (CMA-ES, {budget.population} x {budget.generations}) …", flush=True)
+        ctx.say(f"[lm] search seed {seed}: PS, DFS, PS+DFS (CMA-ES, {budget.population} x {budget.generations}) …")
         ps = run_search(ps_config(sources, data, seed, budget), out / "runs" / f"ps-s{seed}",
                         out / "evolved" / f"ps-s{seed}", ctx.progress)
         dfs = run_search(dfs_config(sources, data, seed, budget), out / "runs" / f"dfs-s{seed}",
@@ -227,7 +226,7 @@ def run_lm_stage(ctx: StageContext, *, base: Path | None = None, design: lm_data
             candidates.append((f"evolved {label} (seed {seed})", "evolved", run["model"],
                                {"search_seed": seed, "kind": label, "fitness": run["fitness"]}))
 
-    say(f"[lm] held-out evaluation of {len(candidates)} models on {len(test)} problems …", flush=True)
+    ctx.say(f"[lm] held-out evaluation of {len(candidates)} models on {len(test)} problems …")
     rows, samples = [], []
     for name, role, path, extra in _progress(candidates, ctx.progress, "held-out"):
         s = evaluate(path, test, design)

@@ -386,12 +386,11 @@ def _run_sdxl_stage(ctx: StageContext, budget: SDXLBudget) -> StageResult:
 
     t0 = time.perf_counter()
     out = ctx.out
-    say = print if ctx.progress else (lambda *a, **k: None)
-    say("[sdxl] tiny SDXL pipeline: fitting its VAE, pretraining the UNet, fine-tuning two sources, "
-        "training the judge …", flush=True)
+    ctx.say("[sdxl] tiny SDXL pipeline: fitting its VAE, pretraining the UNet, fine-tuning two sources, "
+        "training the judge …")
     paths = build_models(out, budget, ctx.seed, progress=ctx.progress)
     references = write_references(out, paths["judge"], budget, ctx.seed)
-    say(f"[sdxl] block-wise merge search (CMA-ES, {budget.population} x {budget.generations}) …", flush=True)
+    ctx.say(f"[sdxl] block-wise merge search (CMA-ES, {budget.population} x {budget.generations}) …")
     search = run_search(search_config(paths, budget, ctx.seed), out / "search", out / "merged" / "evolved",
                         ctx.progress)
     models = {"source_a": paths["source_a"], "source_b": paths["source_b"],
@@ -399,7 +398,7 @@ def _run_sdxl_stage(ctx: StageContext, budget: SDXLBudget) -> StageResult:
               "evolved": search["model"]}
     roles = {"source_a": "source", "source_b": "source", "uniform_average": "baseline", "evolved": "evolved"}
 
-    say(f"[sdxl] sampling and scoring {len(models)} models on the held-out prompts …", flush=True)
+    ctx.say(f"[sdxl] sampling and scoring {len(models)} models on the held-out prompts …")
     rows, figures, samples = [], [], []
     for key in tqdm(models, desc="sampling held-out", unit="model", disable=not ctx.progress, leave=False):
         s = evaluate_model(models[key], out / "eval" / key, paths["judge"], references, budget, ctx.seed)

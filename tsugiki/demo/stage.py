@@ -99,6 +99,11 @@ class StageContext:
     seed: int = 0
     progress: bool = True
 
+    def say(self, message: str) -> None:
+        """A progress line for the terminal (silent with ``progress=False``)."""
+        if self.progress:
+            print(message, flush=True)
+
     def rel(self, path: Path) -> str:
         """``path`` relative to the run dir (for results.json and the report)."""
         return Path(path).resolve().relative_to(self.run_dir.resolve()).as_posix()
