@@ -92,16 +92,8 @@ class PSSpace:
                 conds.append({"value": float(values[self.name(model, pname, "rest")])})
                 params[pname] = conds
             entries.append({"model": self.paths[model], "parameters": params})
-        data: dict[str, Any] = {"merge_method": self.method, "models": entries}
-        if self.base_model is not None:
-            data["base_model"] = self.paths[self.base_model]
-        if self.fixed:
-            data["parameters"] = dict(self.fixed)
-        if self.dtype is not None:
-            data["dtype"] = self.dtype
-        if self.merge_seed is not None:
-            data["seed"] = int(self.merge_seed)
-        return data
+        return recipe_data(self.method, entries, self.paths[self.base_model] if self.base_model is not None else None,
+                           self.fixed, self.merge_seed, self.dtype)
 
     def recipe(self, values: Mapping[str, float]) -> Recipe:
         return Recipe.from_dict(self.recipe_dict(values), source_name="<candidate>")
@@ -111,3 +103,18 @@ class PSSpace:
         cols = self.groups()
         rows = [[float(values[self.name(m, pname, g)]) for g in cols] for m in self.models]
         return list(self.models), [g or "all" for g in cols], rows
+
+
+def recipe_data(method: str, entries: list[dict[str, Any]], base_path: str | None, fixed: Mapping[str, Any],
+                merge_seed: int | None, dtype: str | None = None) -> dict[str, Any]:
+    """A mergekit-style recipe dict from per-model entries plus the space's fixed settings."""
+    data: dict[str, Any] = {"merge_method": method, "models": entries}
+    if base_path is not None:
+        data["base_model"] = base_path
+    if fixed:
+        data["parameters"] = dict(fixed)
+    if dtype is not None:
+        data["dtype"] = dtype
+    if merge_seed is not None:
+        data["seed"] = int(merge_seed)
+    return data

@@ -30,7 +30,7 @@ import torch
 
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.fitness import FITNESS, EvalContext, FitnessSpec
-from tsugiki.evolution.ps import DEFAULT_BOUNDS
+from tsugiki.evolution.ps import DEFAULT_BOUNDS, recipe_data
 from tsugiki.evolution.space import Param, SearchSpace
 
 UNITS = ("blocks", "groups")
@@ -96,14 +96,8 @@ class SDXLBlockSpace:
                 rest = float(values[f"{m}.{p}.rest"]) if self.blocks is not None else None
                 params[p] = conditional_setting(units, rest)
             entries.append({"model": self.paths[m], "parameters": params})
-        data: dict[str, Any] = {"merge_method": self.method, "models": entries}
-        if self.base_model is not None:
-            data["base_model"] = self.paths[self.base_model]
-        if self.fixed:
-            data["parameters"] = dict(self.fixed)
-        if self.merge_seed is not None:
-            data["seed"] = int(self.merge_seed)
-        return data
+        return recipe_data(self.method, entries, self.paths[self.base_model] if self.base_model is not None else None,
+                           self.fixed, self.merge_seed)
 
     def recipe(self, values: Mapping[str, float]):
         from tsugiki.merging.recipe import Recipe
