@@ -60,7 +60,8 @@ EXPECTED = {
     "della_linear": (_GTA(False, True, epsilon=(0.15, True)), "required", True, 1, None),
     "slerp": ({"t": (REQUIRED, False)}, "required", False, 2, 2),
     "model_stock": ({"filter_wise": (False, False)}, "required", False, 3, None),
-    "passthrough": ({"scale": (None, True)}, "ignored", False, 1, 1),
+    # offset is tsugiki's, not mergekit's: DFS folds scales into Gemma's (1 + w) norms with it
+    "passthrough": ({"scale": (None, True), "offset": (None, True)}, "ignored", False, 1, 1),
 }
 
 

@@ -11,6 +11,14 @@ parameter and buffer is the source model's own tensor. Its decoder stack is a li
 Embeddings come from the first path layer's model; final norm and LM head from the last one's (tied
 embeddings stay the first model's). ``generate`` works on the shell. Evaluate candidates one at a time
 per process: a PathLayer changes its layer's ``layer_idx`` while it runs.
+
+Layers of different kinds (Gemma 3: sliding-window or full attention, each with its own rotary
+parameters) keep their kind at any path position. The decoder's forward picks each layer's mask,
+rotary embedding and cache layer by ``config.layer_types[i]``, so the shell's config lists the path
+layers' own types; its rotary module is rebuilt when a path brings a type the host model lacks. The
+window, the rotary parameters per type and the other settings a config holds once for all layers must
+agree across sources (:data:`SHARED_CONFIG_KEYS`): the shell computes masks and rotary embeddings
+from one config, and so does the exported checkpoint.
 """
 
 from __future__ import annotations
@@ -61,8 +69,19 @@ def decoder_of(model: nn.Module) -> nn.Module:
     return dec
 
 
+# config settings read once for every layer (by the decoder, or by each layer at construction): a
+# path layer only behaves as in its source, and the export (one config.json) only equals the shell,
+# when all sources agree on them
+SHARED_CONFIG_KEYS = (
+    "rope_parameters", "rope_theta", "rope_scaling", "sliding_window", "use_bidirectional_attention",
+    "head_dim", "num_attention_heads", "num_key_value_heads", "intermediate_size", "hidden_act",
+    "hidden_activation", "rms_norm_eps", "query_pre_attn_scalar", "attn_logit_softcapping",
+    "final_logit_softcapping", "attention_bias", "mlp_bias",
+)
+
+
 def check_compatible(models: Mapping[str, nn.Module]) -> None:
-    """All DFS sources must share the architecture class and hidden size."""
+    """All DFS sources must share the architecture class, the hidden size and :data:`SHARED_CONFIG_KEYS`."""
     items = list(models.items())
     name0, m0 = items[0]
     for name, m in items[1:]:
@@ -70,6 +89,10 @@ def check_compatible(models: Mapping[str, nn.Module]) -> None:
             raise EvolutionError(f"DFS sources differ in architecture: {name0} is {type(m0).__name__}, {name} is {type(m).__name__}")
         if m.config.hidden_size != m0.config.hidden_size:
             raise EvolutionError(f"DFS sources differ in hidden size: {name0} {m0.config.hidden_size}, {name} {m.config.hidden_size}")
+        for key in SHARED_CONFIG_KEYS:
+            a, b = getattr(m0.config, key, None), getattr(m.config, key, None)
+            if a != b:
+                raise EvolutionError(f"DFS sources differ in config {key}: {name0} {a!r}, {name} {b!r}")
     for name, m in items:
         decoder_of(m)
 
@@ -101,4 +124,18 @@ def assemble(models: Mapping[str, nn.Module], path: DFSPath) -> nn.Module:
     cfg.num_hidden_layers = len(path.layers)
     if getattr(cfg, "layer_types", None) is not None:
         cfg.layer_types = [models[n].config.layer_types[i] for n, i in path.layers]
+        _rotary_for_types(dec, cfg)
     return shell.eval()
+
+
+def _rotary_for_types(dec: nn.Module, cfg) -> None:
+    """Rebuild the shell's rotary module when it has no embedding for a layer type on the path (a
+    per-type rotary, Gemma 3's, holds only its model's types). Rotary parameters are the same in
+    every source (check_compatible), so the new module computes what each layer's own model would."""
+    rotary = getattr(dec, "rotary_emb", None)
+    types = getattr(rotary, "layer_types", None)
+    if rotary is None or types is None or set(cfg.layer_types) <= set(types):
+        return
+    ref = next(iter(rotary.buffers()), None)
+    new = type(rotary)(cfg, device=ref.device if ref is not None else None)
+    dec.rotary_emb = new.to(ref.dtype) if ref is not None else new

@@ -18,10 +18,22 @@ DFS evolution as in Akiba et al. 2024 (arXiv:2403.13187, Sec. 3.2), with these d
 
 Export (:meth:`DFSSpace.recipe`): a passthrough ``slices:`` recipe stacking the path layers, which the
 merge engine writes as a plain Hugging Face checkpoint (``from_pretrained`` loads it, no remote code).
+Each output layer keeps its source layer's kind: the merge engine writes the per-layer config lists
+(``layer_types``: sliding or full attention) from the source of each output layer, and the settings
+the config holds once for every layer (rotary parameters per layer type, sliding window, ...) must be
+the same in all sources (:func:`tsugiki.evolution.assemble.check_compatible`).
+
 The scales are *folded*: with P_k = s_1 * ... * s_k the product of the scales up to path layer k, the
-residual stream of the scaled model is P_k times that of a model whose layer-k residual writers
-(``self_attn.o_proj`` and ``mlp.down_proj``, weight and bias) are multiplied by 1 / P_k, because every
-branch reads the stream through an RMSNorm. RMSNorm is scale invariant only up to its epsilon:
+residual stream of the scaled model is P_k times that of a model whose layer-k branch outputs
+(attention and MLP) are multiplied by 1 / P_k, because every branch reads the stream through an
+RMSNorm. Where that factor goes depends on the architecture (:class:`Fold`): into the residual
+writers ``self_attn.o_proj`` / ``mlp.down_proj`` (weight and bias) in Llama-style layers; into the
+gain of the post-branch norms in Gemma 3, whose branch outputs pass through ``post_attention_layernorm``
+/ ``post_feedforward_layernorm`` before the residual add (a scaled o_proj would be normalized away).
+Those norms multiply by ``1 + w``, so the folded weight is ``w' = (1 + w) / P - 1``, written in the
+recipe as passthrough ``scale: 1/P`` and ``offset: 1/P - 1``. Architectures with post-branch norms
+that are not in :data:`FOLDS` are refused rather than folded wrongly.
+RMSNorm is scale invariant only up to its epsilon:
 ``norm(P h) = norm(h)`` exactly when eps = 0, and to a relative error of about eps*(1/P^2 - 1)/mean(h^2)
 otherwise. So the export is **exact when every P_k is 1** (e.g. all scales 1 on the path) and equal up to
 that epsilon term otherwise. (Folding into the next layer's input norm instead would not be exact
@@ -39,6 +51,38 @@ from tsugiki.evolution.space import Param, SearchSpace
 from tsugiki.merging.recipe import Recipe
 
 RESIDUAL_WRITERS = ("self_attn.o_proj", "mlp.down_proj")  # Llama / Mistral / Qwen2 layer outputs
+POST_BRANCH_NORM = "post_feedforward_layernorm"  # marks layers whose branch outputs are normalized (Gemma, OLMo 2)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Where a path layer's branch outputs are multiplied by 1/P in the exported weights.
+
+    ``filters``: name substrings of the tensors that apply each branch's last factor.
+    ``gain_offset``: 0 when such a tensor *is* that factor (a linear map: weight and bias times 1/P);
+    g when the factor is ``g + w`` (Gemma's RMSNorm, g = 1): ``w' = (g + w) / P - g``, which the
+    passthrough method writes as ``w * scale + offset`` with ``scale = 1/P``, ``offset = g (1/P - 1)``.
+    """
+
+    filters: tuple[str, ...]
+    gain_offset: float = 0.0
+
+    def parameters(self, inv: float) -> dict[str, Any]:
+        """Passthrough parameters multiplying both branch outputs by ``inv``."""
+        out: dict[str, Any] = {"scale": [{"filter": f, "value": inv} for f in self.filters]}
+        if self.gain_offset:
+            out["offset"] = [{"filter": f, "value": self.gain_offset * (inv - 1.0)} for f in self.filters]
+        return out
+
+    def describe(self) -> str:
+        return " / ".join(self.filters)
+
+
+RESIDUAL_FOLD = Fold(RESIDUAL_WRITERS)
+# model_type -> fold, for the architectures whose layers normalize their branch outputs
+FOLDS: dict[str, Fold] = {
+    "gemma3_text": Fold(("post_attention_layernorm", "post_feedforward_layernorm"), gain_offset=1.0),
+}
 
 
 @dataclass(frozen=True)
@@ -75,6 +119,7 @@ class DFSSpace:
     init_indicator: float = 1.0
     transform: str = "sigmoid"
     layer_prefix: str = "model.layers.${layer_index}."
+    fold: Fold = RESIDUAL_FOLD  # where scales go in the export (see :func:`fold_for`)
 
     def __post_init__(self) -> None:
         if len(self.models) < 1:
@@ -151,7 +196,7 @@ class DFSSpace:
             else:
                 src: dict[str, Any] = {"model": self.paths[model], "layer_range": [layer, layer + 1]}
                 if inv != 1.0:
-                    src["parameters"] = {"scale": [{"filter": w, "value": inv} for w in RESIDUAL_WRITERS]}
+                    src["parameters"] = self.fold.parameters(inv)
                 slices.append({"sources": [src]})
             prev = (model, layer, inv)
         return {"merge_method": "passthrough", "slices": slices}
@@ -168,9 +213,20 @@ def exact_export(path: DFSPath) -> bool:
     return all(math.isclose(p, 1.0, rel_tol=0, abs_tol=0) for p in path.cumulative())
 
 
-def check_foldable(names: Sequence[str], model: str) -> None:
-    if not any(w in n for n in names for w in RESIDUAL_WRITERS):
-        raise EvolutionError(f"{model}: no {' / '.join(RESIDUAL_WRITERS)} tensors; scales cannot be folded for this architecture")
+def fold_for(config: Mapping[str, Any], names: Sequence[str] | None, model: str) -> Fold:
+    """How scales fold into ``model`` (its config.json data; ``names``, its tensor names, when known,
+    checks that the fold's tensors exist and refuses unknown architectures with post-branch norms)."""
+    model_type = config.get("model_type")
+    fold = FOLDS.get(model_type, RESIDUAL_FOLD)
+    if names is None:
+        return fold
+    if model_type not in FOLDS and any(POST_BRANCH_NORM in n for n in names):
+        raise EvolutionError(f"{model}: {model_type} normalizes each branch output ({POST_BRANCH_NORM}); scales cannot be "
+                             f"folded for this architecture (known: {', '.join(FOLDS)})")
+    missing = [f for f in fold.filters if not any(f in n for n in names)]
+    if missing:
+        raise EvolutionError(f"{model}: no {' / '.join(missing)} tensors; scales cannot be folded for this architecture")
+    return fold
 
 
-__all__ = ["DFSPath", "DFSSpace", "RESIDUAL_WRITERS", "check_foldable", "exact_export"]
+__all__ = ["DFSPath", "DFSSpace", "FOLDS", "Fold", "RESIDUAL_FOLD", "RESIDUAL_WRITERS", "exact_export", "fold_for"]

@@ -32,7 +32,7 @@ import yaml
 from tsugiki.errors import EvolutionError, TsugikiError
 from tsugiki.evolution.config import EvolveConfig
 from tsugiki.evolution.data import Pair, check_disjoint, load_pairs
-from tsugiki.evolution.dfs import DFSSpace, check_foldable, exact_export
+from tsugiki.evolution.dfs import DFSSpace, exact_export, fold_for
 from tsugiki.evolution.fitness import EvalContext, FitnessSpec, as_fitness, resolve_fitness
 from tsugiki.evolution.ps import DEFAULT_BOUNDS, PSSpace
 from tsugiki.evolution.sdxl import SDXLBlockSpace, load_unet
@@ -256,12 +256,14 @@ def _dfs_space(config: EvolveConfig, paths: Mapping[str, str], configs: Mapping[
     """The DFS space over ``space.models``; ``names`` (tensor names per model) also checks that scales
     can be folded into each model (a plan, from configs alone, leaves that to the run)."""
     s = config.space
-    layers, first = {}, None
+    layers, first, fold = {}, None, None
     for name in s["models"]:
         cfg = configs[name]
         layers[name] = int(cfg.get("num_hidden_layers", 0))
-        if names is not None:
-            check_foldable(names[name], name)
+        try:
+            fold = fold_for(cfg, None if names is None else names[name], name)
+        except EvolutionError as e:
+            raise EvolutionError(f"{config.where('space.models')}{e}") from None
         shape = (tuple(cfg.get("architectures") or ()), cfg.get("hidden_size"))
         if first is not None and shape != first[1]:
             raise EvolutionError(f"{config.where('space.models')}{name} ({shape[0]}, hidden {shape[1]}) cannot share a "
@@ -274,7 +276,7 @@ def _dfs_space(config: EvolveConfig, paths: Mapping[str, str], configs: Mapping[
             scale_bounds=tuple(s.get("scale_bounds", (0.5, 1.5))), scale_diagonal=s.get("scale_diagonal", True),
             fixed_model=ends.get("model"), fixed_first=ends.get("first", 0), fixed_last=ends.get("last", 0),
             init_model=s.get("init_model"), init_indicator=s.get("init_indicator", 1.0),
-            transform=s.get("transform", "sigmoid"))
+            transform=s.get("transform", "sigmoid"), fold=fold)
     except EvolutionError as e:
         raise EvolutionError(f"{config.where('space')}{e}") from None
 
@@ -525,7 +527,7 @@ class DFSProblem(Problem):
     def document(self, values, header: str = "") -> str:
         path = self.dfs.path(values)
         lines = [f"#   {i:3d}: {m} layer {l}  scale {s:.4f}" for i, ((m, l), s) in enumerate(zip(path.layers, path.scales))]
-        exact = "exact" if exact_export(path) else "equal up to RMSNorm epsilon (scales folded into o_proj/down_proj)"
+        exact = "exact" if exact_export(path) else f"equal up to RMSNorm epsilon (scales folded into {self.dfs.fold.describe()})"
         note = f"# DFS inference path ({len(path.layers)} layers); this passthrough recipe is {exact}\n"
         return header + note + "\n".join(lines) + "\n" + self.dfs.recipe(path).to_yaml()
 

@@ -12,6 +12,10 @@ keeps (models - 1) copies of the model's float32 size, a sparsified one twice th
 when TIES and DARE share the memos), within the merger's ``cache_bytes``; tensors past the budget
 merge as without a cache (a 7B model caches its first tensors only). Results are bit-for-bit those
 of a merge without memo. Kernels also write straight into the module's tensors where dtypes allow.
+
+A tensor that every source holds bit for bit (a LoRA fine-tune's embeddings) is copied from the base
+instead of merged, as on disk (`tsugiki.merging.execute.unchanged_result`); whether a job's inputs
+are all the same is found once per job and input tensors, not per candidate.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from torch import nn
 
 from tsugiki.errors import MergeError
 from tsugiki.merging.checkpoint import Checkpoint, StateDictSource, TensorSource, resolve_model_ref
-from tsugiki.merging.execute import compute_dtype_for, merge_job, release_inputs, warn_if_not_finite
+from tsugiki.merging.execute import compute_dtype_for, inputs_unchanged, merge_job, release_inputs, warn_if_not_finite
 from tsugiki.merging.plan import MergePlan, TensorJob, plan_merge
 from tsugiki.merging.recipe import Recipe
 
@@ -117,13 +121,16 @@ class InMemoryMerger:
     name_map translates a merged tensor's name (standalone-LM layout, e.g. `model.layers.0...`) to the
     module's parameter name (e.g. a VLM's `model.language_model.layers.0...`); identity by default.
     cache_bytes bounds what is remembered between candidates (see the module doc; 0: nothing), on
-    the merge device.
+    the merge device. copy_unchanged=False merges tensors that all sources hold bit for bit too
+    (the results are the same; see the module doc).
     """
 
     def __init__(self, module: nn.Module, sources: Mapping[str, SourceLike], *,
                  name_map: Callable[[str], str] | None = None, device: str | torch.device | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, copy_unchanged: bool = True):
         self.module = module
+        self.copy_unchanged = copy_unchanged
+        self._unchanged: dict[str, tuple[Hashable, bool]] = {}  # by output tensor name: (signature, answer)
         self.sources = {ref: load_into_memory(ref, s) for ref, s in sources.items()}
         # sources never change between candidates: check them for NaN/Inf once, not per apply
         for source in self.sources.values():
@@ -141,12 +148,25 @@ class InMemoryMerger:
         """Bytes remembered between candidates now (at most cache_bytes)."""
         return self._budget.used
 
+    def _signature(self, job: TensorJob) -> Hashable:
+        tensors = [self.sources[ref].view(name) for ref, name in job.inputs]
+        # the tensors' identity and version: a source edited in place invalidates what was derived from it
+        return (job.inputs, job.base_index, job.seed, tuple((t.data_ptr(), _version(t)) for t in tensors))
+
+    def _is_unchanged(self, job: TensorJob, plan: MergePlan) -> bool:
+        """`inputs_unchanged`, remembered while the job's input tensors stay the same."""
+        if not self.copy_unchanged:
+            return False
+        signature = (plan.method.name, self._signature(job))
+        known = self._unchanged.get(job.out_name)
+        if known is None or known[0] != signature:
+            known = self._unchanged[job.out_name] = (signature, inputs_unchanged(job, plan, self.sources))
+        return known[1]
+
     def _memo(self, job: TensorJob) -> _JobMemo | None:
         if self._budget.limit <= 0:
             return None
-        tensors = [self.sources[ref].view(name) for ref, name in job.inputs]
-        # the tensors' identity and version: a source edited in place invalidates what was derived from it
-        signature = (job.inputs, job.base_index, job.seed, tuple((t.data_ptr(), _version(t)) for t in tensors))
+        signature = self._signature(job)
         memo = self._memos.get(job.out_name)
         if memo is not None and memo.signature == signature:
             memo.repeated = True
@@ -173,8 +193,11 @@ class InMemoryMerger:
         for job in plan.jobs:
             target = self.targets[self.name_map(job.out_name)]
             try:
-                tensor = merge_job(job, plan, self.sources, self.device, check_inputs=False, memo=self._memo(job),
-                                   out=self._writable(job, target))
+                if self._is_unchanged(job, plan):  # no kernel: nothing to remember or write in place
+                    tensor = merge_job(job, plan, self.sources, self.device, check_inputs=False, unchanged=True)
+                else:
+                    tensor = merge_job(job, plan, self.sources, self.device, check_inputs=False, memo=self._memo(job),
+                                       out=self._writable(job, target), unchanged=False)
                 if tensor.data_ptr() != target.data_ptr():  # else the kernel computed in place
                     target.copy_(tensor)
             finally:

@@ -1,6 +1,10 @@
 """Passthrough: copy the single source's tensor, optionally multiplied by a per-model ``scale``
 (mergekit's passthrough; used for layer stacking, "frankenmerges"). No scale returns the input
-tensor itself (no copy)."""
+tensor itself (no copy).
+
+``offset`` (tsugiki's, not mergekit's) is added after the scale: ``t * scale + offset``. It exists
+for norm weights applied as ``1 + w`` (Gemma's RMSNorm), whose gain ``1 + w`` is multiplied by s
+with ``scale: s, offset: s - 1``; DFS export folds its scales that way (tsugiki.evolution.dfs)."""
 
 from __future__ import annotations
 
@@ -11,15 +15,19 @@ import torch
 from tsugiki.merging.methods._common import check_count, fill_globals
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
 
-PARAMS = (Param("scale", None, per_model=True, doc="optional factor applied to the tensor"),)
+PARAMS = (Param("scale", None, per_model=True, doc="optional factor applied to the tensor"),
+          Param("offset", None, per_model=True, doc="optional constant added after the scale"))
 
 
 def passthrough(inputs: MergeInputs, **given: Any) -> torch.Tensor:
     fill_globals("passthrough", PARAMS, given, inputs.name)
     check_count("passthrough", inputs, 1, 1)
-    scale = inputs.params[0].get("scale") if inputs.params else None
+    params = inputs.params[0] if inputs.params else {}
+    scale, offset = params.get("scale"), params.get("offset")
     t = inputs.tensors[0]
-    return t if scale is None else t * scale
+    if scale is not None:
+        t = t * scale
+    return t if offset is None else t + offset
 
 
 PASSTHROUGH = MergeMethod(
