@@ -8,10 +8,10 @@ import logging
 import sys
 
 from tsugiki import __version__
-from tsugiki.commands import bench, demo, evolve, images, merge, vlm
+from tsugiki.commands import bench, demo, evolve, gguf, images, merge, vlm
 from tsugiki.errors import TsugikiError
 
-COMMAND_MODULES = (merge, vlm, evolve, bench, images, demo)
+COMMAND_MODULES = (merge, gguf, vlm, evolve, bench, images, demo)
 # two-word spellings of verbs whose options differ from the first word's: `tsugiki eval t2i ...`
 VERB_ALIASES = {("eval", "t2i"): "eval-t2i"}
 

@@ -138,7 +138,9 @@ class Checkpoint:
 
     Directory layouts: `model.safetensors.index.json` (sharded), `model.safetensors`, or a single
     `*.safetensors` file. Pickle checkpoints (`pytorch_model.bin`) are refused unless
-    `allow_pickle=True`, and then loaded with `weights_only=True`.
+    `allow_pickle=True`, and then loaded with `weights_only=True`. A `*.gguf` file is read through
+    `tsugiki.merging.gguf`: each tensor dequantized when read, under transformers' names, with
+    transformers' config; its `model_dir` is a folder of the config and tokenizer converted from it.
     """
 
     def __init__(self, path: str | os.PathLike, *, allow_pickle: bool = False, label: str | None = None):
@@ -147,6 +149,7 @@ class Checkpoint:
         self._fds: dict[Path, int] = {}
         self._maps: dict[Path, mmap.mmap] = {}
         self._pickled: dict[str, torch.Tensor] | None = None
+        self._gguf = None  # a tsugiki.merging.gguf.GgufFile
         if not self.path.exists():
             raise CheckpointError(f"{self.path}: no such file or directory")
         # storage order (shard, offset) is the order the model was saved in, and reads sequentially
@@ -161,6 +164,11 @@ class Checkpoint:
         if p.is_file():
             if p.suffix == ".safetensors":
                 return parse_safetensors_header(p)[0]
+            if p.suffix.lower() == ".gguf":
+                from tsugiki.merging.gguf import open_gguf
+
+                self._gguf = open_gguf(p)
+                return dict(self._gguf.infos)
             return self._load_pickle([p], allow_pickle)
         index = p / "model.safetensors.index.json"
         if index.exists():
@@ -223,6 +231,8 @@ class Checkpoint:
     # -- access ----------------------------------------------------------------------------------
     @property
     def model_dir(self) -> Path:
+        if self._gguf is not None:
+            return self._gguf.side_files_dir()
         return self.path if self.path.is_dir() else self.path.parent
 
     def names(self) -> list[str]:
@@ -238,6 +248,8 @@ class Checkpoint:
         info = self.info(name)
         if self._pickled is not None:
             return self._pickled[name]
+        if self._gguf is not None:
+            return self._gguf.read(name)
         fd = self._fds.get(info.file)
         if fd is None:
             fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
@@ -248,8 +260,8 @@ class Checkpoint:
         Valid until `release(name)` or `close()`."""
         info = self.info(name)
         itemsize = element_size(info.dtype)
-        if self._pickled is not None or info.nbytes == 0 or info.offset % itemsize:
-            return self.read(name)  # nothing to map, or unaligned data that a typed view cannot address
+        if self._pickled is not None or self._gguf is not None or info.nbytes == 0 or info.offset % itemsize:
+            return self.read(name)  # nothing to map (or quantized), or unaligned data that a typed view cannot address
         mm = self._maps.get(info.file)
         if mm is None:
             with open(info.file, "rb") as f:
@@ -289,6 +301,8 @@ class Checkpoint:
             pass
 
     def config(self) -> dict | None:
+        if self._gguf is not None:
+            return self._gguf.config()
         cfg = self.model_dir / "config.json"
         if not cfg.exists():
             return None
