@@ -17,19 +17,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
-        "demo", help="evolve merges of tiny LMs, a tiny LLaVA and tiny SDXL UNets end to end and report (offline)",
-        description="The main job on the embedded default models: LM merges evolved in PS, DFS and PS+DFS and "
-                    "scored held out against their sources and standard merges; the evolved Japanese LM grafted "
-                    "into a tiny LLaVA; SDXL UNets merged block-wise. Writes RUN_DIR/results.json, report.html, "
-                    "leaderboard.md and the evolved models. About 11 minutes on 2 CPU cores (--quick: under 3).")
+        "demo", help="evolve merges of Gemma 3 270M siblings, graft them into a LLaVA, merge tiny SDXL UNets; report (offline)",
+        description="The main job, offline: a Japanese and a math LoRA sibling of the real Gemma 3 270M (shipped "
+                    "adapters) merged by CMA-ES in PS, DFS and PS+DFS and scored on held-out Japanese word problems "
+                    "against their sources and standard merges; the Japanese and evolved LMs grafted into a LLaVA "
+                    "around the base; tiny SDXL UNets merged block-wise. Writes RUN_DIR/results.json, report.html, "
+                    "leaderboard.md and the evolved models. About 25 minutes on 2 CPU cores (measured 1466 s from an empty cache), then the models live in ~/.cache/tsugiki (or $TSUGIKI_CACHE); --quick: about 4.")
     d.add_argument("-o", "--output", default="tsugiki-demo", metavar="RUN_DIR", help="run directory (default: ./tsugiki-demo); "
                    "rerunning with the same settings continues where it stopped")
-    d.add_argument("--quick", action="store_true", help="small budgets for every stage (CI; under 3 minutes)")
-    d.add_argument("--seed", type=int, default=0, help="first search seed (the LM stage runs 3 seeds from it)")
+    d.add_argument("--quick", action="store_true", help="small budgets for every stage (CI; about 4 minutes)")
+    d.add_argument("--seed", type=int, default=0, help="search seed of the LM stage (perf/demo_lm_seeds.py runs three)")
     d.add_argument("--stages", default=None, help="comma-separated subset of lm,vlm,sdxl (default: all)")
     d.add_argument("--rebuild-models", action="store_true",
-                   help="train the shipped base LM again (about 10 minutes), check it is bit-for-bit the "
-                        "shipped file and use it")
+                   help="train the shipped LoRA adapters and the LLaVA's vision weights again (about 40 minutes), check "
+                        "each is bit-for-bit the shipped file and use them")
     d.add_argument("--force", action="store_true", help="delete an existing demo run directory first")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)

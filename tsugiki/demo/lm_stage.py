@@ -1,10 +1,13 @@
-"""The LM stage: evolve merges of a Japanese and a math sibling (PS, DFS, PS+DFS) and score them held out.
+"""The LM stage: evolve merges of a Japanese and a math sibling of Gemma 3 270M and score them held out.
 
-Mirrors EvoLLM-JP (Akiba et al. 2024, Table 1) at tiny scale: sources, default-setting baselines (uniform
-average, task arithmetic, TIES, DARE-TIES) and the evolved models are all asked the target task — the math
-sibling's harder skill asked in Japanese — on a held-out split no search ever saw, and scored with the
-benchmark code's MGSM metrics (``acc``; ``acc_ja``: correct *and* answered in Japanese, the headline).
-Searches run once per search seed; their fitness is teacher-forced on a disjoint fitness split.
+Mirrors EvoLLM-JP (Akiba et al. 2024, Table 1) in miniature on a real pretrained base: sources (the base,
+a JA sibling and a MATH sibling, LoRA fine-tunes shipped as adapters and materialised as plain HF dirs),
+default-setting baselines (uniform average, task arithmetic, TIES, DARE-TIES) and the models evolved in
+PS, DFS and PS+DFS are all asked the target task — two-step arithmetic word problems asked in Japanese
+(:mod:`tsugiki.demo.word_problems`) — on held-out problems whose numbers and wording no training and no
+search saw, and scored with the benchmark code's MGSM metrics (``acc``; ``acc_ja``: correct *and*
+answered in Japanese, the headline). Search fitness is the seed's: acc_ja of greedy answers on a disjoint
+fitness split, with a validation split scored for each generation's best.
 """
 
 from __future__ import annotations
@@ -19,34 +22,35 @@ from typing import Any
 
 from tsugiki.benchmarks.jsonl import write_jsonl
 from tsugiki.benchmarks.results import slug
-from tsugiki.demo import lm_data
-from tsugiki.demo.lm_models import SHIPPED_BASE, SiblingRecipe, train_sibling
+from tsugiki.demo import word_problems as wp
 from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table
-from tsugiki.demo.world import EN_FORMAT, JA_FORMAT
 
 HEADLINE = "acc_ja"
-JA_TEMPLATE = JA_FORMAT.replace("{q}", "{input}")
-EN_TEMPLATE = EN_FORMAT.replace("{q}", "{input}")
-DEFAULT_DESIGN: lm_data.Design = "steps"
+JA_TEMPLATE = wp.JA_PROMPT.replace("{q}", "{input}")
+EN_TEMPLATE = wp.EN_PROMPT.replace("{q}", "{input}")
+MAX_NEW_TOKENS = 32  # a worked answer is at most 30 tokens (two-digit numbers)
+# The seed's fitness: MGSM-style accuracy of greedy answers, counted only when they are Japanese (acc_ja),
+# on the fitness split (numbers and wording disjoint from the held-out test).
+FITNESS_ARGS = {"extraction": "sakana", "template": JA_TEMPLATE, "stop": ["\n"], "max_new_tokens": MAX_NEW_TOKENS,
+                "batch_size": 12, "metric": "acc_ja"}
 
 
 @dataclass(frozen=True)
 class LMBudget:
-    ja: SiblingRecipe
-    math: SiblingRecipe
     fitness_n: int
     validation_n: int
     test_n: int
     population: int
     generations: int
     seeds: tuple[int, ...]
+    dfs_generations: int = 0  # 0: same as generations
     workers: int = 1  # candidate evaluations in parallel processes (same results as serial)
+    eval_batch: int = 25
 
 
-FULL = LMBudget(ja=SiblingRecipe("ja", steps=250, seed=1), math=SiblingRecipe("math", steps=500, seed=2),
-                fitness_n=150, validation_n=60, test_n=500, population=10, generations=10, seeds=(0, 1, 2), workers=2)
-QUICK = LMBudget(ja=SiblingRecipe("ja", steps=20, seed=1), math=SiblingRecipe("math", steps=20, seed=2),
-                 fitness_n=24, validation_n=16, test_n=40, population=4, generations=2, seeds=(0,))
+FULL = LMBudget(fitness_n=12, validation_n=12, test_n=100, population=6, generations=4, dfs_generations=2, seeds=(0,),
+                eval_batch=50)
+QUICK = LMBudget(fitness_n=2, validation_n=2, test_n=4, population=2, generations=1, seeds=(0,), eval_batch=4)
 
 # Baselines at the settings their papers / mergekit's docs use by default (weights 1, density 0.5).
 BASELINES: dict[str, dict[str, Any]] = {
@@ -64,28 +68,32 @@ BASELINES: dict[str, dict[str, Any]] = {
 
 
 # ----------------------------------------------------------------------------- data files
-def write_data(out: Path, budget: LMBudget, design: lm_data.Design) -> dict[str, Path]:
-    """Fitness and validation pairs (teacher forced: the whole Japanese answer after the Japanese prompt)
-    and the held-out test questions, as JSONL files the evolve configs and the evaluation read."""
-    def forced(split: str, n: int) -> list[dict]:
-        return [{"id": p.id, "prompt": JA_FORMAT.format(q=lm_data.question(p.prompt, design)),
-                 "answer": lm_data.ja_answer(p.prompt, int(p.answer), design)} for p in lm_data.target_items(split, n)]
+def write_data(out: Path, budget: LMBudget) -> dict[str, Path]:
+    """Fitness, validation and held-out test problems (``{id, question, answer}``; the test items also carry
+    the same numbers as an English word problem), as JSONL files the evolve configs and the evaluation read."""
+    def items(split: str, n: int) -> list[dict]:
+        return [{"id": p.id, "question": p.prompt, "answer": p.answer} for p in wp.target_items(split, n)]
 
-    test = [{"id": p.id, "question": lm_data.question(p.prompt, design), "answer": p.answer, "expr": p.prompt}
-            for p in lm_data.target_items("test", budget.test_n)]
-    return {"fitness": write_jsonl(out / "fitness.jsonl", forced("fitness", budget.fitness_n)),
-            "validation": write_jsonl(out / "validation.jsonl", forced("validation", budget.validation_n)),
+    test = [{**t, "en_question": wp.en_question(wp.problem_of(t["id"]), _en_rng(t["id"]))}
+            for t in items("test", budget.test_n)]
+    return {"fitness": write_jsonl(out / "fitness.jsonl", items("fitness", budget.fitness_n)),
+            "validation": write_jsonl(out / "validation.jsonl", items("validation", budget.validation_n)),
             "test": write_jsonl(out / "test.jsonl", test)}
 
 
+def _en_rng(item_id: str):
+    import random
+
+    return random.Random(f"en/{item_id}")
+
+
 # ----------------------------------------------------------------------------- search configs
-def _common(data: dict[str, Path], seed: int, budget: LMBudget) -> dict[str, Any]:
+def _common(data: dict[str, Path], seed: int, budget: LMBudget, generations: int) -> dict[str, Any]:
     return {
-        "fitness": {"function": "teacher_forced_accuracy", "args": {"prob_weight": 0.1, "append_eos": True},
-                    "data": {"file": str(data["fitness"])}},
+        "fitness": {"function": "mgsm_accuracy", "args": FITNESS_ARGS, "data": {"file": str(data["fitness"])}},
         "validation": {"data": {"file": str(data["validation"])}},
-        "search": {"seed": seed, "population": budget.population, "sigma": 0.5, "generations": budget.generations,
-                   "workers": budget.workers},
+        "search": {"seed": seed, "population": budget.population, "sigma": 0.5, "generations": generations,
+                   "workers": budget.workers, "threads": 2},
     }
 
 
@@ -93,28 +101,30 @@ def ps_config(sources: dict[str, str], data: dict[str, Path], seed: int, budget:
     """DARE-TIES weight and density per model and layer group (the seed's PS)."""
     return {"name": f"lm-ps-s{seed}", "sources": sources,
             "space": {"kind": "ps", "method": "dare_ties", "base_model": "base", "models": ["ja", "math"],
-                      "layer_groups": 2, "merge_seed": 0,
+                      "layer_groups": 3, "merge_seed": 0,
                       "params": {"weight": {"bounds": [0.0, 1.5], "init": 0.75},
                                  "density": {"bounds": [0.1, 1.0], "init": 0.6}}},
-            **_common(data, seed, budget)}
+            **_common(data, seed, budget, budget.generations)}
+
+
+def _dfs_space(models: list[str]) -> dict[str, Any]:
+    # r = 1: a path of up to 2 x 18 layers; the seed's r = 3 would triple the longest path's cost here.
+    return {"models": models, "repeats": 1, "scale_bounds": [0.5, 1.5],
+            "fixed_ends": {"model": models[0], "first": 1, "last": 1}, "init_model": models[0]}
 
 
 def dfs_config(sources: dict[str, str], data: dict[str, Path], seed: int, budget: LMBudget) -> dict[str, Any]:
-    """Which layer of which sibling runs at each of T = M x r steps, with the scaling matrix W."""
-    return {"name": f"lm-dfs-s{seed}", "sources": sources,
-            "space": {"kind": "dfs", "models": ["ja", "math"], "repeats": 3, "scale_bounds": [0.5, 1.5],
-                      "fixed_ends": {"model": "ja", "first": 1, "last": 1}, "init_model": "ja"},
-            **_common(data, seed, budget)}
+    """Which layer of which sibling runs at each step of the path, with the scaling matrix W."""
+    return {"name": f"lm-dfs-s{seed}", "sources": sources, "space": {"kind": "dfs", **_dfs_space(["ja", "math"])},
+            **_common(data, seed, budget, budget.dfs_generations or budget.generations)}
 
 
 def ps_dfs_config(sources: dict[str, str], data: dict[str, Path], seed: int, budget: LMBudget,
                   ps_recipe: Path) -> dict[str, Any]:
     """DFS over the PS-evolved model and the math sibling (the seed's PS+DFS)."""
     return {"name": f"lm-ps-dfs-s{seed}", "sources": sources,
-            "space": {"kind": "ps_dfs", "ps_recipe": str(ps_recipe), "models": ["ps", "math"], "repeats": 3,
-                      "scale_bounds": [0.5, 1.5], "fixed_ends": {"model": "ps", "first": 1, "last": 1},
-                      "init_model": "ps"},
-            **_common(data, seed, budget)}
+            "space": {"kind": "ps_dfs", "ps_recipe": str(ps_recipe), **_dfs_space(["ps", "math"])},
+            **_common(data, seed, budget, budget.dfs_generations or budget.generations)}
 
 
 def run_search(config_data: dict[str, Any], run_dir: Path, export_to: Path, progress: bool) -> dict[str, Any]:
@@ -139,34 +149,32 @@ def binomial_se(p_percent: float, n: int) -> float:
     return 100.0 * math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
 
 
-def math_form(design: lm_data.Design) -> tuple[str, str]:
-    """(template, what it is) of the math sibling's own form of the question, where it learned the skill."""
-    if design == "symbolic":
-        return "{input}", "bare sum"
-    return EN_TEMPLATE, "English prompt"
-
-
-def evaluate(model_dir: Path, test: list[dict], design: lm_data.Design, *, batch_size: int = 100) -> dict[str, Any]:
-    """Held-out MGSM-style scores of one model: the Japanese prompts (``acc``, ``acc_ja``) and, to show the
-    math skill without the change of format, the same problems in the math sibling's own form
-    (``acc_math``: an English prompt, or the bare sum for the ``symbolic`` design)."""
+def evaluate(model_dir: Path, test: list[dict], *, batch_size: int = 25, english: bool = True) -> dict[str, Any]:
+    """Held-out MGSM-style scores of one model (greedy, up to the first newline): the Japanese problems
+    (``acc``, ``acc_ja``) and, with ``english``, to show the math skill without the change of language, the
+    same numbers asked in the MATH sibling's own form, an English word problem (``acc_en``)."""
     from tsugiki.benchmarks.mgsm import score_mgsm
     from tsugiki.benchmarks.predictors import TextGenerator
     from tsugiki.evolution.data import Pair
 
-    gen = TextGenerator(model_dir, JA_TEMPLATE, stop=["\n"], max_new_tokens=32, batch_size=batch_size,
-                        name=model_dir.name, threads=1)
+    from tsugiki.hf_quiet import hf_progress_bars_off
+
+    with hf_progress_bars_off(errors_only=True):
+        gen = TextGenerator(model_dir, JA_TEMPLATE, stop=["\n"], max_new_tokens=MAX_NEW_TOKENS, batch_size=batch_size,
+                            name=model_dir.name, threads=2)
     answers = [t["answer"] for t in test]
     ja = gen.predict([Pair(t["question"], t["answer"], t["id"]) for t in test])
     ja_scores = score_mgsm(ja, answers, extraction="sakana", language_filter=True).scores
-    template, _ = math_form(design)
-    math_gen = gen.for_prompt(template, ["\n"], 32)
-    own = math_gen.predict([Pair(t["question"] if design == "symbolic" else t["expr"], t["answer"], t["id"]) for t in test])
-    own_scores = score_mgsm(own, answers, extraction="sakana", language_filter=False).scores
-    estimates = {"acc_ja": ja_scores["acc_ja"], "acc": ja_scores["acc"], "acc_math": own_scores["acc"]}
+    estimates = {"acc_ja": ja_scores["acc_ja"], "acc": ja_scores["acc"]}
+    en = []
+    if english:
+        en = gen.for_prompt(EN_TEMPLATE, ["\n"], MAX_NEW_TOKENS).predict(
+            [Pair(t["en_question"], t["answer"], t["id"]) for t in test])
+        estimates["acc_en"] = score_mgsm(en, answers, extraction="sakana", language_filter=False).scores["acc"]
     metrics = {k: e.value for k, e in estimates.items()}
     return {"metrics": metrics, "ci": {k: [e.low, e.high] for k, e in estimates.items()},
-            "se": {k: binomial_se(v, len(test)) for k, v in metrics.items()}, "n": len(test), "responses": ja}
+            "se": {k: binomial_se(v, len(test)) for k, v in metrics.items()}, "n": len(test), "responses": ja,
+            "en_responses": en}
 
 
 def merge_baseline(name: str, recipe: dict[str, Any], sources: dict[str, str], out: Path) -> Path:
@@ -186,34 +194,45 @@ def merge_baseline(name: str, recipe: dict[str, Any], sources: dict[str, str], o
 KINDS = ("PS", "DFS", "PS+DFS")
 
 
-def run_lm_stage(ctx: StageContext, *, base: Path | None = None, design: lm_data.Design = DEFAULT_DESIGN,
-                 budget: LMBudget | None = None, seeds: tuple[int, ...] | None = None
-                 ) -> tuple[StageResult, dict[str, Path]]:
-    """Train the siblings, evaluate sources and baselines, run the searches for each search seed and
+def prepare_sources(ctx: StageContext, *, adapters: Path | None = None) -> dict[str, str]:
+    """The real base (imported from the GGUF package once) and the two siblings materialised from their
+    adapters (the shipped ones, or those ``--rebuild-models`` trained again) as plain HF dirs."""
+    from tsugiki.demo.base_model import real_base
+    from tsugiki.demo.siblings import SHIPPED_ADAPTERS, materialise
+
+    adapters = Path(adapters or SHIPPED_ADAPTERS)
+    ctx.say("[lm] the real base: Gemma 3 270M from its GGUF package (imported once, then cached) …")
+    base = real_base(progress=ctx.progress)
+    ctx.say(f"[lm] materialising the JA and MATH siblings (base + LoRA adapter from {adapters}) …")
+    models = ctx.out / "models"
+    return {"base": str(base), "ja": str(materialise(base, adapters / "ja", models / "ja")),
+            "math": str(materialise(base, adapters / "math", models / "math"))}
+
+
+def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMBudget | None = None,
+                 seeds: tuple[int, ...] | None = None) -> tuple[StageResult, dict[str, Path]]:
+    """Materialise the siblings, evaluate sources and baselines, run the searches for each search seed and
     evaluate their best candidates. Returns the stage result and the evolved models' dirs by row name."""
     t0 = time.perf_counter()
     budget = budget or (QUICK if ctx.quick else FULL)
     if seeds is not None:
         budget = dataclasses.replace(budget, seeds=tuple(seeds))
     out = ctx.out
-    base = Path(base or SHIPPED_BASE)
-    models = out / "models"
-    ctx.say(f"[lm] fine-tuning the Japanese and math siblings from the base ({base.name}) …")
-    sources = {"base": str(base),
-               "ja": str(train_sibling(base, models / "ja", budget.ja, design, progress=ctx.progress)),
-               "math": str(train_sibling(base, models / "math", budget.math, design, progress=ctx.progress))}
-    data = write_data(out / "data", budget, design)
+    sources = prepare_sources(ctx, adapters=adapters)
+    data = write_data(out / "data", budget)
     test = [json.loads(line) for line in data["test"].read_text(encoding="utf-8").splitlines()]
 
     candidates: list[tuple[str, str, Path, dict[str, Any]]] = []  # (row name, role, dir, extra)
     for name in ("base", "ja", "math"):
         candidates.append((_SOURCE_NAMES[name], "source", Path(sources[name]), {}))
+    ctx.say("[lm] merging the four baselines at default settings …")
     for name, recipe in BASELINES.items():
         candidates.append((name, "baseline", merge_baseline(name, recipe, sources, out / "baselines" / slug(name)), {}))
 
     runs: list[dict[str, Any]] = []
     for seed in budget.seeds:
-        ctx.say(f"[lm] search seed {seed}: PS, DFS, PS+DFS (CMA-ES, {budget.population} x {budget.generations}) …")
+        ctx.say(f"[lm] search seed {seed}: PS, DFS, PS+DFS (CMA-ES, population {budget.population}, "
+                f"{budget.generations} generations) …")
         ps = run_search(ps_config(sources, data, seed, budget), out / "runs" / f"ps-s{seed}",
                         out / "evolved" / f"ps-s{seed}", ctx.progress)
         dfs = run_search(dfs_config(sources, data, seed, budget), out / "runs" / f"dfs-s{seed}",
@@ -226,36 +245,50 @@ def run_lm_stage(ctx: StageContext, *, base: Path | None = None, design: lm_data
             candidates.append((f"evolved {label} (seed {seed})", "evolved", run["model"],
                                {"search_seed": seed, "kind": label, "fitness": run["fitness"]}))
 
-    ctx.say(f"[lm] held-out evaluation of {len(candidates)} models on {len(test)} problems …")
+    ctx.say(f"[lm] held-out evaluation of {len(candidates)} models on {len(test)} problems (Japanese and English) …")
     rows, samples = [], []
     for name, role, path, extra in _progress(candidates, ctx.progress, "held-out"):
-        s = evaluate(path, test, design)
+        s = _cached_evaluation(path, test, out / "eval" / f"{slug(name)}.json", budget.eval_batch, role == "source")
         rows.append(Row(name, role, s["metrics"], s["ci"], {**extra, "se": s["se"], "n": s["n"]}))
         for t, r in list(zip(test, s["responses"]))[:3]:
-            samples.append(Sample(name, JA_FORMAT.format(q=t["question"]), r,
-                                  lm_data.ja_answer(t["expr"], int(t["answer"]), design)))
+            samples.append(Sample(name, wp.JA_PROMPT.format(q=t["question"]), r, t["answer"]))
 
-    result = StageResult(stage="lm", headline=HEADLINE, rows=rows, title="Japanese math LM (EvoLLM-JP, tiny)")
+    result = StageResult(stage="lm", headline=HEADLINE, rows=rows, title="Japanese math LM (EvoLLM-JP in miniature, Gemma 3 270M)")
     result.verdict = verdict(rows, budget.seeds)
-    result.tables = [heldout_table(rows, budget.seeds, design), search_table(runs)]
+    result.tables = [heldout_table(rows, budget.seeds), search_table(runs)]
     result.figures = _figures(ctx, runs)
     result.samples = samples
-    result.notes = _notes(budget, len(test), design)
+    result.notes = _notes(budget, len(test))
     result.models = {name: ctx.rel(path) for name, role, path, _ in candidates if role == "evolved"}
     result.seconds = time.perf_counter() - t0
     evolved = {name: path for name, role, path, _ in candidates if role == "evolved"}
     return result, evolved
 
 
+def _cached_evaluation(model_dir: Path, test: list[dict], path: Path, batch_size: int, english: bool) -> dict[str, Any]:
+    """:func:`evaluate`, kept in the run dir so that a resumed demo does not score a model twice."""
+    key = {"model": str(model_dir), "test": [t["id"] for t in test], "english": english}
+    if path.exists():
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            return cached["scores"]
+    scores = evaluate(model_dir, test, batch_size=batch_size, english=english)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "scores": scores}, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+    return scores
+
+
 def search_seeds(seed: int, quick: bool) -> tuple[int, ...]:
-    """The search seeds of a demo run with ``--seed seed``: three (one when quick), starting at ``seed``."""
+    """The search seeds of a demo run with ``--seed seed``: as many as the budget has, starting at ``seed``."""
     return tuple(range(seed, seed + len((QUICK if quick else FULL).seeds)))
 
 
-def vlm_grafts(lm_out: Path, evolved: dict[str, Path], base: Path | None) -> tuple[Path, dict[str, tuple[str, Path]]]:
-    """What the VLM stage grafts: its LLaVA is built around the base LM; the Japanese sibling is the
-    baseline graft and every PS-evolved LM (same shapes as the base; DFS models have more layers) an
-    evolved one."""
+def vlm_grafts(lm_out: Path, evolved: dict[str, Path]) -> dict[str, tuple[str, Path]]:
+    """What the VLM stage grafts into its LLaVA (built around the base LM): the Japanese sibling as the
+    baseline graft and every PS-evolved LM (same shapes as the base; DFS models have other layer counts)
+    as an evolved one."""
     grafts: dict[str, tuple[str, Path]] = {}
     ja = lm_out / "models" / "ja"
     if (ja / "config.json").exists():
@@ -263,10 +296,10 @@ def vlm_grafts(lm_out: Path, evolved: dict[str, Path], base: Path | None) -> tup
     for name, path in evolved.items():
         if name.startswith("evolved PS ("):
             grafts[f"LLaVA + {name}"] = ("evolved", path)
-    return Path(base or SHIPPED_BASE), grafts
+    return grafts
 
 
-_SOURCE_NAMES = {"base": "base (shipped)", "ja": "JA sibling", "math": "MATH sibling"}
+_SOURCE_NAMES = {"base": "base (Gemma 3 270M)", "ja": "JA sibling", "math": "MATH sibling"}
 
 
 def _progress(items: list, enabled: bool, desc: str):
@@ -307,15 +340,15 @@ def verdict(rows: list[Row], seeds: tuple[int, ...]) -> str:
     return head + " " + "; ".join(parts) + "."
 
 
-def heldout_table(rows: list[Row], seeds: tuple[int, ...], design: lm_data.Design) -> Table:
+def heldout_table(rows: list[Row], seeds: tuple[int, ...]) -> Table:
     """Sources and baselines once, evolved models per search seed: value ± binomial SE (percent)."""
     def cell(r: Row, k: str) -> str:
-        return f"{r.metrics[k]:.1f} ± {r.extra['se'][k]:.1f}"
+        return f"{r.metrics[k]:.1f} ± {r.extra['se'][k]:.1f}" if k in r.metrics else "—"
 
-    header = ["model", "role", "acc_ja (headline)", "acc", f"acc_math ({math_form(design)[1]})"]
-    body = [[r.model, r.role, cell(r, "acc_ja"), cell(r, "acc"), cell(r, "acc_math")] for r in rows]
+    header = ["model", "role", "acc_ja (headline)", "acc", "acc_en (English problems; sources)"]
+    body = [[r.model, r.role, cell(r, "acc_ja"), cell(r, "acc"), cell(r, "acc_en")] for r in rows]
     n = rows[0].extra["n"] if rows else 0
-    return Table(f"Held-out target task (n = {n}; value ± binomial SE, %)", header, body,
+    return Table(f"Held-out word problems (n = {n}; value ± binomial SE, %)", header, body,
                  note=f"search seeds: {', '.join(map(str, seeds))}; sources and baselines do not depend on the search seed")
 
 
@@ -338,19 +371,22 @@ def _figures(ctx: StageContext, runs: list[dict[str, Any]]) -> list[Figure]:
     return figs
 
 
-def _notes(budget: LMBudget, n_test: int, design: lm_data.Design) -> list[str]:
-    math_data = ("bare sums such as 3+4-2=5 (a math corpus, no instruction format)" if design == "symbolic"
-                 else "three-operand sums asked in English")
-    q = JA_FORMAT.format(q=lm_data.question("3+4-2", design))
+def _notes(budget: LMBudget, n_test: int) -> list[str]:
+    from tsugiki.demo.siblings import JA, MATH
+
+    example = wp.target_items("test", 1)[0]
     return [
-        "Sources: a 1.27 M-parameter char-level Llama base (shipped; `tsugiki demo --rebuild-models` trains it again), "
-        f"a JA sibling ({budget.ja.steps} steps on Japanese instructions: questions about shapes, two-operand sums) "
-        f"and a MATH sibling ({budget.math.steps} steps on {math_data}); design '{design}' "
-        f"(answer: {lm_data.ja_answer('3+4-2', 5, design)}).",
-        f"Target: three-operand sums asked in Japanese ({q}), {n_test} held-out problems no model was trained on and "
-        "no search saw; acc_ja counts an answer only if it is correct and fastText says it is Japanese (the seed's "
-        "MGSM-JA rule); acc_math asks the same problems in the math sibling's own form.",
-        "Baselines use default settings (weights 1, density 0.5); the evolved models' settings come from CMA-ES. "
-        "Fitness: teacher-forced exact match of the whole Japanese answer + 0.1 x its mean token probability on a "
-        "disjoint fitness split; the validation curve in each fitness plot is a third split.",
+        "Sources: google/gemma-3-270m (the pretrained base, from a Q4_K_M GGUF, dequantised; Gemma terms of use "
+        f"apply), a JA sibling (LoRA r={JA.rank}, {JA.steps} steps on Japanese instructions: facts, descriptive "
+        "questions, one-step sums; never a word problem) and a MATH sibling "
+        f"(LoRA r={MATH.rank}, {MATH.steps} steps on English two-step word problems with worked answers).",
+        f"Target: two-step word problems asked in Japanese (e.g. {example.prompt}), {n_test} held-out problems "
+        "whose numbers and templates no training and no search saw; acc_ja counts an answer only if it is correct "
+        "and fastText says it is Japanese (the seed's MGSM-JA rule); acc_en asks the same numbers as English "
+        "word problems (the MATH sibling's own form).",
+        "Baselines use default settings (weights 1, density 0.5); the evolved models' settings come from CMA-ES "
+        f"(population {budget.population}; PS {budget.generations} generations, DFS and PS+DFS "
+        f"{budget.dfs_generations or budget.generations}). Fitness, as in the seed: acc_ja of greedy answers on "
+        f"{budget.fitness_n} problems of a disjoint fitness split (other numbers, other wording); the validation curve "
+        f"in each fitness plot is a third split ({budget.validation_n} problems).",
     ]

@@ -53,9 +53,9 @@ def run_demo(run_dir: Path, *, quick: bool = False, seed: int = 0, force: bool =
         raise DemoError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     _claim(run_dir, {"quick": quick, "seed": seed, "stages": list(stages)}, force)
     t0 = time.perf_counter()
-    base = None
+    adapters = vision = None
     if rebuild_models:
-        base = rebuild_base(run_dir / "rebuilt" / "base", progress=progress)
+        adapters, vision = rebuild_models_into(run_dir / "rebuilt", progress=progress)
 
     results, failed, evolved = [], [], {}
     for stage in stages:
@@ -65,13 +65,14 @@ def run_demo(run_dir: Path, *, quick: bool = False, seed: int = 0, force: bool =
             if stage == "lm":
                 from tsugiki.demo.lm_stage import run_lm_stage, search_seeds
 
-                result, evolved = run_lm_stage(ctx, base=base, seeds=search_seeds(seed, quick))
+                result, evolved = run_lm_stage(ctx, adapters=adapters, seeds=search_seeds(seed, quick))
             elif stage == "vlm":
+                from tsugiki.demo.base_model import real_base
                 from tsugiki.demo.lm_stage import vlm_grafts
                 from tsugiki.demo.vlm_stage import run_vlm_stage
 
-                llava_lm, grafts = vlm_grafts(run_dir / "lm", evolved, base)
-                result = run_vlm_stage(ctx, llava_lm=llava_lm, grafts=grafts)
+                result = run_vlm_stage(ctx, llava_lm=real_base(progress=progress),
+                                       grafts=vlm_grafts(run_dir / "lm", evolved), vision=vision)
             else:
                 from tsugiki.demo.sdxl_stage import run_sdxl_stage
 
@@ -99,18 +100,35 @@ def run_demo(run_dir: Path, *, quick: bool = False, seed: int = 0, force: bool =
     return {**paths, "failed": failed}
 
 
-def rebuild_base(out: Path, *, progress: bool = True) -> Path:
-    """Train the shipped base again and say whether it is bit-for-bit the shipped file."""
-    from tsugiki.demo.lm_models import SHIPPED_BASE, file_digest, train_base
+def rebuild_models_into(out: Path, *, progress: bool = True) -> tuple[Path, Path]:
+    """Train the shipped adapters (JA, MATH) and the LLaVA's vision weights again into ``out`` and say
+    whether each is bit-for-bit the shipped file. Returns (adapters dir, vision dir) for the run to use."""
+    from tsugiki.demo.base_model import real_base
+    from tsugiki.demo.siblings import RECIPES, SHIPPED_ADAPTERS, train_adapter
+    from tsugiki.demo.vlm_models import SHIPPED_VISION, train_vision
 
-    if not (out / "model.safetensors").exists():
-        print("[models] training the base LM from scratch (about 10 minutes on 2 idle CPU cores) …", flush=True)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        train_base(tmp, progress=progress)
-        tmp.rename(out)
-    new, shipped = out / "model.safetensors", SHIPPED_BASE / "model.safetensors"
-    same = shipped.exists() and file_digest(new) == file_digest(shipped)
-    print(f"[models] rebuilt base: {new} — {'bit-for-bit identical to' if same else 'DIFFERENT from'} the shipped "
-          f"weights ({shipped})", flush=True)
-    return out
+    base = real_base(progress=progress)
+    for name, recipe in RECIPES.items():
+        target = out / "adapters" / name
+        if not (target / "adapter_model.safetensors").exists():
+            print(f"[models] training the {name} sibling's LoRA adapter ({recipe.steps} steps; minutes) …", flush=True)
+            train_adapter(base, recipe, target, progress=progress)
+        _say_same(target / "adapter_model.safetensors", SHIPPED_ADAPTERS / name / "adapter_model.safetensors")
+    vision = out / "vision"
+    if not (vision / "model.safetensors").exists():
+        print("[models] aligning the LLaVA's vision tower and projector (about 10 minutes) …", flush=True)
+        train_vision(base, vision, progress=progress)
+    _say_same(vision / "model.safetensors", SHIPPED_VISION / "model.safetensors")
+    return out / "adapters", vision
+
+
+def _say_same(new: Path, shipped: Path) -> None:
+    import hashlib
+
+    def digest(path: Path) -> str:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    same = shipped.exists() and digest(new) == digest(shipped)
+    print(f"[models] rebuilt {new} — {'bit-for-bit identical to' if same else 'DIFFERENT from'} the shipped "
+          f"file ({shipped})", flush=True)

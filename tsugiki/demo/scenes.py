@@ -7,7 +7,8 @@ position on one of a few backgrounds that no shape colour uses (a white circle o
 no answer). Questions come in pairs per scene, one about its colour and one about its shape:
 
 - English: ``What colour is it?`` → ``red``, ``What shape is it?`` → ``circle``;
-- Japanese: ``この図形は何色ですか？`` → ``赤です。``, ``この図形の形は何ですか？`` → ``円です。``
+- Japanese: ``この図形は何色ですか？`` → ``赤``, ``この図形の形は何ですか？`` → ``円`` (content only, as
+  JA-VG-VQA-500's references are).
 
 Items are :class:`tsugiki.evolution.data.Pair` (``prompt`` = the bare question, ``image`` = a PIL
 image, ``id`` = ``<set>/<scene>/<colour|shape>``), the same items the evolution's VQA fitness takes.
@@ -25,7 +26,7 @@ from typing import Literal
 
 from PIL import Image, ImageDraw
 
-from tsugiki.demo.world import COLOURS, EN_QUESTIONS, JA_ANSWER, JA_QUESTIONS, SHAPES, check_covered
+from tsugiki.demo.world import COLOURS, EN_QUESTIONS, JA_QUESTIONS, SHAPES
 from tsugiki.evolution.data import Pair, image_digest, split_of
 
 DRAW_SIZE = 64  # pixels per side of a saved scene; the tiny LLaVA's processor resizes it to its input size
@@ -100,7 +101,7 @@ def ja_universe() -> list[Pair]:
     rng = random.Random(_JA_UNIVERSE_SEED)
     per_pair = JA_UNIVERSE_SIZE // (len(COLOURS) * len(SHAPES))
     scenes = [random_scene(rng, c, s) for _ in range(per_pair) for c in range(len(COLOURS)) for s in range(len(SHAPES))]
-    return _items(scenes, "shapes_ja", JA_QUESTIONS, lambda s, q: JA_ANSWER.format(word=s.ja[q]))
+    return _items(scenes, "shapes_ja", JA_QUESTIONS, lambda s, q: s.ja[q])
 
 
 def ja_items(split: str, n_scenes: int | None = None, seed: int = 0) -> list[Pair]:
@@ -149,4 +150,3 @@ def named_words(text: str, words: list[str]) -> set[str]:
     """Which of ``words`` occur in ``text`` (no word of the world contains another of its kind)."""
     return {w for w in words if w in text}
 
-check_covered([*JA_QUESTIONS.values(), *EN_QUESTIONS.values(), JA_ANSWER, *(c[1] for c in COLOURS), *(s[1] for s in SHAPES)])

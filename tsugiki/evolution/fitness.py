@@ -99,14 +99,35 @@ def answer_token_logprobs(model, tokenizer, pairs: Sequence[Pair], *, batch_size
         for i, s in enumerate(seqs):
             ids[i, :len(s)] = torch.tensor(s)
             mask[i, :len(s)] = 1
-        device = next(model.parameters()).device
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float().cpu()
+        rows = torch.cat([torch.full((len(s) - start,), i) for i, (s, start) in enumerate(zip(seqs, starts))])
+        cols = torch.cat([torch.arange(start - 1, len(s) - 1) for s, start in zip(seqs, starts)])
+        logits = _logits_at(model, ids, mask, rows, cols)
         logp = torch.log_softmax(logits, dim=-1)
+        k = 0
         for i, (s, start) in enumerate(zip(seqs, starts)):
-            pos = torch.arange(start - 1, len(s) - 1)
+            n = len(s) - start
             target = ids[i, start:len(s)]
-            out.append((logp[i, pos, target], logits[i, pos].argmax(-1) == target))
+            out.append((logp[k:k + n].gather(1, target[:, None])[:, 0], logits[k:k + n].argmax(-1) == target))
+            k += n
     return out
+
+
+def _logits_at(model, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Float32 logits at positions ``(rows[k], cols[k])`` only. With a 262k-token vocabulary (Gemma 3) the LM
+    head costs more than the transformer body per position, so the head runs only where a score needs it;
+    models without a separable decoder and head get full logits, indexed."""
+    device = next(model.parameters()).device
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if decoder is None or head is None or decoder is model:
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        return logits[rows, cols].float().cpu()
+    hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
+    logits = head(hidden[rows.to(device), cols.to(device)]).float()
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.cpu()
 
 
 def teacher_forced_accuracy(ctx: EvalContext, data: Sequence[Pair], *, prob_weight: float = 0.0,

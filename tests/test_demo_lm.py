@@ -1,0 +1,117 @@
+"""The demo's LM data and siblings: word problems whose splits never meet, LoRA adapters that train and
+materialise the same way every time, and materialised weights equal to W + (alpha / r) B A."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from helpers import weights
+from tsugiki.demo import siblings as S
+from tsugiki.demo import word_problems as wp
+
+
+# ----------------------------------------------------------------------------- word problems
+def test_values_and_worked_answers_by_hand():
+    p = wp.Problem("add_sub", 7, 4, 2)
+    assert p.value == 9 and p.en_answer() == " 7 + 4 = 11, 11 - 2 = 9. The answer is 9."
+    assert p.ja_answer() == " 7 + 4 = 11、11 - 2 = 9。答えは 9 です。"
+    q = wp.Problem("mul_add", 5, 3, 4)  # 4 bags of 5, and 3 more
+    assert q.value == 23 and q.en_answer() == " 4 × 5 = 20, 20 + 3 = 23. The answer is 23."
+    assert wp.problem_of("wp_ja/test/mul_add/5/3/4") == q
+
+
+def test_number_splits_partition_the_problems_and_never_meet():
+    parts = {s: {p.key for p in wp.problems(s)} for s in wp.SPLITS}
+    assert sum(map(len, parts.values())) == len(wp.all_problems())
+    for a in wp.SPLITS:
+        for b in wp.SPLITS:
+            assert a == b or not parts[a] & parts[b], (a, b)
+    # the MATH sibling's corpus uses train numbers only, and its numbers appear in the question
+    for prompt, answer in wp.math_corpus(200, seed=2):
+        assert prompt.startswith("Question: ") and prompt.endswith("\nAnswer:")
+        assert answer.endswith(".") and "The answer is" in answer
+
+
+def test_target_items_use_their_split_numbers_and_wording():
+    seen = {}
+    for split in ("fitness", "validation", "test"):
+        items = wp.target_items(split)
+        assert items == wp.target_items(split)  # deterministic
+        keys = {p.id.split("/", 2)[2] for p in items}
+        assert keys == {p.key for p in wp.problems(split)}
+        for p in items[:50]:
+            prob = wp.problem_of(p.id)
+            assert p.answer == str(prob.value) and str(prob.a) in p.prompt and str(prob.b) in p.prompt
+        seen[split] = {p.prompt for p in items}
+    # wording: no Japanese template is shared between splits
+    for kind, by_split in wp.JA_TEMPLATES.items():
+        flat = [t for ts in by_split.values() for t in ts]
+        assert len(flat) == len(set(flat)), kind
+    with pytest.raises(ValueError, match="train split"):
+        wp.target_items("train")
+
+
+def test_ja_corpus_never_holds_a_word_problem():
+    import re
+
+    for prompt, answer in wp.ja_corpus(2000, seed=1):
+        assert prompt.startswith("問題: ") and prompt.endswith("\n答え:") and answer.startswith(" ")
+        assert len(re.findall(r"\d+", prompt)) <= 2  # a word problem has three operands
+        assert "、" not in answer  # one-step sums only: no second step
+
+
+# ----------------------------------------------------------------------------- adapters
+TINY = replace(S.JA, steps=2, batch_size=2, examples=8, warmup=1, threads=1)
+
+
+def test_adapter_training_and_materialisation_are_deterministic(tiny_gemma, tmp_path):
+    for i in range(2):
+        S.train_adapter(tiny_gemma.base, TINY, tmp_path / f"a{i}", progress=False)
+    a0, a1 = ((tmp_path / f"a{i}" / "adapter_model.safetensors").read_bytes() for i in range(2))
+    assert a0 == a1
+    m0 = S.materialise(tiny_gemma.base, tmp_path / "a0", tmp_path / "m0")
+    m1 = S.materialise(tiny_gemma.base, tmp_path / "a1", tmp_path / "m1")
+    w0, w1 = weights(m0), weights(m1)
+    assert set(w0) == set(w1) and all(w0[k].equal(w1[k]) for k in w0)
+    card = (tmp_path / "a0" / "README.md").read_text()
+    assert "Gemma Terms of Use" in card and "r = 16" in card
+    assert json.loads((tmp_path / "a0" / "adapter_config.json").read_text())["base_model_name_or_path"] == "google/gemma-3-270m"
+
+
+def test_materialised_weights_are_base_plus_scaled_lora_product(tiny_gemma, tmp_path):
+    """Independent truth: W' = W + (alpha / r) * B @ A for every adapted projection, everything else
+    (the embedding, norms) bit for bit the base's."""
+    S.train_adapter(tiny_gemma.base, TINY, tmp_path / "a", progress=False)
+    out = S.materialise(tiny_gemma.base, tmp_path / "a", tmp_path / "m")
+    base, merged, lora = weights(tiny_gemma.base), weights(out), weights(tmp_path / "a")
+    scale = TINY.alpha / TINY.rank
+    adapted = 0
+    for name, w in base.items():
+        stem = name.removesuffix(".weight")
+        a = next((t for k, t in lora.items() if k.endswith(f"{stem}.lora_A.weight")), None)
+        if a is None:
+            assert merged[name].equal(w), name
+            continue
+        b = next(t for k, t in lora.items() if k.endswith(f"{stem}.lora_B.weight"))
+        expected = w + scale * (b.float() @ a.float())
+        torch.testing.assert_close(merged[name], expected, rtol=0, atol=1e-6)
+        adapted += 1
+    assert adapted == 2 * len(TINY.targets)  # two layers
+
+
+def test_shipped_adapters_match_their_recipes():
+    for name, recipe in S.RECIPES.items():
+        folder = S.SHIPPED_ADAPTERS / name
+        config = json.loads((folder / "adapter_config.json").read_text())
+        record = json.loads((folder / "training.json").read_text())
+        assert config["r"] == recipe.rank and config["lora_alpha"] == recipe.alpha
+        assert sorted(config["target_modules"]) == sorted(recipe.targets)
+        assert record["recipe"]["steps"] == recipe.steps and len(record["losses"]) == recipe.steps
+        assert record["recipe"]["seed"] == recipe.seed and record["recipe"]["corpus"] == name
+        assert "Gemma Terms of Use" in (folder / "README.md").read_text()
+    total = sum(f.stat().st_size for f in S.SHIPPED_ADAPTERS.rglob("*"))
+    assert total <= 30 * 2**20
