@@ -1,4 +1,5 @@
-"""`tsugiki demo`: the seed paper's three experiments at tiny scale, offline, with an honest report.
+"""`tsugiki demo`: the seed paper's three experiments in miniature (LM and VLM on the real Gemma 3 270M, SDXL
+tiny), offline, with an honest report.
 
 Stages (each returns a :class:`tsugiki.demo.stage.StageResult`): :mod:`~tsugiki.demo.lm_stage`
 (EvoLLM-JP), :mod:`~tsugiki.demo.vlm_stage` (EvoVLM-JP), :mod:`~tsugiki.demo.sdxl_stage` (EvoSDXL-JP);

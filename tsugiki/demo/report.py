@@ -410,7 +410,8 @@ def report_html(run_dir: str | Path, stages: list[StageResult], meta: dict[str, 
     toc = " · ".join(f'<a href="#{_e(s.stage)}">{_e(s.title or s.stage)}</a>' for s in stages)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>tsugiki demo</title>"
             f"<style>{_CSS}</style></head><body><h1>tsugiki demo</h1>"
-            "<p>Evolutionary model merging at tiny scale, offline (after Akiba et al. 2024, arXiv:2403.13187). "
+            "<p>Evolutionary model merging in miniature — Gemma 3 270M for the LM and VLM stages, a tiny SDXL — offline "
+            "(after Akiba et al. 2024, arXiv:2403.13187). "
             f'Numbers: <a href="{RESULTS_FILE}">{RESULTS_FILE}</a>, ranking: <a href="{LEADERBOARD_FILE}">'
             f"{LEADERBOARD_FILE}</a>.</p>\n<table>{head}</table>\n<p>{toc}</p>\n"
             + "\n".join(_stage_html(run_dir, s) for s in stages) + "\n</body></html>\n")
