@@ -123,12 +123,8 @@ def rebuild_models_into(out: Path, *, progress: bool = True) -> tuple[Path, Path
 
 
 def _say_same(new: Path, shipped: Path) -> None:
-    import hashlib
+    from tsugiki.merging.gguf import sha256_of
 
-    def digest(path: Path) -> str:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-
-    same = shipped.exists() and digest(new) == digest(shipped)
+    same = shipped.exists() and sha256_of(new) == sha256_of(shipped)
     print(f"[models] rebuilt {new} — {'bit-for-bit identical to' if same else 'DIFFERENT from'} the shipped "
           f"file ({shipped})", flush=True)

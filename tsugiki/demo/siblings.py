@@ -154,23 +154,19 @@ def _lr(recipe: SiblingRecipe, step: int) -> float:
 def save_adapter(model, recipe: SiblingRecipe, log: TrainLog, out: Path) -> Path:
     """peft's adapter files with the LoRA weights in bfloat16 (half the size; materialisation reads them
     back into float32 the same way every time), written to a temp dir and renamed."""
-    import shutil
+    from tsugiki.merging.writer import AtomicOutputDir
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.to(torch.bfloat16)
-    model.save_pretrained(tmp)
-    config = json.loads((tmp / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = HUB_ID  # not the local dir it was trained from
-    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (tmp / "README.md").write_text(adapter_card(recipe, log), encoding="utf-8")
-    (tmp / "training.json").write_text(json.dumps({"recipe": asdict(recipe), "seconds": round(log.seconds, 1),
-                                                   "losses": [round(x, 4) for x in log.losses]}, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with AtomicOutputDir(out, force=True) as tmp:
+        model.save_pretrained(tmp)
+        config = json.loads((tmp / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = HUB_ID  # not the local dir it was trained from
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / "README.md").write_text(adapter_card(recipe, log), encoding="utf-8")
+        (tmp / "training.json").write_text(json.dumps({"recipe": asdict(recipe), "seconds": round(log.seconds, 1),
+                                                       "losses": [round(x, 4) for x in log.losses]}, indent=1) + "\n")
     return out
 
 
@@ -215,11 +211,11 @@ miniature). `tsugiki demo --rebuild-models` trains it again and checks the file 
 
 def materialise(base: Path, adapter: Path, out: Path) -> Path:
     """Write base + adapter (merged into the weights, float32) as a plain HF model dir; reused if present."""
-    import shutil
-
     from peft import PeftModel
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tsugiki.merging.writer import AtomicOutputDir
 
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
@@ -227,17 +223,12 @@ def materialise(base: Path, adapter: Path, out: Path) -> Path:
         warnings.simplefilter("ignore", FutureWarning)  # peft asks transformers a deprecated question
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()
              if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
-    save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-    model.config.save_pretrained(tmp)
-    if model.generation_config is not None:
-        model.generation_config.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with AtomicOutputDir(out, force=True) as tmp:
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        model.config.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
     return out

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from tsugiki.demo import scenes
 from tsugiki.demo.word_problems import EN_PROMPT, JA_PROMPT
 from tsugiki.evolution.data import Pair
 from tsugiki.hf_quiet import hf_progress_bars_off
+from tsugiki.merging.writer import AtomicOutputDir
 from tsugiki.threads import torch_threads
 
 SHIPPED_VISION = Path(__file__).parent / "weights" / "vision"
@@ -125,14 +125,9 @@ def build_llava(lm_dir: Path, out: Path, vision: Path | None = None) -> Path:
     vision = Path(vision or SHIPPED_VISION)
     spec = VisionSpec(**json.loads((vision / "training.json").read_text())["spec"])
     model, processor = assemble(lm_dir, vision, spec)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with hf_progress_bars_off():
+    with AtomicOutputDir(out, force=True) as tmp, hf_progress_bars_off():
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
     return out
 
 
@@ -205,16 +200,11 @@ def train_vision(lm_dir: Path, out: Path, recipe: AlignRecipe = ALIGN, spec: Vis
     model.eval()
     record = {"recipe": asdict(recipe), "spec": asdict(spec), "seconds": round(time.perf_counter() - start, 1),
               "losses": [round(x, 4) for x in losses]}
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in vision_state(model).items()}, tmp / "model.safetensors",
-              metadata={"format": "pt"})
-    (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-    (tmp / "README.md").write_text(vision_card(record), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with AtomicOutputDir(out, force=True) as tmp:
+        save_file({k: v.contiguous() for k, v in vision_state(model).items()}, tmp / "model.safetensors",
+                  metadata={"format": "pt"})
+        (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+        (tmp / "README.md").write_text(vision_card(record), encoding="utf-8")
     return record
 
 
