@@ -98,6 +98,28 @@ class PredictionsFile:
         return [self._by_id[item.id] for item in items]
 
 
+_STOP_CRITERIA: dict[tuple, tuple] = {}
+
+
+def stop_criteria(tokenizer, stop: Sequence[str]):
+    """transformers' ``StopStringCriteria`` for ``stop`` (what ``generate(stop_strings=...)`` builds), made
+    once per tokenizer backend and stop strings: building it scans the whole vocabulary (~1 s for Gemma's
+    262k tokens), and the same generator runs batch after batch, model after model. Empty ``stop``: None."""
+    if not stop:
+        return None
+    from transformers import StoppingCriteriaList
+    from transformers.generation.stopping_criteria import StopStringCriteria
+
+    backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer
+    key = (id(backend), tuple(stop))
+    hit = _STOP_CRITERIA.get(key)
+    if hit is None or hit[0] is not backend:  # the entry holds the backend, so its id cannot be reused
+        if len(_STOP_CRITERIA) >= 8:
+            _STOP_CRITERIA.pop(next(iter(_STOP_CRITERIA)))
+        hit = _STOP_CRITERIA[key] = (backend, StopStringCriteria(tokenizer, list(stop)))
+    return StoppingCriteriaList([hit[1]])
+
+
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     """Cut ``text`` before the earliest stop string (vLLM excludes the stop string from the output)."""
     cut = min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))
@@ -114,14 +136,16 @@ class TextGenerator:
                  max_new_tokens: int = 1024, batch_size: int = 8, device: str = "cpu", dtype: str | None = None,
                  name: str | None = None, threads: int | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from tsugiki.tokenizer_cache import load_tokenizer
 
         self.name = name or Path(str(model)).name
         self.model_ref = str(model)
         self.template, self.stop, self.max_new_tokens, self.batch_size = template, tuple(stop), max_new_tokens, batch_size
         self.device, self.threads = device, threads
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(model))
+            self.tokenizer = load_tokenizer(model)
             kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
             self.model = AutoModelForCausalLM.from_pretrained(str(model), **kwargs).to(device).eval()
         except (OSError, ValueError) as e:
@@ -155,7 +179,7 @@ class TextGenerator:
             enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
             with torch.inference_mode():
                 ids = self.model.generate(**enc, do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens,
-                                          stop_strings=list(self.stop) or None, tokenizer=self.tokenizer,
+                                          stopping_criteria=stop_criteria(self.tokenizer, self.stop),
                                           pad_token_id=self.tokenizer.pad_token_id)
             texts = self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             out.extend(truncate_at_stop(t, self.stop) for t in texts)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -98,10 +99,12 @@ def train_adapter(base: Path, recipe: SiblingRecipe, out: Path, *, progress: boo
     (peft format, bfloat16, with a model card)."""
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from tsugiki.tokenizer_cache import load_tokenizer
 
     t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(base)
+    tok = load_tokenizer(base)
     ids, labels = encode(tok, recipe.corpus_examples())
     log = TrainLog()
     with torch_threads(recipe.threads), torch.random.fork_rng(devices=[]):
@@ -213,9 +216,10 @@ def materialise(base: Path, adapter: Path, out: Path) -> Path:
     """Write base + adapter (merged into the weights, float32) as a plain HF model dir; reused if present."""
     from peft import PeftModel
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from tsugiki.merging.writer import AtomicOutputDir
+    from tsugiki.tokenizer_cache import TOKENIZER_FILES
 
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
@@ -230,5 +234,7 @@ def materialise(base: Path, adapter: Path, out: Path) -> Path:
         model.config.save_pretrained(tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+        for name in TOKENIZER_FILES:  # the base's tokenizer, byte for byte
+            if (Path(base) / name).is_file():
+                shutil.copyfile(Path(base) / name, tmp / name)
     return out

@@ -78,9 +78,11 @@ def _config(lm_dir: Path, spec: VisionSpec):
 
 
 def _processor(lm_dir: Path, spec: VisionSpec):
-    from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaProcessor
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
 
-    tok = AutoTokenizer.from_pretrained(lm_dir)
+    from tsugiki.tokenizer_cache import load_tokenizer
+
+    tok = load_tokenizer(lm_dir)
     images = CLIPImageProcessorPil(size={"shortest_edge": spec.image_size},
                                    crop_size={"height": spec.image_size, "width": spec.image_size})
     return LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=spec.patch_size, image_token=IMAGE_TOKEN,

@@ -146,11 +146,13 @@ def _model_config(path: str) -> tuple[dict, list[str]]:
 
 
 def load_causal_lm(path: str, device: str = "cpu"):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from tsugiki.tokenizer_cache import load_tokenizer
 
     with hf_progress_bars_off():
         model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
-    return model.eval(), AutoTokenizer.from_pretrained(path)
+    return model.eval(), load_tokenizer(path)
 
 
 def load_vlm(path: str, device: str = "cpu"):
