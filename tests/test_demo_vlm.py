@@ -17,7 +17,7 @@ from tsugiki.demo import scenes
 from tsugiki.demo import vlm_models as M
 from tsugiki.demo import vlm_stage as V
 from tsugiki.demo.stage import Row, StageContext
-from tsugiki.demo.world import COLOURS, SHAPES
+from tsugiki.demo.world import COLOURS, JA_ALSO, SHAPES
 from tsugiki.evolution.data import image_digest
 
 TINY_ALIGN = replace(M.ALIGN, train_scenes=4, steps=2, batch_size=4, warmup=1, threads=1)
@@ -93,6 +93,20 @@ def test_headline_ranks_constant_and_empty_answers_below_correct_ones():
         assert metrics[bad]["rougeL_ja"] < metrics["correct, in a sentence"]["rougeL_ja"] < metrics["correct"]["rougeL_ja"]
     assert metrics["empty"]["rougeL_ja"] == 0.0 and metrics["constant です。"]["word_acc"] == 0.0
     assert metrics["wrong word"]["word_acc"] == 0.0 and metrics["correct, in a sentence"]["word_acc"] == 100.0
+
+
+def test_content_accuracy_accepts_other_names_of_the_same_colour_or_shape():
+    """金 names the colour 金色 and 丸 the shape 円 (hand-checked), but an answer naming two colours or the
+    wrong one does not count; every form names exactly one word of its kind."""
+    colours, shapes = scenes.vocabulary("ja", "colour"), scenes.vocabulary("ja", "shape")
+    assert scenes.named_words("金", colours) == {"金色"} and scenes.named_words("茶です", colours) == {"茶色"}
+    assert scenes.named_words("丸い", shapes) == {"円"} and scenes.named_words("正方形", shapes) == {"四角"}
+    assert scenes.named_words("三角形", shapes) == {"三角"} and scenes.named_words("白色", colours) == {"白"}
+    assert scenes.named_words("赤と金", colours) == {"赤", "金色"} and scenes.named_words("gold", colours) == set()
+    for words in (colours, shapes):
+        for w in words:
+            for form in (w, *JA_ALSO.get(w, ())):
+                assert scenes.named_words(form, words) == {w}, form
 
 
 # ----------------------------------------------------------------------------- alignment and grafts

@@ -26,7 +26,7 @@ from typing import Literal
 
 from PIL import Image, ImageDraw
 
-from tsugiki.demo.world import COLOURS, EN_QUESTIONS, JA_QUESTIONS, SHAPES
+from tsugiki.demo.world import COLOURS, EN_QUESTIONS, JA_ALSO, JA_QUESTIONS, SHAPES
 from tsugiki.evolution.data import Pair, image_digest, split_of
 
 DRAW_SIZE = 64  # pixels per side of a saved scene; the tiny LLaVA's processor resizes it to its input size
@@ -147,6 +147,7 @@ def question_kind(item: Pair) -> Question:
 
 
 def named_words(text: str, words: list[str]) -> set[str]:
-    """Which of ``words`` occur in ``text`` (no word of the world contains another of its kind)."""
-    return {w for w in words if w in text}
+    """Which of ``words`` ``text`` names: the word itself or one of its other forms (``world.JA_ALSO``: 金 for
+    金色) occurs in it. No word or form of the world contains another of its kind."""
+    return {w for w in words if any(form in text for form in (w, *JA_ALSO.get(w, ())))}
 

@@ -19,6 +19,10 @@ COLOURS: tuple[tuple[str, str, tuple[int, int, int]], ...] = (
 )
 SHAPES: tuple[tuple[str, str], ...] = (("circle", "円"), ("square", "四角"), ("triangle", "三角"))
 
+# Other Japanese words that name the same colour or shape (content accuracy accepts them; the rougeL_ja
+# references stay the words above). A form that contains the word (白色, 四角形, 三角形) needs no entry.
+JA_ALSO: dict[str, tuple[str, ...]] = {"茶色": ("茶",), "金色": ("金",), "円": ("丸",), "四角": ("正方形",)}
+
 # Questions about one shape in a picture.
 EN_QUESTIONS: dict[str, str] = {"colour": "What colour is it?", "shape": "What shape is it?"}
 JA_QUESTIONS: dict[str, str] = {"colour": "この図形は何色ですか？", "shape": "この図形の形は何ですか？"}
