@@ -2,6 +2,7 @@
 
     python perf/demo_lm_seeds.py -o /tmp/lm-seeds                      # shipped adapters, seeds 0 1 2
     python perf/demo_lm_seeds.py -o /tmp/lm-a2 --adapters DIR          # other sibling adapters (DIR/ja, DIR/math)
+    python perf/demo_lm_seeds.py -o /tmp/lm-tf --fitness teacher_forced --spaces PS   # the teacher-forced design
 
 Runs the same code as `tsugiki demo`'s LM stage on the real Gemma 3 270M (siblings materialised from their
 adapters, baselines, PS / DFS / PS+DFS per seed, held-out MGSM-style scoring) and prints, per model,
@@ -27,9 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapters", type=Path, default=None, help="dir with ja/ and math/ LoRA adapters (default: shipped)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds (default: 0 1 2)")
     ap.add_argument("--generations", type=int, default=None, help="CMA-ES generations per search (default: the demo's)")
+    ap.add_argument("--fitness", choices=lm_stage.FITNESS_KINDS, default=lm_stage.FULL.fitness,
+                    help="search fitness: acc_ja of greedy answers (the demo's, the seed's) or the teacher-forced design")
+    ap.add_argument("--spaces", nargs="+", choices=lm_stage.KINDS, default=list(lm_stage.FULL.spaces),
+                    help="which searches to run per seed (default: the demo's)")
     args = ap.parse_args(argv)
 
-    budget = dataclasses.replace(lm_stage.FULL, seeds=tuple(args.seeds))
+    budget = dataclasses.replace(lm_stage.FULL, seeds=tuple(args.seeds), fitness=args.fitness, spaces=tuple(args.spaces))
     if args.generations:
         budget = dataclasses.replace(budget, generations=args.generations)
     out = args.out.resolve()
@@ -38,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     result, _ = lm_stage.run_lm_stage(StageContext(out, out / "lm", quick=False, progress=True),
                                       adapters=args.adapters, budget=budget)
     table = result.tables[0]
-    print(f"\n{table.title}  [adapters={args.adapters or 'shipped'}]")
+    print(f"\n{table.title}  [adapters={args.adapters or 'shipped'}, fitness={args.fitness}, spaces={args.spaces}]")
     widths = [max(len(str(x)) for x in col) for col in zip(table.header, *table.rows)]
     for line in [table.header, *table.rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))

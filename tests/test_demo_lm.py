@@ -115,3 +115,91 @@ def test_shipped_adapters_match_their_recipes():
         assert "Gemma Terms of Use" in (folder / "README.md").read_text()
     total = sum(f.stat().st_size for f in S.SHIPPED_ADAPTERS.rglob("*"))
     assert total <= 30 * 2**20
+
+
+# ----------------------------------------------------------------------------- the teacher-forced design
+def test_teacher_forced_fitness_data_are_fitness_split_prompts_with_mixed_references(tmp_path):
+    from tsugiki.demo import lm_stage as L
+
+    assert wp.Problem("mul_add", 5, 1, 8).mixed_answer() == " 8 × 5 = 40, 40 + 1 = 41。答えは 41 です。"
+    budget = replace(L.QUICK, fitness="teacher_forced", fitness_n=3, validation_n=2)
+    files = L.write_data(tmp_path, budget)
+    rows = {k: [json.loads(x) for x in files[k].read_text(encoding="utf-8").splitlines()] for k in ("fitness", "validation")}
+    assert len(rows["fitness"]) == L.TF_SCALE * 3 and len(rows["validation"]) == L.TF_SCALE * 2
+    test_keys = {wp.problem_of(json.loads(x)["id"]).key for x in files["test"].read_text(encoding="utf-8").splitlines()}
+    for split, items in rows.items():
+        for r in items:
+            p = wp.problem_of(r["id"])
+            assert r["id"].split("/")[1] == split and p.key not in test_keys
+            assert r["prompt"].startswith("問題: ") and r["prompt"].endswith("\n答え:")
+            assert r["answer"] == p.mixed_answer() and r["answer"].endswith(f"答えは {p.value} です。")
+    config = L.ps_config({"base": "b", "ja": "j", "math": "m"}, files, 0, budget)
+    assert config["fitness"]["function"] == "teacher_forced_accuracy" and config["fitness"]["args"]["append_eos"]
+    with pytest.raises(ValueError):
+        L._common(files, 0, replace(budget, fitness="loss"), 1)
+    with pytest.raises(ValueError):
+        replace(L.FULL, spaces=("DFS", "PS+DFS"))  # PS+DFS starts from the PS result
+
+
+def test_teacher_forced_exact_match_is_one_exactly_when_greedy_decoding_writes_the_reference(tiny_gemma):
+    """The shortcut the teacher-forced fitness rests on, checked against real greedy generation: the greedy
+    continuation (up to EOS) scores 1; the same text with one token changed scores 0."""
+    from transformers import AutoModelForCausalLM
+
+    from tsugiki.evolution.data import Pair
+    from tsugiki.evolution.fitness import EvalContext, teacher_forced_accuracy
+    from tsugiki.tokenizer_cache import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma.variants[0], dtype=torch.float32).eval()
+    tok = load_tokenizer(tiny_gemma.variants[0])
+    ctx = EvalContext(model=model, tokenizer=tok, params={})
+    eos = tok.eos_token_id
+
+    def greedy(prompt: str) -> list[int]:
+        enc = tok(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**enc, do_sample=False, num_beams=1, max_new_tokens=4, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=None)
+        return out[0, enc["input_ids"].shape[1]:].tolist()
+
+    # a random model's tokens need not survive decode + encode; take the first prompt whose greedy text does
+    for n in range(2, 40):
+        prompt = wp.JA_PROMPT.format(q=f"健は鉛筆を{n}本持っています。")
+        new = greedy(prompt)
+        ref = tok.decode(new[:3])
+        if tok(ref, add_special_tokens=False)["input_ids"] == new[:3]:
+            break
+    else:
+        pytest.fail("no greedy continuation round-trips through the tokenizer")
+    assert teacher_forced_accuracy(ctx, [Pair(prompt, ref)]) == 1.0
+    # with EOS appended it is 1 only if greedy decoding would stop right after the reference
+    assert teacher_forced_accuracy(ctx, [Pair(prompt, ref)], append_eos=True) == float(new[3] == eos)
+    wrong = tok.decode(new[:2]) + " 猫"
+    ids = tok(wrong, add_special_tokens=False)["input_ids"]
+    assert ids[:2] == new[:2] and ids[2] != new[2]  # greedy's first two tokens, then another one
+    assert teacher_forced_accuracy(ctx, [Pair(prompt, wrong)]) == 0.0
+    assert teacher_forced_accuracy(ctx, [Pair(prompt, ref), Pair(prompt, wrong)]) == 0.5
+
+
+# ----------------------------------------------------------------------------- the real MGSM-JA (--mgsm-ja)
+def test_mgsm_ja_table_scores_the_vendored_set_and_reuses_its_record(tiny_gemma, tmp_path, monkeypatch):
+    from tsugiki.benchmarks import runner
+    from tsugiki.benchmarks.loaders import load_mgsm
+    from tsugiki.benchmarks.mgsm import score_mgsm
+    from tsugiki.demo import lm_stage as L
+
+    monkeypatch.setattr(L, "MGSM_MAX_NEW_TOKENS", 6)
+    table = L.mgsm_ja_table([("tiny base", tiny_gemma.base)], tmp_path, limit=3)
+    assert table.title.startswith("The real MGSM-JA (3 problems") and [r[0] for r in table.rows] == ["tiny base"]
+    record = json.loads((tmp_path / "tiny_base.json").read_text(encoding="utf-8"))
+    assert record["n"] == 3 and len(record["responses"]) == 3
+    answers = [i.answer for i in load_mgsm("ja")[:3]]
+    again = score_mgsm(record["responses"], answers, extraction="sakana", language_filter=True).scores
+    assert record["scores"]["acc_ja"][0] == again["acc_ja"].value and record["scores"]["acc"][0] == again["acc"].value
+    assert table.rows[0][1].startswith(f"{again['acc_ja'].value:.1f} [")
+
+    def no_rerun(*a, **k):
+        raise AssertionError("scored twice")
+
+    monkeypatch.setattr(runner, "evaluate", no_rerun)
+    assert L.mgsm_ja_table([("tiny base", tiny_gemma.base)], tmp_path, limit=3).rows == table.rows

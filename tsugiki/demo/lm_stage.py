@@ -46,6 +46,12 @@ class LMBudget:
     dfs_generations: int = 0  # 0: same as generations
     workers: int = 1  # candidate evaluations in parallel processes (same results as serial)
     eval_batch: int = 25
+    fitness: str = "generated"  # or "teacher_forced" (see FITNESS_KINDS)
+    spaces: tuple[str, ...] = ("PS", "DFS", "PS+DFS")  # which searches to run (PS+DFS needs PS)
+
+    def __post_init__(self):
+        if not set(self.spaces) <= {"PS", "DFS", "PS+DFS"} or ("PS+DFS" in self.spaces and "PS" not in self.spaces):
+            raise ValueError(f"spaces: a subset of PS, DFS, PS+DFS (PS+DFS needs PS), not {self.spaces}")
 
 
 FULL = LMBudget(fitness_n=12, validation_n=12, test_n=100, population=6, generations=4, dfs_generations=2, seeds=(0,),
@@ -67,6 +73,15 @@ BASELINES: dict[str, dict[str, Any]] = {
 }
 
 
+# Teacher-forced fitness (a design measured against the seed's): exact match of the whole answer and EOS in
+# the format merges that solve both steps in Japanese write (word_problems.Problem.mixed_answer), plus 0.1 x
+# the mean answer-token probability to break ties; one forward pass instead of a generation, so the same
+# time buys 4x the fitness problems.
+TF_ARGS = {"append_eos": True, "prob_weight": 0.1, "batch_size": 48}
+TF_SCALE = 4
+FITNESS_KINDS = ("generated", "teacher_forced")
+
+
 # ----------------------------------------------------------------------------- data files
 def write_data(out: Path, budget: LMBudget) -> dict[str, Path]:
     """Fitness, validation and held-out test problems (``{id, question, answer}``; the test items also carry
@@ -76,9 +91,17 @@ def write_data(out: Path, budget: LMBudget) -> dict[str, Path]:
 
     test = [{**t, "en_question": wp.en_question(wp.problem_of(t["id"]), _en_rng(t["id"]))}
             for t in items("test", budget.test_n)]
-    return {"fitness": write_jsonl(out / "fitness.jsonl", items("fitness", budget.fitness_n)),
-            "validation": write_jsonl(out / "validation.jsonl", items("validation", budget.validation_n)),
-            "test": write_jsonl(out / "test.jsonl", test)}
+    files = {"fitness": write_jsonl(out / "fitness.jsonl", items("fitness", budget.fitness_n)),
+             "validation": write_jsonl(out / "validation.jsonl", items("validation", budget.validation_n)),
+             "test": write_jsonl(out / "test.jsonl", test)}
+    if budget.fitness == "teacher_forced":
+        def forced(split: str, n: int) -> list[dict]:
+            return [{"id": p.id, "prompt": wp.JA_PROMPT.format(q=p.prompt), "answer": wp.problem_of(p.id).mixed_answer()}
+                    for p in wp.target_items(split, n)]
+
+        files["fitness"] = write_jsonl(out / "fitness_tf.jsonl", forced("fitness", TF_SCALE * budget.fitness_n))
+        files["validation"] = write_jsonl(out / "validation_tf.jsonl", forced("validation", TF_SCALE * budget.validation_n))
+    return files
 
 
 def _en_rng(item_id: str):
@@ -89,8 +112,12 @@ def _en_rng(item_id: str):
 
 # ----------------------------------------------------------------------------- search configs
 def _common(data: dict[str, Path], seed: int, budget: LMBudget, generations: int) -> dict[str, Any]:
+    if budget.fitness not in FITNESS_KINDS:
+        raise ValueError(f"fitness must be one of {FITNESS_KINDS}, not {budget.fitness!r}")
+    function, args = (("mgsm_accuracy", FITNESS_ARGS) if budget.fitness == "generated" else
+                      ("teacher_forced_accuracy", TF_ARGS))
     return {
-        "fitness": {"function": "mgsm_accuracy", "args": FITNESS_ARGS, "data": {"file": str(data["fitness"])}},
+        "fitness": {"function": function, "args": args, "data": {"file": str(data["fitness"])}},
         "validation": {"data": {"file": str(data["validation"])}},
         "search": {"seed": seed, "population": budget.population, "sigma": 0.5, "generations": generations,
                    "workers": budget.workers, "threads": 2},
@@ -210,9 +237,11 @@ def prepare_sources(ctx: StageContext, *, adapters: Path | None = None) -> dict[
 
 
 def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMBudget | None = None,
-                 seeds: tuple[int, ...] | None = None) -> tuple[StageResult, dict[str, Path]]:
+                 seeds: tuple[int, ...] | None = None, mgsm_ja: bool = False) -> tuple[StageResult, dict[str, Path]]:
     """Materialise the siblings, evaluate sources and baselines, run the searches for each search seed and
-    evaluate their best candidates. Returns the stage result and the evolved models' dirs by row name."""
+    evaluate their best candidates; with ``mgsm_ja``, also score the sources and each seed's best evolved
+    model on the real MGSM-JA (:func:`mgsm_ja_table`). Returns the stage result and the evolved models'
+    dirs by row name."""
     t0 = time.perf_counter()
     budget = budget or (QUICK if ctx.quick else FULL)
     if seeds is not None:
@@ -231,15 +260,19 @@ def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMB
 
     runs: list[dict[str, Any]] = []
     for seed in budget.seeds:
-        ctx.say(f"[lm] search seed {seed}: PS, DFS, PS+DFS (CMA-ES, population {budget.population}, "
+        ctx.say(f"[lm] search seed {seed}: {', '.join(budget.spaces)} (CMA-ES, population {budget.population}, "
                 f"{budget.generations} generations) …")
-        ps = run_search(ps_config(sources, data, seed, budget), out / "runs" / f"ps-s{seed}",
-                        out / "evolved" / f"ps-s{seed}", ctx.progress)
-        dfs = run_search(dfs_config(sources, data, seed, budget), out / "runs" / f"dfs-s{seed}",
-                         out / "evolved" / f"dfs-s{seed}", ctx.progress)
-        both = run_search(ps_dfs_config(sources, data, seed, budget, ps["run_dir"] / "best.yaml"),
-                          out / "runs" / f"ps-dfs-s{seed}", out / "evolved" / f"ps-dfs-s{seed}", ctx.progress)
-        for label, run in zip(KINDS, (ps, dfs, both)):
+        done: dict[str, dict[str, Any]] = {}
+        if "PS" in budget.spaces:
+            done["PS"] = run_search(ps_config(sources, data, seed, budget), out / "runs" / f"ps-s{seed}",
+                                    out / "evolved" / f"ps-s{seed}", ctx.progress)
+        if "DFS" in budget.spaces:
+            done["DFS"] = run_search(dfs_config(sources, data, seed, budget), out / "runs" / f"dfs-s{seed}",
+                                     out / "evolved" / f"dfs-s{seed}", ctx.progress)
+        if "PS+DFS" in budget.spaces:
+            done["PS+DFS"] = run_search(ps_dfs_config(sources, data, seed, budget, done["PS"]["run_dir"] / "best.yaml"),
+                                        out / "runs" / f"ps-dfs-s{seed}", out / "evolved" / f"ps-dfs-s{seed}", ctx.progress)
+        for label, run in done.items():
             run.update(kind=label, seed=seed)
             runs.append(run)
             candidates.append((f"evolved {label} (seed {seed})", "evolved", run["model"],
@@ -256,6 +289,12 @@ def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMB
     result = StageResult(stage="lm", headline=HEADLINE, rows=rows, title="Japanese math LM (EvoLLM-JP in miniature, Gemma 3 270M)")
     result.verdict = verdict(rows, budget.seeds)
     result.tables = [heldout_table(rows, budget.seeds), search_table(runs)]
+    if mgsm_ja:
+        paths = {name: path for name, _, path, _ in candidates}
+        chosen = [r.model for r in rows if r.role == "source"]
+        chosen += [best.model for seed in budget.seeds if (best := _best_evolved(rows, seed)) is not None]
+        ctx.say(f"[lm] the real MGSM-JA (250 problems, free generation) for {len(chosen)} models (minutes each) …")
+        result.tables.append(mgsm_ja_table([(m, paths[m]) for m in chosen], out / "mgsm-ja", ctx.progress))
     result.figures = _figures(ctx, runs)
     result.samples = samples
     result.notes = _notes(budget, len(test))
@@ -278,6 +317,48 @@ def _cached_evaluation(model_dir: Path, test: list[dict], path: Path, batch_size
     tmp.write_text(json.dumps({"key": key, "scores": scores}, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)
     return scores
+
+
+# The real MGSM-JA: the seed's prompt and stop strings, greedy; 256 new tokens instead of the seed's 1024 (a
+# 270 M model that has not stopped by then is looping; 1024 would take ~4x as long on 2 cores).
+MGSM_MAX_NEW_TOKENS = 256
+MGSM_BATCH = 25
+
+
+def mgsm_ja_table(models: list[tuple[str, Path]], out: Path, progress: bool = False, *,
+                  limit: int | None = None) -> Table:
+    """Score each (row name, model dir) on the vendored MGSM-JA with the benchmark code (`tsugiki eval
+    mgsm-ja`'s path: the seed's Japanese CoT prompt, free greedy generation, the seed's ``sakana``
+    extraction) and tabulate acc_ja and acc with their 95% bootstrap intervals and the time each took.
+    Responses and scores are kept in ``out/<row>.json``, so a resumed run does not score a model twice."""
+    from tsugiki.benchmarks.runner import evaluate as run_benchmark, get_spec, text_generator
+
+    spec = get_spec("mgsm-ja")
+    body, n = [], 0
+    for name, path in models:
+        cache = out / f"{slug(name)}.json"
+        key = {"model": str(path), "max_new_tokens": MGSM_MAX_NEW_TOKENS, "limit": limit}
+        record = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
+        if record.get("key") != key:
+            t0 = time.perf_counter()
+            gen = text_generator(spec, path, max_new_tokens=MGSM_MAX_NEW_TOKENS, batch_size=MGSM_BATCH, name=name,
+                                 threads=2)
+            res = run_benchmark(spec, gen, limit=limit, metric_options={"extraction": "sakana"}, progress=progress)
+            record = {"key": key, "seconds": round(time.perf_counter() - t0, 1), "n": res.n,
+                      "scores": {k: [e.value, e.low, e.high] for k, e in res.scores.items()},
+                      "responses": [r["prediction"] for r in res.items]}
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+            tmp.replace(cache)
+        n = record["n"]
+        cells = [f"{v:.1f} [{lo:.1f}, {hi:.1f}]" for v, lo, hi in (record["scores"][k] for k in ("acc_ja", "acc"))]
+        body.append([name, *cells, f"{record['seconds']:.0f}"])
+    return Table(f"The real MGSM-JA ({n} problems; value [95% bootstrap CI], %)",
+                 ["model", "acc_ja", "acc", "seconds"], body,
+                 note=f"The seed's Japanese chain-of-thought prompt and stop strings, greedy, at most "
+                      f"{MGSM_MAX_NEW_TOKENS} new tokens (the seed: 1024), the seed's answer extraction; the "
+                      "vendored MGSM-JA test set (`tsugiki eval mgsm-ja` scores the same way).")
 
 
 def search_seeds(seed: int, quick: bool) -> tuple[int, ...]:
@@ -386,7 +467,17 @@ def _notes(budget: LMBudget, n_test: int) -> list[str]:
         "word problems (the MATH sibling's own form).",
         "Baselines use default settings (weights 1, density 0.5); the evolved models' settings come from CMA-ES "
         f"(population {budget.population}; PS {budget.generations} generations, DFS and PS+DFS "
-        f"{budget.dfs_generations or budget.generations}). Fitness, as in the seed: acc_ja of greedy answers on "
-        f"{budget.fitness_n} problems of a disjoint fitness split (other numbers, other wording); the validation curve "
-        f"in each fitness plot is a third split ({budget.validation_n} problems).",
+        f"{budget.dfs_generations or budget.generations}). " + _fitness_note(budget),
     ]
+
+
+def _fitness_note(budget: LMBudget) -> str:
+    if budget.fitness == "teacher_forced":
+        return (f"Fitness: teacher-forced exact match (every answer token and EOS the argmax, so greedy decoding would "
+                f"write it) of the reference ` a + b = c, c - d = e。答えは e です。` on "
+                f"{TF_SCALE * budget.fitness_n} problems of a disjoint fitness split, plus 0.1 × the mean answer-token "
+                f"probability; the validation curve in each fitness plot is a third split ({TF_SCALE * budget.validation_n} "
+                "problems).")
+    return (f"Fitness, as in the seed: acc_ja of greedy answers on {budget.fitness_n} problems of a disjoint fitness "
+            f"split (other numbers, other wording); the validation curve in each fitness plot is a third split "
+            f"({budget.validation_n} problems).")

@@ -42,8 +42,10 @@ def _claim(run_dir: Path, settings: dict, force: bool) -> None:
 
 
 def run_demo(run_dir: Path, *, quick: bool = False, seed: int = 0, force: bool = False,
-             stages: tuple[str, ...] = STAGES, rebuild_models: bool = False, progress: bool = True) -> dict:
-    """Run the demo; returns ``{"results": path, "report": path, "leaderboard": path, "failed": [stage...]}``."""
+             stages: tuple[str, ...] = STAGES, rebuild_models: bool = False, mgsm_ja: bool = False,
+             progress: bool = True) -> dict:
+    """Run the demo (``mgsm_ja``: the LM stage also scores its sources and best evolved models on the real
+    MGSM-JA; not part of the run dir's settings, so it can be added to a finished run); returns ``{"results": path, "report": path, "leaderboard": path, "failed": [stage...]}``."""
     from tsugiki.demo.report import terminal_leaderboard, write_leaderboard, write_report, write_results
     from tsugiki.demo.stage import StageContext
 
@@ -65,7 +67,7 @@ def run_demo(run_dir: Path, *, quick: bool = False, seed: int = 0, force: bool =
             if stage == "lm":
                 from tsugiki.demo.lm_stage import run_lm_stage, search_seeds
 
-                result, evolved = run_lm_stage(ctx, adapters=adapters, seeds=search_seeds(seed, quick))
+                result, evolved = run_lm_stage(ctx, adapters=adapters, seeds=search_seeds(seed, quick), mgsm_ja=mgsm_ja)
             elif stage == "vlm":
                 from tsugiki.demo.base_model import real_base
                 from tsugiki.demo.lm_stage import vlm_grafts

@@ -98,6 +98,12 @@ class Problem:
         one, two = self.steps()
         return f" {one}、{two}。答えは {self.value} です。"
 
+    def mixed_answer(self) -> str:
+        """The MATH sibling's steps closed the way the JA sibling closes a sum (``8 × 5 = 40, 40 + 1 = 41。答えは
+        41 です。``): what merges that work both steps in Japanese write (a teacher-forced fitness reference)."""
+        one, two = self.steps()
+        return f" {one}, {two}。答えは {self.value} です。"
+
 
 def all_problems() -> list[Problem]:
     out = [Problem("add_sub", a, b, c) for a in range(2, 16) for b in range(2, 16) for c in range(1, 10)]
