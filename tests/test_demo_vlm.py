@@ -107,6 +107,12 @@ def test_content_accuracy_accepts_other_names_of_the_same_colour_or_shape():
         for w in words:
             for form in (w, *JA_ALSO.get(w, ())):
                 assert scenes.named_words(form, words) == {w}, form
+    items = scenes.ja_items("test", 2)  # colour, shape, colour, shape
+    answers = [items[0].answer, "猫", "赤と青", items[3].answer]
+    assert [scenes.question_kind(p) for p in items] == ["colour", "shape"] * 2
+    assert V.word_accuracy(answers, items) == 50.0
+    assert V.word_accuracy(answers, items, "colour") == 50.0 and V.word_accuracy(answers, items, "shape") == 50.0
+    assert V.word_accuracy(answers[:1] + ["円"], items[:2], "shape") == (100.0 if items[1].answer == "円" else 0.0)
 
 
 # ----------------------------------------------------------------------------- alignment and grafts

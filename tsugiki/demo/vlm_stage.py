@@ -109,11 +109,12 @@ def _predict(model, processor, template: str, items: Sequence[Pair], progress: b
     return [a.split("\n")[0].strip() for a in predictor.predict([p.image for p in items], [p.prompt for p in items])]
 
 
-def word_accuracy(answers: Sequence[str], items: Sequence[Pair]) -> float:
-    """Percent of Japanese answers that name the right colour / shape word and no other one."""
+def word_accuracy(answers: Sequence[str], items: Sequence[Pair], kind: str | None = None) -> float:
+    """Percent of Japanese answers that name the right colour / shape word and no other one (``kind``: only
+    the colour or only the shape questions). Other names of the same colour or shape count (金 for 金色)."""
     ok = [scenes.named_words(a, scenes.vocabulary("ja", scenes.question_kind(p))) == {p.answer}
-          for a, p in zip(answers, items)]
-    return 100.0 * sum(ok) / len(ok)
+          for a, p in zip(answers, items) if kind is None or scenes.question_kind(p) == kind]
+    return 100.0 * sum(ok) / len(ok) if ok else float("nan")
 
 
 def score(answers: Sequence[str], items: Sequence[Pair]):
@@ -168,7 +169,8 @@ def run_vlm_stage(ctx: StageContext, *, llava_lm: Path, grafts: dict[str, tuple[
         answers[name] = _predict(model, processor, JA_TEMPLATE, items, ctx.progress)
         metrics, ci, per_item[name] = score(answers[name], items)
         _write_answers(ctx.out / "answers" / f"{name}.jsonl", items, answers[name], per_item[name])
-        rows.append(Row(name, role, metrics, ci, extra={"dir": ctx.rel(path)}))
+        by_kind = {k: word_accuracy(answers[name], items, k) for k in ("colour", "shape")}
+        rows.append(Row(name, role, metrics, ci, extra={"dir": ctx.rel(path), "word_acc_by_kind": by_kind}))
     for row in rows[1:]:
         diff, se = paired_difference([s["rougeL_ja"] for s in per_item[row.model]], [s["rougeL_ja"] for s in per_item[SOURCE_NAME]])
         row.extra["vs_llava"] = {"diff": diff, "se": se}
@@ -226,13 +228,19 @@ def _scores_table(rows: list[Row], n: int) -> Table:
     for r in rows:
         lo, hi = r.ci["rougeL_ja"]
         vs = r.extra.get("vs_llava")
+        kinds = r.extra.get("word_acc_by_kind", {})
         body.append([r.model, r.role, f"{r.metrics['rougeL_ja']:.1f} [{lo:.1f}, {hi:.1f}]", f"{r.metrics['rougeL']:.1f}",
-                     f"{r.metrics['word_acc']:.1f}", "—" if vs is None else f"{vs['diff']:+.1f} ± {vs['se']:.1f}"])
+                     f"{r.metrics['word_acc']:.1f}", *(f"{kinds.get(k, float('nan')):.1f}" for k in ("colour", "shape")),
+                     "—" if vs is None else f"{vs['diff']:+.1f} ± {vs['se']:.1f}"])
+    chance = chance_accuracy()
     return Table(f"Japanese VQA on drawn shapes ({n} questions, scenes unseen in training)",
-                 ["model", "role", "rougeL_ja [95% CI]", "rougeL", "word acc %", "Δ rougeL_ja vs LLaVA ± SE"], body,
+                 ["model", "role", "rougeL_ja [95% CI]", "rougeL", "word acc %",
+                  f"colour (chance {chance['colour']:.1f})", f"shape (chance {chance['shape']:.1f})",
+                  "Δ rougeL_ja vs LLaVA ± SE"], body,
                  note="rougeL_ja: ROUGE-L (MeCab words) against short content references (赤, 円) with non-Japanese "
                       "answers scored 0, so a constant or empty answer scores far below a correct one; word acc "
-                      "(content accuracy): the answer names the right colour or shape and no other.")
+                      "(content accuracy, also per question kind): the answer names the right colour or shape and "
+                      "no other (another name of the same one counts: 金 for 金色).")
 
 
 def _english_table(record: dict) -> Table:
