@@ -203,3 +203,26 @@ def test_mgsm_ja_table_scores_the_vendored_set_and_reuses_its_record(tiny_gemma,
 
     monkeypatch.setattr(runner, "evaluate", no_rerun)
     assert L.mgsm_ja_table([("tiny base", tiny_gemma.base)], tmp_path, limit=3).rows == table.rows
+
+
+# ----------------------------------------------------------------------------- logits at answer positions only
+@pytest.mark.parametrize("cap", [None, 0.05])  # the tiny model's logits are small: a small cap bites
+def test_answer_loss_equals_cross_entropy_of_the_full_forward(tiny_gemma, cap):
+    """The training loss that runs the LM head only at labelled positions equals the cross-entropy of the
+    model's own full forward there, with and without Gemma's final logit soft-capping."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma.variants[1], dtype=torch.float32).eval()
+    model.config.final_logit_softcapping = cap
+    ids = torch.tensor([[2, 100, 200, 300, 400, 500], [2, 600, 700, 800, 0, 0]])
+    labels = torch.tensor([[-100, -100, -100, 300, 400, 500], [-100, -100, 700, 800, -100, -100]])
+    with torch.no_grad():
+        got = S.answer_loss(model, ids, labels, pad_id=0)
+        logits = model(input_ids=ids, attention_mask=(ids != 0).long()).logits[:, :-1]
+    keep = labels[:, 1:] != -100
+    want = torch.nn.functional.cross_entropy(logits[keep].float(), labels[:, 1:][keep])
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    if cap:  # the cap changes the loss, so the test would see it missing
+        model.config.final_logit_softcapping = None
+        with torch.no_grad():
+            assert not torch.allclose(S.answer_loss(model, ids, labels, pad_id=0), want, rtol=1e-4)

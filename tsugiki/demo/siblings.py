@@ -76,15 +76,12 @@ def encode(tok, examples: list[wp.Example]) -> tuple[torch.Tensor, torch.Tensor]
 
 def answer_loss(causal_lm, ids: torch.Tensor, labels: torch.Tensor, pad_id: int) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled positions, with LM-head logits only there."""
-    decoder, head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
-    hidden = decoder(input_ids=ids, attention_mask=(ids != pad_id).long(), use_cache=False).last_hidden_state
+    from tsugiki.evolution.fitness import head_logits
+
+    hidden = causal_lm.get_decoder()(input_ids=ids, attention_mask=(ids != pad_id).long(), use_cache=False).last_hidden_state
     target = labels[:, 1:]
     keep = target != -100
-    logits = head(hidden[:, :-1][keep]).float()
-    cap = getattr(causal_lm.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return torch.nn.functional.cross_entropy(logits, target[keep])
+    return torch.nn.functional.cross_entropy(head_logits(causal_lm, hidden[:, :-1][keep]), target[keep])
 
 
 @dataclass

@@ -156,9 +156,11 @@ def _answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Cross-entropy at the answer positions only (the 262k-token head is the costliest layer per position)."""
     hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          pixel_values=batch["pixel_values"], use_cache=False).last_hidden_state
+    from tsugiki.evolution.fitness import head_logits
+
     target = batch["labels"][:, 1:]
     keep = target != -100
-    return torch.nn.functional.cross_entropy(model.lm_head(hidden[:, :-1][keep]).float(), target[keep])
+    return torch.nn.functional.cross_entropy(head_logits(model, hidden[:, :-1][keep]), target[keep])
 
 
 def train_vision(lm_dir: Path, out: Path, recipe: AlignRecipe = ALIGN, spec: VisionSpec = SPEC, *,

@@ -123,11 +123,18 @@ def _logits_at(model, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor,
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
         return logits[rows, cols].float().cpu()
     hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
-    logits = head(hidden[rows.to(device), cols.to(device)]).float()
-    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits.cpu()
+    return head_logits(model, hidden[rows.to(device), cols.to(device)]).cpu()
+
+
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Float32 logits of the LM head for already selected hidden states, soft-capped as the model's forward
+    would (Gemma's ``final_logit_softcapping``, on the model's or, for a LLaVA, its text config). Scorers and
+    trainers that need logits at a few positions (answer tokens) run the 262k-token head only there."""
+    logits = model.get_output_embeddings()(hidden).float()
+    config = getattr(model, "config", None)
+    cap = getattr(config, "final_logit_softcapping", None) or getattr(getattr(config, "text_config", None),
+                                                                     "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def teacher_forced_accuracy(ctx: EvalContext, data: Sequence[Pair], *, prob_weight: float = 0.0,
