@@ -154,6 +154,15 @@ def main() -> None:
         for fw in (False, True):
             run("model_stock", keys, 0, {"filter_wise": fw}, [{}] * 3)
 
+    # nearswap (base + one model; base first and second), on the sets above: no new random draws, so
+    # the cases before keep their inputs and outputs
+    for s, keys in sets.items():
+        for t in (0.0, 0.001, 0.05, 0.2, 5.0):
+            run("nearswap", keys[:2], 0, {"t": t}, [{}, {}])
+        run("nearswap", [keys[2], keys[0]], 1, {"t": 0.05}, [{}, {}])
+    for keys in (par, zero):
+        run("nearswap", keys, 0, {"t": 0.01}, [{}, {}])
+
     for c in cases:  # JSON cannot hold inf/nan; nothing here should produce them
         assert torch.isfinite(tensors[c["output"]]).all(), c
     OUT.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,7 @@ EXPECTED = {
     "model_stock": ({"filter_wise": (False, False)}, "required", False, 3, None),
     # offset is tsugiki's, not mergekit's: DFS folds scales into Gemma's (1 + w) norms with it
     "passthrough": ({"scale": (None, True), "offset": (None, True)}, "ignored", False, 1, 1),
+    "nearswap": ({"t": (REQUIRED, False)}, "required", False, 2, 2),
 }
 
 
@@ -79,6 +80,33 @@ def test_method_specs_match_mergekit(name):
     assert m.name == name and m.reference
     assert {p.name: (p.default, p.per_model) for p in m.params} == params
     assert (m.base, m.randomized, m.min_models, m.max_models) == (base, randomized, lo, hi)
+
+
+# --------------------------------------------------------------------------- nearswap
+
+def test_nearswap_hand():
+    """Base [0, 1, 2, 3], other [0.05, 1.5, 2, 1], t = 0.1, worked by hand: |a - b| = [0.05, 0.5, 0, 2]
+    -> w = [1 (capped), 0.2, 1 (floor 1e-6), 0.05] -> out = [0.05, 1.1, 2, 2.9]."""
+    a, b = T(0, 1, 2, 3), T(0.05, 1.5, 2, 1)
+    assert close(run("nearswap", [a, b], 0, [{}, {}], t=0.1), [0.05, 1.1, 2, 2.9])
+    assert close(run("nearswap", [b, a], 1, [{}, {}], t=0.1), [0.05, 1.1, 2, 2.9])  # the base may come second
+    assert torch.equal(run("nearswap", [a, b], 0, [{}, {}], t=0.0), a)  # t = 0: the base
+    assert close(run("nearswap", [a, b], 0, [{}, {}], t=10.0), b)  # t above every gap: the other model
+    with pytest.raises(MergeError, match="needs parameter 't'"):
+        run("nearswap", [a, b], 0, [{}, {}])
+    with pytest.raises(MergeError, match="needs exactly 2 models"):
+        run("nearswap", [a, b, b], 0, [{}, {}, {}], t=0.1)
+    with pytest.raises(MergeError, match="needs a base"):
+        run("nearswap", [a, b], None, [{}, {}], t=0.1)
+
+
+def test_nearswap_is_the_formula_bit_for_bit():
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(1000, generator=g)
+    b = a + 0.01 * torch.randn(1000, generator=g)
+    b[:10] = a[:10]  # equal elements: the 1e-6 floor
+    w = (0.005 / (a - b).abs().clamp(min=1e-6)).clamp(min=0, max=1)
+    assert torch.equal(run("nearswap", [a, b], 0, [{}, {}], t=0.005), w * b + (1 - w) * a)
 
 
 # --------------------------------------------------------------------------- linear / task arithmetic
@@ -353,17 +381,17 @@ def test_passthrough():
 def test_dtype_and_shape_preserved(name, dtype):
     g = torch.Generator().manual_seed(9)
     m = get_method(name)
-    n = {"slerp": 2, "passthrough": 1}.get(name, 4)
+    n = {"slerp": 2, "nearswap": 2, "passthrough": 1}.get(name, 4)
     ts = [torch.randn(4, 6, generator=g).to(dtype) for _ in range(n)]
     base_index = 0 if m.base == "required" else None
     pm = {"weight": 0.5} if name != "passthrough" else {}
     if name.startswith(("ties", "dare", "della", "breadcrumbs")):
         pm["density"] = 0.5
-    if name in ("slerp", "model_stock"):
+    if name in ("slerp", "model_stock", "nearswap"):
         pm = {}
     params = [{} if i == base_index else dict(pm) for i in range(n)]
     gen = torch.Generator().manual_seed(0) if m.randomized else None
-    glob = {"t": 0.3} if name == "slerp" else {}
+    glob = {"t": 0.3} if name in ("slerp", "nearswap") else {}
     out = m(MergeInputs(ts, base_index, params, gen, "x"), **glob)
     assert out.dtype == dtype and out.shape == (4, 6) and torch.isfinite(out.float()).all()
 

@@ -14,6 +14,7 @@ from tsugiki.merging.methods.dare import DARE_LINEAR, DARE_TIES
 from tsugiki.merging.methods.della import DELLA, DELLA_LINEAR
 from tsugiki.merging.methods.linear import LINEAR
 from tsugiki.merging.methods.model_stock import MODEL_STOCK
+from tsugiki.merging.methods.nearswap import NEARSWAP
 from tsugiki.merging.methods.passthrough import PASSTHROUGH
 from tsugiki.merging.methods.slerp import SLERP
 from tsugiki.merging.methods.task_arithmetic import TASK_ARITHMETIC
@@ -34,6 +35,7 @@ for _m in (
     SLERP,
     MODEL_STOCK,
     PASSTHROUGH,
+    NEARSWAP,
 ):
     METHODS.register(_m.name, _m)
 del _m
