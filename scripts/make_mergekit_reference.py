@@ -163,6 +163,17 @@ def main() -> None:
     for keys in (par, zero):
         run("nearswap", keys, 0, {"t": 0.01}, [{}, {}])
 
+    # karcher (every input counts equally; a base is an ordinary input): defaults, more iterations, a
+    # loose tol that stops early, one input, base-marked input, near-parallel and antiparallel pairs, a zero
+    for s, keys in sets.items():
+        run("karcher", keys, None, {}, [{}] * len(keys))
+        run("karcher", keys[1:], None, {"max_iter": 50, "tol": 1e-7}, [{}] * 3)
+        run("karcher", keys[:2], None, {"max_iter": 2, "tol": 1e-2}, [{}, {}])
+        run("karcher", keys, 0, {}, [{}] * len(keys))
+    run("karcher", sets["m"][1:2], None, {}, [{}])
+    for keys in (par, anti, zero):
+        run("karcher", keys, None, {}, [{}, {}])
+
     for c in cases:  # JSON cannot hold inf/nan; nothing here should produce them
         assert torch.isfinite(tensors[c["output"]]).all(), c
     OUT.mkdir(parents=True, exist_ok=True)

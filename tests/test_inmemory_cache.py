@@ -46,6 +46,10 @@ def recipe(method: str, base, models, second: bool, seed: int = 7) -> Recipe:
     elif method == "slerp":
         data["models"] = [{"model": str(base)}, {"model": a}]
         data["parameters"] = {"t": 0.7 if second else 0.3}
+    elif method == "karcher":
+        del data["base_model"]
+        data["models"] = [{"model": m} for m in (a, b, c)]
+        data["parameters"] = {"max_iter": 3 if second else 10}
     elif method == "nearswap":
         data["models"] = [{"model": str(base)}, {"model": a}]
         data["parameters"] = {"t": 0.01 if second else 0.001}

@@ -63,6 +63,7 @@ EXPECTED = {
     # offset is tsugiki's, not mergekit's: DFS folds scales into Gemma's (1 + w) norms with it
     "passthrough": ({"scale": (None, True), "offset": (None, True)}, "ignored", False, 1, 1),
     "nearswap": ({"t": (REQUIRED, False)}, "required", False, 2, 2),
+    "karcher": ({"max_iter": (10, False), "tol": (1e-5, False)}, "ignored", False, 1, None),
 }
 
 
@@ -107,6 +108,32 @@ def test_nearswap_is_the_formula_bit_for_bit():
     b[:10] = a[:10]  # equal elements: the 1e-6 floor
     w = (0.005 / (a - b).abs().clamp(min=1e-6)).clamp(min=0, max=1)
     assert torch.equal(run("nearswap", [a, b], 0, [{}, {}], t=0.005), w * b + (1 - w) * a)
+
+
+# --------------------------------------------------------------------------- karcher
+
+def test_karcher_of_two_unit_vectors_is_their_geodesic_midpoint():
+    u, v = T(1, 0, 0), T(0, 1, 0)
+    h = math.sqrt(0.5)
+    assert close(run("karcher", [u, v], None, [{}, {}]), [h, h, 0])
+    # norms 2 and 4: the midpoint direction scaled by the mean norm 3
+    assert close(run("karcher", [2 * u, 4 * v], None, [{}, {}]), [3 * h, 3 * h, 0])
+    one = T(0.3, -2, 5)
+    assert torch.equal(run("karcher", [one], None, [{}]), one)  # one input: itself
+
+
+def test_karcher_on_a_great_circle_is_the_mean_angle():
+    """Directions at angles 0, 0.2 and 1.3 rad on one great circle (within a half-circle): their Karcher
+    mean is the direction at the mean angle 0.5 (closed form); the extrinsic mean (the first guess) is not."""
+    angles = (0.0, 0.2, 1.3)
+    pts = [T(math.cos(a), math.sin(a), 0.0) for a in angles]
+    out = run("karcher", pts, None, [{}] * 3, max_iter=100, tol=1e-9)
+    assert close(out, [math.cos(0.5), math.sin(0.5), 0.0])
+    first_guess = run("karcher", pts, None, [{}] * 3, max_iter=0)
+    assert not close(first_guess, [math.cos(0.5), math.sin(0.5), 0.0], tol=1e-3)
+    with pytest.raises(MergeError, match="max_iter"):
+        run("karcher", pts, None, [{}] * 3, max_iter=-1)
+    assert torch.equal(run("karcher", [T(0, 0), T(0, 0)], None, [{}, {}]), T(0, 0))  # no direction: zeros
 
 
 # --------------------------------------------------------------------------- linear / task arithmetic

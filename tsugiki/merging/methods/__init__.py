@@ -12,6 +12,7 @@ from tsugiki.merging.methods.base import REQUIRED, MergeInputs, MergeMethod, Par
 from tsugiki.merging.methods.breadcrumbs import BREADCRUMBS, BREADCRUMBS_TIES
 from tsugiki.merging.methods.dare import DARE_LINEAR, DARE_TIES
 from tsugiki.merging.methods.della import DELLA, DELLA_LINEAR
+from tsugiki.merging.methods.karcher import KARCHER
 from tsugiki.merging.methods.linear import LINEAR
 from tsugiki.merging.methods.model_stock import MODEL_STOCK
 from tsugiki.merging.methods.nearswap import NEARSWAP
@@ -36,6 +37,7 @@ for _m in (
     MODEL_STOCK,
     PASSTHROUGH,
     NEARSWAP,
+    KARCHER,
 ):
     METHODS.register(_m.name, _m)
 del _m

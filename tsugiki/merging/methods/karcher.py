@@ -1,0 +1,100 @@
+"""Karcher mean: the Riemannian (Fréchet) mean of the models' directions on the unit hypersphere, scaled
+by their mean norm (Karcher 1977, "Riemannian center of mass and mollifier smoothing"; the fixed-point
+iteration of Buss & Fillmore 2001, "Spherical averages and applications to spherical splines and
+interpolation"; mergekit 0.1.5's ``karcher``, whose behaviour at the edges this follows).
+
+Every source counts equally (weight 1/N; a base model is an ordinary input). With u_i = x_i / |x_i| (a
+zero tensor has u = 0) and only the directions whose norm exceeds ``tol`` averaged (weights renormalised
+over them):
+
+    m = normalise(sum a_i u_i)          (the first direction instead if that sum is shorter than tol)
+    repeat max_iter times:
+        T = sum a_i theta_i / sin(theta_i) (u_i - cos(theta_i) m),   theta_i = acos(<m, u_i>)
+            (directions within tol of m contribute nothing)
+        stop if |T| < tol;  m = cos|T| m + sin|T| T/|T|,  renormalised
+    out = (sum_i |x_i| / N) m
+
+One source returns it unchanged; no direction longer than tol returns zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from tsugiki.errors import MergeError
+from tsugiki.merging.methods._common import check_count, fill_globals
+from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
+
+PARAMS = (
+    Param("max_iter", 10, kind=int, doc="fixed-point iterations at most"),
+    Param("tol", 1e-5, doc="stop when the tangent step is shorter; also the smallest norm and angle that count"),
+)
+
+
+def karcher_mean(tensors: list[torch.Tensor], max_iter: int = 10, tol: float = 1e-5) -> torch.Tensor:
+    """The equal-weight Karcher mean of ``tensors`` (same shape), in the first tensor's dtype.
+
+    Norms and angles are computed in float32 (float64 for float64 inputs); directions stay in the input
+    dtype between steps, as mergekit keeps them.
+    """
+    if len(tensors) == 1:
+        return tensors[0].clone()
+    first = tensors[0]
+    work = torch.float64 if first.dtype == torch.float64 else torch.float32
+    weight = 1.0 / len(tensors)
+    norms = [torch.linalg.vector_norm(t.to(work)) for t in tensors]
+    kept = [(t, n) for t, n in zip(tensors, norms) if n.item() > tol]
+    if not kept:
+        return torch.zeros_like(first)
+    units = [(t / n).to(t.dtype).reshape(-1) for t, n in kept]
+    total = sum([weight] * len(kept))  # summed one by one, as mergekit does: the same last bits
+    alphas = [weight / total] * len(kept)  # equal weights, renormalised over the kept directions
+
+    mean = torch.zeros_like(units[0])
+    for a, u in zip(alphas, units):
+        mean += a * u
+    length = torch.linalg.vector_norm(mean.to(work))
+    mean = units[0].clone() if length.item() < tol else (mean / length).to(mean.dtype)
+
+    for _ in range(max_iter):
+        step = torch.zeros_like(mean)
+        for a, u in zip(alphas, units):
+            cos = torch.clamp(torch.dot(mean, u), -1.0, 1.0)
+            theta = torch.arccos(cos)
+            if theta.item() < tol:
+                continue
+            step += a * (theta / torch.sin(theta)) * (u - cos * mean)
+        size = torch.linalg.vector_norm(step.to(work))
+        if size.item() < tol:
+            break
+        mean = (torch.cos(size) * mean + torch.sin(size) * (step / size)).to(mean.dtype)
+        length = torch.linalg.vector_norm(mean.to(work))
+        if length.item() > tol:
+            mean = (mean / length).to(mean.dtype)
+
+    scale = sum(weight * n for n in norms)
+    return (scale * mean).reshape(first.shape).to(first.dtype)
+
+
+def karcher(inputs: MergeInputs, **given: Any) -> torch.Tensor:
+    g = fill_globals("karcher", PARAMS, given, inputs.name)
+    check_count("karcher", inputs, 1, None)
+    max_iter, tol = g["max_iter"], float(g["tol"])
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise MergeError(f"{inputs.name}: karcher max_iter must be a whole number >= 0, got {max_iter!r}")
+    if not (math.isfinite(tol) and tol >= 0):
+        raise MergeError(f"{inputs.name}: karcher tol must be finite and >= 0, got {tol}")
+    return karcher_mean(list(inputs.tensors), max_iter, tol)
+
+
+KARCHER = MergeMethod(
+    name="karcher",
+    kernel=karcher,
+    params=PARAMS,
+    base="ignored",
+    min_models=1,
+    reference="Karcher 1977 (Riemannian center of mass); Buss & Fillmore 2001 (spherical averages); mergekit 0.1.5 karcher",
+)
