@@ -174,6 +174,16 @@ def main() -> None:
     for keys in (par, anti, zero):
         run("karcher", keys, None, {}, [{}, {}])
 
+    # sce (select by cross-model variance, weight by task-vector energy, erase minority signs)
+    for s, keys in sets.items():
+        for topk in (1.0, 0.5, 0.3, 0.0):
+            run("sce", keys, 0, {"select_topk": topk}, [{}] * len(keys))
+        run("sce", keys[:3], 0, {"select_topk": 0.7, "int8_mask": True}, [{}] * 3)
+        run("sce", keys[:2], 0, {}, [{}, {}])
+    run("sce", mid, 2, {"select_topk": 0.6}, [{}] * 4)
+    run("sce", sets["m"][:1], 0, {}, [{}])  # the base alone
+    run("sce", sing, 0, {}, [{}] * 3)  # opposite task vectors: every sign split
+
     for c in cases:  # JSON cannot hold inf/nan; nothing here should produce them
         assert torch.isfinite(tensors[c["output"]]).all(), c
     OUT.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,9 @@ def recipe(method: str, base, models, second: bool, seed: int = 7) -> Recipe:
     elif method == "nearswap":
         data["models"] = [{"model": str(base)}, {"model": a}]
         data["parameters"] = {"t": 0.01 if second else 0.001}
+    elif method == "sce":
+        data["models"] = [{"model": m} for m in (a, b)]
+        data["parameters"] = {"select_topk": 0.4 if second else 1.0}
     elif method == "passthrough":
         data = {"merge_method": method, "models": [{"model": a, "parameters": {"scale": 0.5 if second else 2.0}}]}
     elif method == "model_stock":

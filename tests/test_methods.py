@@ -64,6 +64,7 @@ EXPECTED = {
     "passthrough": ({"scale": (None, True), "offset": (None, True)}, "ignored", False, 1, 1),
     "nearswap": ({"t": (REQUIRED, False)}, "required", False, 2, 2),
     "karcher": ({"max_iter": (10, False), "tol": (1e-5, False)}, "ignored", False, 1, None),
+    "sce": ({"select_topk": (1.0, False), "int8_mask": (False, False)}, "required", False, 1, None),
 }
 
 
@@ -134,6 +135,23 @@ def test_karcher_on_a_great_circle_is_the_mean_angle():
     with pytest.raises(MergeError, match="max_iter"):
         run("karcher", pts, None, [{}] * 3, max_iter=-1)
     assert torch.equal(run("karcher", [T(0, 0), T(0, 0)], None, [{}, {}]), T(0, 0))  # no direction: zeros
+
+
+# --------------------------------------------------------------------------- sce
+
+def test_sce_hand():
+    """Base 0; task vectors d1 = [2, 1, 0, -1], d2 = [0, 1, 2, 3], by hand. Energies mean(d^2): 1.5 and 3.5 ->
+    w = [0.3, 0.7]. Majority signs (sum [2, 2, 2, 2] >= 0): all +, so d1's -1 and the zeros are erased:
+    element 0: 0.3*2 / 0.3 = 2; 1: (0.3 + 0.7) / 1 = 1; 2: 0.7*2 / 0.7 = 2; 3: 0.7*3 / 0.7 = 3."""
+    b, d1, d2 = T(0, 0, 0, 0), T(2, 1, 0, -1), T(0, 1, 2, 3)
+    assert close(run("sce", [b, d1, d2], 0, [{}, {}]), [2, 1, 2, 3])
+    # variances across the models: [1, 0, 1, 4], 3 nonzero. select_topk 0.34: k = int(3 x 0.34) = 1, only
+    # element 3 survives (d1 -> [0, 0, 0, -1], d2 -> [0, 0, 0, 3]); its majority sign is +, so d1's -1 is erased
+    assert close(run("sce", [b, d1, d2], 0, [{}, {}], select_topk=0.34), [0, 0, 0, 3])
+    assert torch.equal(run("sce", [b, d1, d2], 0, [{}, {}], select_topk=0.25), b)  # k = int(0.75) = 0
+    assert torch.equal(run("sce", [b], 0, []), b)  # no other model: the base
+    assert torch.equal(run("sce", [b, d1, d2], 0, [{}, {}], select_topk=0.0), b)  # nothing selected
+    assert torch.equal(run("sce", [b, d1, d2], 0, [{}, {}], int8_mask=True), run("sce", [b, d1, d2], 0, [{}, {}]))
 
 
 # --------------------------------------------------------------------------- linear / task arithmetic

@@ -17,6 +17,7 @@ from tsugiki.merging.methods.linear import LINEAR
 from tsugiki.merging.methods.model_stock import MODEL_STOCK
 from tsugiki.merging.methods.nearswap import NEARSWAP
 from tsugiki.merging.methods.passthrough import PASSTHROUGH
+from tsugiki.merging.methods.sce import SCE
 from tsugiki.merging.methods.slerp import SLERP
 from tsugiki.merging.methods.task_arithmetic import TASK_ARITHMETIC
 from tsugiki.merging.methods.ties import TIES
@@ -38,6 +39,7 @@ for _m in (
     PASSTHROUGH,
     NEARSWAP,
     KARCHER,
+    SCE,
 ):
     METHODS.register(_m.name, _m)
 del _m
