@@ -57,7 +57,7 @@ def run(method: str, keys: list[str], base_index: int | None, globals_: dict, pe
         torch.manual_seed(seed)
     (out,) = m([group], parameters=params)
     cid = len(cases)
-    tensors[f"case/{cid}"] = out.clone()
+    tensors[f"case/{cid}"] = out.contiguous().clone()
     cases.append(
         dict(id=cid, method=method, inputs=keys, base_index=base_index, globals=globals_, per_model=per_model, seed=seed, output=f"case/{cid}")
     )
@@ -183,6 +183,58 @@ def main() -> None:
     run("sce", mid, 2, {"select_topk": 0.6}, [{}] * 4)
     run("sce", sets["m"][:1], 0, {}, [{}])  # the base alone
     run("sce", sing, 0, {}, [{}] * 3)  # opposite task vectors: every sign split
+
+    # nuslerp (two models, t = w2 / (w1 + w2); with a base their task vectors; whole tensor, rows or columns)
+    for s, keys in sets.items():
+        for layout in ({}, {"nuslerp_flatten": False}, {"nuslerp_flatten": False, "nuslerp_row_wise": True}):
+            run("nuslerp", keys[1:3], None, layout, [{"weight": 0.3}, {"weight": 0.7}])
+            run("nuslerp", keys[:3], 0, layout, nb(0, 3, weight=[1.0, 0.5]))
+        run("nuslerp", keys[:3], 0, {"nuslerp_row_wise": True}, nb(0, 3, weight=[2.0, -0.5]))  # flatten wins
+        run("nuslerp", keys[1:3], None, {}, [{"weight": 1.0}, {"weight": -1.0}])  # zero sum: t = 0.5
+    run("nuslerp", mid[1:4], 1, {"nuslerp_flatten": False}, [{"weight": 0.4}, {}, {"weight": 0.6}])
+    for keys in (par, anti, zero):
+        run("nuslerp", keys, None, {"nuslerp_flatten": False}, [{"weight": 0.5}, {"weight": 0.5}])
+        run("nuslerp", keys, None, {}, [{"weight": 0.2}, {"weight": 0.8}])
+
+    # multislerp (any number of models on the hypersphere; with a base their task vectors)
+    for s, keys in sets.items():
+        run("multislerp", keys[1:], None, {}, [{"weight": w} for w in (0.5, 0.3, 0.8)])
+        run("multislerp", keys, 0, {}, nb(0, 4, weight=[0.5, 0.3, 0.8]))
+        run("multislerp", keys, 0, {"normalize_weights": False}, nb(0, 4, weight=[0.2, 0.3, 0.4]))
+        run("multislerp", keys[1:3], None, {"eps": 1e-4}, [{"weight": 1.0}, {"weight": 2.0}])
+    run("multislerp", mid, 2, {}, nb(2, 4, weight=[1.0, 1.0, 1.0]))
+    run("multislerp", sets["m"][1:2], None, {}, [{"weight": 0.5}])  # one model: itself
+    run("multislerp", sets["m"][:2], 0, {}, [{}, {"weight": 0.5}])  # base + one model: the model
+    run("multislerp", anti, None, {}, [{"weight": 2.0}, {"weight": 1.0}])  # antiparallel, |mean| = 1/3
+    run("multislerp", anti, None, {}, [{"weight": 1.0}, {"weight": 1.0}])  # mean direction 0: linear
+    run("multislerp", par, None, {}, [{"weight": 0.5}, {"weight": 0.5}])
+
+    # arcee_fusion, ram, ramplus_tl on task vectors that are sparse (each model changes its own elements,
+    # some shared, some below ram's epsilon) and on a larger tensor for arcee_fusion's quartiles
+    sb = torch.randn(8, 12, generator=g)
+    sparse = [sb]
+    for density in (0.3, 0.5, 0.2):
+        keep = (torch.rand(8, 12, generator=g) < density).float()
+        tiny = (torch.rand(8, 12, generator=g) < 0.1).float() * 3e-6  # changed, but below epsilon 1e-5
+        sparse.append(sb + 0.2 * torch.randn(8, 12, generator=g) * keep + tiny * (1 - keep))
+    sp = add_set("sparse", sparse)
+    lb = torch.randn(40, 50, generator=g)
+    large = add_set("large", [lb, lb + 0.05 * torch.randn(40, 50, generator=g) * (torch.rand(40, 50, generator=g) < 0.5)])
+    for keys in (*sets.values(), sp, large, par, zero):
+        run("arcee_fusion", keys[:2], 0, {}, [{}, {}])
+    run("arcee_fusion", [sp[2], sp[0]], 1, {}, [{}, {}])
+    for keys in (*sets.values(), sp):
+        run("ram", keys, 0, {}, [{}] * len(keys))
+        run("ramplus_tl", keys, 0, {}, [{}] * len(keys))
+    for eps in (1e-6, 0.05):
+        run("ram", sp, 0, {"epsilon": eps}, [{}] * 4)
+        run("ramplus_tl", sp, 0, {"epsilon": eps}, [{}] * 4)
+    run("ramplus_tl", sp, 0, {"r": 0.5, "alpha": 1.5}, [{}] * 4)
+    run("ramplus_tl", sp[:2], 0, {"r": 1.0}, [{}] * 2)  # one model: every change unique, no sharing
+    run("ram", [sp[1], sp[2], sp[0], sp[3]], 2, {}, [{}] * 4)
+    run("ramplus_tl", [sp[1], sp[2], sp[0], sp[3]], 2, {"alpha": 0.5}, [{}] * 4)
+    run("ram", sp[:1], 0, {}, [{}])  # the base alone
+    run("ramplus_tl", sing, 0, {}, [{}] * 3)
 
     for c in cases:  # JSON cannot hold inf/nan; nothing here should produce them
         assert torch.isfinite(tensors[c["output"]]).all(), c

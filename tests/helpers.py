@@ -21,3 +21,27 @@ def copy_model(src, dst, edit):
         f.unlink()
     save_file(edit(tensors), dst / "model.safetensors", metadata={"format": "pt"})
     return dst
+
+
+# A recipe for each merge method added after mergekit's first twelve, from a base and two other models:
+# method -> (uses the base, [(which model, parameters)], method-level parameters as YAML flow). "base"
+# is the base model, 0 and 1 the others.
+NEW_METHODS = {
+    "nuslerp": (True, [("base", "{}"), (0, "{weight: 0.3}"), (1, "{weight: 0.6}")], "{nuslerp_flatten: false}"),
+    "multislerp": (True, [("base", "{}"), (0, "{weight: 0.3}"), (1, "{weight: 0.6}")], "{}"),
+    "karcher": (False, [("base", "{}"), (0, "{}"), (1, "{}")], "{max_iter: 5}"),
+    "sce": (True, [("base", "{}"), (0, "{}"), (1, "{}")], "{select_topk: 0.5}"),
+    "arcee_fusion": (True, [("base", "{}"), (0, "{}")], "{}"),
+    "nearswap": (True, [("base", "{}"), (1, "{}")], "{t: 0.01}"),
+    "ram": (True, [("base", "{}"), (0, "{}"), (1, "{}")], "{epsilon: 0.001}"),
+    "ramplus_tl": (True, [("base", "{}"), (0, "{}"), (1, "{}")], "{r: 0.5, alpha: 1.0}"),
+}
+
+
+def new_method_recipe(method, base, others):
+    """Recipe text of NEW_METHODS[method] with model paths filled in."""
+    uses_base, models, params = NEW_METHODS[method]
+    path = lambda which: base if which == "base" else others[which]  # noqa: E731
+    lines = [f"merge_method: {method}"] + ([f"base_model: {base}"] if uses_base else []) + [f"parameters: {params}", "models:"]
+    lines += [f"  - {{model: {path(w)}, parameters: {p}}}" for w, p in models]
+    return "\n".join(lines) + "\n"

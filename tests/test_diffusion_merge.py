@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from tsugiki.diffusion import blocks, layout
@@ -16,7 +17,10 @@ from tsugiki.diffusion.merge import SINGLE_FILE_NAME, is_sdxl_recipe, merge_sdxl
 from tsugiki.errors import CheckpointError, MergeError, OutputExistsError, RecipeError
 from tsugiki.factory.sdxl import build_sd15_unet, build_tiny_sdxl, export_single_file
 from tsugiki.merging.execute import MergeOptions
+from tsugiki.merging.methods import MergeInputs, get_method
 from tsugiki.merging.recipe import load_recipe
+
+from helpers import NEW_METHODS, new_method_recipe
 
 OPTS = MergeOptions(progress=False)
 UNET_FILE = Path("unet/diffusion_pytorch_model.safetensors")
@@ -233,3 +237,33 @@ def test_bad_inputs(sdxl, tmp_path):
     (tmp_path / "exists").mkdir()
     with pytest.raises(OutputExistsError):
         merge_sdxl_to_disk(_recipe("merge_method: passthrough\nmodels:\n  - model: {base}\n", sdxl), tmp_path / "exists", OPTS)
+
+
+@pytest.mark.parametrize("method", sorted(NEW_METHODS))
+def test_each_newer_method_merges_every_unet_tensor_through_its_kernel(method, sdxl, tmp_path):
+    """The methods added after the first twelve merge SDXL UNets like the others: each UNet tensor is the
+    kernel applied to the sources' tensors in recipe order, the other components are copied."""
+    root = sdxl["root"]
+    for name in ("noisy_a", "noisy_b"):  # UNet-only sources near the base, so every method has work to do
+        if not (root / name).exists():
+            (root / name).mkdir()
+            shutil.copy(sdxl["base"] / "unet" / "config.json", root / name / "config.json")
+            g = torch.Generator().manual_seed(len(name) + ord(name[-1]))
+            noisy = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in load_file(sdxl["base"] / UNET_FILE).items()}
+            save_file(noisy, root / name / "diffusion_pytorch_model.safetensors")
+    text = new_method_recipe(method, str(sdxl["base"]), [str(root / "noisy_a"), str(root / "noisy_b")])
+    merge_sdxl_to_disk(load_recipe(text), tmp_path / "out", OPTS, components_from=str(sdxl["base"]))
+    for rel in COPIED:
+        assert (tmp_path / "out" / rel).read_bytes() == (sdxl["base"] / rel).read_bytes(), rel
+    uses_base, models, params = NEW_METHODS[method]
+    unets = {"base": load_file(sdxl["base"] / UNET_FILE),
+             0: load_file(root / "noisy_a" / "diffusion_pytorch_model.safetensors"),
+             1: load_file(root / "noisy_b" / "diffusion_pytorch_model.safetensors")}
+    per_model = [{} if w == "base" and uses_base else yaml.safe_load(p) for w, p in models]
+    base_index = 0 if uses_base else None
+    kernel, globals_ = get_method(method), yaml.safe_load(params)
+    merged = load_file(tmp_path / "out" / UNET_FILE)
+    assert merged.keys() == unets["base"].keys()
+    for name, got in merged.items():
+        want = kernel(MergeInputs([unets[w][name] for w, _ in models], base_index, per_model, None, name), **globals_)
+        assert torch.equal(got, want), name

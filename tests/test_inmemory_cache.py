@@ -56,6 +56,17 @@ def recipe(method: str, base, models, second: bool, seed: int = 7) -> Recipe:
     elif method == "sce":
         data["models"] = [{"model": m} for m in (a, b)]
         data["parameters"] = {"select_topk": 0.4 if second else 1.0}
+    elif method == "nuslerp":
+        data["models"] = [{"model": a, "parameters": {"weight": 0.3 if second else 1.0}}, {"model": b, "parameters": {"weight": 0.6}}]
+        data["parameters"] = {"nuslerp_flatten": second}
+    elif method == "multislerp":
+        del data["base_model"]
+        data["models"] = [{"model": m, "parameters": {"weight": w}} for m, w in zip((a, b, c), (0.2, 0.5, 0.9 if second else 0.1))]
+    elif method == "arcee_fusion":
+        data["models"] = [{"model": str(base)}, {"model": b if second else a}]
+    elif method in ("ram", "ramplus_tl"):
+        data["models"] = [{"model": m} for m in (a, b)]
+        data["parameters"] = {"epsilon": 1e-3 if second else 1e-5} | ({"r": 0.5, "alpha": 1.0} if method == "ramplus_tl" else {})
     elif method == "passthrough":
         data = {"merge_method": method, "models": [{"model": a, "parameters": {"scale": 0.5 if second else 2.0}}]}
     elif method == "model_stock":

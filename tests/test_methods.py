@@ -65,6 +65,13 @@ EXPECTED = {
     "nearswap": ({"t": (REQUIRED, False)}, "required", False, 2, 2),
     "karcher": ({"max_iter": (10, False), "tol": (1e-5, False)}, "ignored", False, 1, None),
     "sce": ({"select_topk": (1.0, False), "int8_mask": (False, False)}, "required", False, 1, None),
+    "nuslerp": ({"weight": (REQUIRED, True), "nuslerp_row_wise": (False, False), "nuslerp_flatten": (True, False)},
+                "optional", False, 2, 3),
+    "multislerp": ({"weight": (REQUIRED, True), "normalize_weights": (True, False), "eps": (1e-8, False)},
+                   "optional", False, 1, None),
+    "arcee_fusion": ({}, "required", False, 2, 2),
+    "ram": ({"epsilon": (1e-5, False)}, "required", False, 1, None),
+    "ramplus_tl": ({"r": (0.1, False), "alpha": (0.2, False), "epsilon": (1e-5, False)}, "required", False, 1, None),
 }
 
 
@@ -135,6 +142,107 @@ def test_karcher_on_a_great_circle_is_the_mean_angle():
     with pytest.raises(MergeError, match="max_iter"):
         run("karcher", pts, None, [{}] * 3, max_iter=-1)
     assert torch.equal(run("karcher", [T(0, 0), T(0, 0)], None, [{}, {}]), T(0, 0))  # no direction: zeros
+
+
+# --------------------------------------------------------------------------- nuslerp / multislerp
+
+def test_nuslerp_closed_forms():
+    """Orthogonal unit vectors (θ = π/2): t = w2 / (w1 + w2), out = sin((1-t)π/2) a + sin(tπ/2) b."""
+    a, b = T(1, 0), T(0, 1)
+    mid = run("nuslerp", [a, b], None, [{"weight": 1.0}, {"weight": 1.0}])
+    assert close(mid, [1 / SQ2, 1 / SQ2])  # the geodesic midpoint
+    q = run("nuslerp", [a, b], None, [{"weight": 1.0}, {"weight": 3.0}])  # t = 0.75
+    assert close(q, [math.sin(math.pi / 8), math.sin(3 * math.pi / 8)])
+    assert close(run("nuslerp", [a, b], None, [{"weight": 2.0}, {"weight": -2.0}]), mid)  # zero sum: t = 0.5
+    # with a base, the task vectors are interpolated and the base added back
+    c = T(5, -3)
+    assert close(run("nuslerp", [c, c + a, c + b], 0, [{"weight": 1.0}, {"weight": 1.0}]), c + mid)
+    # parallel vectors: plain linear interpolation, norms mixed (2 and 4 -> 3 at t = 0.5)
+    assert close(run("nuslerp", [2 * a, 4 * a], None, [{"weight": 1.0}, {"weight": 1.0}]), [3, 0])
+    # row-wise / per-row / whole: rows of [[1, 0], [0, 1]] and [[0, 1], [1, 0]] are orthogonal pairs, its
+    # columns too; the flattened tensors are orthogonal as a whole
+    x, y = torch.eye(2), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    half = 1 / SQ2
+    for opts in ({}, {"nuslerp_flatten": False}, {"nuslerp_flatten": False, "nuslerp_row_wise": True}):
+        assert close(run("nuslerp", [x, y], None, [{"weight": 1}, {"weight": 1}], **opts), [[half, half], [half, half]])
+    # rows: [[1, 0], [1, 0]] vs [[0, 1], [2, 0]]: row 0 orthogonal (slerp), row 1 parallel (linear: 1.5);
+    # column-wise, [1, 1] vs [0, 2] are 45° apart; the zero column [0, 0] vs [1, 0] counts as orthogonal
+    # (cos 0), so it becomes sin(π/4) x [1, 0]
+    x, y = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [2.0, 0.0]])
+    assert close(run("nuslerp", [x, y], None, [{"weight": 1}, {"weight": 1}], nuslerp_flatten=False),
+                 [[half, half], [1.5, 0.0]])
+    col = run("nuslerp", [x, y], None, [{"weight": 1}, {"weight": 1}], nuslerp_flatten=False, nuslerp_row_wise=True)
+    s = math.sin(math.pi / 8) / math.sin(math.pi / 4)  # sin(θ/2) / sin θ at θ = π/4
+    assert close(col[:, 0], [s * 1, s * (1 + 2)]) and close(col[:, 1], [half, 0])
+
+
+def test_nuslerp_needs_two_models_besides_the_base():
+    x = T(1, 2)
+    with pytest.raises(MergeError, match="exactly 2 models"):
+        run("nuslerp", [x, x, x, x], 0, [{"weight": 1.0}] * 3)
+    with pytest.raises(MergeError, match="needs 'weight'"):
+        run("nuslerp", [x, x], None, [{}, {}])
+
+
+def test_multislerp_closed_forms():
+    a, b = T(1, 0), T(0, 1)
+    # two unit vectors, equal weights: the mean direction itself, the geodesic midpoint
+    assert close(run("multislerp", [a, b], None, [{"weight": 1.0}, {"weight": 1.0}]), [1 / SQ2, 1 / SQ2])
+    # norms 2 and 4, weights normalised to 0.5: the midpoint direction at the mean norm 3
+    assert close(run("multislerp", [2 * a, 4 * b], None, [{"weight": 1}, {"weight": 1}]), [3 / SQ2, 3 / SQ2], tol=1e-5)
+    # unnormalised weights scale the norm: 2 x 1 + 2 x 1 = 4
+    out = run("multislerp", [a, b], None, [{"weight": 2.0}, {"weight": 2.0}], normalize_weights=False)
+    assert close(out, [4 / SQ2, 4 / SQ2], tol=1e-5)
+    # one model: itself; a base and one model: that model
+    assert torch.equal(run("multislerp", [a], None, [{"weight": 0.3}]), a)
+    assert torch.equal(run("multislerp", [b, a], 0, [{"weight": 0.3}]), a)
+    # with a base the task vectors are interpolated
+    c = T(1, 1)
+    assert close(run("multislerp", [c, c + a, c + b], 0, [{"weight": 1}, {"weight": 1}]), c + T(1 / SQ2, 1 / SQ2))
+    # opposite directions with balancing weights: two models fall back to the weighted sum, three are an error
+    assert close(run("multislerp", [a, -3 * a], None, [{"weight": 1}, {"weight": 1}]), [-1, 0])
+    with pytest.raises(MergeError, match="weighted mean"):
+        run("multislerp", [a, -a, b - b], None, [{"weight": 1}, {"weight": 1}, {"weight": 1}])
+
+
+# --------------------------------------------------------------------------- arcee_fusion / ram
+
+def test_arcee_fusion_hand():
+    """A 1-D tensor is one row, so its KL factor scales every importance alike and the mask is
+    |d| >= Q2 + 1.5 (Q3 - Q1) of |d|. d = [.1 .. .7, 3] (n = 8): the quartiles are the sorted values at
+    indices 1, 3, 5: 0.2, 0.4, 0.6 -> τ = 0.4 + 1.5 x 0.4 = 1.0, and only the last element moves."""
+    a = torch.zeros(8)
+    d = T(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 3.0)
+    assert close(run("arcee_fusion", [a, a + d], 0, [{}]), [0] * 7 + [3.0])
+    assert close(run("arcee_fusion", [a + d, a], 1, [{}]), [0] * 7 + [3.0])  # the base listed second
+    assert close(run("arcee_fusion", [a + d, a], 0, [{}]), d * (d < 1))  # roles swapped: the outlier goes to 0
+    # a row moved by a constant changes no softmax, so its KL factor and importance are 0 although it moved
+    # most. With the row above (KL k > 0) and a row all moved by 10, the 16 sorted importances are 8 zeros,
+    # then k x d: indices 3, 7, 11 give Q1 = 0, Q2 = 0, Q3 = 0.4k -> τ = 0.6k: d's 0.6, 0.7 and 3 move
+    base = torch.zeros(2, 8)
+    other = torch.stack([d, torch.full((8,), 10.0)])
+    want = torch.zeros(2, 8)
+    want[0, 5:] = T(0.6, 0.7, 3.0)
+    assert close(run("arcee_fusion", [base, other], 0, [{}]), want)
+    with pytest.raises(MergeError, match="exactly 2"):
+        run("arcee_fusion", [a, a, a], 0, [{}, {}])
+
+
+def test_ram_hand():
+    """Base 0; d1 = [1, 2, 0, 3e-6], d2 = [0, 4, 5, 0]. Changed (|d| > 1e-5): element 0 by d1 only,
+    1 by both, 2 by d2 only, 3 by none (3e-6 is below epsilon). ram keeps unique changes whole and
+    averages shared ones: [1, 3, 5, 0] (task arithmetic's mean would halve the unique ones)."""
+    b, x1, x2 = T(0, 0, 0, 0), T(1, 2, 0, 3e-6), T(0, 4, 5, 0)
+    assert close(run("ram", [b, x1, x2], 0, [{}, {}]), [1, 3, 5, 0])
+    assert close(run("ram", [b, x1, x2], 0, [{}, {}], epsilon=1e-7), [1, 3, 5, 3e-6])
+    # ramplus_tl: each model shares 1 element and has 1 of its own: ρ = 1, clamped to alpha = 0.2,
+    # λ = 1 + 0.1 x 0.2 = 1.02 on the unique changes
+    assert close(run("ramplus_tl", [b, x1, x2], 0, [{}, {}]), [1.02, 3, 5.1, 0])
+    assert close(run("ramplus_tl", [b, x1, x2], 0, [{}, {}], r=0.5, alpha=2.0), [1.5, 3, 7.5, 0])
+    # a model with no unique change: ρ = shared / epsilon, clamped; its λ has nothing to scale
+    x3 = T(0, 1, 0, 0)  # x1 changes elements 0 and 1, x3 only 1: ρ1 = 1 / 1, λ1 = 1.1 at alpha = 1
+    assert close(run("ramplus_tl", [b, x1, x3], 0, [{}, {}], alpha=1.0), [1.1, 1.5, 0, 0])
+    assert torch.equal(run("ram", [b], 0, []), b)
 
 
 # --------------------------------------------------------------------------- sce
@@ -426,13 +534,13 @@ def test_passthrough():
 def test_dtype_and_shape_preserved(name, dtype):
     g = torch.Generator().manual_seed(9)
     m = get_method(name)
-    n = {"slerp": 2, "nearswap": 2, "passthrough": 1}.get(name, 4)
+    n = {"slerp": 2, "nearswap": 2, "arcee_fusion": 2, "nuslerp": 2, "passthrough": 1}.get(name, 4)
     ts = [torch.randn(4, 6, generator=g).to(dtype) for _ in range(n)]
     base_index = 0 if m.base == "required" else None
     pm = {"weight": 0.5} if name != "passthrough" else {}
     if name.startswith(("ties", "dare", "della", "breadcrumbs")):
         pm["density"] = 0.5
-    if name in ("slerp", "model_stock", "nearswap"):
+    if name in ("slerp", "model_stock", "nearswap", "karcher", "sce", "arcee_fusion", "ram", "ramplus_tl"):
         pm = {}
     params = [{} if i == base_index else dict(pm) for i in range(n)]
     gen = torch.Generator().manual_seed(0) if m.randomized else None

@@ -580,3 +580,16 @@ def test_yaml_line_break_characters_round_trip():
                     methods=TEST_METHODS)
     assert r.name == "x\x85 y\u2028 z\u2029"
     assert load_recipe(r.to_yaml(), methods=TEST_METHODS) == r
+
+
+def test_models_besides_the_base_checked_with_the_real_registry():
+    """nuslerp interpolates exactly two models, with or without a base; multislerp needs one besides it."""
+    two = "merge_method: nuslerp\nmodels:\n  - model: a\n    parameters: {weight: 1}\n  - model: b\n    parameters: {weight: 1}\n"
+    load_recipe(two, source_name="r.yaml")
+    load_recipe(two + "  - model: c\nbase_model: c\n", source_name="r.yaml")
+    for text in (two + "  - model: c\n    parameters: {weight: 1}\n",
+                 two + "  - model: c\n    parameters: {weight: 1}\n  - model: d\nbase_model: d\n"):
+        with pytest.raises(RecipeError, match=r"^r\.yaml:3: models: merge method 'nuslerp' takes exactly 2 models besides the base, got 3"):
+            load_recipe(text, source_name="r.yaml")
+    with pytest.raises(RecipeError, match="'multislerp' takes at least 1 models besides the base, got 0"):
+        load_recipe("merge_method: multislerp\nbase_model: a\nmodels:\n  - model: a\n", source_name="r.yaml")

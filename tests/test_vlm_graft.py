@@ -24,7 +24,7 @@ from tsugiki.merging.to_disk import merge_to_disk
 from tsugiki.vlm.keymap import load_keymap
 from tsugiki.vlm.merge import is_vlm_recipe, merge_vlm_to_disk
 
-from helpers import copy_model, weights
+from helpers import NEW_METHODS, copy_model, new_method_recipe, weights
 
 QUIET = MergeOptions(progress=False)
 LM_PREFIX = "language_model."  # transformers' on-disk layout: language_model.model.* / language_model.lm_head.*
@@ -295,3 +295,17 @@ def test_output_contract_matches_merge_to_disk(world, tmp_path):
     assert_vision_identical(world.llava, tmp_path / "out")
     assert issubclass(MergeError, TsugikiError) and issubclass(CheckpointError, TsugikiError)
     assert not is_vlm_recipe(load_recipe(recipe_text("linear", None, [(world.llms.base, "{weight: 1.0}")])))
+
+
+@pytest.mark.parametrize("method", sorted(NEW_METHODS))
+def test_graft_with_each_newer_method_merges_like_standalone(method, world, tmp_path):
+    """The methods added after the first twelve graft like the others: vision tensors and side files kept
+    bit for bit, the language model equal to the same recipe merged on the standalone LM."""
+    others = [world.llms.variants[1], world.llms.base]
+    merge_vlm_to_disk(load_recipe(new_method_recipe(method, world.llava, others)), tmp_path / "out", QUIET)
+    assert_vision_identical(world.llava, tmp_path / "out")
+    lm = standalone_lm(world.llava, world.llms.variants[0], tmp_path / "lm")
+    merge_to_disk(load_recipe(new_method_recipe(method, lm, others)), tmp_path / "std", QUIET)
+    got, want = weights(tmp_path / "out"), weights(tmp_path / "std")
+    assert {k for k in got if k.startswith(LM_PREFIX)} == {LM_PREFIX + k for k in want}
+    assert all(torch.equal(got[LM_PREFIX + k], v) for k, v in want.items())

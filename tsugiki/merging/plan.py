@@ -117,6 +117,9 @@ def _job(recipe: Recipe, method: MergeMethod, sources: Mapping[str, TensorSource
     if len(refs) < method.min_models or (method.max_models is not None and len(refs) > method.max_models):
         bound = f"exactly {method.min_models}" if method.min_models == method.max_models else f"at least {method.min_models}"
         raise MergeError(f"merge method {method.name!r} takes {bound} models ({len(refs)} given for {out_name})")
+    problem = method.non_base_error(len(refs) - (method.base != "ignored" and base_index is not None))
+    if problem:
+        raise MergeError(f"{out_name}: {problem}")
     global_params, model_params = resolve_params(
         method, recipe, slice_index, out_name, t, refs, input_names=[name for _, name in inputs],
     )

@@ -400,6 +400,9 @@ class _Checker:
                 raise self.err(("merge_method",), f"merge method {m.name!r} requires a 'base_model'")
             n = len(inputs)
             what = "slice" if sl is not None else "recipe"
+            problem = m.non_base_error(n - (uses_base and base in inputs))
+            if problem:
+                raise self.err(gpath, f"{problem} in this {what}")
             if n < m.min_models:
                 raise self.err(gpath, f"merge method {m.name!r} needs at least {m.min_models} input models, this {what} has {n}")
             if m.max_models is not None and n > m.max_models:

@@ -9,14 +9,18 @@ implementations by tests/test_methods.py with fixtures from scripts/make_mergeki
 from __future__ import annotations
 
 from tsugiki.merging.methods.base import REQUIRED, MergeInputs, MergeMethod, Param
+from tsugiki.merging.methods.arcee_fusion import ARCEE_FUSION
 from tsugiki.merging.methods.breadcrumbs import BREADCRUMBS, BREADCRUMBS_TIES
 from tsugiki.merging.methods.dare import DARE_LINEAR, DARE_TIES
 from tsugiki.merging.methods.della import DELLA, DELLA_LINEAR
 from tsugiki.merging.methods.karcher import KARCHER
 from tsugiki.merging.methods.linear import LINEAR
 from tsugiki.merging.methods.model_stock import MODEL_STOCK
+from tsugiki.merging.methods.multislerp import MULTISLERP
 from tsugiki.merging.methods.nearswap import NEARSWAP
+from tsugiki.merging.methods.nuslerp import NUSLERP
 from tsugiki.merging.methods.passthrough import PASSTHROUGH
+from tsugiki.merging.methods.ram import RAM, RAMPLUS_TL
 from tsugiki.merging.methods.sce import SCE
 from tsugiki.merging.methods.slerp import SLERP
 from tsugiki.merging.methods.task_arithmetic import TASK_ARITHMETIC
@@ -40,6 +44,11 @@ for _m in (
     NEARSWAP,
     KARCHER,
     SCE,
+    NUSLERP,
+    MULTISLERP,
+    ARCEE_FUSION,
+    RAM,
+    RAMPLUS_TL,
 ):
     METHODS.register(_m.name, _m)
 del _m

@@ -114,6 +114,7 @@ class MergeMethod:
     base: str = "ignored"  # "required" | "optional" | "ignored"
     min_models: int = 1  # counting the base where it is a source
     max_models: int | None = None
+    non_base: tuple[int, int | None] = (0, None)  # models besides the base, where the base is a source
     randomized: bool = False
     reference: str = ""  # paper the definition follows
     aliases: tuple[str, ...] = field(default=())
@@ -125,6 +126,14 @@ class MergeMethod:
     @property
     def model_params(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.per_model)
+
+    def non_base_error(self, n: int) -> str | None:
+        """Why ``n`` models besides the base are too few or too many for this method, or None."""
+        lo, hi = self.non_base
+        if lo <= n and (hi is None or n <= hi):
+            return None
+        want = f"exactly {lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+        return f"merge method {self.name!r} takes {want} models besides the base, got {n}"
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
