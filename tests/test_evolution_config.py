@@ -155,3 +155,28 @@ def test_bad_fitness_arguments_and_unknown_sources_are_refused_before_any_candid
           "fitness": {"function": "neg_sphere"}, "search": {}}
     with pytest.raises(EvolutionError, match=r"space\.models: unknown source 'b' \(known: a"):
         make_problem(from_data(ps), tmp_path).check()
+
+
+def test_ps_space_searches_method_level_parameters_once():
+    """nearswap's t and sce's select_topk belong to the method, not to a model: one searched value (per
+    layer group), written to the recipe's top-level parameters, next to the fixed ones."""
+    paths = {"base": "/m/base", "a": "/m/a", "b": "/m/b"}
+    ps = PSSpace("nearswap", "base", ("a",), paths, num_layers=4, bounds={"t": (0.0, 0.1)})
+    assert ps.space().names == ["t"]
+    data = ps.recipe_dict({"t": 0.02})
+    assert data["parameters"] == {"t": 0.02} and data["models"] == [{"model": "/m/a", "parameters": {}}]
+    assert ps.recipe({"t": 0.02}).parameters["t"] == 0.02
+    ps = PSSpace("ramplus_tl", "base", ("a", "b"), paths, num_layers=4, layer_groups=2,
+                 bounds={"r": (0.0, 1.0)}, fixed={"alpha": 0.5})
+    assert ps.space().names == ["r.g0", "r.g1", "r.rest"]
+    data = ps.recipe_dict({"r.g0": 0.1, "r.g1": 0.2, "r.rest": 0.3})
+    assert data["parameters"]["alpha"] == 0.5
+    assert [c["value"] for c in data["parameters"]["r"]] == [0.1, 0.1, 0.2, 0.2, 0.3]
+    assert ps.matrix({"r.g0": 0.1, "r.g1": 0.2, "r.rest": 0.3}, "r") == (["(all models)"], ["g0", "g1", "rest"], [[0.1, 0.2, 0.3]])
+    # per-model and method-level together: nuslerp's weights per model, multislerp's eps once
+    ps = PSSpace("multislerp", "base", ("a", "b"), paths, num_layers=4, bounds={"weight": (0.0, 1.0), "eps": (1e-9, 1e-6)})
+    assert sorted(ps.space().names) == ["a.weight", "b.weight", "eps"]
+    with pytest.raises(EvolutionError, match="karcher's max_iter is int"):
+        PSSpace("karcher", None, ("a", "b"), paths, num_layers=4, bounds={"max_iter": (1, 20)})
+    with pytest.raises(EvolutionError, match="searched or fixed"):
+        PSSpace("nearswap", "base", ("a",), paths, num_layers=4, bounds={"t": (0.0, 0.1)}, fixed={"t": 0.01})

@@ -65,6 +65,29 @@ def test_ps_dare_ties_candidate_equals_exported_merge(tiny_siblings, tmp_path):
     assert problem.evaluate(values) == fit  # re-merging the same candidate is deterministic
 
 
+@pytest.mark.parametrize("method, params, values", [
+    ("nearswap", {"t": [0.0, 0.05]}, {"t": 0.01}),
+    ("sce", {"select_topk": [0.1, 1.0]}, {"select_topk": 0.4}),
+    ("ramplus_tl", {"r": [0.0, 1.0], "epsilon": [0.0, 0.01]}, {"r": 0.6, "epsilon": 0.002}),
+    ("nuslerp", {"weight": [0.0, 1.0]}, {"variant_0.weight": 0.3, "variant_1.weight": 0.8}),
+])
+def test_ps_over_newer_methods_candidate_equals_exported_merge(method, params, values, tiny_siblings, tmp_path):
+    """space.method can be any method with real-valued parameters, per model or method-level: the candidate
+    merged in memory equals the exported best merged on disk, and best.yaml carries the searched values."""
+    cfg = ps_config(tiny_siblings, method, params)
+    if method == "nearswap":
+        cfg["space"]["models"] = ["variant_0"]
+    problem = make_problem(from_data(cfg), tmp_path)
+    assert sorted(problem.space.names) == sorted(values)
+    problem.evaluate(values)
+    out = problem.export(values, tmp_path / "best")
+    on_disk = weights(out)
+    base = weights(tiny_siblings.base)
+    assert any(not torch.equal(on_disk[k], base[k]) for k in base)
+    for name, t in problem.model.state_dict().items():
+        assert torch.equal(t, on_disk[name]), name
+
+
 # ---- DFS: a hand-written Llama forward ---------------------------------------------------------
 def _rms(x, w, eps):
     return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))

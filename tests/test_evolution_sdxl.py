@@ -14,6 +14,7 @@ from tsugiki.errors import EvolutionError
 from tsugiki.evolution import evolve, from_data, load_config, make_problem
 from tsugiki.evolution.problems import prepare_sources
 from tsugiki.evolution.sdxl import load_unet, unet_forward, unet_inputs
+from tsugiki.merging.methods.nearswap import nearswap_tensors
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-sdxl-blocks.yaml"
 
@@ -85,3 +86,23 @@ def test_tiny_sdxl_config_runs(sdxl_run):
     assert (run / "plots" / "ps_heatmap.png").exists()
     page = (run / "report.html").read_text()
     assert '<img src="plots/ps_heatmap.png"' in page and '<img src="plots/fitness.png"' in page
+
+
+def test_block_search_over_a_method_level_parameter(sdxl_run, tmp_path):
+    """nearswap's t is one searched value per block for all models (not per model); the candidate merged in
+    memory equals nearswap of each UNet tensor with its block's t, and the exported UNet."""
+    cfg, run = sdxl_run
+    data = dict(cfg.data)
+    data["space"] = {**data["space"], "method": "nearswap", "models": ["variant_0"], "params": {"t": [0.0, 0.2]}}
+    problem = make_problem(from_data(data), run)
+    assert problem.space.names == [f"t.{u}" for u in ("IN04", "M00", "OUT01", "rest")]
+    t = {"IN04": 0.15, "M00": 0.0, "OUT01": 0.05, "rest": 0.01}
+    values = {f"t.{u}": v for u, v in t.items()}
+    problem.evaluate(values)
+    base, v0 = (unet_weights(run / "models" / n) for n in ("base", "variant_0"))
+    got = problem.model.state_dict()
+    for name in base:
+        want = nearswap_tensors(t.get(locate(name)[0], t["rest"]), base[name], v0[name])
+        assert torch.equal(got[name], want), name
+    exported = unet_weights(problem.export(values, tmp_path / "pipe"))
+    assert all(torch.equal(exported[k], got[k]) for k in base)

@@ -10,8 +10,9 @@ Schema (defaults in brackets; paths are relative to the config file)::
     space:
       kind: ps | dfs | ps_dfs | box
       # ps (tsugiki.evolution.ps): method [dare_ties], base_model, models: [NAME...], layer_groups [1],
-      #   params: {weight: [0, 1], density: [0.1, 1]} (each [low, high] or {bounds, init}),
-      #   fixed: {method-level parameters}, transform [sigmoid], merge_seed [0], dtype
+      #   params: {weight: [0, 1], density: [0.1, 1]} (each [low, high] or {bounds, init}; any real-valued
+      #   parameter of the method: per model, or once for a method-level one such as nearswap's t),
+      #   fixed: {method-level parameters not searched}, transform [sigmoid], merge_seed [0], dtype
       # dfs (tsugiki.evolution.dfs): models: [NAME...], repeats [3], scale_bounds [[0.5, 1.5]],
       #   scale_diagonal [true], fixed_ends: {model, first, last}, init_model, init_indicator [1.0],
       #   transform [sigmoid]

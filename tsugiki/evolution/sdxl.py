@@ -30,7 +30,7 @@ import torch
 
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.fitness import FITNESS, EvalContext, FitnessSpec
-from tsugiki.evolution.ps import DEFAULT_BOUNDS, recipe_data
+from tsugiki.evolution.ps import DEFAULT_BOUNDS, check_searched, method_level, recipe_data
 from tsugiki.evolution.space import Param, SearchSpace
 
 UNITS = ("blocks", "groups")
@@ -63,6 +63,15 @@ class SDXLBlockSpace:
         for name in (*self.models, *([self.base_model] if self.base_model else [])):
             if name not in self.paths:
                 raise EvolutionError(f"space: model {name!r} is not among the sources ({', '.join(self.paths)})")
+        check_searched(self.method, self.bounds, self.fixed)
+
+    def owners(self, param: str) -> list[str | None]:
+        """Each model, or None once for a method-level parameter (as in the PS space)."""
+        return [None] if method_level(self.method, param) else list(self.models)
+
+    @staticmethod
+    def name(model: str | None, param: str, unit: str) -> str:
+        return (f"{model}.{param}" if model is not None else param) + f".{unit}"
 
     def unit_names(self) -> list[str]:
         from tsugiki.diffusion.blocks import BLOCKS, block_groups
@@ -82,22 +91,22 @@ class SDXLBlockSpace:
         return self.unit_names() + (["rest"] if self.blocks is not None else [])
 
     def space(self) -> SearchSpace:
-        return SearchSpace.of(Param(f"{m}.{p}.{u}", lo, hi, self.init.get(p), self.transform)
-                              for m in self.models for p, (lo, hi) in self.bounds.items() for u in self.columns())
+        return SearchSpace.of(Param(self.name(m, p, u), lo, hi, self.init.get(p), self.transform)
+                              for p, (lo, hi) in self.bounds.items() for m in self.owners(p) for u in self.columns())
 
     def recipe_dict(self, values: Mapping[str, float]) -> dict[str, Any]:
         from tsugiki.diffusion.blocks import conditional_setting
 
-        entries = []
-        for m in self.models:
-            params = {}
-            for p in self.bounds:
-                units = {u: float(values[f"{m}.{p}.{u}"]) for u in self.unit_names()}
-                rest = float(values[f"{m}.{p}.rest"]) if self.blocks is not None else None
-                params[p] = conditional_setting(units, rest)
-            entries.append({"model": self.paths[m], "parameters": params})
+        def setting(m: str | None, p: str):
+            units = {u: float(values[self.name(m, p, u)]) for u in self.unit_names()}
+            return conditional_setting(units, float(values[self.name(m, p, "rest")]) if self.blocks is not None else None)
+
+        searched = {p: self.owners(p) for p in self.bounds}
+        entries = [{"model": self.paths[m], "parameters": {p: setting(m, p) for p, o in searched.items() if o != [None]}}
+                   for m in self.models]
+        fixed = {**self.fixed, **{p: setting(None, p) for p, o in searched.items() if o == [None]}}
         return recipe_data(self.method, entries, self.paths[self.base_model] if self.base_model is not None else None,
-                           self.fixed, self.merge_seed)
+                           fixed, self.merge_seed)
 
     def recipe(self, values: Mapping[str, float]):
         from tsugiki.merging.recipe import Recipe
@@ -105,8 +114,9 @@ class SDXLBlockSpace:
         return Recipe.from_dict(self.recipe_dict(values), source_name="<candidate>")
 
     def matrix(self, values: Mapping[str, float], pname: str):
-        cols = self.columns()
-        return list(self.models), cols, [[float(values[f"{m}.{pname}.{c}"]) for c in cols] for m in self.models]
+        cols, owners = self.columns(), self.owners(pname)
+        return ([m if m is not None else "(all models)" for m in owners], cols,
+                [[float(values[self.name(m, pname, c)]) for c in cols] for m in owners])
 
 
 def load_unet(path: str | Path, device: str = "cpu"):
