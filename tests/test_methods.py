@@ -699,3 +699,59 @@ def test_kernels_leave_inputs_untouched(small_blocks, name, per_model, globals_,
     before = [t.clone() for t in inputs]
     run(name, inputs, 0, [dict(per_model) for _ in models], seed=5, **globals_)
     assert all(bits_equal(t, c) for t, c in zip(inputs, before))
+
+
+# --------------------------------------------------------------------------- thread count
+
+_THREAD_CASES = {  # method -> (base index, per-model params, global params, number of inputs)
+    "linear": (None, {"weight": 0.5}, {}, 3), "task_arithmetic": (0, {"weight": 0.5}, {}, 3),
+    "slerp": (0, {}, {"t": 0.3}, 2), "model_stock": (0, {}, {}, 3), "passthrough": (None, {}, {}, 1),
+    "nearswap": (0, {}, {"t": 0.01}, 2), "karcher": (None, {}, {}, 3), "sce": (0, {}, {"select_topk": 0.5}, 3),
+    "nuslerp": (None, {"weight": 0.5}, {}, 2), "multislerp": (0, {"weight": 0.5}, {}, 3),
+    "arcee_fusion": (0, {}, {}, 2), "ram": (0, {}, {}, 3), "ramplus_tl": (0, {}, {}, 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_result_independent_of_thread_count(name):
+    """Whole-tensor reductions (SLERP's angle, DARE's L1 rescale, Karcher's norms) go through
+    tsugiki.merging.reduce, so a merge is bit for bit the same with 1, 2 or 4 intra-op threads (a plain
+    x.sum() over this many entries is not)."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(300, 1200, generator=g)
+    ts = [base] + [base + 0.05 * torch.randn(300, 1200, generator=g) for _ in range(3)]
+    bi, pm, gl, n = _THREAD_CASES.get(name, (0, {"weight": 0.5, "density": 0.5}, {}, 3))
+    m = get_method(name)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for k in (1, 2, 4):
+            torch.set_num_threads(k)
+            gen = torch.Generator().manual_seed(1) if m.randomized else None
+            outs.append(m(MergeInputs(ts[:n], bi, [{} if i == bi else dict(pm) for i in range(n)], gen, name), **gl))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(outs[0].view(torch.int32), o.view(torch.int32)) for o in outs[1:])
+
+
+def test_reductions_match_float64_and_ignore_threads():
+    from tsugiki.merging import reduce
+
+    g = torch.Generator().manual_seed(6)
+    a, b = torch.randn(1_000_003, generator=g), torch.randn(1_000_003, generator=g)
+    threads = torch.get_num_threads()
+    got = []
+    try:
+        for k in (1, 2, 4):
+            torch.set_num_threads(k)
+            got.append([reduce.total(a), reduce.norm(a), reduce.norm(a, ord=1), reduce.dot(a, b)])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(torch.stack(got[0]), torch.stack(x)) for x in got[1:])
+    a64, b64 = a.double(), b.double()
+    want = [a64.sum(), a64.norm(), a64.abs().sum(), a64 @ b64]
+    scale = [a64.abs().sum(), a64.norm(), a64.abs().sum(), (a64 * b64).abs().sum()]
+    for x, w, s in zip(got[0], want, scale):
+        assert abs(float(x) - float(w)) <= 1e-5 * float(s)
+    small_a, small_b = a[:4000], b[:4000]
+    assert torch.equal(reduce.dot(small_a, small_b), torch.dot(small_a, small_b))  # as mergekit computes it

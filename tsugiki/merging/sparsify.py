@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
+from tsugiki.merging import reduce
+
 if TYPE_CHECKING:
     from tsugiki.merging.methods.base import Memo
 
@@ -74,7 +76,7 @@ def part(buf: torch.Tensor, b: slice) -> torch.Tensor:
 
 def _rescale_by(before: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Scale ``masked`` in place to the L1 norm ``before`` (unless either norm is < 1e-7)."""
-    after = torch.linalg.vector_norm(masked, ord=1)
+    after = reduce.norm(masked, ord=1)
     if before < RESCALE_EPS or after < RESCALE_EPS:
         return masked
     return masked.mul_(before / after)
@@ -82,7 +84,7 @@ def _rescale_by(before: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
 
 def rescale_l1(original: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Scale ``masked`` so that sum|masked| == sum|original|, unless either sum is < 1e-7."""
-    return _rescale_by(torch.linalg.vector_norm(original, ord=1), masked.clone())
+    return _rescale_by(reduce.norm(original, ord=1), masked.clone())
 
 
 def _ranking_magnitudes(x: torch.Tensor) -> torch.Tensor:
@@ -264,7 +266,7 @@ def largest_mask(w: torch.Tensor, k: int) -> torch.Tensor:
 
 def l1_norm(x: torch.Tensor) -> torch.Tensor:
     """x's L1 norm as ``rescale`` computes it: passed back as ``l1``, it saves that pass."""
-    return torch.linalg.vector_norm(x, ord=1)
+    return reduce.norm(x, ord=1)
 
 
 def _apply(x: torch.Tensor, pieces: MaskBlocks, rescale: bool, inplace: bool, l1: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from tsugiki.errors import MergeError
+from tsugiki.merging import reduce
 from tsugiki.merging.methods._common import check_count, fill_globals
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
 
@@ -45,7 +46,7 @@ def karcher_mean(tensors: list[torch.Tensor], max_iter: int = 10, tol: float = 1
     first = tensors[0]
     work = torch.float64 if first.dtype == torch.float64 else torch.float32
     weight = 1.0 / len(tensors)
-    norms = [torch.linalg.vector_norm(t.to(work)) for t in tensors]
+    norms = [reduce.norm(t.to(work)) for t in tensors]
     kept = [(t, n) for t, n in zip(tensors, norms) if n.item() > tol]
     if not kept:
         return torch.zeros_like(first)
@@ -56,22 +57,22 @@ def karcher_mean(tensors: list[torch.Tensor], max_iter: int = 10, tol: float = 1
     mean = torch.zeros_like(units[0])
     for a, u in zip(alphas, units):
         mean += a * u
-    length = torch.linalg.vector_norm(mean.to(work))
+    length = reduce.norm(mean.to(work))
     mean = units[0].clone() if length.item() < tol else (mean / length).to(mean.dtype)
 
     for _ in range(max_iter):
         step = torch.zeros_like(mean)
         for a, u in zip(alphas, units):
-            cos = torch.clamp(torch.dot(mean, u), -1.0, 1.0)
+            cos = torch.clamp(reduce.dot(mean, u), -1.0, 1.0)
             theta = torch.arccos(cos)
             if theta.item() < tol:
                 continue
             step += a * (theta / torch.sin(theta)) * (u - cos * mean)
-        size = torch.linalg.vector_norm(step.to(work))
+        size = reduce.norm(step.to(work))
         if size.item() < tol:
             break
         mean = (torch.cos(size) * mean + torch.sin(size) * (step / size)).to(mean.dtype)
-        length = torch.linalg.vector_norm(mean.to(work))
+        length = reduce.norm(mean.to(work))
         if length.item() > tol:
             mean = (mean / length).to(mean.dtype)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tsugiki.merging import reduce
 from tsugiki.merging.methods._common import check_count, fill_globals, require_base
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
 
@@ -36,12 +37,14 @@ def model_stock(inputs: MergeInputs, **given: Any) -> torch.Tensor:
         view = lambda x: x.reshape(-1)  # noqa: E731
     base = view(w0)
     offsets = [view(w) - base for w in ws]
-    norms = [torch.linalg.vector_norm(d, dim=-1) for d in offsets]
+    whole = base.dim() == 1  # one vector: thread-count-independent reductions (rows are reduced in order anyway)
+    norms = [reduce.norm(d) if whole else torch.linalg.vector_norm(d, dim=-1) for d in offsets]
     cos_sum = None
     pairs = 0
     for i in range(len(offsets)):
         for j in range(i + 1, len(offsets)):
-            c = ((offsets[i] * offsets[j]).sum(dim=-1) / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1)
+            dot = reduce.dot(offsets[i], offsets[j]) if whole else (offsets[i] * offsets[j]).sum(dim=-1)
+            c = (dot / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1)
             cos_sum = c if cos_sum is None else cos_sum + c
             pairs += 1
     del offsets

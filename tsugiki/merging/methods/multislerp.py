@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from tsugiki.errors import MergeError
+from tsugiki.merging import reduce
 from tsugiki.merging.methods._common import fill_globals, model_param
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
 
@@ -54,7 +55,7 @@ def multislerp(inputs: MergeInputs, **given: Any) -> torch.Tensor:
     norms = torch.linalg.vector_norm(flat, dim=-1, keepdim=True)
     units = flat / (norms + eps)
     mean = (units * w.view(-1, 1)).sum(0)
-    mean_norm = torch.linalg.vector_norm(mean)
+    mean_norm = reduce.norm(mean)
     if mean_norm < eps:
         if len(index) != 2:
             raise MergeError(f"{inputs.name}: multislerp: the weighted mean of the models' directions is zero "
@@ -63,7 +64,7 @@ def multislerp(inputs: MergeInputs, **given: Any) -> torch.Tensor:
     else:
         mean = mean / mean_norm
         tangent = ((units - (units * mean).sum(-1, keepdim=True) * mean) * w.view(-1, 1)).sum(0)
-        tn = torch.linalg.vector_norm(tangent) + eps
+        tn = reduce.norm(tangent) + eps
         out = (mean * torch.cos(tn) + tangent * (torch.sin(tn) / tn)) * (norms.squeeze(-1) * w).sum()
         out = out.view(xs.shape[1:])
     if base is not None:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from tsugiki.errors import MergeError
+from tsugiki.merging import reduce
 from tsugiki.merging.methods._common import fill_globals, model_param
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
 
@@ -37,9 +38,13 @@ PARAMS = (
 
 def slerp_vectors(t: float, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """SLERP of the vectors along the last dimension of u and v (same shape), linear where parallel."""
-    nu = torch.linalg.vector_norm(u, dim=-1, keepdim=True).clamp(min=NORM_FLOOR)
-    nv = torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp(min=NORM_FLOOR)
-    cos = ((u / nu) * (v / nv)).sum(dim=-1, keepdim=True).clamp(-1, 1)
+    if u.dim() == 1:  # one whole vector: thread-count-independent reductions (rows are reduced in order anyway)
+        nu, nv = reduce.norm(u).clamp(min=NORM_FLOOR).reshape(1), reduce.norm(v).clamp(min=NORM_FLOOR).reshape(1)
+        cos = reduce.total((u / nu) * (v / nv)).clamp(-1, 1).reshape(1)  # as mergekit sums it, not torch.dot
+    else:
+        nu = torch.linalg.vector_norm(u, dim=-1, keepdim=True).clamp(min=NORM_FLOOR)
+        nv = torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp(min=NORM_FLOOR)
+        cos = ((u / nu) * (v / nv)).sum(dim=-1, keepdim=True).clamp(-1, 1)
     parallel = (1 - cos.square()) <= COLINEAR
     theta = torch.acos(torch.where(parallel, torch.zeros_like(cos), cos))
     out = (torch.sin((1 - t) * theta) * u + torch.sin(t * theta) * v) / torch.sin(theta)

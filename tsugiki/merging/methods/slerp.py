@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from tsugiki.errors import MergeError
+from tsugiki.merging import reduce
 from tsugiki.merging.methods._common import check_count, fill_globals, require_base
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
 from tsugiki.merging.sparsify import blocks, part, scratch
@@ -40,12 +41,12 @@ def slerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     tt = torch.tensor(float(t), dtype=work, device=a.device)
     if a.numel() == 0:
         return v0.clone()
-    na = torch.linalg.vector_norm(a)
-    nb = torch.linalg.vector_norm(b)
+    na = reduce.norm(a)
+    nb = reduce.norm(b)
     na = torch.where(na > EPS, na, 1)
     nb = torch.where(nb > EPS, nb, 1)
     out = torch.div(a, na)
-    dot = (torch.dot(out, b) / nb).clamp(-1, 1)
+    dot = (reduce.dot(out, b) / nb).clamp(-1, 1)
     if float(dot.abs()) > DOT_THRESHOLD:
         ca, cb = 1 - tt, tt
     else:
