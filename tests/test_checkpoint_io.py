@@ -65,6 +65,44 @@ def test_streaming_writer_roundtrip_and_shards(tmp_path, max_bytes):
             assert torch.equal(ck.read(n), t)
 
 
+@pytest.mark.parametrize("max_bytes", [64, 10**9])
+def test_writer_thread_writes_the_same_bytes(tmp_path, max_bytes):
+    """Writing in the writer's own thread (the default) gives the files a write in the caller's thread gives."""
+    tensors = sample_tensors()
+    entries = [OutputTensor(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
+    for background in (True, False):
+        (tmp_path / str(background)).mkdir()
+        w = ShardedSafetensorsWriter(tmp_path / str(background), entries, max_shard_bytes=max_bytes, background=background)
+        for n, t in tensors.items():
+            w.write(n, t)
+        files = w.close()
+    assert files and all((tmp_path / "True" / f).read_bytes() == (tmp_path / "False" / f).read_bytes() for f in files)
+
+
+def test_writer_thread_failure_reaches_the_caller(tmp_path, monkeypatch):
+    """A write that fails in the writer thread (a full disk) is raised in the caller's thread by the next
+    write or by close, and the thread is gone afterwards; abort after a failure does not hang."""
+    import errno
+    import threading
+
+    entries = [OutputTensor(f"t{i}", torch.float32, (4,)) for i in range(4)]
+    real_write = ShardedSafetensorsWriter._write
+
+    def full_disk(self, shard, data):
+        if self._open_shard != -1:  # the header and the first tensor fit, the second does not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, shard, data)
+
+    monkeypatch.setattr(ShardedSafetensorsWriter, "_write", full_disk)
+    w = ShardedSafetensorsWriter(tmp_path, entries)
+    with pytest.raises(OSError, match="No space left"):
+        for e in entries:
+            w.write(e.name, torch.ones(4))
+        w.close()
+    w.abort()
+    assert not any(t.name == "tsugiki-writer" for t in threading.enumerate())
+
+
 def test_writer_refuses_out_of_plan(tmp_path):
     w = ShardedSafetensorsWriter(tmp_path, [OutputTensor("a", torch.float32, (2,))])
     with pytest.raises(Exception, match="expected a"):

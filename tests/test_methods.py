@@ -755,3 +755,4 @@ def test_reductions_match_float64_and_ignore_threads():
         assert abs(float(x) - float(w)) <= 1e-5 * float(s)
     small_a, small_b = a[:4000], b[:4000]
     assert torch.equal(reduce.dot(small_a, small_b), torch.dot(small_a, small_b))  # as mergekit computes it
+

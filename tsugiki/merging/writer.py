@@ -3,6 +3,11 @@
 Every output tensor's name, dtype and shape is known from the merge plan before any is computed, so
 each shard's header is written first and tensors are appended as they are produced: nothing waits in
 memory for a shard to fill.
+
+Writing overlaps computing: `ShardedSafetensorsWriter.write` hands the tensor to one writer thread and
+returns, so the caller computes the next tensor (PyTorch's kernels release the GIL, and so does the file
+write) while this one goes to disk; at most one tensor waits behind the one being written. The bytes
+and their order are the same as a write in the caller's thread (``background=False``).
 """
 
 from __future__ import annotations
@@ -10,8 +15,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -67,10 +74,14 @@ def _preallocate(fd: int, size: int) -> None:
 
 
 class ShardedSafetensorsWriter:
-    """Writes `model.safetensors` (or `model-0000i-of-0000N.safetensors` + index) in plan order."""
+    """Writes `model.safetensors` (or `model-0000i-of-0000N.safetensors` + index) in plan order.
+
+    ``background=True`` (the default) writes in a thread of its own (see the module doc); a failed write
+    (a full disk) is raised by the next `write` or by `close`. A tensor handed to `write` must not be
+    changed afterwards (results are fresh tensors, or views of read-only mapped inputs)."""
 
     def __init__(self, out_dir: Path, entries: Sequence[OutputTensor], *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                 metadata: dict[str, str] | None = None, prefix: str = "model"):
+                 metadata: dict[str, str] | None = None, prefix: str = "model", background: bool = True):
         self.out_dir = Path(out_dir)
         self.metadata = {"format": "pt", **(metadata or {})}
         self.shards = plan_shards(entries, max_shard_bytes)
@@ -80,8 +91,12 @@ class ShardedSafetensorsWriter:
         self._order: Iterator[tuple[int, OutputTensor]] = ((i, e) for i, shard in enumerate(self.shards) for e in shard)
         self._open_shard = -1
         self._fh = None
+        self._queue: queue.Queue | None = queue.Queue(maxsize=1) if background else None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        self._raise_failed()
         try:
             shard, expected = next(self._order)
         except StopIteration:
@@ -91,6 +106,16 @@ class ShardedSafetensorsWriter:
                 f"writer: expected {expected.name} {expected.dtype} {list(expected.shape)}, "
                 f"got {name} {tensor.dtype} {list(tensor.shape)}"
             )
+        data = tensor.detach().contiguous().reshape(-1)
+        if self._queue is None:
+            self._write(shard, data)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._drain, name="tsugiki-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((shard, data))
+
+    def _write(self, shard: int, data: torch.Tensor) -> None:
         if shard != self._open_shard:
             self._close_file()
             self._fh = open(self.out_dir / self.files[shard], "wb")
@@ -98,9 +123,29 @@ class ShardedSafetensorsWriter:
             _preallocate(self._fh.fileno(), len(header) + sum(e.nbytes for e in self.shards[shard]))
             self._fh.write(header)
             self._open_shard = shard
-        data = tensor.detach().contiguous().reshape(-1)
         if data.numel():
             self._fh.write(memoryview(data.view(torch.uint8).numpy()))
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:  # after a failure, take what comes and drop it, so write() never blocks
+                try:
+                    self._write(*item)
+                except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                    self._error = e
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _raise_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def _close_file(self) -> None:
         if self._fh is not None:
@@ -109,6 +154,8 @@ class ShardedSafetensorsWriter:
 
     def close(self) -> list[str]:
         """Finish the last shard, write the index if sharded; returns the files written."""
+        self._stop()
+        self._raise_failed()
         leftover = next(self._order, None)
         self._close_file()
         if leftover is not None:
@@ -123,6 +170,7 @@ class ShardedSafetensorsWriter:
         return written
 
     def abort(self) -> None:
+        self._stop()
         self._close_file()
 
 
