@@ -6,8 +6,9 @@ memory for a shard to fill.
 
 Writing overlaps computing: `ShardedSafetensorsWriter.write` hands the tensor to one writer thread and
 returns, so the caller computes the next tensor (PyTorch's kernels release the GIL, and so does the file
-write) while this one goes to disk; at most one tensor waits behind the one being written. The bytes
-and their order are the same as a write in the caller's thread (``background=False``).
+write) while this one goes to disk. `write` hands over a tensor only once the previous one is written,
+so two results are alive at most (the one being written, the one being computed), as without the thread
+plus one. The bytes and their order are the same as a write in the caller's thread (``background=False``).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class ShardedSafetensorsWriter:
         self._order: Iterator[tuple[int, OutputTensor]] = ((i, e) for i, shard in enumerate(self.shards) for e in shard)
         self._open_shard = -1
         self._fh = None
-        self._queue: queue.Queue | None = queue.Queue(maxsize=1) if background else None
+        self._queue: queue.Queue | None = queue.Queue() if background else None
+        self._idle = threading.Semaphore(1)  # held from a hand-over until that tensor is written
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -113,6 +115,8 @@ class ShardedSafetensorsWriter:
         if self._thread is None:
             self._thread = threading.Thread(target=self._drain, name="tsugiki-writer", daemon=True)
             self._thread.start()
+        self._idle.acquire()  # the previous tensor is on disk (or failed): hand over this one
+        self._raise_failed()
         self._queue.put((shard, data))
 
     def _write(self, shard: int, data: torch.Tensor) -> None:
@@ -131,11 +135,13 @@ class ShardedSafetensorsWriter:
             item = self._queue.get()
             if item is None:
                 return
-            if self._error is None:  # after a failure, take what comes and drop it, so write() never blocks
-                try:
+            try:
+                if self._error is None:  # after a failure, what comes is dropped
                     self._write(*item)
-                except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-                    self._error = e
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                self._error = e
+            finally:
+                self._idle.release()
 
     def _stop(self) -> None:
         if self._thread is not None:

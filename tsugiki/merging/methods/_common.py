@@ -10,6 +10,14 @@ from tsugiki.errors import MergeError
 from tsugiki.merging.methods.base import REQUIRED, MergeInputs, Param
 
 
+BLOCK = 1 << 20  # entries per block of the kernels that go block by block (a few 4 MB temporaries per model)
+
+
+def spans(n: int) -> list[slice]:
+    """Slices of BLOCK entries covering range(n)."""
+    return [slice(i, min(i + BLOCK, n)) for i in range(0, n, BLOCK)]
+
+
 def fill_globals(method: str, specs: tuple[Param, ...], given: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The global parameters with defaults filled in; unknown or missing ones are MergeErrors."""
     known = {p.name: p for p in specs if not p.per_model}

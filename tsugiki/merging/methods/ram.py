@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from tsugiki.errors import MergeError
-from tsugiki.merging.methods._common import fill_globals, require_base
+from tsugiki.merging.methods._common import fill_globals, require_base, spans
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
 
 EPSILON = Param("epsilon", 1e-5, doc="a task-vector element counts as changed above this magnitude")
@@ -33,7 +33,19 @@ PLUS_PARAMS = (
 )
 
 
+def _changes(xs: list[torch.Tensor], b: torch.Tensor, blk: slice, eps: float):
+    """The block's task vectors, which of their entries changed (> eps), and how many models changed each."""
+    d = [x[blk] - b[blk] for x in xs]
+    active = [t.abs() > eps for t in d]
+    count = torch.zeros(d[0].shape, dtype=torch.int32, device=b.device)
+    for a in active:
+        count += a
+    return d, active, count
+
+
 def _ram(method: str, inputs: MergeInputs, g: dict[str, Any], plus: bool) -> torch.Tensor:
+    """Block by block (`spans`), so that the temporaries are a few blocks per model; ramplus_tl
+    counts each model's shared and own changes over the whole tensor in a first pass."""
     base = require_base(method, inputs)
     for key, value in g.items():
         if not math.isfinite(float(value)):
@@ -42,21 +54,32 @@ def _ram(method: str, inputs: MergeInputs, g: dict[str, Any], plus: bool) -> tor
     if not others:
         return base.clone()
     work = torch.float64 if base.dtype == torch.float64 else torch.float32
-    b = base.to(work)
-    d = torch.stack([t.to(work) - b for t in others]).reshape(len(others), -1)
-    active = d.abs() > float(g["epsilon"])
-    count = active.sum(dim=0, keepdim=True)
-    unique, shared = count == 1, count > 1
-    d = d * active
-    unique_part = d * unique
+    eps = float(g["epsilon"])
+    b = base.to(work).reshape(-1)
+    xs = [t.to(work).reshape(-1) for t in others]
+    n = b.numel()
+    blocks = spans(n)
+    lam = None
     if plus:
-        n_shared = (active & shared).sum(dim=1)
-        n_unique = (active & unique).sum(dim=1)
-        rho = n_shared / n_unique.clamp(min=float(g["epsilon"]))
+        n_shared, n_unique = [0] * len(xs), [0] * len(xs)
+        for blk in blocks:
+            _, active, count = _changes(xs, b, blk, eps)
+            for i, a in enumerate(active):
+                n_shared[i] += int((a & (count > 1)).sum())
+                n_unique[i] += int((a & (count == 1)).sum())
+        rho = torch.tensor(n_shared) / torch.tensor(n_unique).clamp(min=eps)  # float32, as mergekit's counts divide
         lam = 1 + float(g["r"]) * rho.clamp(min=0, max=float(g["alpha"]))
-        unique_part = unique_part * lam.to(work).unsqueeze(-1)
-    merged = (unique_part + d * shared / count.clamp(min=1)).sum(dim=0)
-    return (b + merged.reshape(b.shape)).to(base.dtype)
+    out = torch.empty(n, dtype=work, device=b.device)
+    for blk in blocks:
+        d, active, count = _changes(xs, b, blk, eps)
+        unique, shared, per = count == 1, count > 1, count.clamp(min=1)
+        acc = torch.zeros_like(d[0])
+        for i, (t, a) in enumerate(zip(d, active)):
+            z = t * a
+            own = z * unique if lam is None else z * unique * lam[i].to(work)
+            acc += own + z * shared / per
+        torch.add(b[blk], acc, out=out[blk])
+    return out.reshape(base.shape).to(base.dtype)
 
 
 def ram(inputs: MergeInputs, **given: Any) -> torch.Tensor:

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from tsugiki.errors import MergeError
-from tsugiki.merging.methods._common import fill_globals, require_base
+from tsugiki.merging import sparsify as sp
+from tsugiki.merging.methods._common import fill_globals, require_base, spans
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
 
 FLOOR = 1e-6
@@ -33,22 +34,9 @@ PARAMS = (
 )
 
 
-def variance_mask(deltas: torch.Tensor, fraction: float) -> torch.Tensor:
-    """1 where the elements' variance across models is among the k largest, k = int(nonzero x fraction)
-    (the product taken as torch takes it: a count tensor times a float, in float32), else 0."""
-    if fraction <= 0:
-        return torch.zeros_like(deltas[0])
-    if fraction >= 1:
-        return torch.ones_like(deltas[0])
-    var = torch.var(deltas, dim=0, unbiased=False)
-    k = int(torch.count_nonzero(var) * fraction)
-    mask = torch.zeros_like(var)
-    if k:
-        mask.view(-1)[torch.topk(var.abs().view(-1), k=k, largest=True).indices] = 1
-    return mask
-
-
 def sce(inputs: MergeInputs, **given: Any) -> torch.Tensor:
+    """In passes over blocks (`spans`), so that the full-size memory is the result (which holds the
+    variances until the selection is made) and a bool mask; task vectors are made per block."""
     g = fill_globals("sce", PARAMS, given, inputs.name)
     base = require_base("sce", inputs)
     fraction = float(g["select_topk"])
@@ -58,18 +46,41 @@ def sce(inputs: MergeInputs, **given: Any) -> torch.Tensor:
     if not others:
         return base.clone()
     work = torch.float64 if base.dtype == torch.float64 else torch.float32
-    b = base.to(work)
-    deltas = torch.stack([t.to(work) - b for t in others])
-    if fraction < 1:
-        deltas = deltas * variance_mask(deltas, fraction).unsqueeze(0)
-    majority = (deltas.sum(dim=0) >= 0).to(work) * 2 - 1
-    keep = deltas.sign() == majority
-    energy = deltas.square().reshape(len(others), -1).mean(dim=1)
-    total = torch.sum(energy).item()
-    weights = energy / total if abs(total) >= FLOOR else torch.ones_like(energy) / len(others)
-    weights = weights.reshape(-1, *([1] * (deltas.dim() - 1))) * keep
-    merged = (deltas * weights).sum(dim=0) / torch.sum(weights, dim=0).clamp(min=FLOOR)
-    return (b + merged).to(base.dtype)
+    b = base.to(work).reshape(-1)
+    xs = [t.to(work).reshape(-1) for t in others]
+    n = b.numel()
+    blocks = spans(n)
+    out = torch.empty(n, dtype=work, device=b.device)
+
+    def deltas(blk: slice, keep: torch.Tensor | None) -> torch.Tensor:
+        d = torch.stack([x[blk] - b[blk] for x in xs])
+        return d if keep is None else d * keep[blk]
+
+    # select: the k = int(nonzero(var) x select_topk) largest variances across the models (ties: lowest index)
+    keep = None
+    if fraction <= 0:
+        keep = torch.zeros(n, dtype=torch.bool, device=b.device)
+    elif fraction < 1:
+        for blk in blocks:
+            torch.var(deltas(blk, None), dim=0, unbiased=False, out=out[blk])
+        k = int(torch.count_nonzero(out) * fraction)  # as torch computes it: a count tensor times a float
+        keep = sp.largest_mask(out, k) if k else torch.zeros(n, dtype=torch.bool, device=b.device)
+    # calculate: each model's weight, the mean square of its (selected) task vector over all entries
+    energy = torch.zeros(len(xs), dtype=work, device=b.device)
+    for blk in blocks:
+        energy += deltas(blk, keep).square().sum(dim=1)  # rows: one thread each, so thread-count independent
+    energy /= n
+    total = float(energy.sum())
+    weights = energy / total if abs(total) >= FLOOR else torch.ones_like(energy) / len(xs)
+    w = weights.reshape(-1, 1)
+    # erase: keep the entries whose sign is the majority's (sign of the sum, ties +), then the weighted mean
+    for blk in blocks:
+        d = deltas(blk, keep)
+        majority = (d.sum(dim=0) >= 0).to(work) * 2 - 1
+        kept = w * (d.sign() == majority)
+        merged = (d * kept).sum(dim=0) / kept.sum(dim=0).clamp(min=FLOOR)
+        torch.add(b[blk], merged, out=out[blk])
+    return out.reshape(base.shape).to(base.dtype)
 
 
 SCE = MergeMethod(
