@@ -61,8 +61,10 @@ def sce(inputs: MergeInputs, **given: Any) -> torch.Tensor:
     if fraction <= 0:
         keep = torch.zeros(n, dtype=torch.bool, device=b.device)
     elif fraction < 1:
-        for blk in blocks:
-            torch.var(deltas(blk, None), dim=0, unbiased=False, out=out[blk])
+        for blk in blocks:  # population variance as the mean squared deviation (torch.var: ~20x slower here)
+            d = deltas(blk, None)
+            d -= d.mean(dim=0)
+            torch.mean(d.square_(), dim=0, out=out[blk])
         k = int(torch.count_nonzero(out) * fraction)  # as torch computes it: a count tensor times a float
         keep = sp.largest_mask(out, k) if k else torch.zeros(n, dtype=torch.bool, device=b.device)
     # calculate: each model's weight, the mean square of its (selected) task vector over all entries
