@@ -103,6 +103,37 @@ def test_writer_thread_failure_reaches_the_caller(tmp_path, monkeypatch):
     assert not any(t.name == "tsugiki-writer" for t in threading.enumerate())
 
 
+def test_write_with_wait_has_read_the_tensor_when_it_returns(tmp_path):
+    """wait=True (a view of a mapped input, released right after): once write returns the writer thread
+    has taken the bytes, so changing the tensor afterwards does not change the file."""
+    entries = [OutputTensor(f"t{i}", torch.float32, (1000,)) for i in range(3)]
+    w = ShardedSafetensorsWriter(tmp_path, entries)
+    for e in entries:
+        t = torch.ones(1000)
+        w.write(e.name, t, wait=True)
+        t.fill_(7.0)
+    w.close()
+    assert all(torch.equal(v, torch.ones(1000)) for v in load_file(tmp_path / "model.safetensors").values())
+
+
+def test_passthrough_result_is_its_mapped_input(tmp_path):
+    from tsugiki.merging.checkpoint import open_sources
+    from tsugiki.merging.execute import aliases_input, iter_merged
+    from tsugiki.merging.plan import plan_merge
+    from tsugiki.merging.recipe import Recipe
+
+    save_file({"a": torch.ones(4096), "b": torch.zeros(4096)}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text("{}")
+    recipe = Recipe.from_dict({"merge_method": "passthrough", "models": [{"model": str(tmp_path)}]})
+    sources = open_sources(recipe.model_refs())
+    try:
+        flags = [aliases_input(job, t, sources) for job, t in iter_merged(plan_merge(recipe, sources), sources)]
+    finally:
+        for s in sources.values():
+            s.close()
+    assert flags == [True, True]
+
+
 def test_writer_refuses_out_of_plan(tmp_path):
     w = ShardedSafetensorsWriter(tmp_path, [OutputTensor("a", torch.float32, (2,))])
     with pytest.raises(Exception, match="expected a"):

@@ -33,7 +33,7 @@ from tsugiki.diffusion.pipeline_files import check_compatible, component_config,
 from tsugiki.diffusion.sources import UNetSource, diffusion_kind
 from tsugiki.errors import CheckpointError, MergeError, RecipeError
 from tsugiki.merging.checkpoint import resolve_model_ref
-from tsugiki.merging.execute import MergeOptions, iter_merged, parse_dtype
+from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
 from tsugiki.merging.methods import get_method
 from tsugiki.merging.methods.base import MergeMethod
 from tsugiki.merging.parameters import resolve_params
@@ -147,7 +147,8 @@ def merge_sdxl_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = 
             try:
                 for job, tensor in iter_merged(plan, sources, device=options.device, progress=options.progress,
                                                desc="merging UNet"):
-                    writer.write(job.out_name, tensor.to(dtype=dtype_of(job), device="cpu"))
+                    tensor = tensor.to(dtype=dtype_of(job), device="cpu")
+                    writer.write(job.out_name, tensor, wait=aliases_input(job, tensor, sources))
                 files += [f"unet/{f}" for f in writer.close()]
             except BaseException:
                 writer.abort()

@@ -167,6 +167,13 @@ def merge_job(job: TensorJob, plan: MergePlan, sources: Mapping[str, TensorSourc
     return out
 
 
+def aliases_input(job: TensorJob, tensor: torch.Tensor, sources: Mapping[str, TensorSource]) -> bool:
+    """Whether ``tensor`` is one of the job's (mapped) inputs itself (passthrough, a copied unchanged
+    tensor): it is released with them, so a background writer must have written it by then."""
+    ptr = tensor.data_ptr()
+    return any(sources[ref].view(name).data_ptr() == ptr for ref, name in job.inputs)
+
+
 def release_inputs(job: TensorJob, sources: Mapping[str, TensorSource]) -> None:
     for ref, name in job.inputs:
         sources[ref].release(name)

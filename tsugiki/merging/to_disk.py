@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tsugiki.merging.checkpoint import open_sources
-from tsugiki.merging.execute import MergeOptions, iter_merged, parse_dtype
+from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
 from tsugiki.merging.output_files import copy_side_files, merged_config, model_card
 from tsugiki.merging.plan import plan_merge
 from tsugiki.merging.recipe import Recipe
@@ -52,7 +52,8 @@ def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = Merge
                     target = dtype_of(job)
                     if not target.is_floating_point:
                         tensor = tensor.round()
-                    writer.write(job.out_name, tensor.to(dtype=target, device="cpu"))
+                    tensor = tensor.to(dtype=target, device="cpu")
+                    writer.write(job.out_name, tensor, wait=aliases_input(job, tensor, sources))
                 files = writer.close()
             except BaseException:
                 writer.abort()

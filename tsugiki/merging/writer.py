@@ -97,7 +97,9 @@ class ShardedSafetensorsWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: torch.Tensor, *, wait: bool = False) -> None:
+        """Hand ``tensor`` over (see the class doc); ``wait``: return only once it is written (for a
+        tensor whose memory the caller is about to give back, such as a view of a mapped input)."""
         self._raise_failed()
         try:
             shard, expected = next(self._order)
@@ -118,6 +120,10 @@ class ShardedSafetensorsWriter:
         self._idle.acquire()  # the previous tensor is on disk (or failed): hand over this one
         self._raise_failed()
         self._queue.put((shard, data))
+        if wait:
+            with self._idle:  # acquired once the writer thread has written it
+                pass
+            self._raise_failed()
 
     def _write(self, shard: int, data: torch.Tensor) -> None:
         if shard != self._open_shard:

@@ -24,7 +24,7 @@ import torch
 
 from tsugiki.errors import CheckpointError, MergeError, RecipeError
 from tsugiki.merging.checkpoint import Checkpoint, open_sources, resolve_model_ref
-from tsugiki.merging.execute import MergeOptions, iter_merged, parse_dtype
+from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
 from tsugiki.merging.output_files import DTYPE_NAMES, TOKENIZER_FILES, merged_config, model_card
 from tsugiki.merging.plan import MergePlan, plan_merge
 from tsugiki.merging.recipe import Recipe
@@ -122,7 +122,7 @@ def merge_vlm_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = M
                     if job.out_name in vocab_tensors and rows < target.vocab:
                         tail = lms[donor_ref].read(job.out_name)[rows:]
                         tensor = torch.cat([tensor, tail.to(dtype)])
-                    writer.write(donor.layout.to_vlm(job.out_name), tensor)
+                    writer.write(donor.layout.to_vlm(job.out_name), tensor, wait=aliases_input(job, tensor, sources))
                 files = writer.close()
             except BaseException:
                 writer.abort()
