@@ -444,6 +444,14 @@ def test_della_probabilities_equal_double_argsort():
     assert torch.equal(sp.della_probabilities(x, 0.5, 0.2), want)
 
 
+def test_della_ranks_by_blocks_of_rows_equal_double_argsort(small_blocks):
+    """2-D tensors are ranked a block of rows at a time (16 entries: 2 rows of 9 -> 1 row per block)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(-3, 4, (7, 9), generator=g).float()
+    r = torch.argsort(torch.argsort(x.abs(), dim=1, stable=True), dim=1).float()
+    assert torch.equal(sp.della_probabilities(x, 0.5, 0.2), (0.5 - 0.2) + (r / 8) * 2 * 0.2)
+
+
 def test_della_keep_frequencies():
     # 4000 rows, each a permutation of magnitudes 1..5: keep rate of rank r is 0.3 + 0.4*r/4
     g = torch.Generator().manual_seed(5)

@@ -433,11 +433,16 @@ def della_ranks(x: torch.Tensor) -> torch.Tensor:
     m = t.shape[1]
     if m <= 1:
         return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    order = torch.argsort(_ranking_magnitudes(t).reshape(t.shape), dim=1, stable=True)
     ranks = torch.empty(t.shape, dtype=torch.float32, device=t.device)
     positions = torch.arange(m, dtype=torch.float32, device=t.device)
-    ranks.scatter_(1, order, positions.reshape((1, m) + (1,) * (t.dim() - 2)).expand(t.shape))
-    del order  # int64: twice the size of the float32 result
+    # a block of rows at a time (2-D): the magnitudes and the int64 order (twice the result's size) are
+    # block-sized; each row's ranks are its own, so the result is the whole-tensor one
+    step = max(1, MIN_BLOCK // m) if t.dim() == 2 else t.shape[0]
+    for r in range(0, t.shape[0], step):
+        rows = t[r:r + step]
+        order = torch.argsort(_ranking_magnitudes(rows).reshape(rows.shape), dim=1, stable=True)
+        ranks[r:r + step].scatter_(1, order, positions.reshape((1, m) + (1,) * (t.dim() - 2)).expand(rows.shape))
+    del order
     return ranks.div_(m - 1).clamp_(0, 1).reshape(x.shape)
 
 
