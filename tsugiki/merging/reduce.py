@@ -54,3 +54,13 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     bm, bt = _rows(b)
     parts = [(am[i:i + DOT_ROWS] * bm[i:i + DOT_ROWS]).sum(dim=-1) for i in range(0, am.shape[0], DOT_ROWS)]
     return _combine(torch.cat([*parts, (at * bt).sum().reshape(1)]))
+
+
+def combine_sums(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of per-block sums (one block: that sum itself), in a thread-count-independent order."""
+    return parts[0] if len(parts) == 1 else _combine(torch.stack(parts))
+
+
+def combine_norms(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of a vector from its blocks' L2 norms (one block: that norm itself)."""
+    return parts[0] if len(parts) == 1 else _combine(torch.stack(parts).square()).sqrt()

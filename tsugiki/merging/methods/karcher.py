@@ -26,7 +26,7 @@ import torch
 
 from tsugiki.errors import MergeError
 from tsugiki.merging import reduce
-from tsugiki.merging.methods._common import check_count, fill_globals
+from tsugiki.merging.methods._common import check_count, fill_globals, spans
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
 
 PARAMS = (
@@ -47,37 +47,56 @@ def karcher_mean(tensors: list[torch.Tensor], max_iter: int = 10, tol: float = 1
     work = torch.float64 if first.dtype == torch.float64 else torch.float32
     weight = 1.0 / len(tensors)
     norms = [reduce.norm(t.to(work)) for t in tensors]
-    kept = [(t, n) for t, n in zip(tensors, norms) if n.item() > tol]
+    kept = [(t.reshape(-1), n) for t, n in zip(tensors, norms) if n.item() > tol]
     if not kept:
         return torch.zeros_like(first)
-    units = [(t / n).to(t.dtype).reshape(-1) for t, n in kept]
     total = sum([weight] * len(kept))  # summed one by one, as mergekit does: the same last bits
     alphas = [weight / total] * len(kept)  # equal weights, renormalised over the kept directions
+    blocks = spans(first.numel())
 
-    mean = torch.zeros_like(units[0])
-    for a, u in zip(alphas, units):
-        mean += a * u
-    length = reduce.norm(mean.to(work))
-    mean = units[0].clone() if length.item() < tol else (mean / length).to(mean.dtype)
+    def unit(k: int, blk: slice) -> torch.Tensor:  # u_k on a block, made when needed (never stored whole)
+        t, n = kept[k]
+        return (t[blk] / n).to(t.dtype)
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return reduce.combine_norms([reduce.norm(x[blk].to(work)) for blk in blocks])
+
+    mean = torch.zeros(first.numel(), dtype=kept[0][0].dtype, device=first.device)
+    for blk in blocks:
+        for k, a in enumerate(alphas):
+            mean[blk] += a * unit(k, blk)
+    length = norm(mean)
+    for blk in blocks:
+        mean[blk] = unit(0, blk) if length.item() < tol else (mean[blk] / length).to(mean.dtype)
 
     for _ in range(max_iter):
-        step = torch.zeros_like(mean)
-        for a, u in zip(alphas, units):
-            cos = torch.clamp(reduce.dot(mean, u), -1.0, 1.0)
+        terms = []  # (a_i theta_i / sin theta_i, cos theta_i, i) of the directions that count
+        for k, a in enumerate(alphas):
+            cos = torch.clamp(reduce.combine_sums([reduce.dot(mean[blk], unit(k, blk)) for blk in blocks]), -1.0, 1.0)
             theta = torch.arccos(cos)
-            if theta.item() < tol:
-                continue
-            step += a * (theta / torch.sin(theta)) * (u - cos * mean)
-        size = reduce.norm(step.to(work))
+            if theta.item() >= tol:
+                terms.append((a * (theta / torch.sin(theta)), cos, k))
+
+        def step(blk: slice) -> torch.Tensor:
+            out = torch.zeros_like(mean[blk])
+            for c, cos, k in terms:
+                out += c * (unit(k, blk) - cos * mean[blk])
+            return out
+
+        # the step is made twice per block (for its norm, then for the update) rather than kept whole;
+        # each entry of the new mean depends on the same entry of the old one only, so it is updated in place
+        size = reduce.combine_norms([reduce.norm(step(blk).to(work)) for blk in blocks])
         if size.item() < tol:
             break
-        mean = (torch.cos(size) * mean + torch.sin(size) * (step / size)).to(mean.dtype)
-        length = reduce.norm(mean.to(work))
+        for blk in blocks:
+            mean[blk] = (torch.cos(size) * mean[blk] + torch.sin(size) * (step(blk) / size)).to(mean.dtype)
+        length = norm(mean)
         if length.item() > tol:
-            mean = (mean / length).to(mean.dtype)
+            for blk in blocks:
+                mean[blk] = (mean[blk] / length).to(mean.dtype)
 
     scale = sum(weight * n for n in norms)
-    return (scale * mean).reshape(first.shape).to(first.dtype)
+    return mean.mul_(scale).reshape(first.shape).to(first.dtype)
 
 
 def karcher(inputs: MergeInputs, **given: Any) -> torch.Tensor:
