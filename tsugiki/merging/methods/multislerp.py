@@ -23,7 +23,7 @@ import torch
 
 from tsugiki.errors import MergeError
 from tsugiki.merging import reduce
-from tsugiki.merging.methods._common import fill_globals, model_param
+from tsugiki.merging.methods._common import fill_globals, model_param, spans
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
 
 PARAMS = (
@@ -43,33 +43,55 @@ def multislerp(inputs: MergeInputs, **given: Any) -> torch.Tensor:
     if len(index) == 1:
         return first.clone()
     work = torch.float64 if first.dtype == torch.float64 else torch.float32
-    xs = torch.stack([inputs.tensors[i].to(work) for i in index])
-    base = inputs.base.to(work) if inputs.base_index is not None else None
-    if base is not None:
-        xs -= base
-    flat = xs.reshape(len(index), -1)
+    models = [inputs.tensors[i].to(work).reshape(-1) for i in index]
+    base = inputs.base.to(work).reshape(-1) if inputs.base_index is not None else None
     w = torch.tensor([float(model_param("multislerp", inputs.params[i], PARAMS[0], inputs.name, i)) for i in index],
                      dtype=work)
     if g["normalize_weights"]:
         w = w / w.sum()
-    norms = torch.linalg.vector_norm(flat, dim=-1, keepdim=True)
-    units = flat / (norms + eps)
-    mean = (units * w.view(-1, 1)).sum(0)
-    mean_norm = reduce.norm(mean)
+    # Block by block: the task vectors, directions and tangents are made per block when needed, and the
+    # result is built in the buffer of the mean direction (each entry from the same entry alone).
+    blocks = spans(first.numel())
+
+    def x(k: int, blk: slice) -> torch.Tensor:
+        return models[k][blk] if base is None else models[k][blk] - base[blk]
+
+    norms = [reduce.combine_norms([reduce.norm(x(k, blk)) for blk in blocks]) for k in range(len(models))]
+
+    def unit(k: int, blk: slice) -> torch.Tensor:
+        return x(k, blk) / (norms[k] + eps)
+
+    out = torch.empty(first.numel(), dtype=work, device=first.device)
+    for blk in blocks:
+        torch.mul(unit(0, blk), w[0], out=out[blk])
+        for k in range(1, len(models)):
+            out[blk] += unit(k, blk) * w[k]
+    mean_norm = reduce.combine_norms([reduce.norm(out[blk]) for blk in blocks])
     if mean_norm < eps:
         if len(index) != 2:
             raise MergeError(f"{inputs.name}: multislerp: the weighted mean of the models' directions is zero "
                              "(opposite models with balancing weights); change the weights")
-        out = xs[0] * w[0] + xs[1] * w[1]
+        for blk in blocks:
+            torch.add(x(0, blk) * w[0], x(1, blk) * w[1], out=out[blk])
     else:
-        mean = mean / mean_norm
-        tangent = ((units - (units * mean).sum(-1, keepdim=True) * mean) * w.view(-1, 1)).sum(0)
-        tn = reduce.norm(tangent) + eps
-        out = (mean * torch.cos(tn) + tangent * (torch.sin(tn) / tn)) * (norms.squeeze(-1) * w).sum()
-        out = out.view(xs.shape[1:])
+        mean = out  # the mean direction, then the result, in one buffer
+        for blk in blocks:
+            mean[blk] /= mean_norm
+        dots = [reduce.combine_sums([reduce.dot(unit(k, blk), mean[blk]) for blk in blocks]) for k in range(len(models))]
+
+        def tangent(blk: slice) -> torch.Tensor:
+            t = torch.zeros_like(mean[blk])
+            for k in range(len(models)):
+                t += (unit(k, blk) - dots[k] * mean[blk]) * w[k]
+            return t
+
+        tn = reduce.combine_norms([reduce.norm(tangent(blk)) for blk in blocks]) + eps
+        scale = sum(n * wk for n, wk in zip(norms, w))
+        for blk in blocks:
+            out[blk] = (mean[blk] * torch.cos(tn) + tangent(blk) * (torch.sin(tn) / tn)) * scale
     if base is not None:
-        out = out + base
-    return out.to(first.dtype)
+        out += base
+    return out.reshape(first.shape).to(first.dtype)
 
 
 MULTISLERP = MergeMethod(
