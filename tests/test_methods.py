@@ -768,25 +768,25 @@ def test_reductions_match_float64_and_ignore_threads():
 
 @pytest.mark.parametrize("name, globals_", [("ram", {}), ("ramplus_tl", {"alpha": 1.0}), ("sce", {}),
                                             ("sce", {"select_topk": 0.3}), ("arcee_fusion", {}), ("karcher", {}),
-                                            ("multislerp", {})])
+                                            ("multislerp", {}), ("nuslerp", {})])
 def test_blockwise_kernels_equal_one_block(name, globals_, monkeypatch):
     """ram, ramplus_tl, sce and arcee_fusion go block by block to keep their temporaries small; with
     blocks of 64 entries (rows of 30: two rows per block for arcee's softmax) the result is the one-block
     result: bit for bit where each entry's arithmetic is per entry, within rounding for sce's energies,
-    which are summed block by block, and for karcher and multislerp, whose norms and angles are."""
+    which are summed block by block, and for karcher and the SLERPs, whose norms and angles are."""
     from tsugiki.merging.methods import _common, arcee_fusion
 
     g = torch.Generator().manual_seed(12)
     base = torch.randn(50, 30, generator=g)
     ts = [base] + [base + 0.1 * torch.randn(50, 30, generator=g) * (torch.rand(50, 30, generator=g) < 0.5) for _ in range(3)]
-    ts = ts[:2] if name == "arcee_fusion" else ts
+    ts = ts[:2] if name == "arcee_fusion" else ts[:3] if name == "nuslerp" else ts
     bi = None if name == "karcher" else 0
-    pm = [{"weight": 0.3 + 0.2 * k} if name == "multislerp" else {} for k in range(len(ts) - (bi is not None))]
+    pm = [{"weight": 0.3 + 0.2 * k} if "slerp" in name else {} for k in range(len(ts) - (bi is not None))]
     whole = run(name, ts, bi, list(pm), **globals_)
     monkeypatch.setattr(_common, "BLOCK", 64)
     monkeypatch.setattr(arcee_fusion, "BLOCK", 64)
     small = run(name, ts, bi, list(pm), **globals_)
-    if name in ("sce", "karcher", "multislerp"):
+    if name in ("sce", "karcher", "multislerp", "nuslerp"):
         assert close(small, whole, tol=1e-6) and not torch.equal(small, base)
     else:
         assert torch.equal(small.view(torch.int32), whole.view(torch.int32))

@@ -24,7 +24,7 @@ import torch
 
 from tsugiki.errors import MergeError
 from tsugiki.merging import reduce
-from tsugiki.merging.methods._common import fill_globals, model_param
+from tsugiki.merging.methods._common import fill_globals, model_param, spans
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
 
 NORM_FLOOR = 1e-7
@@ -51,6 +51,34 @@ def slerp_vectors(t: float, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.where(parallel, (1 - t) * u + t * v, out)
 
 
+def slerp_flat(t: float, a: torch.Tensor, b: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
+    """`slerp_vectors` of the whole flat vectors u = a - base, v = b - base (u = a, v = b without a base),
+    plus the base, block by block: the task vectors are made per block, never whole, and only the branch
+    that applies (SLERP or, for parallel vectors, linear) is computed, which is what the elementwise
+    choice gives."""
+    blocks = spans(a.numel())
+
+    def uv(blk: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        return (a[blk], b[blk]) if base is None else (a[blk] - base[blk], b[blk] - base[blk])
+
+    nu = reduce.combine_norms([reduce.norm(uv(blk)[0]) for blk in blocks]).clamp(min=NORM_FLOOR)
+    nv = reduce.combine_norms([reduce.norm(uv(blk)[1]) for blk in blocks]).clamp(min=NORM_FLOOR)
+    cos = reduce.combine_sums([reduce.total((x / nu) * (y / nv)) for x, y in map(uv, blocks)]).clamp(-1, 1)
+    parallel = bool((1 - cos.square()) <= COLINEAR)
+    if not parallel:
+        theta = torch.acos(cos)
+        ca, cb, s = torch.sin((1 - t) * theta), torch.sin(t * theta), torch.sin(theta)
+    out = torch.empty_like(a)
+    for blk in blocks:
+        x, y = uv(blk)
+        r = (1 - t) * x + t * y if parallel else (ca * x + cb * y) / s
+        if base is None:
+            out[blk] = r
+        else:
+            torch.add(r, base[blk], out=out[blk])
+    return out
+
+
 def nuslerp(inputs: MergeInputs, **given: Any) -> torch.Tensor:
     g = fill_globals("nuslerp", PARAMS, given, inputs.name)
     pairs = inputs.non_base()
@@ -64,12 +92,11 @@ def nuslerp(inputs: MergeInputs, **given: Any) -> torch.Tensor:
     work = torch.float64 if a.dtype == torch.float64 else torch.float32
     u, v = a.to(work), b.to(work)
     base = inputs.base.to(work) if inputs.base_index is not None else None
+    if g["nuslerp_flatten"]:
+        return slerp_flat(t, u.reshape(-1), v.reshape(-1), None if base is None else base.reshape(-1)).reshape(a.shape).to(a.dtype)
     if base is not None:
         u, v = u - base, v - base
-    shape = u.shape
-    if g["nuslerp_flatten"]:
-        out = slerp_vectors(t, u.reshape(-1), v.reshape(-1)).reshape(shape)
-    elif g["nuslerp_row_wise"] and u.dim() > 1:
+    if g["nuslerp_row_wise"] and u.dim() > 1:
         out = slerp_vectors(t, u.transpose(0, -1), v.transpose(0, -1)).transpose(0, -1).contiguous()
     else:
         out = slerp_vectors(t, u, v)
