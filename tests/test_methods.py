@@ -768,13 +768,15 @@ def test_reductions_match_float64_and_ignore_threads():
 
 @pytest.mark.parametrize("name, globals_", [("ram", {}), ("ramplus_tl", {"alpha": 1.0}), ("sce", {}),
                                             ("sce", {"select_topk": 0.3}), ("arcee_fusion", {}), ("karcher", {}),
-                                            ("multislerp", {}), ("nuslerp", {})])
+                                            ("multislerp", {}), ("nuslerp", {}), ("model_stock", {}),
+                                            ("model_stock", {"filter_wise": True})])
 def test_blockwise_kernels_equal_one_block(name, globals_, monkeypatch):
     """ram, ramplus_tl, sce and arcee_fusion go block by block to keep their temporaries small; with
     blocks of 64 entries (rows of 30: two rows per block for arcee's softmax) the result is the one-block
     result: bit for bit where each entry's arithmetic is per entry, within rounding for sce's energies,
-    which are summed block by block, and for karcher and the SLERPs, whose norms and angles are."""
-    from tsugiki.merging.methods import _common, arcee_fusion
+    which are summed block by block, and for karcher, the SLERPs and model stock over the whole tensor, whose
+    norms and angles are."""
+    from tsugiki.merging.methods import _common, arcee_fusion, model_stock
 
     g = torch.Generator().manual_seed(12)
     base = torch.randn(50, 30, generator=g)
@@ -785,8 +787,9 @@ def test_blockwise_kernels_equal_one_block(name, globals_, monkeypatch):
     whole = run(name, ts, bi, list(pm), **globals_)
     monkeypatch.setattr(_common, "BLOCK", 64)
     monkeypatch.setattr(arcee_fusion, "BLOCK", 64)
+    monkeypatch.setattr(model_stock, "BLOCK", 64)
     small = run(name, ts, bi, list(pm), **globals_)
-    if name in ("sce", "karcher", "multislerp", "nuslerp"):
+    if name in ("sce", "karcher", "multislerp", "nuslerp") or name == "model_stock" and not globals_:
         assert close(small, whole, tol=1e-6) and not torch.equal(small, base)
     else:
         assert torch.equal(small.view(torch.int32), whole.view(torch.int32))
