@@ -10,7 +10,7 @@ from tsugiki.errors import MergeError
 from tsugiki.merging.methods.base import REQUIRED, MergeInputs, Param
 
 
-BLOCK = 1 << 20  # entries per block of the kernels that go block by block (a few 4 MB temporaries per model)
+BLOCK = 1 << 18  # entries per block of the kernels that go block by block (a few 1 MB temporaries per model)
 
 
 def spans(n: int) -> list[slice]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from tsugiki.errors import MergeError
-from tsugiki.merging.methods._common import check_count, fill_globals, require_base
+from tsugiki.merging.methods._common import check_count, fill_globals, require_base, spans
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
 
 FLOOR = 1e-6
@@ -29,16 +29,17 @@ PARAMS = (Param("t", doc="closeness threshold: elements within t of the base tak
 def nearswap_tensors(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """NearSwap of base ``a`` and other ``b`` in float32 (float64 for float64 inputs), returned in a's dtype.
 
-    Two full-size buffers: the weight, which becomes (1 - w) * a in place, and the result. ``t / x`` is
-    computed as PyTorch computes a scalar divided by a tensor (``x.reciprocal() * t``), so the result is
-    bit for bit the formula as written above in PyTorch.
+    Block by block (`spans`): the weight is a block-sized temporary that becomes (1 - w) * a in place,
+    the result the only full-size buffer. ``t / x`` is computed as PyTorch computes a scalar divided by a
+    tensor (``x.reciprocal() * t``), so the result is bit for bit the formula as written above in PyTorch.
     """
     work = torch.float64 if a.dtype == torch.float64 else torch.float32
-    x, y = a.to(work), b.to(work)
-    w = torch.sub(x, y).abs_().clamp_(min=FLOOR).reciprocal_().mul_(t).clamp_(0, 1)
-    out = torch.mul(w, y)
-    out.add_(w.neg_().add_(1).mul_(x))
-    return out.to(a.dtype)
+    x, y = a.to(work).reshape(-1), b.to(work).reshape(-1)
+    out = torch.empty(x.shape, dtype=work, device=x.device)
+    for blk in spans(x.numel()):
+        w = torch.sub(x[blk], y[blk]).abs_().clamp_(min=FLOOR).reciprocal_().mul_(t).clamp_(0, 1)
+        torch.mul(w, y[blk], out=out[blk]).add_(w.neg_().add_(1).mul_(x[blk]))
+    return out.reshape(a.shape).to(a.dtype)
 
 
 def nearswap(inputs: MergeInputs, **given: Any) -> torch.Tensor:

@@ -20,9 +20,8 @@ import torch
 
 from tsugiki.errors import MergeError
 from tsugiki.merging import reduce
-from tsugiki.merging.methods._common import check_count, fill_globals, require_base
+from tsugiki.merging.methods._common import check_count, fill_globals, require_base, spans
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
-from tsugiki.merging.sparsify import blocks, part, scratch
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
@@ -32,8 +31,8 @@ PARAMS = (Param("t", doc="interpolation factor: 0 = base, 1 = the other model"),
 def slerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     """SLERP from ``v0`` (t=0) to ``v1`` (t=1), computed in float32/float64, returned in v0's dtype.
 
-    One full-size temporary: the buffer that first holds a/|a| for the dot product then receives
-    the result; b * cb is added block by block (element-wise, so bit-for-bit the whole-tensor sum).
+    The result is the one full-size buffer: the dot product takes a/|a| a block at a time, and b * cb is
+    added block by block (element-wise, so bit-for-bit the whole-tensor sum).
     """
     work = torch.float64 if v0.dtype == torch.float64 else torch.float32
     a = v0.reshape(-1).to(work)
@@ -45,18 +44,17 @@ def slerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     nb = reduce.norm(b)
     na = torch.where(na > EPS, na, 1)
     nb = torch.where(nb > EPS, nb, 1)
-    out = torch.div(a, na)
-    dot = (reduce.dot(out, b) / nb).clamp(-1, 1)
+    # <a/|a|, b> a block at a time: the normalised copy of a is block-sized
+    dot = (reduce.combine_sums([reduce.dot(a[blk] / na, b[blk]) for blk in spans(a.numel())]) / nb).clamp(-1, 1)
     if float(dot.abs()) > DOT_THRESHOLD:
         ca, cb = 1 - tt, tt
     else:
         theta = torch.acos(dot)
         s = torch.sin(theta)
         ca, cb = torch.sin((1 - tt) * theta) / s, torch.sin(tt * theta) / s
-    torch.mul(a, ca, out=out)
-    tmp = scratch(out.numel(), work, out.device)
-    for blk in blocks(out.numel()):
-        out[blk].add_(torch.mul(b[blk], cb, out=part(tmp, blk)))
+    out = torch.mul(a, ca)
+    for blk in spans(out.numel()):
+        out[blk].add_(b[blk] * cb)
     return out.reshape(v0.shape).to(v0.dtype)
 
 
