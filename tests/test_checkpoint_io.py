@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from tsugiki.errors import CheckpointError, OutputExistsError
 from tsugiki.merging.checkpoint import Checkpoint, parse_safetensors_header
-from tsugiki.merging.writer import AtomicOutputDir, OutputTensor, ShardedSafetensorsWriter, plan_shards
+from tsugiki.merging.output_dir import AtomicOutputDir
+from tsugiki.merging.writer import OutputTensor, ShardedSafetensorsWriter, plan_shards
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool, torch.uint8]
 

@@ -30,6 +30,10 @@ class OutputExistsError(TsugikiError):
     """The output path exists and --force was not given."""
 
 
+class OutputWriteError(TsugikiError):
+    """Writing an output failed (disk full, I/O error); the output is left as it was."""
+
+
 class BenchmarkError(TsugikiError):
     """Benchmark data, predictions or options that cannot be used; names the file (and line) where known."""
 

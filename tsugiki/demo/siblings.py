@@ -154,7 +154,7 @@ def _lr(recipe: SiblingRecipe, step: int) -> float:
 def save_adapter(model, recipe: SiblingRecipe, log: TrainLog, out: Path) -> Path:
     """peft's adapter files with the LoRA weights in bfloat16 (half the size; materialisation reads them
     back into float32 the same way every time), written to a temp dir and renamed."""
-    from tsugiki.merging.writer import AtomicOutputDir
+    from tsugiki.merging.output_dir import AtomicOutputDir
 
     for p in model.parameters():
         if p.requires_grad:
@@ -215,7 +215,7 @@ def materialise(base: Path, adapter: Path, out: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
-    from tsugiki.merging.writer import AtomicOutputDir
+    from tsugiki.merging.output_dir import AtomicOutputDir
     from tsugiki.tokenizer_cache import TOKENIZER_FILES
 
     if (out / "config.json").exists() and (out / "model.safetensors").exists():

@@ -29,7 +29,7 @@ from tsugiki.demo import scenes
 from tsugiki.demo.word_problems import EN_PROMPT, JA_PROMPT
 from tsugiki.evolution.data import Pair
 from tsugiki.hf_quiet import hf_progress_bars_off
-from tsugiki.merging.writer import AtomicOutputDir
+from tsugiki.merging.output_dir import AtomicOutputDir
 from tsugiki.threads import torch_threads
 
 SHIPPED_VISION = Path(__file__).parent / "weights" / "vision"

@@ -40,7 +40,8 @@ from tsugiki.merging.parameters import resolve_params
 from tsugiki.merging.plan import TensorJob, tensor_seed
 from tsugiki.merging.recipe import Recipe
 from tsugiki.merging.to_disk import MergeResult
-from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, AtomicOutputDir, OutputTensor, ShardedSafetensorsWriter
+from tsugiki.merging.output_dir import AtomicOutputDir
+from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, ShardedSafetensorsWriter
 
 log = logging.getLogger("tsugiki.diffusion")
 SINGLE_FILE_NAME = "sdxl_unet.safetensors"
@@ -150,6 +151,8 @@ def merge_sdxl_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = 
                     tensor = tensor.to(dtype=dtype_of(job), device="cpu")
                     writer.write(job.out_name, tensor, wait=aliases_input(job, tensor, sources))
                 files += [f"unet/{f}" for f in writer.close()]
+                for src in sources.values():  # what was read is one version of each file
+                    src.check_unchanged()
             except BaseException:
                 writer.abort()
                 raise

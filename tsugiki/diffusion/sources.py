@@ -176,6 +176,13 @@ class UNetSource:
     def config(self) -> dict[str, Any] | None:
         return self._config
 
+    def weight_files(self) -> list[Path]:
+        return [f for c in self._files for f in c.weight_files()]
+
+    def check_unchanged(self) -> None:
+        for c in self._files:
+            c.check_unchanged()
+
     def close(self) -> None:
         for f in self._files:
             f.close()

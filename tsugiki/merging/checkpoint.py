@@ -74,6 +74,11 @@ def element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def _stamp(f: Path) -> tuple[int, int, int]:
+    st = os.stat(f)
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
 def parse_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Validate a safetensors file's header against its size; return tensor infos and metadata."""
     try:
@@ -157,6 +162,24 @@ class Checkpoint:
         self._infos = dict(sorted(found.items(), key=lambda kv: (str(kv[1].file), kv[1].offset)))
         if not self._infos:
             raise CheckpointError(f"{self.path}: checkpoint holds no tensors")
+        self._stamps = {f: _stamp(f) for f in sorted({i.file for i in self._infos.values()})}
+
+    # -- files -----------------------------------------------------------------------------------
+    def weight_files(self) -> list[Path]:
+        """The files the tensors are read from, in name order."""
+        return list(self._stamps)
+
+    def check_unchanged(self) -> None:
+        """Raise CheckpointError if a weight file was replaced or written since it was opened (size,
+        mtime or inode differ): what was read from it may mix two versions."""
+        for f, stamp in self._stamps.items():
+            try:
+                now = _stamp(f)
+            except OSError as e:
+                raise CheckpointError(f"{f}: became unreadable while it was being read ({os.strerror(e.errno or 0)})") from None
+            if now != stamp:
+                raise CheckpointError(f"{f}: changed while it was being read (size, modification time or inode differ); "
+                                      f"nothing was written, run again once it is stable")
 
     # -- discovery -------------------------------------------------------------------------------
     def _discover(self, allow_pickle: bool) -> dict[str, TensorInfo]:

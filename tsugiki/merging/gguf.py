@@ -276,7 +276,8 @@ def import_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, dty
     """A GGUF file → a Hugging Face model dir (safetensors, config, tokenizer, model card) that
     `from_pretrained(dir)` loads to the same model as `from_pretrained(..., gguf_file=...)`.
     Written tensor by tensor into a temp dir that becomes OUT only when complete."""
-    from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, AtomicOutputDir, OutputTensor, ShardedSafetensorsWriter
+    from tsugiki.merging.output_dir import AtomicOutputDir
+    from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, ShardedSafetensorsWriter
 
     start = time.perf_counter()
     if isinstance(dtype, str):

@@ -13,7 +13,8 @@ from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, pa
 from tsugiki.merging.output_files import copy_side_files, merged_config, model_card
 from tsugiki.merging.plan import plan_merge
 from tsugiki.merging.recipe import Recipe
-from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, AtomicOutputDir, OutputTensor, ShardedSafetensorsWriter
+from tsugiki.merging.output_dir import AtomicOutputDir
+from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, ShardedSafetensorsWriter
 
 log = logging.getLogger("tsugiki.merge")
 
@@ -55,6 +56,8 @@ def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = Merge
                     tensor = tensor.to(dtype=target, device="cpu")
                     writer.write(job.out_name, tensor, wait=aliases_input(job, tensor, sources))
                 files = writer.close()
+                for src in sources.values():  # what was read is one version of each file
+                    src.check_unchanged()
             except BaseException:
                 writer.abort()
                 raise

@@ -1,4 +1,4 @@
-"""Streaming safetensors output and atomic output directories.
+"""Streaming safetensors output (the directory it goes into: :mod:`tsugiki.merging.output_dir`).
 
 Every output tensor's name, dtype and shape is known from the merge plan before any is computed, so
 each shard's header is written first and tensors are appended as they are produced: nothing waits in
@@ -17,8 +17,6 @@ import json
 import math
 import os
 import queue
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from tsugiki.errors import MergeError, OutputExistsError
+from tsugiki.errors import MergeError
 from tsugiki.merging.checkpoint import DTYPE_CODES, element_size
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # transformers' default for save_pretrained
@@ -184,37 +182,3 @@ class ShardedSafetensorsWriter:
     def abort(self) -> None:
         self._stop()
         self._close_file()
-
-
-class AtomicOutputDir:
-    """A temp directory beside OUT that becomes OUT only when everything succeeded.
-
-    Refuses an existing OUT unless force=True; on any exception the temp dir is removed and OUT is
-    left exactly as it was.
-    """
-
-    def __init__(self, out: str | os.PathLike, *, force: bool = False):
-        self.out = Path(out)
-        self.force = force
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        if self.out.exists() and not self.force:
-            raise OutputExistsError(f"{self.out}: output exists (pass --force to replace it)")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        os.chmod(self.tmp, 0o755)
-        if self.out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
-            os.replace(self.out, old / "x")
-            os.replace(self.tmp, self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.out)

@@ -29,7 +29,8 @@ from tsugiki.merging.output_files import DTYPE_NAMES, TOKENIZER_FILES, merged_co
 from tsugiki.merging.plan import MergePlan, plan_merge
 from tsugiki.merging.recipe import Recipe
 from tsugiki.merging.to_disk import MergeResult
-from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, AtomicOutputDir, OutputTensor, ShardedSafetensorsWriter
+from tsugiki.merging.output_dir import AtomicOutputDir
+from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, ShardedSafetensorsWriter
 from tsugiki.vlm.graft import check_shapes, lm_shape, slice_rows, split_sources, vision_donor_ref
 from tsugiki.vlm.sources import LLAVA, VlmCheckpoint, is_multimodal_config, read_config
 
@@ -124,6 +125,8 @@ def merge_vlm_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = M
                         tensor = torch.cat([tensor, tail.to(dtype)])
                     writer.write(donor.layout.to_vlm(job.out_name), tensor, wait=aliases_input(job, tensor, sources))
                 files = writer.close()
+                for src in checkpoints.values():  # what was read is one version of each file
+                    src.check_unchanged()
             except BaseException:
                 writer.abort()
                 raise

@@ -1,0 +1,223 @@
+"""Faults a user meets: killed runs (debris, resume), disk full and I/O errors, sources changing under a
+merge. Real faults where they can be made (SIGKILL of subprocesses, a second process holding a lock),
+patched writes raising ENOSPC/EIO where they cannot."""
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import weights
+from tsugiki.cli import main
+from tsugiki.errors import CheckpointError, OutputWriteError
+from tsugiki.factory.lm import TinyLMSpec, build_siblings
+from tsugiki.merging.output_dir import OWNER_FILE, AtomicOutputDir, sweep_debris
+
+# ------------------------------------------------------------------ AtomicOutputDir: owners and debris
+DIE_INSIDE = """
+import os, signal, sys
+from tsugiki.merging.output_dir import AtomicOutputDir
+with AtomicOutputDir(sys.argv[1], force=True) as tmp:
+    (tmp / "half.safetensors").write_bytes(b"x" * 100)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _die_inside(out: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", DIE_INSIDE, str(out)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+
+
+def _debris(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def test_dead_runs_debris_is_removed_with_one_line_each(tmp_path, caplog):
+    out = tmp_path / "out"
+    _die_inside(out)
+    first = _debris(tmp_path)
+    _die_inside(out)  # the second run removed the first one's temp dir, then died too
+    assert len(_debris(tmp_path)) == 1 and _debris(tmp_path) != first and not out.exists()
+    (tmp_path / ".out.tmp-older").mkdir()  # a temp dir without an owner file (an older tsugiki's)
+    caplog.clear()
+    with AtomicOutputDir(out) as tmp:
+        (tmp / "a").write_text("1")
+    assert _debris(tmp_path) == [] and (out / "a").read_text() == "1"
+    removed = [r.getMessage() for r in caplog.records if "no longer running" in r.getMessage()]
+    assert len(removed) == 2 and all(str(out) in m for m in removed)
+    assert not (out / OWNER_FILE).exists()
+
+
+def test_live_owners_temp_dir_and_other_outputs_are_left_alone(tmp_path):
+    out = tmp_path / "out"
+    _die_inside(tmp_path / "other")  # debris of another output: not this run's to remove
+    with AtomicOutputDir(out) as live_tmp:  # a live owner (this process, through another lock)
+        assert sweep_debris(out) == []
+        assert live_tmp.exists()
+    assert len(_debris(tmp_path)) == 1 and (out).exists()
+
+
+def test_parked_old_output_is_restored_when_its_replacement_never_arrived(tmp_path):
+    out = tmp_path / "out"
+    with AtomicOutputDir(out) as tmp:
+        (tmp / "a").write_text("old")
+    # what a kill between the two renames of a --force commit leaves: OUT parked in .old-*/x by a dead owner
+    parked = tmp_path / ".out.old-abcd"
+    parked.mkdir()
+    os.replace(out, parked / "x")
+    (parked / OWNER_FILE).write_text("999999")
+    assert sweep_debris(out) == [parked]
+    assert (out / "a").read_text() == "old" and _debris(tmp_path) == []
+
+
+# ------------------------------------------------------------------ `tsugiki merge` killed and rerun
+@pytest.fixture(scope="module")
+def mid_siblings(tmp_path_factory):
+    """Two ~50 MB fp32 models: a merge takes long enough to be killed in the middle."""
+    spec = TinyLMSpec(hidden_size=512, intermediate_size=1024, num_layers=4, num_heads=8, num_kv_heads=4, vocab_size=4096)
+    return build_siblings(tmp_path_factory.mktemp("mid"), n=1, spec=spec, kind="perturbed")
+
+
+def _recipe(tmp_path, sib) -> Path:
+    r = tmp_path / "ties.yaml"
+    r.write_text(f"merge_method: ties\nbase_model: {sib.base}\nmodels:\n  - model: {sib.variants[0]}\n"
+                 f"    parameters: {{weight: 0.7, density: 0.5}}\nparameters: {{normalize: true}}\ndtype: float32\n")
+    return r
+
+
+def _merge_cmd(recipe: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "tsugiki.cli", "merge", str(recipe), "-o", str(out), "-q", "--max-shard-size", "8M", *extra]
+
+
+def _kill_when(cmd: list[str], ready) -> None:
+    """Start ``cmd`` and SIGKILL it as soon as ``ready()`` is true (or when it has finished)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _shards(parent: Path) -> list[Path]:
+    return [f for d in parent.glob(".out.tmp-*") for f in d.glob("*.safetensors")]
+
+
+def test_sigkilled_merge_rerun_is_complete_equal_and_leaves_no_temp_dir(mid_siblings, tmp_path, caplog):
+    recipe = _recipe(tmp_path, mid_siblings)
+    ref = tmp_path / "ref"
+    assert main(["merge", str(recipe), "-o", str(ref), "-q", "--max-shard-size", "8M"]) == 0
+    expected = weights(ref)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out"
+    points = {
+        "temp dir made": lambda: any(work.glob(".out.tmp-*")),
+        "first shard": lambda: len(_shards(work)) >= 1,
+        "third shard": lambda: len(_shards(work)) >= 3,
+        "side files": lambda: any(work.glob(".out.tmp-*/tsugiki_recipe.yaml")),
+    }
+    left = 0
+    for name, ready in points.items():
+        _kill_when(_merge_cmd(recipe, out), ready)
+        assert not out.exists() or (out / "README.md").exists(), f"{name}: a partial output dir"
+        debris = _debris(work)
+        left += len(debris)
+        if out.exists():  # the kill came after the commit: not this point's case
+            continue
+        caplog.clear()
+        assert main(["merge", str(recipe), "-o", str(out), "-q", "--max-shard-size", "8M"]) == 0, name
+        assert _debris(work) == [], name
+        said = [r.getMessage() for r in caplog.records if "no longer running" in r.getMessage()]
+        assert len(said) == len(debris) and all(d in line for d, line in zip(debris, said)), (name, said)
+        got = weights(out)
+        assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got), name
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir()), name
+        for f in out.iterdir():
+            if f.name.endswith((".json", ".yaml", ".md")) and f.name != "README.md":
+                assert f.read_bytes() == (ref / f.name).read_bytes(), (name, f.name)
+        shutil.rmtree(out)
+    assert left >= 3  # the kills really did land mid-merge
+    # a killed --force keeps the old output, and the rerun replaces it
+    if not out.exists():
+        assert main(["merge", str(recipe), "-o", str(out), "-q"]) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    _kill_when(_merge_cmd(recipe, out, "--force"), lambda: len(_shards(work)) >= 2)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert len(_debris(work)) == 1
+    assert main(["merge", str(recipe), "-o", str(out), "-q", "--max-shard-size", "8M", "--force"]) == 0
+    assert _debris(work) == [] and weights(out).keys() == expected.keys()
+
+
+# ------------------------------------------------------------------ disk full, I/O errors, changing sources
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_write_error_is_one_line_exit_2_and_leaves_the_old_output(tiny_siblings, tmp_path, monkeypatch, capsys, code):
+    import tsugiki.merging.writer as writer_mod
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {tiny_siblings.base}\n    parameters: {{weight: 1}}\n"
+                      f"  - model: {tiny_siblings.variants[0]}\n    parameters: {{weight: 1}}\n")
+    out = tmp_path / "out"
+    if not out.exists():
+        assert main(["merge", str(recipe), "-o", str(out), "-q"]) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    calls = {"n": 0}
+    real = writer_mod.ShardedSafetensorsWriter._write
+
+    def failing(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(code, os.strerror(code))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(writer_mod.ShardedSafetensorsWriter, "_write", failing)
+    capsys.readouterr()
+    assert main(["merge", str(recipe), "-o", str(out), "-q", "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and os.strerror(code) in err[0], err
+    assert ("disk full" in err[0]) == (code == errno.ENOSPC)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert _debris(tmp_path) == []
+    calls["n"] = 0
+    assert main(["merge", str(recipe), "-o", str(tmp_path / "new"), "-q"]) == 2  # a new output: none left either
+    assert not (tmp_path / "new").exists() and _debris(tmp_path) == []
+
+
+def test_source_changing_during_a_merge_is_detected(tiny_siblings, tmp_path, monkeypatch):
+    from tsugiki.merging import to_disk
+    from tsugiki.merging.execute import MergeOptions
+    from tsugiki.merging.recipe import load_recipe
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_siblings.variants[0], src)
+    recipe = load_recipe(f"merge_method: linear\nmodels:\n  - model: {tiny_siblings.base}\n    parameters: {{weight: 1}}\n"
+                         f"  - model: {src}\n    parameters: {{weight: 1}}\n")
+    real = to_disk.iter_merged
+
+    def touching(*a, **k):  # another process rewrites the source while the merge reads it
+        for i, item in enumerate(real(*a, **k)):
+            if i == 1:
+                f = src / "model.safetensors"
+                os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+            yield item
+
+    monkeypatch.setattr(to_disk, "iter_merged", touching)
+    with pytest.raises(CheckpointError, match="model.safetensors: changed while it was being read"):
+        to_disk.merge_to_disk(recipe, tmp_path / "out", MergeOptions(progress=False))
+    assert not (tmp_path / "out").exists() and _debris(tmp_path) == []
+
+
+def test_output_write_error_names_an_unreadable_source_instead(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(OutputWriteError, match=r"out: not written: /some/source: Input/output error"):
+        with AtomicOutputDir(out):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), "/some/source")
+    assert not out.exists() and _debris(tmp_path) == []
