@@ -3,6 +3,7 @@ is exact, lock, incompatible configs, parallel == serial."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -16,10 +17,13 @@ from pathlib import Path
 import pytest
 
 from tsugiki.errors import EvolutionError
-from tsugiki.evolution import evolve, from_data, summary
+from tsugiki.evolution import evolve as _evolve
+from tsugiki.evolution import from_data, summary
 from tsugiki.evolution.rundir import RunDir
 
 HERE = Path(__file__).resolve()
+# the configs here name this file's functions as their fitness: code, which runs only when allowed
+evolve = functools.partial(_evolve, allow_code=True)
 
 
 # ---- fitness functions named in configs as "<this file>:<name>" ------------------------------------
@@ -117,7 +121,7 @@ RUNNER = textwrap.dedent("""
 def _run_and_kill(args: list[str], run: Path, kill_at_lines: int) -> bool:
     """Start `tsugiki evolve ARGS` in a subprocess and SIGKILL it once history.jsonl has that many
     lines; returns whether it was killed (False: it finished first)."""
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, "evolve", *args, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, "evolve", *args, "-q", "--allow-code"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     hist = run / "history.jsonl"
     try:
         while proc.poll() is None:

@@ -221,3 +221,51 @@ def test_output_write_error_names_an_unreadable_source_instead(tmp_path):
         with AtomicOutputDir(out):
             raise OSError(errno.EIO, os.strerror(errno.EIO), "/some/source")
     assert not out.exists() and _debris(tmp_path) == []
+
+
+# ------------------------------------------------------------------ code named by a config
+CODE = """
+from pathlib import Path
+Path(__file__).with_name("ran").write_text("imported")
+
+def score(ctx, data=None):
+    return -(ctx.params["x"] - 1) ** 2
+"""
+
+
+def _code_config(tmp_path: Path, function: str) -> Path:
+    (tmp_path / "fit.py").write_text(CODE)
+    cfg = tmp_path / "evolve.yaml"
+    cfg.write_text("name: code\nspace: {kind: box, params: {x: [-3, 3]}}\n"
+                   f"fitness:\n  function: {function}\nsearch: {{population: 4, generations: 2}}\n")
+    return cfg
+
+
+@pytest.mark.parametrize("function", ["fit.py:score",
+                                      "weighted_sum\n  args: {terms: [{function: neg_sphere}, {function: mymod:score}]}"])
+def test_config_naming_code_is_refused_without_allow_code(tmp_path, capsys, function):
+    cfg = _code_config(tmp_path, function)
+    for argv in (["evolve", str(cfg), "-o", str(tmp_path / "run"), "-q"],
+                 ["evolve", str(cfg), "--plan"] if ".py" not in function else None):
+        if argv is None:
+            continue
+        code = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        if "--plan" in argv:  # a plan never runs user code, and does not need to
+            assert code == 0
+        else:
+            assert code == 2 and len(err) == 1, err
+            assert str(cfg) in err[0] and "--allow-code" in err[0] and ("fit.py" in err[0] or "mymod" in err[0])
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "run").exists()
+
+
+def test_plan_never_imports_a_code_fitness_and_allow_code_runs_it(tmp_path, capsys):
+    cfg = _code_config(tmp_path, "fit.py:score")
+    assert main(["evolve", str(cfg), "--plan"]) == 0
+    assert "1 dimensions" in capsys.readouterr().out and not (tmp_path / "ran").exists()
+    assert main(["evolve", str(cfg), "-o", str(tmp_path / "run"), "-q", "--allow-code"]) == 0
+    assert (tmp_path / "ran").read_text() == "imported"
+    (tmp_path / "ran").unlink()
+    assert main(["evolve", "--resume", str(tmp_path / "run"), "-q", "--generations", "3"]) == 2  # resume asks again
+    assert not (tmp_path / "ran").exists()
+    assert main(["evolve", "--resume", str(tmp_path / "run"), "-q", "--generations", "3", "--allow-code"]) == 0

@@ -36,7 +36,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     changes = {k: getattr(args, k) for k in ("workers", "backend", "generations", "max_evaluations") if getattr(args, k) is not None}
     if changes:
         config = config.with_search(**changes)
-    result = evolve(config, run_dir, progress=not args.quiet)
+    result = evolve(config, run_dir, progress=not args.quiet, allow_code=args.allow_code)
     if args.export:
         best = result.best
         if best is None:
@@ -63,5 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--plan", action="store_true",
                    help="print the search space (dimensions by part) and the evaluation budget, then exit; reads only "
                         "the sources' config.json files, no weights or data")
+    e.add_argument("--allow-code", dest="allow_code", action="store_true",
+                   help="run a fitness function the config names as code (file.py:function or module:function); "
+                        "without it such a config is refused before anything runs")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_evolve)

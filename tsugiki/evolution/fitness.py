@@ -250,6 +250,29 @@ FITNESS.register("weighted_sum", FitnessSpec(weighted_sum, True, "weighted sum o
 
 
 # ------------------------------------------------------------------------------ lookup
+def names_code(name: str) -> bool:
+    """Whether a fitness name is code to import (``module:function``, ``file.py:function``) rather
+    than a registered name."""
+    return ":" in name
+
+
+def code_refs(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(dotted key, name) of every fitness function an evolve config's data names as code: the
+    fitness and validation functions and their ``weighted_sum`` terms."""
+    out = []
+    for section in ("fitness", "validation"):
+        d = data.get(section) or {}
+        fn = d.get("function")
+        if isinstance(fn, str) and names_code(fn):
+            out.append((f"{section}.function", fn))
+        terms = (d.get("args") or {}).get("terms") if fn == "weighted_sum" else None
+        for i, term in enumerate(terms if isinstance(terms, list) else []):
+            name = term.get("function") if isinstance(term, Mapping) else None
+            if isinstance(name, str) and names_code(name):
+                out.append((f"{section}.args.terms[{i}].function", name))
+    return out
+
+
 def resolve_fitness(name: str) -> FitnessSpec:
     """A registered name, ``package.module:function`` or ``/abs/path/file.py:function``."""
     if ":" not in name:

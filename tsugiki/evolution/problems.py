@@ -33,7 +33,7 @@ from tsugiki.errors import EvolutionError, TsugikiError
 from tsugiki.evolution.config import EvolveConfig
 from tsugiki.evolution.data import Pair, check_disjoint, load_pairs
 from tsugiki.evolution.dfs import DFSSpace, exact_export, fold_for
-from tsugiki.evolution.fitness import EvalContext, FitnessSpec, as_fitness, resolve_fitness
+from tsugiki.evolution.fitness import EvalContext, FitnessSpec, as_fitness, names_code, resolve_fitness
 from tsugiki.evolution.ps import DEFAULT_BOUNDS, PSSpace
 from tsugiki.evolution.sdxl import SDXLBlockSpace, load_unet
 from tsugiki.evolution.space import Param, SearchSpace
@@ -667,7 +667,7 @@ def plan_space(config: EvolveConfig, model_configs: Mapping[str, Mapping[str, An
     kind, s = config.space["kind"], config.space
     for section in ("fitness", "validation"):
         fn = (config.data.get(section) or {}).get("function")
-        if fn is not None:
+        if fn is not None and not names_code(fn):  # a plan never imports user code
             try:
                 resolve_fitness(fn)
             except TsugikiError as e:

@@ -12,8 +12,8 @@ Layout::
     plots/*.png        fitness curve, PS heatmap or DFS path and scales (at the end of a run)
     .lock              held (flock) by the process writing the run
 
-Every file is text (YAML / JSON); nothing in a run dir is unpickled. (Resuming does run the fitness
-function config.yaml names, a module or a ``.py`` file: read a config you were handed first.) A
+Every file is text (YAML / JSON); nothing in a run dir is unpickled. (A fitness function that
+config.yaml names as code, a module or a ``.py`` file, runs on resume only with ``--allow-code``.) A
 generation's line in ``generations.jsonl`` is its commit point: history lines are appended (and
 fsynced) as candidates finish, in index order, then the generation line. Resuming rebuilds the
 CMA-ES state by replaying the committed generations (see :func:`tsugiki.evolution.runner.replay`):

@@ -31,6 +31,7 @@ import numpy as np
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.backends import Result, Task, make_backend
 from tsugiki.evolution.config import EvolveConfig, load_config
+from tsugiki.evolution.fitness import code_refs
 from tsugiki.evolution.problems import Problem, make_problem, prepare_sources
 from tsugiki.evolution.rundir import RunDir, json_line
 from tsugiki.fileio import atomic_write
@@ -214,15 +215,29 @@ def _stop_reason(config: EvolveConfig, state: dict) -> str:
     return "cma: " + ", ".join(stop) if stop else ""
 
 
+def check_code(config: EvolveConfig, allow_code: bool) -> None:
+    """Refuse a config that names code (a fitness function as ``file.py:function`` or
+    ``module:function``) unless the user allowed it: a config is data a user may have been handed."""
+    refs = code_refs(config.data)
+    if refs and not allow_code:
+        key, name = refs[0]
+        raise EvolutionError(f"{config.where(key)}{name!r} is code named by the config; it runs only with "
+                             f"--allow-code (allow_code=True); nothing was run")
+
+
 def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool = False,
-           on_generation: Callable[[dict], None] | None = None, plots: bool = True) -> RunResult:
-    """Run (or continue) an evolution in ``run_dir``; ``config=None`` resumes the run dir's own."""
+           on_generation: Callable[[dict], None] | None = None, plots: bool = True, allow_code: bool = False) -> RunResult:
+    """Run (or continue) an evolution in ``run_dir``; ``config=None`` resumes the run dir's own.
+    A config naming code as its fitness runs only with ``allow_code=True``."""
+    if config is not None:
+        check_code(config, allow_code)  # before the run dir is touched
     rd = RunDir(run_dir)
     rd.lock()
     backend = None
     try:
         existed = rd.exists()
         config = _reconcile(rd, config)
+        check_code(config, allow_code)
         prepare_sources(config, rd.path)
         problem = make_problem(config, rd.path)
         problem.check()
