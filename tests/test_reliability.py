@@ -269,3 +269,41 @@ def test_plan_never_imports_a_code_fitness_and_allow_code_runs_it(tmp_path, caps
     assert main(["evolve", "--resume", str(tmp_path / "run"), "-q", "--generations", "3"]) == 2  # resume asks again
     assert not (tmp_path / "ran").exists()
     assert main(["evolve", "--resume", str(tmp_path / "run"), "-q", "--generations", "3", "--allow-code"]) == 0
+
+
+# ------------------------------------------------------------------ evolve killed before its search started
+TINY_PS = """name: early
+tiny_models: {arch: llama, n: 2, kind: finetuned, seed: 0, steps: 3}
+space: {kind: ps, method: linear, models: [variant_0, variant_1], params: {weight: [0.0, 1.0]}}
+fitness:
+  function: answer_loglik
+  data: {generator: arithmetic, split: fitness, n: 4, seed: 0}
+search: {seed: 0, population: 2, generations: 1}
+"""
+
+
+def test_run_killed_while_preparing_sources_resumes(tmp_path):
+    cfg = tmp_path / "early.yaml"
+    cfg.write_text(TINY_PS)
+    run = tmp_path / "run"
+    _kill_when([sys.executable, "-m", "tsugiki.cli", "evolve", str(cfg), "-o", str(run), "-q"],
+               lambda: (run / "models").exists())
+    assert (run / "config.yaml").exists() and not (run / "run.json").exists() and not (run / "models" / ".complete").exists()
+    assert main(["evolve", "--resume", str(run), "-q"]) == 0
+    assert main(["evolve", str(cfg), "-o", str(tmp_path / "ref"), "-q"]) == 0
+    assert history_of(run) == history_of(tmp_path / "ref")
+    # a config whose run never started may be replaced by another (here: one more candidate)
+    other = tmp_path / "other"
+    other_cfg = tmp_path / "other.yaml"
+    other_cfg.write_text(TINY_PS.replace("population: 2", "population: 3"))
+    _kill_when([sys.executable, "-m", "tsugiki.cli", "evolve", str(cfg), "-o", str(other), "-q"],
+               lambda: (other / "config.yaml").exists())
+    assert main(["evolve", str(other_cfg), "-o", str(other), "-q"]) == 0
+    assert len(history_of(other)) == 3
+
+
+def history_of(run: Path) -> list[dict]:
+    import json
+
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (run / "history.jsonl").read_text().splitlines()]

@@ -2,8 +2,9 @@
 
 Layout::
 
-    config.yaml        the validated config (absolute paths); what --resume reads
-    run.json           format and the config's fingerprint (resume refuses an edited config.yaml)
+    config.yaml        the validated config (absolute paths); what --resume reads; written first
+    run.json           format and the config's fingerprint (resume refuses an edited config.yaml);
+                       written when the search starts: until then, another config may take the dir
     history.jsonl      one line per evaluated candidate, in (generation, index) order, with its raw
                        CMA-ES vector ``x`` (JSON numbers, shortest round-trip repr: exact float64)
     generations.jsonl  one line per finished generation (best, mean, validation of its best, ...)

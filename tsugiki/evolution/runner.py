@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,14 +187,18 @@ def replay(config: EvolveConfig, problem: Problem, rd: RunDir) -> dict:
     return st
 
 
-def _reconcile(rd: RunDir, config: EvolveConfig | None) -> EvolveConfig:
-    """The config to run: the run dir's (resume), or the given one if compatible with it."""
+def _reconcile(rd: RunDir, config: EvolveConfig | None, *, started: bool) -> EvolveConfig:
+    """The config to run: the run dir's (resume), or the given one if compatible with it (any
+    config, while the run dir's has not started: no run.json yet)."""
     if rd.exists():
         stored = load_config(rd.config_file)
         if config is None:
             return stored
         diffs = stored.differences(config)
-        if diffs:
+        if diffs and not started:  # what the old config built for its sources is not this one's
+            for built in ("models", "ps_model"):
+                shutil.rmtree(rd.path / built, ignore_errors=True)
+            return config
             raise EvolutionError(f"{rd.path}: run dir was started from a different config ({', '.join(diffs[:5])} "
                                  f"differ); use another run dir, or --resume to continue it as it was")
         return EvolveConfig(dict(stored.data, search=dict(config.search)), config.source_name, config.lines)
@@ -236,19 +241,21 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
     backend = None
     try:
         existed = rd.exists()
-        config = _reconcile(rd, config)
+        meta = rd.read_meta() if existed else None
+        config = _reconcile(rd, config, started=meta is not None)
         check_code(config, allow_code)
+        if meta is None:  # first, so that a run killed while it prepares sources can be resumed
+            atomic_write(rd.config_file, config.to_yaml())
         prepare_sources(config, rd.path)
         problem = make_problem(config, rd.path)
         problem.check()
-        meta = rd.read_meta() if existed else None
         if meta is not None and meta.get("fingerprint") != config.fingerprint():
             raise EvolutionError(f"{rd.path}: config.yaml differs from the config the run was started with "
                                  f"(fingerprint {config.fingerprint()}, run.json says {meta.get('fingerprint')!r}); "
                                  f"restore it, or start a new run dir")
         state = replay(config, problem, rd)  # reads only; refuses a run dir that does not replay
-        atomic_write(rd.config_file, config.to_yaml())  # only a config that can run claims the dir
-        if meta is None:
+        atomic_write(rd.config_file, config.to_yaml())  # the search keys a resume may change
+        if meta is None:  # only a config that can run claims the dir: until run.json, another may replace it
             rd.write_meta(config.fingerprint())
         for name in ("generations.jsonl", "history.jsonl"):
             rd.truncate(name, state.pop(name.replace(".jsonl", "_bytes")))
