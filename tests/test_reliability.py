@@ -3,6 +3,7 @@ merge. Real faults where they can be made (SIGKILL of subprocesses, a second pro
 patched writes raising ENOSPC/EIO where they cannot."""
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -303,7 +304,52 @@ def test_run_killed_while_preparing_sources_resumes(tmp_path):
 
 
 def history_of(run: Path) -> list[dict]:
-    import json
-
     return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
             for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------ two runs, one dir
+HOLD = """
+import sys, time
+from pathlib import Path
+from tsugiki.fileio import lock_dir
+lock_dir(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _holder(d: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(d)], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"held"
+    return proc
+
+
+@pytest.mark.parametrize("verb", ["evolve", "demo"])
+def test_second_run_on_a_dir_in_use_is_refused_and_a_dead_holders_lock_taken_over(tmp_path, capsys, verb):
+    cfg = _code_config(tmp_path, "neg_sphere")
+    run = tmp_path / "run"
+    if verb == "demo":
+        run.mkdir()
+        (run / "demo.json").write_text(json.dumps({"quick": True, "seed": 0, "stages": ["sdxl"]}) + "\n")
+    argv = ["evolve", str(cfg), "-o", str(run), "-q"] if verb == "evolve" else \
+        ["demo", "--quick", "--stages", "sdxl", "-o", str(run), "--no-progress"]
+    holder = _holder(run)
+    try:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"in use by another process (pid {holder.pid})" in err[0], err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"] + (["demo.json"] if verb == "demo" else [])
+    finally:
+        holder.kill()
+        holder.wait()
+    if verb == "evolve":  # the dead holder's lock is taken over: the run goes on
+        assert main(argv) == 0 and (run / "run.json").exists()
+        assert (run / ".lock").read_text() == str(os.getpid())
+    else:
+        from tsugiki.demo.run import DemoError
+        from tsugiki.fileio import lock_dir, unlock_dir
+
+        fd = lock_dir(run, error=DemoError)  # what run_demo takes first
+        assert (run / ".lock").read_text() == str(os.getpid())
+        unlock_dir(fd)

@@ -1,11 +1,14 @@
-"""Small file helpers shared across the package: atomic writes and JSON-safe values."""
+"""Small file helpers shared across the package: atomic writes, directory locks, JSON-safe values."""
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 from pathlib import Path
 from typing import Any
+
+from tsugiki.errors import TsugikiError
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -23,6 +26,28 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def lock_dir(d: Path, *, error: type[TsugikiError] = TsugikiError, what: str = "run dir") -> int:
+    """Take ``d/.lock`` (created with ``d``) for this process: an fd that holds an ``flock`` until it is
+    closed or the process dies (SIGKILL included), so a dead holder's lock is simply taken over.
+    Held by a live process: ``error`` naming the holder's pid, at once."""
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise error(f"{d}: {what} is in use by another process (pid {other}); wait for it or stop it first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def unlock_dir(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def fsync_dir(d: Path) -> None:

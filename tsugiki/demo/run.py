@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tsugiki.errors import TsugikiError
+from tsugiki.fileio import lock_dir, unlock_dir
 
 STAGES = ("lm", "vlm", "sdxl")
 
@@ -25,13 +26,14 @@ class DemoError(TsugikiError):
 def _claim(run_dir: Path, settings: dict, force: bool) -> None:
     """Create RUN_DIR, or reuse it when it holds a demo run with the same settings."""
     marker = run_dir / "demo.json"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise DemoError(f"{run_dir}: exists and is not a directory; choose another -o")
-    if run_dir.exists() and force:
-        if not marker.exists() and any(run_dir.iterdir()):
+    held = [p for p in run_dir.iterdir() if p.name != ".lock"] if run_dir.is_dir() else []
+    if held and force:
+        if not marker.exists():
             raise DemoError(f"{run_dir}: exists and is not a tsugiki demo run dir; refusing to delete it with --force")
-        shutil.rmtree(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
+        for p in held:  # everything but the lock this process holds
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        held = []
+    if held:
         if not marker.exists():
             raise DemoError(f"{run_dir}: exists and is not a tsugiki demo run dir; choose another -o")
         old = json.loads(marker.read_text())
@@ -46,13 +48,28 @@ def run_demo(run_dir: Path, *, quick: bool = False, seed: int = 0, force: bool =
              progress: bool = True) -> dict:
     """Run the demo (``mgsm_ja``: the LM stage also scores its sources and best evolved models on the real
     MGSM-JA; not part of the run dir's settings, so it can be added to a finished run); returns ``{"results": path, "report": path, "leaderboard": path, "failed": [stage...]}``."""
-    from tsugiki.demo.report import terminal_leaderboard, write_leaderboard, write_report, write_results
-    from tsugiki.demo.stage import StageContext
-
     run_dir = Path(run_dir).resolve()
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise DemoError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DemoError(f"{run_dir}: exists and is not a directory; choose another -o")
+    if run_dir.is_dir() and not (run_dir / "demo.json").exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
+        what = "refusing to delete it with --force" if force else "choose another -o"
+        raise DemoError(f"{run_dir}: exists and is not a tsugiki demo run dir; {what}")  # before a lock file is put in it
+    lock = lock_dir(run_dir, error=DemoError, what="demo run dir")  # a second demo on it is refused at once
+    try:
+        return _run(run_dir, quick=quick, seed=seed, force=force, stages=stages, rebuild_models=rebuild_models,
+                    mgsm_ja=mgsm_ja, progress=progress)
+    finally:
+        unlock_dir(lock)
+
+
+def _run(run_dir: Path, *, quick: bool, seed: int, force: bool, stages: tuple[str, ...], rebuild_models: bool,
+         mgsm_ja: bool, progress: bool) -> dict:
+    from tsugiki.demo.report import terminal_leaderboard, write_leaderboard, write_report, write_results
+    from tsugiki.demo.stage import StageContext
+
     _claim(run_dir, {"quick": quick, "seed": seed, "stages": list(stages)}, force)
     t0 = time.perf_counter()
     adapters = vision = None

@@ -27,14 +27,13 @@ file is changed. (A ``state.pkl`` left by older versions is ignored, never loade
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from pathlib import Path
 from typing import Iterator
 
 from tsugiki.errors import EvolutionError
-from tsugiki.fileio import atomic_write, json_safe
+from tsugiki.fileio import atomic_write, json_safe, lock_dir, unlock_dir
 
 RUN_FORMAT = 2  # 1: CMA-ES state in state.pkl (no longer read); 2: replayed from the logs
 
@@ -61,23 +60,11 @@ class RunDir:
 
     # ---- lock -----------------------------------------------------------------------------------
     def lock(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.file(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise EvolutionError(f"{self.path}: run dir is being written by another process (pid {other}); "
-                                 f"wait for it or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd
+        self._lock_fd = lock_dir(self.path, error=EvolutionError)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            unlock_dir(self._lock_fd)
             self._lock_fd = None
 
     # ---- run.json -------------------------------------------------------------------------------
