@@ -353,3 +353,17 @@ def test_second_run_on_a_dir_in_use_is_refused_and_a_dead_holders_lock_taken_ove
         fd = lock_dir(run, error=DemoError)  # what run_demo takes first
         assert (run / ".lock").read_text() == str(os.getpid())
         unlock_dir(fd)
+
+
+# ------------------------------------------------------------------ generation settings
+def test_exported_model_keeps_its_sources_generation_config(tmp_path):
+    from transformers import GenerationConfig
+
+    cfg = tmp_path / "early.yaml"
+    cfg.write_text(TINY_PS)
+    run, export = tmp_path / "run", tmp_path / "best"
+    assert main(["evolve", str(cfg), "-o", str(run), "-q", "--export", str(export)]) == 0
+    source = run / "models" / "variant_0" / "generation_config.json"  # the PS donor: the first model
+    assert (export / "generation_config.json").read_bytes() == source.read_bytes()
+    gen = GenerationConfig.from_pretrained(export)
+    assert gen.max_new_tokens is None and gen.eos_token_id is not None  # no evaluation limit baked into the model

@@ -118,8 +118,7 @@ def _save(
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         do_sample=False,
-        max_new_tokens=16,
-    )
+    )  # no max_new_tokens: a length limit belongs to an evaluation, not to the model (merges copy this file)
     kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar per tiny file

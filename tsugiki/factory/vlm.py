@@ -144,7 +144,8 @@ def _save(model, text_model, tok, spec: TinyVLMSpec, config, out: Path, lm_delta
     model = model.to(torch_dtype)
     model.config.dtype = torch_dtype
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                               pad_token_id=tok.pad_token_id, do_sample=False, max_new_tokens=16)
+                                               pad_token_id=tok.pad_token_id, do_sample=False)
+    # no max_new_tokens: a length limit belongs to an evaluation, not to the model (merges copy this file)
     model.save_pretrained(out)
     _processor(spec, tok, config).save_pretrained(out)
     return out
