@@ -367,3 +367,60 @@ def test_exported_model_keeps_its_sources_generation_config(tmp_path):
     assert (export / "generation_config.json").read_bytes() == source.read_bytes()
     gen = GenerationConfig.from_pretrained(export)
     assert gen.max_new_tokens is None and gen.eos_token_id is not None  # no evaluation limit baked into the model
+
+
+# ------------------------------------------------------------------ logs
+LOAD = """
+import sys
+from tsugiki.progress import quiet_third_party_bars
+if sys.argv[2] == "quiet":
+    quiet_third_party_bars()  # what the CLI does first when stderr is not a terminal
+from transformers import AutoModelForCausalLM
+AutoModelForCausalLM.from_pretrained(sys.argv[1])
+"""
+
+
+def test_third_party_bars_are_off_in_a_log(tiny_siblings, tmp_path):
+    runs = {}
+    for mode in ("control", "quiet"):
+        log = tmp_path / f"{mode}.log"
+        with open(log, "wb") as f:
+            subprocess.run([sys.executable, "-c", LOAD, str(tiny_siblings.base), mode], stdout=f, stderr=subprocess.STDOUT, check=True)
+        runs[mode] = log.read_bytes().decode()
+    assert "\r" in runs["control"] and "Loading weights" in runs["control"]  # the bar the control draws
+    assert "\r" not in runs["quiet"] and "Loading weights" not in runs["quiet"]
+
+
+def test_cli_progress_in_a_log_is_plain_lines(tmp_path):
+    cfg = tmp_path / "early.yaml"
+    cfg.write_text(TINY_PS.replace("generations: 1", "generations: 2"))
+    log = tmp_path / "evolve.log"
+    env = dict(os.environ, TSUGIKI_PROGRESS_INTERVAL="0")
+    with open(log, "wb") as f:  # not a terminal: what CI logs and `> file` get
+        subprocess.run([sys.executable, "-m", "tsugiki.cli", "evolve", str(cfg), "-o", str(tmp_path / "run")],
+                       stdout=f, stderr=subprocess.STDOUT, env=env, check=True)
+    text = log.read_bytes().decode()  # bytes: read_text would turn "\r" into "\n"
+    assert "\r" not in text and "\x1b" not in text, text
+    lines = text.splitlines()
+    assert [line.split(" [")[0] for line in lines if line.startswith("evolve early:")] == ["evolve early: 1/2 gen", "evolve early: 2/2 gen"]
+    assert "it/s]" not in text and "%|" not in text  # no tqdm bar of anyone's
+
+
+def test_line_progress_prints_at_most_every_interval_and_the_end():
+    import io
+
+    from tsugiki.progress import LineProgress
+
+    out = io.StringIO()
+    for _ in LineProgress(range(5), desc="merging", unit="tensor", file=out, interval=1e9):
+        pass
+    assert [line.split(" [")[0] for line in out.getvalue().splitlines()] == ["merging: 5/5 tensor"]
+    out = io.StringIO()
+    bar = LineProgress(total=3, desc="evolve", unit="gen", initial=1, file=out, interval=0)
+    bar.update(1)
+    bar.set_postfix(best="0.5")
+    bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert [line.split(" [")[0] for line in lines] == ["evolve: 2/3 gen", "evolve: 3/3 gen"]
+    assert lines[1].endswith("(best=0.5)")

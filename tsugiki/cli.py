@@ -10,6 +10,7 @@ import sys
 from tsugiki import __version__
 from tsugiki.commands import bench, demo, evolve, gguf, images, merge, vlm
 from tsugiki.errors import TsugikiError
+from tsugiki.progress import interactive, quiet_third_party_bars, restore_env
 
 COMMAND_MODULES = (merge, gguf, vlm, evolve, bench, images, demo)
 # two-word spellings of verbs whose options differ from the first word's: `tsugiki eval t2i ...`
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         argv = [VERB_ALIASES[tuple(argv[:2])], *argv[2:]]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # a log or a pipe gets plain progress lines from us and no third-party bars (see tsugiki.progress)
+    saved = None if interactive() else quiet_third_party_bars()
     try:
         return args.func(args)
     except TsugikiError as e:
@@ -40,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tsugiki: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if saved is not None:
+            restore_env(saved)
 
 
 if __name__ == "__main__":

@@ -227,11 +227,11 @@ def preprocess(images: Sequence, mode: str = "clean") -> torch.Tensor:
 def inception_features(model: FIDInceptionV3, images: Iterable, *, mode: str = "clean", batch_size: int = 32,
                        progress: bool = False) -> np.ndarray:
     """(N, 2048) float64 pool3 features of the images (any iterable of PIL images or uint8 arrays)."""
-    from tqdm.auto import tqdm
+    from tsugiki.progress import progress_bar
 
     device = next(model.parameters()).device
     feats, batch = [], []
-    bar = tqdm(desc="inception features", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(desc="inception features", unit="img", disable=not progress, leave=False)
 
     def flush() -> None:
         feats.append(model(preprocess(batch, mode).to(device)).double().cpu())

@@ -49,10 +49,10 @@ def _predict(predictor: Predictor, items: Sequence, progress: bool, desc: str) -
     step = getattr(predictor, "batch_size", None) or len(items)
     if not progress or step >= len(items):
         return check_predictions(predictor.predict(items), items, predictor.name)
-    from tqdm.auto import tqdm
+    from tsugiki.progress import progress_bar
 
     out: list[str] = []
-    with tqdm(total=len(items), desc=desc, unit="item") as bar:
+    with progress_bar(total=len(items), desc=desc, unit="item") as bar:
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             out.extend(check_predictions(predictor.predict(chunk), chunk, predictor.name))

@@ -384,9 +384,9 @@ _SOURCE_NAMES = {"base": "base (Gemma 3 270M)", "ja": "JA sibling", "math": "MAT
 
 
 def _progress(items: list, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
+    from tsugiki.progress import progress_bar
 
-    return tqdm(items, desc=desc, disable=not enabled, leave=False, unit="model")
+    return progress_bar(items, desc=desc, disable=not enabled, leave=False, unit="model")
 
 
 def _best_evolved(rows: list[Row], seed: int) -> Row | None:

@@ -107,9 +107,9 @@ def to_tensor(images: Sequence) -> torch.Tensor:
 
 
 def _bar(total: int, desc: str, progress: bool):
-    from tqdm.auto import tqdm
+    from tsugiki.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+    return progress_bar(total=total, desc=desc, unit="step", disable=not progress, leave=False)
 
 
 # ---------------------------------------------------------------------------------------- VAE

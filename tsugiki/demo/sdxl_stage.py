@@ -382,7 +382,7 @@ def run_sdxl_stage(ctx: StageContext, *, budget: SDXLBudget | None = None) -> St
 
 
 def _run_sdxl_stage(ctx: StageContext, budget: SDXLBudget) -> StageResult:
-    from tqdm.auto import tqdm
+    from tsugiki.progress import progress_bar
 
     t0 = time.perf_counter()
     out = ctx.out
@@ -400,7 +400,7 @@ def _run_sdxl_stage(ctx: StageContext, budget: SDXLBudget) -> StageResult:
 
     ctx.say(f"[sdxl] sampling and scoring {len(models)} models on the held-out prompts …")
     rows, figures, samples = [], [], []
-    for key in tqdm(models, desc="sampling held-out", unit="model", disable=not ctx.progress, leave=False):
+    for key in progress_bar(models, desc="sampling held-out", unit="model", disable=not ctx.progress, leave=False):
         s = evaluate_model(models[key], out / "eval" / key, paths["judge"], references, budget, ctx.seed)
         extra = s["extra"]
         rows.append(Row(ROW_NAMES[key], roles[key], s["metrics"], s["ci"],

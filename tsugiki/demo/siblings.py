@@ -95,7 +95,7 @@ def train_adapter(base: Path, recipe: SiblingRecipe, out: Path, *, progress: boo
     """Fine-tune a LoRA adapter on ``base`` (deterministic for a fixed thread count) and save it to ``out``
     (peft format, bfloat16, with a model card)."""
     from peft import LoraConfig, get_peft_model
-    from tqdm.auto import tqdm
+    from tsugiki.progress import progress_bar
     from transformers import AutoModelForCausalLM
 
     from tsugiki.tokenizer_cache import load_tokenizer
@@ -118,7 +118,7 @@ def train_adapter(base: Path, recipe: SiblingRecipe, out: Path, *, progress: boo
         gen = torch.Generator().manual_seed(recipe.seed)
         order, pos = torch.randperm(len(ids), generator=gen), 0
         model.train()
-        bar = tqdm(range(recipe.steps), desc=f"{recipe.corpus} sibling (LoRA)", disable=not progress, unit="step")
+        bar = progress_bar(range(recipe.steps), desc=f"{recipe.corpus} sibling (LoRA)", disable=not progress, unit="step")
         for step in bar:
             if pos + recipe.batch_size > len(order):
                 order, pos = torch.randperm(len(ids), generator=gen), 0

@@ -168,7 +168,7 @@ def train_vision(lm_dir: Path, out: Path, recipe: AlignRecipe = ALIGN, spec: Vis
     """Align a fresh vision tower and projector to the frozen ``lm_dir`` on English scene questions and save
     them (``out/model.safetensors`` + ``training.json``); returns the training record."""
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
+    from tsugiki.progress import progress_bar
 
     start = time.perf_counter()
     model, processor = assemble(lm_dir, None, spec, seed=recipe.seed)
@@ -187,7 +187,7 @@ def train_vision(lm_dir: Path, out: Path, recipe: AlignRecipe = ALIGN, spec: Vis
             opt, lambda s: min(1.0, (s + 1) / recipe.warmup) * (1.0 - 0.9 * s / recipe.steps))
         order = random.Random(recipe.seed)
         model.train()
-        bar = tqdm(range(recipe.steps), desc="align LLaVA (English)", unit="step", disable=not progress)
+        bar = progress_bar(range(recipe.steps), desc="align LLaVA (English)", unit="step", disable=not progress)
         for _ in bar:
             idx = torch.tensor(order.sample(range(len(items)), recipe.batch_size))
             batch = {k: v[idx] for k, v in data.items()}

@@ -24,13 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from tqdm.auto import tqdm
-
 from tsugiki.demo import scenes
 from tsugiki.demo.stage import Row, Sample, StageContext, StageResult, Table
 from tsugiki.demo.vlm_models import EN_TEMPLATE, JA_TEMPLATE, SHIPPED_VISION, build_llava
 from tsugiki.evolution.data import Pair
 from tsugiki.hf_quiet import hf_progress_bars_off
+from tsugiki.progress import progress_bar
 from tsugiki.vlm.generate import GenerationSettings, VQAPredictor
 
 # Greedy and no repetition penalty (the seed: 5 beams, penalty 1.5, on 7B models and long answers).
@@ -164,7 +163,7 @@ def run_vlm_stage(ctx: StageContext, *, llava_lm: Path, grafts: dict[str, tuple[
 
     items = scenes.ja_items("test", budget.test_scenes, seed=ctx.seed)
     rows, answers, per_item = [], {}, {}
-    for name, (role, path) in tqdm(models.items(), desc="Japanese VQA", unit="model", disable=not ctx.progress):
+    for name, (role, path) in progress_bar(models.items(), desc="Japanese VQA", unit="model", disable=not ctx.progress):
         model, processor = _load(path)
         answers[name] = _predict(model, processor, JA_TEMPLATE, items, ctx.progress)
         metrics, ci, per_item[name] = score(answers[name], items)

@@ -104,7 +104,7 @@ def generate(pipeline_dir: str | Path, prompts: Sequence[str], options: T2IOptio
     """Images for the prompts (one each, seed + i) and the sampling settings used."""
     import torch
     from diffusers import StableDiffusionXLPipeline
-    from tqdm.auto import tqdm
+    from tsugiki.progress import progress_bar
 
     from tsugiki.diffusion.presets import apply_preset, get_preset
 
@@ -129,7 +129,7 @@ def generate(pipeline_dir: str | Path, prompts: Sequence[str], options: T2IOptio
         if getattr(options, key) is not None:
             kwargs[key] = getattr(options, key)
     images = []
-    for i, prompt in enumerate(tqdm(prompts, desc="generating", unit="img", disable=not options.progress)):
+    for i, prompt in enumerate(progress_bar(prompts, desc="generating", unit="img", disable=not options.progress)):
         g = torch.Generator("cpu").manual_seed(options.seed + i)
         images.append(pipe(prompt, generator=g, **kwargs).images[0])
     settings = {"scheduler": type(pipe.scheduler).__name__, **kwargs, "seed": options.seed}

@@ -282,10 +282,10 @@ class _Loop:
         self.on_generation = on_generation
 
     def run(self, progress: bool) -> str:
-        from tqdm.auto import tqdm
+        from tsugiki.progress import progress_bar
 
         s, st = self.config.search, self.state
-        bar = tqdm(total=s["generations"], initial=st["generation"], desc=f"evolve {self.config.name}", unit="gen",
+        bar = progress_bar(total=s["generations"], initial=st["generation"], desc=f"evolve {self.config.name}", unit="gen",
                    disable=not progress, leave=True)
         try:
             while not (reason := _stop_reason(self.config, st)):

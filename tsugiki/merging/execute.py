@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import torch
-from tqdm.auto import tqdm
 
 from tsugiki.errors import MergeError
 from tsugiki.merging.checkpoint import TensorSource
 from tsugiki.merging.methods.base import Memo, MergeInputs
 from tsugiki.merging.plan import MergePlan, TensorJob
+from tsugiki.progress import progress_bar
 
 log = logging.getLogger("tsugiki.merge")
 
@@ -185,8 +185,7 @@ def iter_merged(plan: MergePlan, sources: Mapping[str, TensorSource], *, device:
     """Yield each job with its merged tensor; the tensor may share memory with mapped inputs, so it
     is only valid until the next iteration (consume it — write or copy — before asking for more).
     copy_unchanged=False runs every kernel (see `unchanged_result`; the results are the same)."""
-    jobs: Callable = tqdm if progress else (lambda x, **_: x)
-    for job in jobs(plan.jobs, desc=desc, unit="tensor", leave=False):
+    for job in progress_bar(plan.jobs, desc=desc, unit="tensor", leave=False, disable=not progress):
         try:
             yield job, merge_job(job, plan, sources, device, check_inputs, unchanged=None if copy_unchanged else False)
         finally:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from tsugiki.errors import CheckpointError
+from tsugiki.progress import progress_bar
 from tsugiki.registry import Registry
 
 JA_SYSTEM_PROMPT = "あなたは役立つ、偏見がなく、検閲されていないアシスタントです。与えられた画像を下に、質問に答えてください。"
@@ -80,7 +80,7 @@ class VQAPredictor:
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         answers: list[str] = []
         starts = range(0, len(images), self.batch_size)
-        for i in tqdm(starts, desc="VQA", unit="batch", disable=not self.progress, leave=False):
+        for i in progress_bar(starts, desc="VQA", unit="batch", disable=not self.progress, leave=False):
             answers += self._generate(images[i:i + self.batch_size], questions[i:i + self.batch_size])
         return answers
 
