@@ -424,3 +424,68 @@ def test_line_progress_prints_at_most_every_interval_and_the_end():
     lines = out.getvalue().splitlines()
     assert [line.split(" [")[0] for line in lines] == ["evolve: 2/3 gen", "evolve: 3/3 gen"]
     assert lines[1].endswith("(best=0.5)")
+
+
+# ------------------------------------------------------------------ outputs that describe themselves
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_merged_dir_names_sources_portably_with_their_digests(tiny_siblings, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(tiny_siblings.base, project / "models" / "base")
+    shutil.copytree(tiny_siblings.variants[0], project / "models" / "ja")
+    (project / "recipes").mkdir()
+    recipe = project / "recipes" / "ta.yaml"
+    recipe.write_text(f"merge_method: task_arithmetic\nbase_model: ../models/base\nmodels:\n"
+                      f"  - model: ../models/ja\n    parameters: {{weight: 0.7}}\n"
+                      f"  - model: {tiny_siblings.variants[1]}\n    parameters: {{weight: 0.3}}\n")
+    out = project / "out" / "ta"
+    assert main(["merge", str(recipe), "-o", str(out), "-q"]) == 0
+    text = (out / "tsugiki_recipe.yaml").read_text()
+    card = (out / "README.md").read_text()
+    assert "base_model: ../../models/base" in text and "model: ../../models/ja" in text  # relative to the output
+    assert f"model: {tiny_siblings.variants[1]}" in text  # an absolute path stays the user's absolute path
+    assert str(project) not in text and str(project) not in card
+    for src in (project / "models" / "base", project / "models" / "ja", tiny_siblings.variants[1]):
+        digest = _sha256(src / "model.safetensors")
+        assert digest in text and digest in card
+    assert "`../models/ja` (path; the recipe)" in card  # as the user wrote it
+    # the recipe in the dir reproduces the model, also after the project moved as a whole
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(project), str(moved))
+    again = tmp_path / "again"
+    assert main(["merge", str(moved / "out" / "ta" / "tsugiki_recipe.yaml"), "-o", str(again), "-q"]) == 0
+    assert _same_weights(again, moved / "out" / "ta")
+
+
+def test_evolved_export_embeds_its_intermediate_recipe_and_reproduces_after_a_move(tmp_path):
+    config = (Path(__file__).parents[1] / "configs" / "tiny-ps-dfs.yaml").read_text()
+    config = config.replace("steps: 40", "steps: 3").replace("population: 12", "population: 2") \
+        .replace("generations: 20", "generations: 1").replace("n: 48", "n: 4")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "ps-dfs.yaml").write_text(config)
+    run, export = project / "runs" / "ps-dfs", project / "best"
+    assert main(["evolve", str(project / "ps-dfs.yaml"), "-o", str(run), "-q", "--export", str(export)]) == 0
+    text, card = (export / "tsugiki_recipe.yaml").read_text(), (export / "README.md").read_text()
+    assert str(tmp_path) not in text and str(tmp_path) not in card
+    assert "../runs/ps-dfs/ps_model" in text and "../runs/ps-dfs/models/variant_1" in text
+    ps_recipe = (run / "ps_model" / "tsugiki_recipe.yaml").read_text()
+    assert str(tmp_path) not in ps_recipe and "../models/variant_0" in ps_recipe
+    assert ps_recipe.rstrip() in card  # the intermediate model's recipe is on the card
+    assert _sha256(run / "ps_model" / "model.safetensors") in card
+    moved = tmp_path / "moved"
+    shutil.move(str(project), str(moved))
+    ps_again, again = tmp_path / "ps_again", tmp_path / "again"
+    assert main(["merge", str(moved / "runs" / "ps-dfs" / "ps_model" / "tsugiki_recipe.yaml"), "-o", str(ps_again), "-q"]) == 0
+    assert _same_weights(ps_again, moved / "runs" / "ps-dfs" / "ps_model")
+    assert main(["merge", str(moved / "best" / "tsugiki_recipe.yaml"), "-o", str(again), "-q"]) == 0
+    assert _same_weights(again, moved / "best")

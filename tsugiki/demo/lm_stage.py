@@ -23,7 +23,7 @@ from typing import Any
 from tsugiki.benchmarks.jsonl import write_jsonl
 from tsugiki.benchmarks.results import slug
 from tsugiki.demo import word_problems as wp
-from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table
+from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table, evolve_config, named_sources
 
 HEADLINE = "acc_ja"
 JA_TEMPLATE = wp.JA_PROMPT.replace("{q}", "{input}")
@@ -156,12 +156,11 @@ def ps_dfs_config(sources: dict[str, str], data: dict[str, Path], seed: int, bud
 
 def run_search(config_data: dict[str, Any], run_dir: Path, export_to: Path, progress: bool) -> dict[str, Any]:
     """Run (or resume) one search and export its best candidate as a HF model dir."""
-    from tsugiki.evolution.config import from_data
     from tsugiki.evolution.problems import make_problem
     from tsugiki.evolution.runner import evolve
 
-    config = from_data(config_data, source_name=config_data["name"], base_dir=run_dir.parent)
-    result = evolve(config, run_dir, progress=progress)
+    config = evolve_config(config_data, run_dir)
+    result = evolve(config, run_dir, progress=progress, allow_code=True)  # the demo's own config and code
     if result.best is None:
         raise RuntimeError(f"{run_dir}: no successful candidate")
     if not (export_to / "config.json").exists():
@@ -213,7 +212,8 @@ def merge_baseline(name: str, recipe: dict[str, Any], sources: dict[str, str], o
     if (out / "config.json").exists():
         return out
     data = {**recipe_with_paths(recipe, sources), "dtype": "float32"}
-    merge_to_disk(Recipe.from_dict(data, source_name=name), out, MergeOptions(force=True, progress=False))
+    merge_to_disk(Recipe.from_dict(data, source_name=name), out, MergeOptions(force=True, progress=False),
+                  named=named_sources(sources, out))
     return out
 
 

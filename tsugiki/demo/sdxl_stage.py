@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from tsugiki.demo import sdxl_data as data
-from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table
+from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table, evolve_config, named_sources
 from tsugiki.errors import EvolutionError
 from tsugiki.threads import torch_threads
 
@@ -338,18 +338,16 @@ def search_config(paths: dict[str, Path], budget: SDXLBudget, seed: int) -> dict
 
 def run_search(config_data: dict[str, Any], run_dir: Path, export_to: Path, progress: bool) -> dict[str, Any]:
     """Run (or resume) the block search and export its best candidate as a pipeline folder."""
-    from tsugiki.evolution.config import from_data
+    from tsugiki.evolution.config import load_config
     from tsugiki.evolution.problems import make_problem
     from tsugiki.evolution.runner import evolve
 
-    from tsugiki.evolution.config import load_config
-
-    config = from_data(config_data, source_name=config_data["name"], base_dir=run_dir.parent)
+    config = evolve_config(config_data, run_dir)
     stored = run_dir / "config.yaml"
     if stored.exists() and load_config(stored).fingerprint() != config.fingerprint():
         shutil.rmtree(run_dir)  # another budget's search: start over rather than refuse
         shutil.rmtree(export_to, ignore_errors=True)
-    result = evolve(config, run_dir, progress=progress)
+    result = evolve(config, run_dir, progress=progress, allow_code=True)  # the demo's own config and code
     if result.best is None:
         raise EvolutionError(f"{run_dir}: the SDXL block search had no successful candidate")
     if not (export_to / "model_index.json").exists():
@@ -369,7 +367,8 @@ def merge_uniform_average(paths: dict[str, Path], out: Path) -> Path:
     recipe = Recipe.from_dict({"merge_method": "linear", "dtype": "float32",
                                "models": [{"model": str(paths[s]), "parameters": {"weight": 1.0}} for s in SOURCES]},
                               source_name="uniform average")
-    merge_sdxl_to_disk(recipe, out, MergeOptions(force=True, progress=False))
+    merge_sdxl_to_disk(recipe, out, MergeOptions(force=True, progress=False),
+                       named=named_sources({s: paths[s] for s in SOURCES}, out))
     return out
 
 

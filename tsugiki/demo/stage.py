@@ -107,3 +107,39 @@ class StageContext:
     def rel(self, path: Path) -> str:
         """``path`` relative to the run dir (for results.json and the report)."""
         return Path(path).resolve().relative_to(self.run_dir.resolve()).as_posix()
+
+
+def evolve_config(config_data: dict[str, Any], run_dir: Path):
+    """A stage's evolve config (the demo's own data) for ``run_dir``. Sources inside the demo's run
+    dir are named relative to the config's folder, so the exported models' recipes name them relative
+    to themselves too (:mod:`tsugiki.merging.provenance`); the resolved config is the same either way."""
+    import os
+
+    from tsugiki.evolution.config import from_data
+
+    base = run_dir.resolve().parent
+    root = next((p for p in base.parents if (p / "demo.json").exists()), base)
+    sources = {}
+    for name, ref in config_data.get("sources", {}).items():
+        p = Path(ref)
+        inside = p.is_absolute() and p.resolve().is_relative_to(root)
+        sources[name] = os.path.join(".", os.path.relpath(p.resolve(), base)) if inside else ref
+    return from_data({**config_data, "sources": sources}, source_name=config_data["name"], base_dir=base)
+
+
+def demo_root(path: Path) -> Path | None:
+    """The demo run dir holding ``path`` (the folder with demo.json), if any."""
+    return next((p for p in Path(path).resolve().parents if (p / "demo.json").exists()), None)
+
+
+def named_sources(paths: dict[str, Any], out: Path) -> dict[str, Any]:
+    """How a merge the demo writes at ``out`` names its sources: those inside the demo's run dir by
+    paths relative to ``out`` (they move with it), the others (the cached base) by absolute path."""
+    from tsugiki.merging.provenance import Named
+
+    root = demo_root(out)
+    named = {}
+    for key, p in paths.items():
+        inside = root is not None and Path(p).resolve().is_relative_to(root)
+        named[str(p)] = Named(key if inside else str(Path(p).resolve()), f"the demo's {key!r} model")
+    return named

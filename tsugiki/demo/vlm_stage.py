@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tsugiki.demo import scenes
-from tsugiki.demo.stage import Row, Sample, StageContext, StageResult, Table
+from tsugiki.demo.stage import Row, Sample, StageContext, StageResult, Table, named_sources
 from tsugiki.demo.vlm_models import EN_TEMPLATE, JA_TEMPLATE, SHIPPED_VISION, build_llava
 from tsugiki.evolution.data import Pair
 from tsugiki.hf_quiet import hf_progress_bars_off
@@ -99,7 +99,8 @@ def graft(llava: Path, lm_dir: Path, out: Path) -> Path:
     from tsugiki.merging.execute import MergeOptions
     from tsugiki.vlm.merge import swap_language_model
 
-    return swap_language_model(llava, lm_dir, out, MergeOptions(force=True, progress=False)).out
+    return swap_language_model(llava, lm_dir, out, MergeOptions(force=True, progress=False),
+                               named=named_sources({"LLaVA": llava, "language model": lm_dir}, out)).out
 
 
 def _predict(model, processor, template: str, items: Sequence[Pair], progress: bool) -> list[str]:

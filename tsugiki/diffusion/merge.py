@@ -32,15 +32,16 @@ from tsugiki.diffusion.layout import ORIGINAL_PREFIX, sdxl_unet_table
 from tsugiki.diffusion.pipeline_files import check_compatible, component_config, copy_components
 from tsugiki.diffusion.sources import UNetSource, diffusion_kind
 from tsugiki.errors import CheckpointError, MergeError, RecipeError
-from tsugiki.merging.checkpoint import resolve_model_ref
+from tsugiki.merging.checkpoint import local_path, resolve_model_ref
 from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
 from tsugiki.merging.methods import get_method
 from tsugiki.merging.methods.base import MergeMethod
 from tsugiki.merging.parameters import resolve_params
+from tsugiki.merging.output_dir import AtomicOutputDir
 from tsugiki.merging.plan import TensorJob, tensor_seed
+from tsugiki.merging.provenance import Description, Named, SourceDigests, describe, written_ref
 from tsugiki.merging.recipe import Recipe
 from tsugiki.merging.to_disk import MergeResult
-from tsugiki.merging.output_dir import AtomicOutputDir
 from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, ShardedSafetensorsWriter
 
 log = logging.getLogger("tsugiki.diffusion")
@@ -115,8 +116,9 @@ def _pipeline_dir(ref: str, paths: Mapping[str, Path], role: str) -> Path:
 
 def merge_sdxl_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = MergeOptions(), *,
                        base_dir: Path | None = None, components_from: str | None = None,
-                       single_file: bool = False) -> MergeResult:
-    """Merge the recipe's SDXL UNets and write a diffusers pipeline folder at `out` (atomically)."""
+                       single_file: bool = False, named: Mapping[str, Named] | None = None) -> MergeResult:
+    """Merge the recipe's SDXL UNets and write a diffusers pipeline folder at `out` (atomically);
+    ``named`` as for :func:`tsugiki.merging.to_disk.merge_to_disk`."""
     start = time.perf_counter()
     refs = recipe.model_refs()
     text_ref = recipe.base_model if recipe.tokenizer_source == "base" else recipe.tokenizer_source
@@ -126,9 +128,11 @@ def merge_sdxl_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = 
     pipeline_dir = _pipeline_dir(donor_ref, paths, "pipeline donor (VAE, scheduler)")
     text_dir = _pipeline_dir(text_ref, paths, "text encoder source") if text_ref else pipeline_dir
     sources: dict[str, UNetSource] = {}
+    digests = None
     try:
         for r in refs:
             sources[r] = UNetSource(paths[r], label=r, allow_pickle=options.allow_pickle)
+        digests = SourceDigests({r: src.weight_files() for r, src in sources.items()})
         plan = plan_unet_merge(recipe, sources, seed=options.seed)
         unet_config = component_config(pipeline_dir, "unet")
         _check_donor_shapes(plan, pipeline_dir, donor_ref, sources.get(donor_ref), options.allow_pickle)
@@ -160,9 +164,19 @@ def merge_sdxl_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = 
             files.append("unet/config.json")
             if single_file:
                 files.append(write_original_layout(tmp / "unet", tmp / SINGLE_FILE_NAME, entries))
-            (tmp / "tsugiki_recipe.yaml").write_text(recipe.to_yaml())
-            (tmp / "README.md").write_text(_model_card(recipe, plan, donor_ref, text_ref or donor_ref))
-            files += ["tsugiki_recipe.yaml", "README.md"]
+            described = describe(recipe, digests, Path(out), base_dir=base_dir, named=named)
+            files += described.write(tmp)
+
+            def written(ref: str) -> str:
+                return described.written.get(ref) or written_ref(ref, local_path(ref, base_dir=base_dir), Path(out),
+                                                                 (named or {}).get(ref))
+
+            (tmp / "README.md").write_text(_model_card(described, plan, written(donor_ref), written(text_ref or donor_ref)))
+            files.append("README.md")
+    except BaseException:
+        if digests is not None:
+            digests.cancel()
+        raise
     finally:
         for s in sources.values():
             s.close()
@@ -204,8 +218,7 @@ def write_original_layout(unet_dir: Path, target: Path, entries: list[OutputTens
     return target.name
 
 
-def _model_card(recipe: Recipe, plan: UNetPlan, donor: str, text: str) -> str:
-    inputs = "\n".join(f"- `{r}`" + (" (base)" if r == recipe.base_model else "") for r in plan.inputs)
+def _model_card(described: Description, plan: UNetPlan, donor: str, text: str) -> str:
     return f"""---
 library_name: diffusers
 tags: [merge, tsugiki, stable-diffusion-xl]
@@ -216,13 +229,15 @@ UNet merged with [tsugiki](https://pypi.org/project/tsugiki/) {__version__} usin
 ({plan.method.reference or 'see tsugiki docs'}) over {len(plan.jobs)} tensors.
 
 ## UNet inputs
-{inputs}
+{described.card.rstrip()}
 
 VAE and scheduler copied from `{donor}`; text encoders and tokenizers copied from `{text}`.
 
 ## Recipe
+The exact recipe is in `tsugiki_recipe.yaml`:
+
 ```yaml
-{recipe.to_yaml().rstrip()}
+{described.recipe.to_yaml().rstrip()}
 ```
 """
 

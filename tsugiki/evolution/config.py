@@ -4,6 +4,8 @@ Schema (defaults in brackets; paths are relative to the config file)::
 
     name: str                                   [file stem]
     sources: {NAME: model dir or hub id, ...}   models the space refers to by NAME
+    named_as: {NAME: {given, where}}            (written by tsugiki into a run dir's config.yaml: the
+                                                sources as the user wrote them; outputs name them so)
     tiny_models:                                build tiny factory siblings on demand, offline, into
       {arch: llama, n: 2, kind: finetuned,      RUN_DIR/models; adds sources base, variant_0, ...
        seed: 0, steps: 20, hidden_size: 32, num_layers: 4}
@@ -60,7 +62,7 @@ from tsugiki.errors import EvolutionError, RecipeError
 from tsugiki.merging.recipe_yaml import _fmt, _parent, _parse_yaml
 
 KINDS = ("ps", "dfs", "ps_dfs", "box", "sdxl_blocks")
-TOP = ("name", "sources", "tiny_models", "tiny_vlm", "tiny_sdxl", "space", "fitness", "validation", "test", "search")
+TOP = ("name", "sources", "named_as", "tiny_models", "tiny_vlm", "tiny_sdxl", "space", "fitness", "validation", "test", "search")
 SPACE_KEYS = {
     "ps": ("kind", "method", "base_model", "models", "layer_groups", "params", "fixed", "transform", "merge_seed", "dtype"),
     "dfs": ("kind", "models", "repeats", "scale_bounds", "scale_diagonal", "fixed_ends", "init_model", "init_indicator", "transform"),
@@ -111,6 +113,7 @@ class EvolveConfig:
         d = copy.deepcopy(dict(self.data))
         d["search"] = {k: v for k, v in d["search"].items() if k not in RESUMABLE_CHANGES}
         d.pop("name", None)
+        d.pop("named_as", None)  # describes the sources; changes no result
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def differences(self, other: "EvolveConfig") -> list[str]:
@@ -123,7 +126,7 @@ class EvolveConfig:
                     if path == "search" and k in RESUMABLE_CHANGES:
                         continue
                     walk(a.get(k), b.get(k), f"{path}.{k}" if path else k)
-            elif a != b and path != "name":
+            elif a != b and path != "name" and not path.startswith("named_as"):
                 out.append(path)
 
         walk(self.data, other.data, "")
@@ -240,6 +243,15 @@ class _Checker:
         out: dict[str, Any] = {"name": d.get("name") or Path(self.name).stem}
         sources = self.mapping(d.get("sources") or {}, ("sources",))
         out["sources"] = {str(k): self.path(v, ("sources", k)) for k, v in sources.items()}
+        # how the user wrote each source (outputs name them so: tsugiki.merging.provenance); a run
+        # dir's config.yaml carries this over from the config the run was started with
+        given = self.mapping(d.get("named_as") or {}, ("named_as",))
+        out["named_as"] = {str(k): {"given": str(v), "where": f"sources.{k} in {Path(self.name).name}"}
+                           for k, v in sources.items()}
+        for k, v in given.items():
+            if k in out["named_as"]:
+                v = self.mapping(v, ("named_as", k), ("given", "where"))
+                out["named_as"][k] = {"given": str(v.get("given")), "where": str(v.get("where"))}
         if d.get("tiny_models") is not None:
             t = self.mapping(d["tiny_models"], ("tiny_models",), TINY_KEYS)
             for k, allowed in (("arch", ("llama", "mistral", "qwen2")), ("kind", ("finetuned", "perturbed"))):

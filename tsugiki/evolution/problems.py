@@ -38,6 +38,7 @@ from tsugiki.evolution.ps import DEFAULT_BOUNDS, PSSpace
 from tsugiki.evolution.sdxl import SDXLBlockSpace, load_unet
 from tsugiki.evolution.space import Param, SearchSpace
 from tsugiki.hf_quiet import hf_progress_bars_off
+from tsugiki.merging.provenance import Named
 from tsugiki.threads import torch_threads
 
 PS_MODEL = "ps"
@@ -69,6 +70,24 @@ def source_paths(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
     if config.space["kind"] == "ps_dfs":
         paths.setdefault(PS_MODEL, str(Path(run_dir).resolve() / "ps_model"))
     return paths
+
+
+def source_names(config: EvolveConfig, run_dir: Path) -> dict[str, Named]:
+    """Each source's path (as the recipes a run builds name it) -> how the user named it, for the
+    outputs' recipes and cards (:mod:`tsugiki.merging.provenance`): the config's words for its
+    ``sources``; run-dir-relative names for what the run built itself."""
+    paths = source_paths(config, Path(run_dir))
+    named_as = config.data.get("named_as") or {}
+    out = {}
+    for name, path in paths.items():
+        if name in config.data["sources"]:
+            n = named_as.get(name) or {"given": path, "where": f"sources.{name}"}
+            out[path] = Named(n["given"], n["where"])
+        elif name == PS_MODEL and config.space["kind"] == "ps_dfs":
+            out[path] = Named("ps_model", "the PS model this run merged from space.ps_recipe (its recipe below)")
+        else:
+            out[path] = Named(f"models/{name}", "built by the run in its run dir (tiny models)")
+    return out
 
 
 def prepare_sources(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
@@ -115,7 +134,8 @@ def prepare_sources(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
         data = load_recipe(r).to_dict() if isinstance(r, str) else dict(r)
         recipe = Recipe.from_dict(recipe_with_paths(data, paths), source_name=config.where("space.ps_recipe").rstrip(": "))
         with search_threads(config):  # the PS candidates were evaluated with these threads
-            merge_to_disk(recipe, paths[PS_MODEL], MergeOptions(progress=False), base_dir=base_dir)
+            merge_to_disk(recipe, paths[PS_MODEL], MergeOptions(progress=False), base_dir=base_dir,
+                          named=source_names(config, run_dir))
     return paths
 
 
@@ -337,6 +357,7 @@ class Problem:
     def __init__(self, config: EvolveConfig, paths: Mapping[str, str]):
         self.config = config
         self.paths = dict(paths)
+        self.named: dict[str, Named] = {}  # source path -> how the user named it (make_problem sets it)
         fit = config.data["fitness"]
         val = config.data.get("validation")
         self.fitness: FitnessSpec = self._resolve("fitness", fit["function"])
@@ -496,8 +517,9 @@ class PSProblem(Problem):
         if self.vlm is not None:  # a grafted VLM dir: the vision donor's files with the merged language model
             from tsugiki.vlm.merge import merge_vlm_to_disk
 
-            return merge_vlm_to_disk(self.ps.recipe(values), out, MergeOptions(force=force, progress=False)).out
-        return merge_to_disk(self.ps.recipe(values), out, MergeOptions(force=force, progress=False)).out
+            return merge_vlm_to_disk(self.ps.recipe(values), out, MergeOptions(force=force, progress=False),
+                                     named=self.named).out
+        return merge_to_disk(self.ps.recipe(values), out, MergeOptions(force=force, progress=False), named=self.named).out
 
 
 class DFSProblem(Problem):
@@ -542,7 +564,8 @@ class DFSProblem(Problem):
         from tsugiki.merging.execute import MergeOptions
         from tsugiki.merging.to_disk import merge_to_disk
 
-        return merge_to_disk(self.dfs.recipe(self.dfs.path(values)), out, MergeOptions(force=force, progress=False)).out
+        return merge_to_disk(self.dfs.recipe(self.dfs.path(values)), out, MergeOptions(force=force, progress=False),
+                             named=self.named).out
 
 
 class SDXLBlocksProblem(Problem):
@@ -591,14 +614,17 @@ class SDXLBlocksProblem(Problem):
         from tsugiki.diffusion.merge import merge_sdxl_to_disk
         from tsugiki.merging.execute import MergeOptions
 
-        return merge_sdxl_to_disk(self.sdxl.recipe(values), out, MergeOptions(force=force, progress=False)).out
+        return merge_sdxl_to_disk(self.sdxl.recipe(values), out, MergeOptions(force=force, progress=False),
+                                  named=self.named).out
 
 
 PROBLEMS = {"box": BoxProblem, "ps": PSProblem, "dfs": DFSProblem, "ps_dfs": DFSProblem, "sdxl_blocks": SDXLBlocksProblem}
 
 
 def make_problem(config: EvolveConfig, run_dir: str | Path) -> Problem:
-    return PROBLEMS[config.space["kind"]](config, source_paths(config, Path(run_dir)))
+    problem = PROBLEMS[config.space["kind"]](config, source_paths(config, Path(run_dir)))
+    problem.named = source_names(config, Path(run_dir))  # how exports name their sources
+    return problem
 
 
 # ------------------------------------------------------------------------------ plan (no weights)

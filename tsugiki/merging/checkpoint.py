@@ -366,14 +366,19 @@ class StateDictSource:
         return self._config
 
 
+def local_path(ref: str, *, base_dir: Path | None = None) -> Path | None:
+    """The local file or folder a model reference names, or None (a hub id, or nothing)."""
+    p = Path(ref).expanduser()
+    candidates = [p] if p.is_absolute() or base_dir is None else [base_dir / p, p]
+    return next((c for c in candidates if c.exists()), None)
+
+
 def resolve_model_ref(ref: str, *, base_dir: Path | None = None) -> Path:
     """A recipe's model reference → a local path. Relative paths resolve against the recipe's folder;
     a Hugging Face hub id is fetched (or taken from the local cache when HF_HUB_OFFLINE=1)."""
-    p = Path(ref).expanduser()
-    candidates = [p] if p.is_absolute() or base_dir is None else [base_dir / p, p]
-    for c in candidates:
-        if c.exists():
-            return c
+    local = local_path(ref, base_dir=base_dir)
+    if local is not None:
+        return local
     if HUB_ID.match(ref):
         return _snapshot(ref)
     raise CheckpointError(f"{ref}: model not found (no such local path; not a hub id)")

@@ -67,8 +67,9 @@ def copy_side_files(model_dirs: Mapping[str, Path], recipe: Recipe, plan: MergeP
     return copied
 
 
-def model_card(recipe: Recipe, plan: MergePlan) -> str:
-    sources = "\n".join(f"- `{r}`" + (" (base)" if r == recipe.base_model else "") for r in plan.refs)
+def model_card(recipe: Recipe, plan: MergePlan, sources: str) -> str:
+    """The model card; ``recipe`` as written in the dir, ``sources`` its Sources section
+    (:func:`tsugiki.merging.provenance.describe`)."""
     return f"""---
 library_name: transformers
 tags: [merge, tsugiki]
@@ -79,7 +80,7 @@ Made with [tsugiki](https://pypi.org/project/tsugiki/) {__version__} using the *
 ({plan.method.reference or 'see tsugiki docs'}).
 
 ## Sources
-{sources}
+{sources.rstrip()}
 
 Output: {plan.num_layers} layers, {len(plan.jobs)} tensors; architecture `{plan.arch.name}`{' (inferred)' if plan.arch.inferred else ''}.
 

@@ -196,6 +196,23 @@ class Recipe:
         """mergekit-style YAML; ``load_recipe(r.to_yaml()) == r``."""
         return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
+    def map_refs(self, fn: Callable[[str], str]) -> "Recipe":
+        """The same recipe with every model reference ``r`` written as ``fn(r)`` (``tokenizer_source``
+        too, unless it is ``base``)."""
+        d = self.to_dict()
+        if "base_model" in d:
+            d["base_model"] = fn(d["base_model"])
+        for m in d.get("models", ()):
+            m["model"] = fn(m["model"])
+        for s in d.get("slices", ()):
+            if "base_model" in s:
+                s["base_model"] = fn(s["base_model"])
+            for src in s["sources"]:
+                src["model"] = fn(src["model"])
+        if d.get("tokenizer_source") not in (None, "base"):
+            d["tokenizer_source"] = fn(d["tokenizer_source"])
+        return Recipe.from_dict(d, source_name=self.source_name or "<dict>")
+
     def validate(self, *, methods: MethodLookup = None) -> "Recipe":
         """Re-validate (e.g. after ``dataclasses.replace``); returns the normalized recipe."""
         return Recipe.from_dict(self.to_dict(), methods=methods, source_name=self.source_name or "<dict>")

@@ -7,13 +7,15 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from tsugiki.merging.checkpoint import open_sources
 from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
+from tsugiki.merging.output_dir import AtomicOutputDir
 from tsugiki.merging.output_files import copy_side_files, merged_config, model_card
 from tsugiki.merging.plan import plan_merge
+from tsugiki.merging.provenance import Named, SourceDigests, describe
 from tsugiki.merging.recipe import Recipe
-from tsugiki.merging.output_dir import AtomicOutputDir
 from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, ShardedSafetensorsWriter
 
 log = logging.getLogger("tsugiki.merge")
@@ -29,9 +31,12 @@ class MergeResult:
 
 
 def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = MergeOptions(), *,
-                  base_dir: Path | None = None) -> MergeResult:
+                  base_dir: Path | None = None, named: Mapping[str, Named] | None = None) -> MergeResult:
+    """Merge ``recipe`` into the model dir ``out``; ``named``: how the user named sources whose refs in
+    ``recipe`` are not the user's own words (see :mod:`tsugiki.merging.provenance`)."""
     start = time.perf_counter()
     sources = open_sources(recipe.model_refs(), base_dir=base_dir, allow_pickle=options.allow_pickle)
+    digests = SourceDigests({r: s.weight_files() for r, s in sources.items()})
     try:
         plan = plan_merge(recipe, sources, seed=options.seed)
         if plan.arch.inferred:
@@ -64,9 +69,13 @@ def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = Merge
             config = merged_config(plan, configs, out_dtype)
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             files += ["config.json"] + copy_side_files({r: s.model_dir for r, s in sources.items()}, recipe, plan, tmp)
-            (tmp / "tsugiki_recipe.yaml").write_text(recipe.to_yaml())
-            (tmp / "README.md").write_text(model_card(recipe, plan))
-            files += ["tsugiki_recipe.yaml", "README.md"]
+            described = describe(recipe, digests, Path(out), base_dir=base_dir, named=named)
+            files += described.write(tmp)
+            (tmp / "README.md").write_text(model_card(described.recipe, plan, described.card))
+            files.append("README.md")
+    except BaseException:
+        digests.cancel()
+        raise
     finally:
         for s in sources.values():
             s.close()

@@ -19,6 +19,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -27,9 +28,10 @@ from tsugiki.merging.checkpoint import Checkpoint, open_sources, resolve_model_r
 from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
 from tsugiki.merging.output_files import DTYPE_NAMES, TOKENIZER_FILES, merged_config, model_card
 from tsugiki.merging.plan import MergePlan, plan_merge
+from tsugiki.merging.provenance import Description, Named, SourceDigests, describe
 from tsugiki.merging.recipe import Recipe
-from tsugiki.merging.to_disk import MergeResult
 from tsugiki.merging.output_dir import AtomicOutputDir
+from tsugiki.merging.to_disk import MergeResult
 from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, ShardedSafetensorsWriter
 from tsugiki.vlm.graft import check_shapes, lm_shape, slice_rows, split_sources, vision_donor_ref
 from tsugiki.vlm.sources import LLAVA, VlmCheckpoint, is_multimodal_config, read_config
@@ -68,21 +70,23 @@ def is_vlm_recipe(recipe: Recipe, base_dir: Path | None = None) -> bool:
 
 
 def swap_language_model(vlm: str | Path, llm: str | Path, out: str | Path, options: MergeOptions = MergeOptions(), *,
-                        vocab: str = "error") -> MergeResult:
+                        vocab: str = "error", named: Mapping[str, Named] | None = None) -> MergeResult:
     """`tsugiki vlm swap`: `vlm`'s vision tower and projector bit for bit, `llm` as its language model
     (a one-model passthrough recipe with `vlm` as the vision source)."""
     recipe = Recipe.from_dict({"merge_method": "passthrough", "models": [{"model": str(llm)}]}, source_name="vlm swap")
-    return merge_vlm_to_disk(recipe, out, options, vocab=vocab, vision_source=str(vlm))
+    return merge_vlm_to_disk(recipe, out, options, vocab=vocab, vision_source=str(vlm), named=named)
 
 
 def merge_vlm_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = MergeOptions(), *,
-                      base_dir: Path | None = None, vocab: str = "error", vision_source: str | None = None) -> MergeResult:
+                      base_dir: Path | None = None, vocab: str = "error", vision_source: str | None = None,
+                      named: Mapping[str, Named] | None = None) -> MergeResult:
     """Like `merge_to_disk`, for recipes with a LLaVA-family source (see the module docstring);
     `vocab` is ``error`` or ``embed_slice`` (see `tsugiki.vlm.graft`)."""
     start = time.perf_counter()
     refs = recipe.model_refs()
     extra = [vision_source] if vision_source is not None and vision_source not in refs else []
     checkpoints = open_sources(refs + extra, base_dir=base_dir, allow_pickle=options.allow_pickle)
+    digests = SourceDigests({r: c.weight_files() for r, c in checkpoints.items()})
     try:
         vlms, lms = split_sources(checkpoints, vision_source)
         donor_ref = vision_donor_ref(recipe, list(vlms), vision_source)
@@ -133,9 +137,13 @@ def merge_vlm_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = M
             config = vlm_config(donor, plan, {r: s.config() for r, s in sources.items()}, out_dtype)
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             files += ["config.json"] + copy_vlm_side_files(donor.model_dir, tok_dir, recipe, tmp)
-            (tmp / "tsugiki_recipe.yaml").write_text(recipe.to_yaml())
-            (tmp / "README.md").write_text(vlm_model_card(recipe, plan, donor_ref, rows))
-            files += ["tsugiki_recipe.yaml", "README.md"]
+            described = describe(recipe, digests, Path(out), base_dir=base_dir, named=named)
+            files += described.write(tmp)
+            (tmp / "README.md").write_text(vlm_model_card(described, plan, described.written[donor_ref], rows))
+            files.append("README.md")
+    except BaseException:
+        digests.cancel()
+        raise
     finally:
         for c in checkpoints.values():
             c.close()
@@ -226,11 +234,11 @@ def copy_vlm_side_files(vlm_dir: Path, tok_dir: Path, recipe: Recipe, out: Path)
     return list(copied)
 
 
-def vlm_model_card(recipe: Recipe, plan: MergePlan, vision_ref: str, rows: int | None) -> str:
+def vlm_model_card(described: Description, plan: MergePlan, vision_ref: str, rows: int | None) -> str:
     vocab = f"\nVocabulary: the first {rows} embedding/lm_head rows merged (embed_slice), the rest from `{vision_ref}`.\n" if rows else ""
     note = (f"\n## Vision\nVision tower, multi-modal projector and image_newline are copied bit for bit from `{vision_ref}`; "
             f"only the language model is merged.\n{vocab}")
-    card = model_card(recipe, plan)
+    card = model_card(described.recipe, plan, described.card)
     head, sep, tail = card.partition("\n## Recipe")
     return head + note + sep + tail
 

@@ -1,0 +1,161 @@
+"""Outputs that describe themselves: which sources, named how, with which bytes.
+
+A merged model dir's ``tsugiki_recipe.yaml`` and model card name each source the way it can be found
+again, never by where it happened to sit on the machine that made it:
+
+- a hub id stays a hub id;
+- a path the user wrote as absolute stays that absolute path;
+- any other local source (a path relative to the recipe or config that named it, a model a run built
+  in its run dir) is written relative to the output dir, which is where a recipe's relative paths are
+  looked up: ``tsugiki merge OUT/tsugiki_recipe.yaml`` finds it as long as the two keep their places
+  (a run dir moved as a whole, say).
+
+Each source is listed with how the user named it and the SHA-256 of each of its weight files (the
+digest the Hugging Face hub shows for a file stored with LFS), so a copy found elsewhere can be checked.
+A source that tsugiki made itself carries its own ``tsugiki_recipe.yaml``; the card embeds it (the PS
+model inside a PS+DFS run, for instance), so the chain of merges is on the card.
+
+Hashing reads every weight file once more. It runs in a thread of its own while the merge computes
+(hashlib releases the GIL on large buffers), and the files are usually in the page cache by then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+if TYPE_CHECKING:
+    from tsugiki.merging.recipe import Recipe
+
+RECIPE_FILE = "tsugiki_recipe.yaml"
+CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class Named:
+    """How the user named a source (``given``) and where (``where``: "the recipe",
+    "sources.ja in evolve.yaml", "built by the run (tiny_models)")."""
+
+    given: str
+    where: str = "the recipe"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class SourceDigests:
+    """SHA-256 of every weight file of the sources, computed in a background thread; :meth:`result`
+    waits for it (re-raising what the thread raised)."""
+
+    def __init__(self, files: Mapping[str, Iterable[Path]]):
+        self._files = {ref: list(fs) for ref, fs in files.items()}
+        self._out: dict[str, list[tuple[str, str]]] = {}
+        self._error: BaseException | None = None
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tsugiki-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for ref, files in self._files.items():
+                self._out[ref] = []
+                for f in files:
+                    h = hashlib.sha256()
+                    with open(f, "rb") as fh:
+                        while not self._cancelled.is_set() and (chunk := fh.read(CHUNK)):
+                            h.update(chunk)
+                    self._out[ref].append((f.name, h.hexdigest()))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            self._error = e
+
+    def cancel(self) -> None:
+        """Stop hashing (the merge failed: nobody will ask for the result)."""
+        self._cancelled.set()
+        self._thread.join()
+
+    def result(self) -> dict[str, list[tuple[str, str]]]:
+        self._thread.join()
+        if self._cancelled.is_set():
+            raise RuntimeError("source digests were cancelled")
+        if self._error is not None:
+            raise self._error
+        return self._out
+
+
+def written_ref(ref: str, resolved: Path | None, out: Path, named: Named | None = None) -> str:
+    """How ``tsugiki_recipe.yaml`` in ``out`` names a source (see the module doc); ``resolved`` is
+    the local dir or file it was read from, None for a hub id."""
+    given = (named or Named(ref)).given
+    if resolved is None:
+        return given
+    if Path(given).expanduser().is_absolute():
+        return str(Path(given).expanduser())
+    return os.path.relpath(Path(resolved).resolve(), Path(out).resolve())
+
+
+def recipe_header(digests: Mapping[str, list[tuple[str, str]]], written: Mapping[str, str]) -> str:
+    """Comment lines for the top of ``tsugiki_recipe.yaml``: how refs resolve, each source's digests."""
+    lines = ["# Written by tsugiki. Model refs are hub ids or paths; a relative path is relative to this file's folder.",
+             "# SHA-256 of each source's weight files (README.md says how each source was named):"]
+    for ref, files in digests.items():
+        for name, digest in files:
+            lines.append(f"#   {written[ref]}  {name}  {digest}")
+    return "\n".join(lines) + "\n"
+
+
+def sources_markdown(digests: Mapping[str, list[tuple[str, str]]], written: Mapping[str, str],
+                     named: Mapping[str, Named], resolved: Mapping[str, Path | None], base: str | None) -> str:
+    """The model card's "Sources" section: a table and the recipes of sources tsugiki made."""
+    rows = ["| source in `tsugiki_recipe.yaml` | named as | weight files (SHA-256) |", "|---|---|---|"]
+    made = []
+    for ref, files in digests.items():
+        n = named.get(ref, Named(ref))
+        kind = "hub id" if resolved.get(ref) is None else "path"
+        role = " (base)" if ref == base else ""
+        sums = "<br>".join(f"`{name}` `{digest}`" for name, digest in files)
+        rows.append(f"| `{written[ref]}`{role} | `{n.given}` ({kind}; {n.where}) | {sums} |")
+        local = resolved.get(ref)
+        recipe_file = (Path(local) if Path(local).is_dir() else Path(local).parent) / RECIPE_FILE if local else None
+        if recipe_file is not None and recipe_file.is_file():
+            made.append(f"`{written[ref]}` was made by tsugiki from this recipe (its paths are relative to that "
+                        f"model's folder):\n\n```yaml\n{recipe_file.read_text().rstrip()}\n```\n")
+    text = "\n".join(rows) + "\n\nA relative path is relative to this folder; check a copy of a source against its SHA-256.\n"
+    return text + ("\n" + "\n".join(made) if made else "")
+
+
+@dataclass(frozen=True)
+class Description:
+    """What a merged dir says about its sources: the recipe as written there, its header, the card section."""
+
+    recipe: "Recipe"
+    header: str
+    card: str
+    written: Mapping[str, str]  # each source's ref in the recipe given -> as written in the dir
+
+    def write(self, out_dir: Path) -> list[str]:
+        (out_dir / RECIPE_FILE).write_text(self.header + self.recipe.to_yaml())
+        return [RECIPE_FILE]
+
+
+def describe(recipe: "Recipe", digests: SourceDigests, out: Path, *, base_dir: Path | None = None,
+             named: Mapping[str, Named] | None = None) -> Description:
+    """Rewrite ``recipe``'s refs for ``out`` (:func:`written_ref`) and describe its sources."""
+    from tsugiki.merging.checkpoint import local_path
+
+    named = dict(named or {})
+    sums = digests.result()
+    refs = list(dict.fromkeys([*sums, *recipe.model_refs(include_tokenizer=True)]))
+    resolved = {r: local_path(r, base_dir=base_dir) for r in refs}
+    written = {r: written_ref(r, resolved[r], out, named.get(r)) for r in refs}
+    out_recipe = recipe.map_refs(lambda r: written.get(r, r))
+    return Description(out_recipe, recipe_header(sums, written),
+                       sources_markdown(sums, written, named, resolved, recipe.base_model), written)
