@@ -489,3 +489,18 @@ def test_evolved_export_embeds_its_intermediate_recipe_and_reproduces_after_a_mo
     assert _same_weights(ps_again, moved / "runs" / "ps-dfs" / "ps_model")
     assert main(["merge", str(moved / "best" / "tsugiki_recipe.yaml"), "-o", str(again), "-q"]) == 0
     assert _same_weights(again, moved / "best")
+
+
+def test_unreadable_source_is_named(tiny_siblings, monkeypatch):
+    """An I/O error reading a source names the source file and tensor (and is not taken for a write
+    error); reads through a memory map cannot be made to fail in-process (the kernel sends SIGBUS)."""
+    import tsugiki.merging.checkpoint as ck
+
+    def failing(fd, buffers, offset):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(ck.os, "preadv", failing)
+    with ck.Checkpoint(tiny_siblings.base) as c:
+        name = c.names()[0]
+        with pytest.raises(CheckpointError, match=rf"model.safetensors: tensor '{name}': cannot read \(Input/output error\)"):
+            c.read(name)

@@ -109,8 +109,15 @@ def _save(
     max_shard_size: int | str | None,
     torch_dtype: torch.dtype,
 ) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from tsugiki.merging.output_dir import AtomicOutputDir  # lazily: factory models need no merge engine
+
+    with AtomicOutputDir(out_dir, force=True) as tmp:  # a killed build leaves no half-written model
+        _save_into(model, tok, tmp, max_shard_size, torch_dtype)
+    return Path(out_dir)
+
+
+def _save_into(model: PreTrainedModel, tok: PreTrainedTokenizerFast, out: Path, max_shard_size: int | str | None,
+               torch_dtype: torch.dtype) -> None:
     model = model.to(torch_dtype)
     model.config.dtype = torch_dtype
     model.generation_config = GenerationConfig(
@@ -128,7 +135,6 @@ def _save(
         if bars:
             hf_logging.enable_progress_bar()
     tok.save_pretrained(out)
-    return out
 
 
 def build_tiny_lm(

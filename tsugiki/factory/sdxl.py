@@ -114,8 +114,11 @@ def build_tiny_sdxl(out: str | Path, *, seed: int = 0, unet_seed: int | None = N
                                        prediction_type="epsilon", interpolation_type="linear", use_karras_sigmas=False)
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
-    pipe.save_pretrained(out)
-    return out
+    from tsugiki.merging.output_dir import AtomicOutputDir  # lazily: factory models need no merge engine
+
+    with AtomicOutputDir(out, force=True) as tmp:  # a killed build leaves no half-written pipeline
+        pipe.save_pretrained(tmp)
+    return Path(out)
 
 
 @torch.no_grad()

@@ -140,14 +140,16 @@ def _save(model, text_model, tok, spec: TinyVLMSpec, config, out: Path, lm_delta
     model.model.language_model.load_state_dict(text_model.model.state_dict())
     model.lm_head.load_state_dict(text_model.lm_head.state_dict())
 
-    out.mkdir(parents=True, exist_ok=True)
+    from tsugiki.merging.output_dir import AtomicOutputDir  # lazily: factory models need no merge engine
+
     model = model.to(torch_dtype)
     model.config.dtype = torch_dtype
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                                pad_token_id=tok.pad_token_id, do_sample=False)
     # no max_new_tokens: a length limit belongs to an evaluation, not to the model (merges copy this file)
-    model.save_pretrained(out)
-    _processor(spec, tok, config).save_pretrained(out)
+    with AtomicOutputDir(out, force=True) as tmp:  # a killed build leaves no half-written model
+        model.save_pretrained(tmp)
+        _processor(spec, tok, config).save_pretrained(tmp)
     return out
 
 

@@ -131,7 +131,10 @@ def read_tensor(info: TensorInfo, fd: int) -> torch.Tensor:
     buf = memoryview(out.reshape(-1).view(torch.uint8).numpy())
     done = 0
     while done < info.nbytes:
-        n = os.preadv(fd, [buf[done:]], info.offset + done)
+        try:
+            n = os.preadv(fd, [buf[done:]], info.offset + done)
+        except OSError as e:  # EIO and the like: name the source, not the output being written
+            raise CheckpointError(f"{info.file}: tensor {info.name!r}: cannot read ({os.strerror(e.errno or 0)})") from None
         if n <= 0:
             raise CheckpointError(f"{info.file}: tensor {info.name!r}: file ended while reading (truncated?)")
         done += n
