@@ -16,7 +16,8 @@ A source that tsugiki made itself carries its own ``tsugiki_recipe.yaml``; the c
 model inside a PS+DFS run, for instance), so the chain of merges is on the card.
 
 Hashing reads every weight file once more. It runs in a thread of its own while the merge computes
-(hashlib releases the GIL on large buffers), and the files are usually in the page cache by then.
+(hashlib releases the GIL on large buffers), the files are usually in the page cache by then, and a
+process hashes a file once (digests are kept by path, size, mtime and inode).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 RECIPE_FILE = "tsugiki_recipe.yaml"
 CHUNK = 8 << 20
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, inode) -> SHA-256
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,6 @@ class Named:
 
     given: str
     where: str = "the recipe"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class SourceDigests:
@@ -67,15 +61,23 @@ class SourceDigests:
     def _run(self) -> None:
         try:
             for ref, files in self._files.items():
-                self._out[ref] = []
-                for f in files:
-                    h = hashlib.sha256()
-                    with open(f, "rb") as fh:
-                        while not self._cancelled.is_set() and (chunk := fh.read(CHUNK)):
-                            h.update(chunk)
-                    self._out[ref].append((f.name, h.hexdigest()))
+                self._out[ref] = [(f.name, self._digest(Path(f))) for f in files]
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             self._error = e
+
+    def _digest(self, f: Path) -> str:
+        st = f.stat()
+        key = (str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key in _DIGESTS:  # a process that merges the same sources again (the demo) hashes them once
+            return _DIGESTS[key]
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                if self._cancelled.is_set():
+                    return ""
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+        return _DIGESTS[key]
 
     def cancel(self) -> None:
         """Stop hashing (the merge failed: nobody will ask for the result)."""
