@@ -1,5 +1,6 @@
 """`tsugiki merge` on bad input: one line naming the file/tensor, exit code 2, nothing written."""
 
+import argparse
 import subprocess
 import sys
 
@@ -197,3 +198,35 @@ def test_eval_t2i_two_word_spelling(capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", "t2i", "--help"])
     assert e.value.code == 0 and "--prompts" in capsys.readouterr().out
+
+
+def _verbs(parser, path=()):
+    """Every verb parser of the CLI, nested ones too, with its path."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _verbs(sub, (*path, name))
+
+
+def test_one_cli_voice():
+    """Every verb has a description, every option help, and -q is --quiet wherever it exists."""
+    from tsugiki.cli import build_parser
+
+    verbs = list(_verbs(build_parser()))
+    assert len(verbs) > 15
+    for path, sub in verbs:
+        assert sub.description, f"{' '.join(path)}: no description"
+        assert "%%" not in sub.description, f"{' '.join(path)}: a literal %% in the description"
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue
+            assert action.help, f"{' '.join(path)} {action.option_strings or action.dest}: no help"
+            if "-q" in action.option_strings:
+                assert action.option_strings == ["-q", "--quiet"], f"{' '.join(path)}: -q is {action.option_strings}"
+
+
+def test_eval_t2i_is_not_listed_as_a_top_level_verb(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "eval-t2i" not in capsys.readouterr().out

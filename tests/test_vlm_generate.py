@@ -139,6 +139,6 @@ def test_vlm_cli_verbs_swap_and_ask(world, tmp_path, capsys):
         load_file(world.llms.variants[1] / "model.safetensors")["model.norm.weight"])
     image = tmp_path / "circle.png"
     drawn_images()[0].save(image)
-    args = parser.parse_args(["vlm", "ask", str(out), str(image), "-q", "何？", "--max-new-tokens", "4", "--quiet"])
+    args = parser.parse_args(["vlm", "ask", str(out), str(image), "--question", "何？", "--max-new-tokens", "4", "--quiet"])
     assert args.func(args) == 0
     assert capsys.readouterr().out.startswith(f"{image}\t")

@@ -87,7 +87,7 @@ def _add_score_verbs(score_sub: argparse._SubParsersAction) -> None:
     r = score_sub.add_parser("rouge-ja", help="Japanese ROUGE-L of prediction/reference pairs",
                              description="Score JSONL lines {\"prediction\": ..., \"reference\": ...} (other keys are "
                                          "ignored) with MeCab-tokenised ROUGE-L; prints rougeL and rougeL_ja (the "
-                                         "seed's Japanese-only filter) with 95%% bootstrap intervals, x100.")
+                                         "seed's Japanese-only filter) with 95% bootstrap intervals, x100.")
     r.add_argument("pairs", help="JSONL file of {prediction, reference}")
     r.add_argument("--per-item", action="store_true", help="also list each pair's scores, in input order")
     r.add_argument("--no-language-filter", action="store_true", help="skip fastText (no rougeL_ja)")
@@ -96,7 +96,7 @@ def _add_score_verbs(score_sub: argparse._SubParsersAction) -> None:
     m = score_sub.add_parser("mgsm", help="MGSM accuracy of response/answer pairs",
                              description="Score JSONL lines {\"response\": ..., \"answer\": ...} (other keys are "
                                          "ignored): extract a number from each response and compare; prints acc and "
-                                         "acc_ja (percent) with 95%% bootstrap intervals.")
+                                         "acc_ja (percent) with 95% bootstrap intervals.")
     m.add_argument("pairs", help="JSONL file of {response, answer}")
     m.add_argument("--extraction", choices=["sakana", "robust"], default="robust",
                    help="sakana: the seed's rule, flaws included (reproduces published numbers); "
@@ -198,7 +198,7 @@ def register(sub: argparse._SubParsersAction,
     """Add ``score``, ``eval`` and ``report``; returns ``score``'s sub-parsers (for more metrics)."""
     s = sub.add_parser("score", help="score pairs generated elsewhere (JSONL) and print JSON",
                        description="Score raw pairs with a benchmark metric; prints one JSON object.")
-    score_sub = s.add_subparsers(dest="metric", required=True, metavar="METRIC")
+    score_sub = s.add_subparsers(dest="metric", required=True, metavar="METRIC", help="the metric")
     for add in (*SCORE_VERBS, *score_verbs):
         add(score_sub)
 
@@ -219,9 +219,9 @@ def register(sub: argparse._SubParsersAction,
                    help="add the built-in sample sets, sample predictions and an embedded tiny LM (offline demo)")
     e.add_argument("--limit", type=_positive, help="only the first N items of each benchmark")
     e.add_argument("--max-new-tokens", type=_positive, help="generation length (default: the benchmark's, 1024 for MGSM)")
-    e.add_argument("--batch-size", type=_positive, default=8)
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    e.add_argument("--batch-size", type=_positive, default=8, help="items per generate() call (default 8)")
+    e.add_argument("--device", default="cpu", help="where models run (cpu, cuda, cuda:1, ...)")
+    e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="dtype models are loaded in (default: their own)")
     e.add_argument("--threads", type=_positive, help="torch CPU threads while generating (default: torch's)")
     e.add_argument("--extraction", choices=["sakana", "robust"], help="MGSM answer extraction (default robust)")
     e.add_argument("--min-score", action="append", default=[], metavar="BENCH[.SCORE]=VALUE",

@@ -11,7 +11,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else STAGES
     out = run_demo(Path(args.output), quick=args.quick, seed=args.seed, force=args.force, stages=stages,
-                   rebuild_models=args.rebuild_models, mgsm_ja=args.mgsm_ja, progress=not args.no_progress)
+                   rebuild_models=args.rebuild_models, mgsm_ja=args.mgsm_ja, progress=not args.quiet)
     return 1 if out["failed"] else 0
 
 
@@ -37,5 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also score the LM sources and the best evolved LM on the real MGSM-JA (the vendored 250 "
                         "problems, free generation, at most 256 new tokens: about 20 minutes per model on 2 CPU cores, measured 118–137 s per 25 problems)")
     d.add_argument("--force", action="store_true", help="delete an existing demo run directory first")
-    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    d.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)  # the old spelling
     d.set_defaults(func=cmd_demo)

@@ -54,8 +54,8 @@ def _t2i_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESETS.names(), help="sampling preset (scheduler, steps, guidance)")
     p.add_argument("--steps", type=int, help="inference steps (overrides the preset)")
     p.add_argument("--guidance", type=float, help="guidance scale (overrides the preset)")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int, help="image height in pixels (default: the preset's, else the pipeline's)")
+    p.add_argument("--width", type=int, help="image width in pixels (default: the preset's, else the pipeline's)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="pipeline dtype (default: as saved)")
@@ -70,8 +70,11 @@ def _t2i_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_eval_t2i)
 
 
-def add_eval_t2i_parser(eval_sub: argparse._SubParsersAction, name: str = "t2i") -> argparse.ArgumentParser:
-    p = eval_sub.add_parser(name, help="generate images for prompts with an SDXL pipeline; report FID and HPSv2",
+def add_eval_t2i_parser(eval_sub: argparse._SubParsersAction, name: str = "t2i", *, listed: bool = True) -> argparse.ArgumentParser:
+    """``listed=False``: a verb that works but is not listed in the parent's help (``eval-t2i``, the
+    spelling ``tsugiki eval t2i`` is turned into)."""
+    kwargs = {"help": "generate images for prompts with an SDXL pipeline; report FID and HPSv2"} if listed else {}
+    p = eval_sub.add_parser(name, **kwargs,
                             description="Generate one image per prompt, save them with a grid PNG, and score FID "
                                         "(against reference features or images) and HPSv2.")
     _t2i_arguments(p)
@@ -91,10 +94,12 @@ def cmd_tiny_sdxl(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_eval_t2i_parser(sub, name="eval-t2i")
-    t = sub.add_parser("tiny-sdxl", help="build tiny SDXL pipelines (real diffusers format) offline")
+    add_eval_t2i_parser(sub, name="eval-t2i", listed=False)  # `tsugiki eval t2i` (see tsugiki.cli.VERB_ALIASES)
+    t = sub.add_parser("tiny-sdxl", help="build tiny SDXL pipelines (real diffusers format) offline",
+                       description="Build tiny SDXL pipelines in the real diffusers layout (shared text encoders and "
+                                   "VAE, different UNets), random weights, offline: for trying SDXL merges.")
     t.add_argument("-o", "--output", required=True, help="folder to create them in")
     t.add_argument("-n", type=int, default=2, help="number of pipelines (same text encoders/VAE, different UNets)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the shared parts; UNet i uses seed + i")
     t.add_argument("--single-file", action="store_true", help="also export each in the original single-file layout")
     t.set_defaults(func=cmd_tiny_sdxl)

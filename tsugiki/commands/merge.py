@@ -85,15 +85,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="SDXL: also write the merged UNet in the original single-file layout")
     m.set_defaults(func=cmd_merge)
 
-    i = sub.add_parser("inspect", help="describe a checkpoint's architecture and tensors")
+    i = sub.add_parser("inspect", help="describe a checkpoint's architecture and tensors",
+                       description="Print what tsugiki sees in a checkpoint: its architecture (known or inferred), "
+                                   "layer count and each tensor group with dtypes and shapes. Reads headers only.")
     i.add_argument("model", help="model directory, weights file or hub id")
     i.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) checkpoints")
     i.set_defaults(func=cmd_inspect)
 
-    t = sub.add_parser("tiny-models", help="build tiny mergeable sibling LMs (real HF format) offline")
+    t = sub.add_parser("tiny-models", help="build tiny mergeable sibling LMs (real HF format) offline",
+                       description="Build a tiny base LM and N siblings that share every tensor name and shape, in the "
+                                   "real Hugging Face format, offline: for trying merges and evolution.")
     t.add_argument("-o", "--output", required=True, help="folder to create them in")
-    t.add_argument("--arch", default="llama", choices=["llama", "mistral", "qwen2"])
-    t.add_argument("--kind", default="finetuned", choices=["finetuned", "perturbed"])
+    t.add_argument("--arch", default="llama", choices=["llama", "mistral", "qwen2"], help="architecture (default llama)")
+    t.add_argument("--kind", default="finetuned", choices=["finetuned", "perturbed"],
+                   help="finetuned: each sibling trained briefly on its own data; perturbed: random weight deltas")
     t.add_argument("-n", type=int, default=2, help="number of variants besides the base")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the weights and the fine-tuning data")
     t.set_defaults(func=cmd_tiny_models)

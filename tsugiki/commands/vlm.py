@@ -60,9 +60,11 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     vlm = sub.add_parser("vlm", help="LLaVA-family models: swap the language model, ask about images, tiny models",
                          description="Merging a recipe whose sources include a LLaVA-family model is `tsugiki merge`.")
-    verbs = vlm.add_subparsers(dest="vlm_command", required=True, metavar="VERB")
+    verbs = vlm.add_subparsers(dest="vlm_command", required=True, metavar="VERB", help="swap, ask or tiny")
 
-    s = verbs.add_parser("swap", help="replace a VLM's language model with a standalone LLM (vision tower kept)")
+    s = verbs.add_parser("swap", help="replace a VLM's language model with a standalone LLM (vision tower kept)",
+                         description="Write a model dir with VLM's vision tower and projector bit for bit and LLM as its "
+                                     "language model (hidden size and layer count must match; see --vocab).")
     s.add_argument("vlm", help="LLaVA / LLaVA-NeXT model directory or hub id")
     s.add_argument("llm", help="causal LM with the same hidden size and layer count")
     s.add_argument("-o", "--output", required=True, help="output model directory")
@@ -73,20 +75,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_vocab_argument(s)
     s.set_defaults(func=cmd_swap)
 
-    a = verbs.add_parser("ask", help="answer a question about images (seed's Japanese VQA settings)")
+    a = verbs.add_parser("ask", help="answer a question about images (seed's Japanese VQA settings)",
+                         description="Ask a LLaVA-family model one question about each image; prints one answer per "
+                                     "image (beam search with the seed's Japanese VQA settings by default).")
     a.add_argument("model", help="LLaVA-family model directory")
     a.add_argument("images", nargs="+", help="image files")
-    a.add_argument("-q", "--question", required=True)
+    a.add_argument("--question", required=True, help="the question, asked about each image")
     a.add_argument("--template", default="ja-shisa-vqa", help="prompt template name or a string with {input}")
-    a.add_argument("--beams", type=int, default=5)
-    a.add_argument("--max-new-tokens", type=int, default=512)
-    a.add_argument("--batch-size", type=int, default=4)
-    a.add_argument("--device", default="cpu")
-    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.add_argument("--beams", type=int, default=5, help="beam width (default 5, the seed's)")
+    a.add_argument("--max-new-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
+    a.add_argument("--batch-size", type=int, default=4, help="images per generate() call (default 4)")
+    a.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, cuda:1, ...)")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_ask)
 
-    t = verbs.add_parser("tiny", help="build tiny LLaVA, LLaVA-NeXT and sibling LLMs (graftable) offline")
+    t = verbs.add_parser("tiny", help="build tiny LLaVA, LLaVA-NeXT and sibling LLMs (graftable) offline",
+                         description="Build a tiny LLaVA, a LLaVA-NeXT and sibling LLMs whose language models can be "
+                                     "grafted into them; random weights, offline, for trying the VLM commands.")
     t.add_argument("-o", "--output", required=True, help="folder to create them in")
-    t.add_argument("--arch", default="mistral", choices=["llama", "mistral"])
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--arch", default="mistral", choices=["llama", "mistral"], help="language-model architecture")
+    t.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     t.set_defaults(func=cmd_tiny)
