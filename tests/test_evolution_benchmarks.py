@@ -15,7 +15,7 @@ from tsugiki.errors import EvolutionError
 from tsugiki.evolution import evolve, from_data, load_config, make_problem
 from tsugiki.evolution.data import Pair, generate
 from tsugiki.evolution.fitness import FITNESS, EvalContext
-from tsugiki.evolution.problems import load_causal_lm, prepare_sources
+from tsugiki.evolution.sources import load_causal_lm, prepare_sources
 from tsugiki.factory.lm import TinyLMSpec, build_siblings
 from tsugiki.vlm.generate import GenerationSettings, VQAPredictor
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from tsugiki.diffusion.blocks import locate
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution import evolve, from_data, load_config, make_problem
-from tsugiki.evolution.problems import prepare_sources
+from tsugiki.evolution.sources import prepare_sources
 from tsugiki.evolution.sdxl import load_unet, unet_forward, unet_inputs
 from tsugiki.merging.methods.nearswap import nearswap_tensors
 

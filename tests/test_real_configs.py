@@ -16,7 +16,7 @@ import pytest
 
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.config import from_data, load_config
-from tsugiki.evolution.problems import cma_population, plan_space
+from tsugiki.evolution.plan import cma_population, plan_space
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PAPER_CONFIGS = sorted([*CONFIGS.glob("evollm-jp-*.yaml"), *CONFIGS.glob("evovlm-jp*.yaml"),

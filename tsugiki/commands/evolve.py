@@ -17,7 +17,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     if args.plan:
         if args.config is None:
             raise EvolutionError("--plan needs CONFIG")
-        from tsugiki.evolution.problems import plan_from_sources
+        from tsugiki.evolution.plan import plan_from_sources
 
         # configs only (a hub source's config.json is fetched or read from the cache): no weights, no data
         print(plan_from_sources(load_config(args.config), args.output or ".").summary())

@@ -204,7 +204,7 @@ def evaluate(model_dir: Path, test: list[dict], *, batch_size: int = 25, english
 
 
 def merge_baseline(name: str, recipe: dict[str, Any], sources: dict[str, str], out: Path) -> Path:
-    from tsugiki.evolution.problems import recipe_with_paths
+    from tsugiki.evolution.sources import recipe_with_paths
     from tsugiki.merging.execute import MergeOptions
     from tsugiki.merging.recipe import Recipe
     from tsugiki.merging.to_disk import merge_to_disk

@@ -33,8 +33,9 @@ from tsugiki.errors import EvolutionError
 from tsugiki.evolution.backends import Result, Task, make_backend
 from tsugiki.evolution.config import EvolveConfig, load_config
 from tsugiki.evolution.fitness import code_refs
-from tsugiki.evolution.problems import Problem, make_problem, prepare_sources
+from tsugiki.evolution.problems import Problem, make_problem
 from tsugiki.evolution.rundir import RunDir, json_line
+from tsugiki.evolution.sources import prepare_sources
 from tsugiki.fileio import atomic_write
 
 # cma termination rules that would end a merge search on flat fitness (exact-match scores are flat
@@ -199,6 +200,7 @@ def _reconcile(rd: RunDir, config: EvolveConfig | None, *, started: bool) -> Evo
             for built in ("models", "ps_model"):
                 shutil.rmtree(rd.path / built, ignore_errors=True)
             return config
+        if diffs:
             raise EvolutionError(f"{rd.path}: run dir was started from a different config ({', '.join(diffs[:5])} "
                                  f"differ); use another run dir, or --resume to continue it as it was")
         return EvolveConfig(dict(stored.data, search=dict(config.search)), config.source_name, config.lines)

@@ -1,0 +1,202 @@
+"""Where an evolution's sources are and how they are made: paths by name, tiny models and the PS+DFS
+PS model built on first use into the run dir, how the user named each source (for the outputs'
+recipes and cards), and loading models for evaluation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+from tsugiki.errors import EvolutionError, TsugikiError
+from tsugiki.evolution.config import EvolveConfig
+from tsugiki.hf_quiet import hf_progress_bars_off
+from tsugiki.merging.provenance import Named
+from tsugiki.threads import torch_threads
+
+PS_MODEL = "ps"
+
+
+def source_paths(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
+    """Short name -> model path: ``sources``, tiny factory models and the ps_dfs merged model."""
+    paths = dict(config.data["sources"])
+    tiny = config.data.get("tiny_models")
+    if tiny is not None:
+        root = Path(run_dir).resolve() / "models"
+        paths.setdefault("base", str(root / "base"))
+        for i in range(tiny.get("n", 2)):
+            paths.setdefault(f"variant_{i}", str(root / f"variant_{i}"))
+    sd = config.data.get("tiny_sdxl")
+    if sd is not None:
+        root = Path(run_dir).resolve() / "models"
+        paths.setdefault("base", str(root / "base"))
+        for i in range(sd.get("n", 2)):
+            paths.setdefault(f"variant_{i}", str(root / f"variant_{i}"))
+    vlm = config.data.get("tiny_vlm")
+    if vlm is not None:
+        root = Path(run_dir).resolve() / "models"
+        paths.setdefault("llava", str(root / vlm.get("kind", "llava")))
+        paths.setdefault("base", str(root / "llms" / "base"))
+        for i in range(vlm.get("n", 2)):
+            paths.setdefault(f"variant_{i}", str(root / "llms" / f"variant_{i}"))
+    if config.space["kind"] == "ps_dfs":
+        paths.setdefault(PS_MODEL, str(Path(run_dir).resolve() / "ps_model"))
+    return paths
+
+def source_names(config: EvolveConfig, run_dir: Path) -> dict[str, Named]:
+    """Each source's path (as the recipes a run builds name it) -> how the user named it, for the
+    outputs' recipes and cards (:mod:`tsugiki.merging.provenance`): the config's words for its
+    ``sources``; run-dir-relative names for what the run built itself."""
+    paths = source_paths(config, Path(run_dir))
+    named_as = config.data.get("named_as") or {}
+    out = {}
+    for name, path in paths.items():
+        if name in config.data["sources"]:
+            n = named_as.get(name) or {"given": path, "where": f"sources.{name}"}
+            out[path] = Named(n["given"], n["where"])
+        elif name == PS_MODEL and config.space["kind"] == "ps_dfs":
+            out[path] = Named("ps_model", "the PS model this run merged from space.ps_recipe (its recipe below)")
+        else:
+            out[path] = Named(f"models/{name}", "built by the run in its run dir (tiny models)")
+    return out
+
+def prepare_sources(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
+    """Build what the sources need and is missing (tiny models, the ps_dfs merge); main process only."""
+    run_dir = Path(run_dir)
+    tiny = config.data.get("tiny_models")
+    if tiny is not None and not (run_dir / "models" / ".complete").exists():
+        from tsugiki.factory.lm import TinyLMSpec, build_siblings
+
+        shutil.rmtree(run_dir / "models", ignore_errors=True)
+        shape = {k: tiny[k] for k in ("hidden_size", "num_layers") if k in tiny}
+        spec = TinyLMSpec(arch=tiny.get("arch", "llama"), seed=tiny.get("seed", 0), **shape)
+        build_siblings(run_dir / "models", n=tiny.get("n", 2), spec=spec, kind=tiny.get("kind", "finetuned"),
+                       steps=tiny.get("steps", 20))
+        (run_dir / "models" / ".complete").write_text("")
+    sd = config.data.get("tiny_sdxl")
+    if sd is not None and not (run_dir / "models" / ".complete").exists():
+        from tsugiki.factory.sdxl import build_tiny_sdxl
+
+        shutil.rmtree(run_dir / "models", ignore_errors=True)
+        seed = sd.get("seed", 0)  # one seed for text encoders and VAE; UNets differ
+        build_tiny_sdxl(run_dir / "models" / "base", seed=seed, unet_seed=seed)
+        for i in range(sd.get("n", 2)):
+            build_tiny_sdxl(run_dir / "models" / f"variant_{i}", seed=seed, unet_seed=seed + 1 + i)
+        (run_dir / "models" / ".complete").write_text("")
+    vlm = config.data.get("tiny_vlm")
+    if vlm is not None and not (run_dir / "models" / ".complete").exists():
+        from tsugiki.factory.lm import TinyLMSpec
+        from tsugiki.factory.vlm import build_graft_set
+
+        shutil.rmtree(run_dir / "models", ignore_errors=True)
+        shape = {k: vlm[k] for k in ("hidden_size", "num_layers") if k in vlm}
+        build_graft_set(run_dir / "models", TinyLMSpec(arch="mistral", seed=vlm.get("seed", 0), **shape), n=vlm.get("n", 2),
+                        lm_delta=vlm.get("lm_delta", 0.02))
+        (run_dir / "models" / ".complete").write_text("")
+    paths = source_paths(config, run_dir)
+    if config.space["kind"] == "ps_dfs" and not Path(paths[PS_MODEL]).exists():
+        from tsugiki.merging.execute import MergeOptions
+        from tsugiki.merging.recipe import Recipe, load_recipe
+        from tsugiki.merging.to_disk import merge_to_disk
+
+        r = config.space["ps_recipe"]
+        base_dir = Path(r).parent if isinstance(r, str) else None
+        data = load_recipe(r).to_dict() if isinstance(r, str) else dict(r)
+        recipe = Recipe.from_dict(recipe_with_paths(data, paths), source_name=config.where("space.ps_recipe").rstrip(": "))
+        with search_threads(config):  # the PS candidates were evaluated with these threads
+            merge_to_disk(recipe, paths[PS_MODEL], MergeOptions(progress=False), base_dir=base_dir,
+                          named=source_names(config, run_dir))
+    return paths
+
+def recipe_with_paths(recipe: dict, paths: Mapping[str, str]) -> dict:
+    """A recipe's model refs that are source names replaced by their paths."""
+    sub = lambda ref: paths.get(ref, ref) if isinstance(ref, str) else ref  # noqa: E731
+    out = json.loads(json.dumps(recipe))
+    if "base_model" in out:
+        out["base_model"] = sub(out["base_model"])
+    for m in out.get("models") or []:
+        m["model"] = sub(m.get("model"))
+    for s in out.get("slices") or []:
+        if "base_model" in s:
+            s["base_model"] = sub(s["base_model"])
+        for src in s.get("sources") or []:
+            src["model"] = sub(src.get("model"))
+    return out
+
+def search_threads(config: EvolveConfig):
+    """Run a block with the search's torch thread count (``search.threads``), then restore it."""
+    return torch_threads(int(config.search.get("threads", 1)))
+
+def model_config(path: str) -> tuple[dict, list[str]]:
+    from tsugiki.merging.checkpoint import Checkpoint, resolve_model_ref
+
+    try:
+        with Checkpoint(resolve_model_ref(path)) as ckpt:
+            return ckpt.config() or {}, ckpt.names()
+    except TsugikiError as e:
+        raise EvolutionError(f"source {path}: {e}") from None
+
+def local_dir(ref: str) -> Path | None:
+    """A source's local folder: the path itself, or a hub id's snapshot (fetched like any merge source)."""
+    from tsugiki.merging.checkpoint import HUB_ID, resolve_model_ref
+
+    p = Path(ref)
+    if p.exists():
+        return p if p.is_dir() else None
+    if not HUB_ID.match(ref):
+        return None  # the checkpoint loader reports the missing path
+    try:
+        return resolve_model_ref(ref)
+    except TsugikiError as e:
+        raise EvolutionError(f"source {ref}: {e}") from None
+
+def is_vlm_path(ref: str) -> bool:
+    from tsugiki.vlm.merge import is_vlm_source
+
+    d = local_dir(ref)
+    return d is not None and is_vlm_source(d)
+
+def read_json_config(ref: str) -> dict:
+    d = local_dir(ref)
+    path = d / "config.json" if d is not None else None
+    if path is None or not path.exists():
+        raise EvolutionError(f"source {ref}: no config.json")
+    return json.loads(path.read_text())
+
+def read_source_config(ref: str) -> dict:
+    """A source's config.json alone: a local folder's, or a hub id's (that one small file is fetched, or
+    read from the Hugging Face cache when offline); never any weights."""
+    from tsugiki.merging.checkpoint import HUB_ID
+
+    p = Path(ref)
+    if p.is_dir():
+        for candidate in (p / "config.json", p / "unet" / "config.json"):
+            if candidate.exists():
+                return json.loads(candidate.read_text())
+        raise EvolutionError(f"source {ref}: no config.json")
+    if p.exists() or not HUB_ID.match(ref):
+        raise EvolutionError(f"source {ref}: not a model folder or hub id")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(ref, "config.json")).read_text())
+    except Exception as e:  # offline and not cached, unknown repo, auth: one message
+        raise EvolutionError(f"source {ref}: cannot read its config.json ({type(e).__name__})") from None
+
+def load_causal_lm(path: str, device: str = "cpu"):
+    from transformers import AutoModelForCausalLM
+
+    from tsugiki.tokenizer_cache import load_tokenizer
+
+    with hf_progress_bars_off():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
+    return model.eval(), load_tokenizer(path)
+
+def load_vlm(path: str, device: str = "cpu"):
+    """A LLaVA-family model (float32, eval mode) and its processor."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    with hf_progress_bars_off():
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype="float32").to(device)
+    return model.eval(), AutoProcessor.from_pretrained(path)
