@@ -21,7 +21,8 @@ import torch
 
 from tsugiki.diffusion.layout import ORIGINAL_PREFIX, check_complete, sdxl_unet_table
 from tsugiki.errors import CheckpointError
-from tsugiki.merging.checkpoint import Checkpoint, TensorInfo, parse_safetensors_header
+from tsugiki.merging.checkpoint import Checkpoint, parse_safetensors_header
+from tsugiki.merging.tensors import TensorInfo
 
 UNET_WEIGHTS = "diffusion_pytorch_model"
 SDXL_DOWN_BLOCKS = ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]

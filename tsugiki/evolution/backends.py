@@ -29,6 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from tsugiki.errors import EvolutionError
+from tsugiki.evolution.problems import SetupError
 from tsugiki.threads import torch_threads
 
 
@@ -46,10 +47,6 @@ class Result:
     error: str | None
     seconds: float
     fatal: bool = False  # the problem itself cannot be set up (models do not load): the run stops
-
-
-class SetupError(EvolutionError):
-    """The problem cannot be set up in an evaluating process; no candidate can succeed."""
 
 
 class CandidateTimeout(Exception):
@@ -120,7 +117,7 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(config_data: Mapping, run_dir: str, timeout: float | None, threads: int) -> None:
     from tsugiki.evolution.config import from_data
-    from tsugiki.evolution.problems import make_problem
+    from tsugiki.evolution.problems import make_problem  # in the worker process (spawn)
 
     torch.set_num_threads(threads)
     _WORKER.update(timeout=timeout, threads=threads)

@@ -59,7 +59,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from tsugiki.errors import EvolutionError, RecipeError
-from tsugiki.merging.recipe_yaml import _fmt, _parent, _parse_yaml
+from tsugiki.merging.recipe_yaml import dotted_path, parent_path, parse_yaml
 
 KINDS = ("ps", "dfs", "ps_dfs", "box", "sdxl_blocks")
 TOP = ("name", "sources", "named_as", "tiny_models", "tiny_vlm", "tiny_sdxl", "space", "fitness", "validation", "test", "search")
@@ -104,7 +104,7 @@ class EvolveConfig:
         """``"FILE:LINE: path: "`` for messages about a dotted path (``space.models``)."""
         p = path
         while p and p not in self.lines:
-            p = _parent(p)
+            p = parent_path(p)
         line = f":{self.lines[p]}" if p in self.lines else ""
         return f"{self.source_name}{line}: {path + ': ' if path else ''}"
 
@@ -154,7 +154,7 @@ def load_config(path_or_text: str | os.PathLike, *, source_name: str | None = No
     else:
         text, name, base = str(path_or_text), source_name or "<config>", base_dir or Path.cwd()
     try:
-        data, lines, _ = _parse_yaml(text, name)
+        data, lines, _ = parse_yaml(text, name)
     except RecipeError as e:
         raise EvolutionError(str(e)) from None
     return from_data(data, source_name=name, base_dir=base, lines=lines)
@@ -162,18 +162,18 @@ def load_config(path_or_text: str | os.PathLike, *, source_name: str | None = No
 
 def from_data(data: Any, *, source_name: str = "<dict>", base_dir: Path | None = None,
               lines: Mapping[str, int] | None = None) -> EvolveConfig:
-    return _Checker(source_name, lines or {}, base_dir or Path.cwd()).config(data)
+    return ConfigChecker(source_name, lines or {}, base_dir or Path.cwd()).config(data)
 
 
-class _Checker:
+class ConfigChecker:
     def __init__(self, name: str, lines: Mapping[str, int], base: Path):
         self.name, self.lines, self.base = name, lines, base
 
     def err(self, path: Sequence, msg: str) -> EvolutionError:
-        p = _fmt(path)
+        p = dotted_path(path)
         q = p
         while q and q not in self.lines:
-            q = _parent(q)
+            q = parent_path(q)
         line = f":{self.lines[q]}" if q in self.lines else ""
         return EvolutionError(f"{self.name}{line}: {p + ': ' if p else ''}{msg}")
 

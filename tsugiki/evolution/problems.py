@@ -47,6 +47,10 @@ from tsugiki.evolution.spaces import box_space, dfs_space, ps_layout, ps_members
 from tsugiki.merging.provenance import Named
 
 
+class SetupError(EvolutionError):
+    """The problem cannot be set up in an evaluating process; no candidate can succeed."""
+
+
 def parameter_matrices(space, values: Mapping[str, float]) -> dict[str, dict[str, Any]]:
     """Per parameter (weight, density, …) of a PS-like space: its model × layer-group (or UNet block)
     matrix and bounds, as the PS heatmap plots them."""
@@ -120,8 +124,6 @@ class Problem:
 
     def evaluate(self, values: Mapping[str, float], split: str = "fitness", seed: int = 0) -> float:
         if not self._ready:
-            from tsugiki.evolution.backends import SetupError
-
             try:
                 self.setup()
             except Exception as e:  # noqa: BLE001 - no candidate can succeed: stop the run, say why

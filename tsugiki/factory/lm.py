@@ -70,7 +70,7 @@ class SiblingSet:
 # --------------------------------------------------------------------------- building
 
 
-def _make_config(spec: TinyLMSpec, tok: PreTrainedTokenizerFast, dtype: torch.dtype):
+def make_config(spec: TinyLMSpec, tok: PreTrainedTokenizerFast, dtype: torch.dtype):
     if spec.arch not in _ARCHS:
         raise ValueError(f"unknown arch {spec.arch!r}; expected one of {sorted(_ARCHS)}")
     config_cls, _ = _ARCHS[spec.arch]
@@ -95,7 +95,7 @@ def _make_config(spec: TinyLMSpec, tok: PreTrainedTokenizerFast, dtype: torch.dt
 
 def _new_model(spec: TinyLMSpec, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
     """A freshly initialised float32 model, weights determined by ``spec.seed`` alone."""
-    config = _make_config(spec, tok, torch.float32)
+    config = make_config(spec, tok, torch.float32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = _ARCHS[spec.arch][1](config)
@@ -172,7 +172,7 @@ def build_mismatched(
 # --------------------------------------------------------------------------- siblings
 
 
-def _perturb(model: PreTrainedModel, seed: int, scale: float, density: float) -> None:
+def perturb(model: PreTrainedModel, seed: int, scale: float, density: float) -> None:
     """Add a deterministic delta of std ``scale * std(param)`` to every parameter in place;
     with ``density < 1`` only that fraction of entries (chosen at random) changes."""
     gen = torch.Generator().manual_seed(seed)
@@ -274,7 +274,7 @@ def build_siblings(
         model = copy.deepcopy(pristine)
         vseed = spec.seed * 1000 + i + 1
         if kind == "perturbed":
-            _perturb(model, vseed, delta_scale, density=0.3 if i % 2 else 1.0)
+            perturb(model, vseed, delta_scale, density=0.3 if i % 2 else 1.0)
         else:
             _finetune(model, tok, _corpus(i, vseed), vseed, steps, lr)
         variants.append(_save(model, tok, root / f"variant_{i}", max_shard_size, torch_dtype))

@@ -31,7 +31,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from tsugiki.factory.lm import SiblingSet, TinyLMSpec, _make_config, _perturb, build_siblings
+from tsugiki.factory.lm import SiblingSet, TinyLMSpec, make_config, perturb, build_siblings
 from tsugiki.factory.tokenizer import BOS, EOS, PAD, UNK, build_char_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -79,7 +79,7 @@ def build_vlm_tokenizer(vocab_size: int | None = None) -> PreTrainedTokenizerFas
 
 
 def _configs(spec: TinyVLMSpec, tok: PreTrainedTokenizerFast):
-    text = _make_config(spec.text, tok, torch.float32)
+    text = make_config(spec.text, tok, torch.float32)
     vision = CLIPVisionConfig(
         hidden_size=spec.vision_hidden_size, intermediate_size=spec.vision_intermediate_size,
         num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
@@ -136,7 +136,7 @@ def build_tiny_vlm(out_dir: str | Path, spec: TinyVLMSpec = TinyVLMSpec(), *, la
 
 def _save(model, text_model, tok, spec: TinyVLMSpec, config, out: Path, lm_delta: float, torch_dtype: torch.dtype) -> Path:
     if lm_delta:
-        _perturb(text_model, spec.seed + 7, lm_delta, density=1.0)
+        perturb(text_model, spec.seed + 7, lm_delta, density=1.0)
     model.model.language_model.load_state_dict(text_model.model.state_dict())
     model.lm_head.load_state_dict(text_model.lm_head.state_dict())
 

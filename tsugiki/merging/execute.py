@@ -16,9 +16,9 @@ from typing import Iterator, Mapping
 import torch
 
 from tsugiki.errors import MergeError
-from tsugiki.merging.checkpoint import TensorSource
 from tsugiki.merging.methods.base import Memo, MergeInputs
 from tsugiki.merging.plan import MergePlan, TensorJob
+from tsugiki.merging.tensors import TensorSource
 from tsugiki.progress import progress_bar
 
 log = logging.getLogger("tsugiki.merge")

@@ -37,7 +37,7 @@ import torch
 
 from tsugiki import __version__
 from tsugiki.errors import CheckpointError, MergeError
-from tsugiki.merging.checkpoint import TensorInfo
+from tsugiki.merging.tensors import TensorInfo
 
 log = logging.getLogger("tsugiki.gguf")
 

@@ -28,10 +28,11 @@ import torch
 from torch import nn
 
 from tsugiki.errors import MergeError
-from tsugiki.merging.checkpoint import Checkpoint, StateDictSource, TensorSource, resolve_model_ref
+from tsugiki.merging.checkpoint import Checkpoint, StateDictSource, resolve_model_ref
 from tsugiki.merging.execute import compute_dtype_for, inputs_unchanged, merge_job, release_inputs, warn_if_not_finite
 from tsugiki.merging.plan import MergePlan, TensorJob, plan_merge
 from tsugiki.merging.recipe import Recipe
+from tsugiki.merging.tensors import TensorSource
 
 SourceLike = TensorSource | Mapping[str, torch.Tensor] | str | os.PathLike
 

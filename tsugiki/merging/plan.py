@@ -15,11 +15,11 @@ import torch
 
 from tsugiki.errors import MergeError
 from tsugiki.merging.architecture import ArchitectureSpec, architecture_for
-from tsugiki.merging.checkpoint import TensorSource
 from tsugiki.merging.methods import get_method
 from tsugiki.merging.methods.base import MergeMethod
 from tsugiki.merging.parameters import resolve_params
 from tsugiki.merging.recipe import Recipe
+from tsugiki.merging.tensors import TensorSource
 
 
 @dataclass(frozen=True)

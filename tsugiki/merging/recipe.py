@@ -60,8 +60,9 @@ import yaml
 
 from tsugiki.errors import RecipeError
 from tsugiki.merging.parameters import Conditional, Setting, resolve_params
-from tsugiki.merging.recipe_yaml import _parent, _parse_yaml
-from tsugiki.registry import Registry
+from tsugiki.merging.recipe_check import RecipeChecker
+from tsugiki.merging.recipe_schema import DTYPES, MethodLookup, ModelEntry, Params, RecipeWarning, Slice, SliceSource
+from tsugiki.merging.recipe_yaml import parent_path, parse_yaml
 
 __all__ = [
     "Conditional",
@@ -75,66 +76,6 @@ __all__ = [
     "load_recipe",
     "resolve_params",
 ]
-
-DTYPES = ("bfloat16", "float16", "float32", "float64", "int64")
-TOP_LEVEL_KEYS = (
-    "merge_method",
-    "base_model",
-    "models",
-    "slices",
-    "parameters",
-    "dtype",
-    "out_dtype",
-    "tokenizer_source",
-    "tokenizer",
-    "chat_template",
-    "name",
-    "seed",
-)
-# Parameters mergekit accepts for every method of the task-arithmetic family that only tune memory.
-IGNORABLE_PARAMS = {"int8_mask": bool}
-
-Params = Mapping[str, Setting]
-MethodLookup = Union[Registry, Mapping[str, Any], Callable[[str], Any], None]
-
-
-class RecipeWarning(UserWarning):
-    """A recipe construct that is accepted but has no effect."""
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One item of ``models:``."""
-
-    model: str
-    parameters: Params = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SliceSource:
-    """One source of a slice: layers ``[layer_range[0], layer_range[1])`` of ``model``."""
-
-    model: str
-    layer_range: tuple[int, int]
-    parameters: Params = field(default_factory=dict)
-
-    @property
-    def num_layers(self) -> int:
-        return self.layer_range[1] - self.layer_range[0]
-
-
-@dataclass(frozen=True)
-class Slice:
-    """One output slice; its sources all span ``num_layers`` layers."""
-
-    sources: tuple[SliceSource, ...]
-    parameters: Params = field(default_factory=dict)
-    base_model: Optional[str] = None
-
-    @property
-    def num_layers(self) -> int:
-        return self.sources[0].num_layers
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -163,9 +104,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: Any, *, methods: MethodLookup = None, source_name: str = "<dict>") -> "Recipe":
         """Validate plain data (as yaml.safe_load gives, tuples allowed for lists) into a Recipe."""
-        from tsugiki.merging.recipe_check import _Checker  # imports this module; imported lazily
-
-        return _Checker(source_name, {}, {}, methods).recipe(data)
+        return RecipeChecker(source_name, {}, {}, methods).recipe(data, cls)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in mergekit's layout (lists, dicts, scalars), omitting unset keys."""
@@ -305,7 +244,7 @@ class Recipe:
                 return f"{src}:{self.lines[p]}: "
             if not p:
                 return f"{src}: "
-            p = _parent(p)
+            p = parent_path(p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +332,5 @@ def load_recipe(
         name = source_name or "<recipe>"
     else:
         raise TypeError(f"load_recipe() expects a path or YAML text, got {type(path_or_text).__name__}")
-    data, lines, key_lines = _parse_yaml(text, name)
-    from tsugiki.merging.recipe_check import _Checker  # imports this module; imported lazily
-
-    return _Checker(name, lines, key_lines, methods).recipe(data)
+    data, lines, key_lines = parse_yaml(text, name)
+    return RecipeChecker(name, lines, key_lines, methods).recipe(data, Recipe)

@@ -1,7 +1,7 @@
 """Recipe validation: plain data (as :mod:`tsugiki.merging.recipe_yaml` gives) -> a :class:`Recipe`.
 
 Internals of :mod:`tsugiki.merging.recipe`, whose module docstring documents the schema enforced
-here. :class:`_Checker` looks the merge method up, checks every key, model reference, layer range,
+here. :class:`RecipeChecker` looks the merge method up, checks every key, model reference, layer range,
 dtype, tokenizer source and parameter setting, and then the method-level structure (base model,
 input counts, required parameters). Every error is a RecipeError prefixed with ``FILE:LINE: `` and
 the dotted path at fault; accepted-but-ineffective constructs warn with :class:`RecipeWarning`.
@@ -12,22 +12,24 @@ from __future__ import annotations
 import difflib
 import math
 import warnings
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from tsugiki.errors import RecipeError, UnknownNameError
 from tsugiki.merging.parameters import Conditional, Setting, coerce, is_scalar
-from tsugiki.merging.recipe import (
+from tsugiki.merging.recipe_schema import (
     DTYPES,
     IGNORABLE_PARAMS,
     TOP_LEVEL_KEYS,
     MethodLookup,
     ModelEntry,
-    Recipe,
     RecipeWarning,
     Slice,
     SliceSource,
 )
-from tsugiki.merging.recipe_yaml import _fmt, _parent
+from tsugiki.merging.recipe_yaml import dotted_path, parent_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tsugiki.merging.recipe import Recipe
 from tsugiki.registry import Registry
 
 
@@ -67,7 +69,7 @@ def _type_name(v: Any) -> str:
     return f"a {type(v).__name__}"
 
 
-class _Checker:
+class RecipeChecker:
     def __init__(self, name: str, lines: dict[str, int], key_lines: dict[str, int], methods: MethodLookup):
         self.name = name
         self.lines = lines
@@ -77,7 +79,7 @@ class _Checker:
 
     # -- errors --
     def where(self, path: tuple, *, key: bool = False) -> str:
-        p = _fmt(path)
+        p = dotted_path(path)
         if key and p in self.key_lines:
             return f"{self.name}:{self.key_lines[p]}"
         while True:
@@ -85,14 +87,14 @@ class _Checker:
                 return f"{self.name}:{self.lines[p]}"
             if not p:
                 return self.name
-            p = _parent(p)
+            p = parent_path(p)
 
     def err(self, path: tuple, msg: str, *, key: bool = False) -> RecipeError:
-        at = _fmt(path)
+        at = dotted_path(path)
         return RecipeError(f"{self.where(path, key=key)}: {at + ': ' if at else ''}{msg}")
 
     def warn(self, path: tuple, msg: str) -> None:
-        at = _fmt(path)
+        at = dotted_path(path)
         warnings.warn(f"{self.where(path, key=True)}: {at + ': ' if at else ''}{msg}", RecipeWarning, stacklevel=4)
 
     def mapping(self, value: Any, path: tuple, allowed: Sequence[str], what: str) -> Mapping[str, Any]:
@@ -117,7 +119,9 @@ class _Checker:
         return value
 
     # -- recipe --
-    def recipe(self, data: Any) -> Recipe:
+    def recipe(self, data: Any, cls: type[Recipe]) -> Recipe:
+        """Validate ``data`` into a ``cls`` (:class:`~tsugiki.merging.recipe.Recipe`, passed in so that the
+        two modules do not import each other)."""
         if data is None:
             raise self.err((), "recipe is empty")
         if isinstance(data, Mapping) and "modules" in data:
@@ -156,7 +160,7 @@ class _Checker:
             if not 0 <= seed < 2**64:
                 raise self.err(("seed",), "seed must be within [0, 2**64)")
 
-        recipe = Recipe(
+        recipe = cls(
             merge_method=method_name,  # type: ignore[arg-type]
             models=models,
             slices=slices,

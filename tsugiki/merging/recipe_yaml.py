@@ -1,6 +1,6 @@
 """Recipe YAML composition: YAML text -> plain data, plus the line of every node.
 
-Internals of :mod:`tsugiki.merging.recipe`. :func:`_parse_yaml` composes the YAML node graph with
+Internals of :mod:`tsugiki.merging.recipe`. :func:`parse_yaml` composes the YAML node graph with
 PyYAML's safe loader and walks it (:class:`_Walker`) into plain data (dicts, lists, scalars), while
 recording, for each dotted path (``slices[0].sources[1].layer_range``), the line of its value node
 (``lines``) and of its mapping key (``key_lines``); the validator uses them to prefix every message
@@ -20,7 +20,8 @@ _MAX_NODES = 200_000
 _MAX_DEPTH = 200
 
 
-def _fmt(path: Sequence[Union[str, int]]) -> str:
+def dotted_path(path: Sequence[Union[str, int]]) -> str:
+    """A key path as messages show it: ``("slices", 0, "sources")`` -> ``slices[0].sources``."""
     out = ""
     for p in path:
         if isinstance(p, int):
@@ -30,13 +31,15 @@ def _fmt(path: Sequence[Union[str, int]]) -> str:
     return out
 
 
-def _parent(p: str) -> str:
+def parent_path(p: str) -> str:
+    """The dotted path one level up (``slices[0].sources`` -> ``slices[0]``; top level -> "")."""
     if p.endswith("]"):
         return p[: p.rindex("[")]
     return p.rsplit(".", 1)[0] if "." in p else ""
 
 
-def _parse_yaml(text: str, name: str) -> tuple[Any, dict[str, int], dict[str, int]]:
+def parse_yaml(text: str, name: str) -> tuple[Any, dict[str, int], dict[str, int]]:
+    """YAML text -> (plain data, line of each key path, line of each value path); errors name ``name:line``."""
     try:
         loader = yaml.SafeLoader(text)
     except yaml.reader.ReaderError as e:
@@ -82,7 +85,7 @@ class _Walker:
         self.stack: set[int] = set()
 
     def fail(self, node: yaml.Node, path: tuple, msg: str) -> RecipeError:
-        at = _fmt(path)
+        at = dotted_path(path)
         return RecipeError(f"{self.name}:{node.start_mark.line + 1}: {at + ': ' if at else ''}{msg}")
 
     def walk(self, node: yaml.Node, path: tuple, depth: int) -> Any:
@@ -91,7 +94,7 @@ class _Walker:
             raise self.fail(node, path, "recipe is too large (alias expansion?)")
         if depth > _MAX_DEPTH:
             raise self.fail(node, path, "recipe is nested too deeply")
-        key = _fmt(path)
+        key = dotted_path(path)
         self.lines.setdefault(key, node.start_mark.line + 1)
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node, path)
@@ -117,7 +120,7 @@ class _Walker:
                         raise self.fail(knode, path, f"mapping key {k!r} is not a string")
                     if k in out:
                         raise self.fail(knode, path + (k,), f"duplicate key {k!r}")
-                    self.key_lines.setdefault(_fmt(path + (k,)), knode.start_mark.line + 1)
+                    self.key_lines.setdefault(dotted_path(path + (k,)), knode.start_mark.line + 1)
                     out[k] = self.walk(vnode, path + (k,), depth + 1)
                 return out
             raise self.fail(node, path, "unsupported YAML node")  # pragma: no cover

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 import torch
 
 from tsugiki.errors import MergeError
-from tsugiki.merging.checkpoint import DTYPE_CODES, element_size
+from tsugiki.merging.tensors import DTYPE_CODES, element_size
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # transformers' default for save_pretrained
 

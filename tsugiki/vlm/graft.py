@@ -18,8 +18,9 @@ from typing import Mapping
 
 from tsugiki.errors import MergeError
 from tsugiki.merging.architecture import architecture_for
-from tsugiki.merging.checkpoint import Checkpoint, TensorSource
+from tsugiki.merging.checkpoint import Checkpoint
 from tsugiki.merging.recipe import Recipe
+from tsugiki.merging.tensors import TensorSource
 from tsugiki.vlm.sources import RowSlice, VlmCheckpoint, is_multimodal_config
 
 VOCAB_MODES = ("error", "embed_slice")

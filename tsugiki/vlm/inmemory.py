@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from tsugiki.errors import MergeError
-from tsugiki.merging.checkpoint import Checkpoint, TensorSource, resolve_model_ref
+from tsugiki.merging.checkpoint import Checkpoint, resolve_model_ref
 from tsugiki.merging.inmemory import InMemoryMerger
 from tsugiki.merging.plan import MergePlan
 from tsugiki.merging.recipe import Recipe
+from tsugiki.merging.tensors import TensorSource
 from tsugiki.vlm.graft import LMShape, check_shapes, slice_rows, split_sources
 from tsugiki.vlm.sources import LLAVA
 

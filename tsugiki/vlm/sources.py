@@ -16,7 +16,8 @@ from typing import Mapping
 import torch
 
 from tsugiki.errors import CheckpointError
-from tsugiki.merging.checkpoint import Checkpoint, TensorInfo, TensorSource
+from tsugiki.merging.checkpoint import Checkpoint
+from tsugiki.merging.tensors import TensorInfo, TensorSource
 from tsugiki.vlm.keymap import KeyMap, Layout, load_keymap
 
 LLAVA = load_keymap("llava")
