@@ -10,9 +10,8 @@ from tsugiki.errors import EvolutionError
 
 def cmd_evolve(args: argparse.Namespace) -> int:
     from tsugiki.evolution.config import load_config
-    from tsugiki.evolution.problems import make_problem
     from tsugiki.evolution.report import summary
-    from tsugiki.evolution.runner import evolve
+    from tsugiki.evolution.runner import evolve_and_export
 
     if args.plan:
         if args.config is None:
@@ -36,12 +35,9 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     changes = {k: getattr(args, k) for k in ("workers", "backend", "generations", "max_evaluations") if getattr(args, k) is not None}
     if changes:
         config = config.with_search(**changes)
-    result = evolve(config, run_dir, progress=not args.quiet, allow_code=args.allow_code)
-    if args.export:
-        best = result.best
-        if best is None:
-            raise EvolutionError(f"{run_dir}: no successful candidate to export")
-        out = make_problem(config, run_dir).export_as_evaluated(best["params"], args.export, force=args.force)
+    result, out = evolve_and_export(config, run_dir, args.export, force=args.force, progress=not args.quiet,
+                                    allow_code=args.allow_code)
+    if out is not None:
         print(f"exported the best candidate → {out}")
     print(summary(run_dir, stop_reason=result.stop_reason))
     return 0

@@ -156,15 +156,10 @@ def ps_dfs_config(sources: dict[str, str], data: dict[str, Path], seed: int, bud
 
 def run_search(config_data: dict[str, Any], run_dir: Path, export_to: Path, progress: bool) -> dict[str, Any]:
     """Run (or resume) one search and export its best candidate as a HF model dir."""
-    from tsugiki.evolution.problems import make_problem
-    from tsugiki.evolution.runner import evolve
+    from tsugiki.evolution.runner import evolve_and_export
 
-    config = evolve_config(config_data, run_dir)
-    result = evolve(config, run_dir, progress=progress, allow_code=True)  # the demo's own config and code
-    if result.best is None:
-        raise RuntimeError(f"{run_dir}: no successful candidate")
-    if not (export_to / "config.json").exists():
-        make_problem(config, run_dir).export_as_evaluated(result.best["params"], export_to, force=True)
+    result, _ = evolve_and_export(evolve_config(config_data, run_dir), run_dir, export_to, force=True, keep_existing=True,
+                                  progress=progress, allow_code=True)  # the demo's own config and code
     return {"run_dir": run_dir, "model": export_to, "fitness": result.best.get("fitness"),
             "evaluations": result.evaluations, "seconds": result.seconds}
 

@@ -339,19 +339,15 @@ def search_config(paths: dict[str, Path], budget: SDXLBudget, seed: int) -> dict
 def run_search(config_data: dict[str, Any], run_dir: Path, export_to: Path, progress: bool) -> dict[str, Any]:
     """Run (or resume) the block search and export its best candidate as a pipeline folder."""
     from tsugiki.evolution.config import load_config
-    from tsugiki.evolution.problems import make_problem
-    from tsugiki.evolution.runner import evolve
+    from tsugiki.evolution.runner import evolve_and_export
 
     config = evolve_config(config_data, run_dir)
     stored = run_dir / "config.yaml"
     if stored.exists() and load_config(stored).fingerprint() != config.fingerprint():
         shutil.rmtree(run_dir)  # another budget's search: start over rather than refuse
         shutil.rmtree(export_to, ignore_errors=True)
-    result = evolve(config, run_dir, progress=progress, allow_code=True)  # the demo's own config and code
-    if result.best is None:
-        raise EvolutionError(f"{run_dir}: the SDXL block search had no successful candidate")
-    if not (export_to / "model_index.json").exists():
-        make_problem(config, run_dir).export_as_evaluated(result.best["params"], export_to, force=True)
+    result, _ = evolve_and_export(config, run_dir, export_to, force=True, keep_existing=True, progress=progress,
+                                  allow_code=True)  # the demo's own config and code
     return {"run_dir": run_dir, "model": export_to, "best": result.best, "evaluations": result.evaluations,
             "seconds": result.seconds}
 

@@ -278,6 +278,23 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
         rd.unlock()
 
 
+def evolve_and_export(config: EvolveConfig | None, run_dir: str | Path, export_to: str | Path | None, *,
+                      force: bool = False, keep_existing: bool = False, **options: Any) -> tuple[RunResult, Path | None]:
+    """:func:`evolve` (``options`` are its keywords), then write the best candidate as a model dir at
+    ``export_to`` with the thread count candidates were evaluated with, so the exported weights are the
+    evaluated ones bit for bit. ``keep_existing``: an ``export_to`` already there (an earlier export of
+    this run; outputs are written atomically) is kept, not replaced. Returns the result and the dir."""
+    result = evolve(config, run_dir, **options)
+    if export_to is None:
+        return result, None
+    if result.best is None:
+        raise EvolutionError(f"{run_dir}: no successful candidate to export")
+    if keep_existing and Path(export_to).exists():
+        return result, Path(export_to)
+    ran = load_config(RunDir(run_dir).config_file)  # the config the run dir holds: what was evaluated
+    return result, make_problem(ran, run_dir).export_as_evaluated(result.best["params"], export_to, force=force)
+
+
 class _Loop:
     def __init__(self, config, rd: RunDir, problem: Problem, backend, state: dict, on_generation):
         self.config, self.rd, self.problem, self.backend, self.state = config, rd, problem, backend, state

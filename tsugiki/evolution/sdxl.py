@@ -32,6 +32,7 @@ from tsugiki.errors import EvolutionError
 from tsugiki.evolution.fitness import FITNESS, EvalContext, FitnessSpec
 from tsugiki.evolution.ps import DEFAULT_BOUNDS, check_searched, method_level, recipe_data
 from tsugiki.evolution.space import Param, SearchSpace
+from tsugiki.hf_quiet import hf_progress_bars_off
 
 UNITS = ("blocks", "groups")
 
@@ -121,15 +122,10 @@ class SDXLBlockSpace:
 
 def load_unet(path: str | Path, device: str = "cpu"):
     from diffusers import UNet2DConditionModel
-    from diffusers.utils import logging as d_logging
 
     p = Path(path)
-    level = d_logging.get_verbosity()
-    d_logging.set_verbosity_error()  # no "accelerate not installed" notice per worker
-    try:
+    with hf_progress_bars_off(diffusers=True, errors_only=True):  # no "accelerate not installed" notice per worker
         return UNet2DConditionModel.from_pretrained(p / "unet" if (p / "unet").is_dir() else p).to(device).eval()
-    finally:
-        d_logging.set_verbosity(level)
 
 
 # ------------------------------------------------------------------------------ fitness

@@ -25,9 +25,9 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
-from transformers.utils import logging as hf_logging
 
 from tsugiki.factory.tokenizer import build_char_tokenizer
+from tsugiki.hf_quiet import hf_progress_bars_off
 from tsugiki.threads import torch_threads
 
 Arch = Literal["llama", "mistral", "qwen2"]
@@ -127,13 +127,8 @@ def _save_into(model: PreTrainedModel, tok: PreTrainedTokenizerFast, out: Path, 
         do_sample=False,
     )  # no max_new_tokens: a length limit belongs to an evaluation, not to the model (merges copy this file)
     kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Writing model shards" bar per tiny file
-    try:
+    with hf_progress_bars_off():  # no "Writing model shards" bar per tiny file
         model.save_pretrained(out, **kwargs)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     tok.save_pretrained(out)
 
 

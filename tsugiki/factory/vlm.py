@@ -29,10 +29,10 @@ from transformers import (
     LlavaProcessor,
     PreTrainedTokenizerFast,
 )
-from transformers.utils import logging as hf_logging
 
-from tsugiki.factory.lm import SiblingSet, TinyLMSpec, make_config, perturb, build_siblings
+from tsugiki.factory.lm import SiblingSet, TinyLMSpec, build_siblings, make_config, perturb
 from tsugiki.factory.tokenizer import BOS, EOS, PAD, UNK, build_char_tokenizer
+from tsugiki.hf_quiet import hf_progress_bars_off
 
 IMAGE_TOKEN = "<image>"
 # Mistral-instruct style; a user turn's content may be a string or a list of {type: image|text} parts
@@ -116,9 +116,7 @@ def build_tiny_vlm(out_dir: str | Path, spec: TinyVLMSpec = TinyVLMSpec(), *, la
     tok = build_vlm_tokenizer(spec.text.vocab_size)
     config = _configs(spec, tok)
     cls = LlavaForConditionalGeneration if spec.kind == "llava" else LlavaNextForConditionalGeneration
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars per tiny file
-    try:
+    with hf_progress_bars_off():  # no "Loading weights" / "Writing model shards" bars per tiny file
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
             model = cls(config).eval()
@@ -128,9 +126,6 @@ def build_tiny_vlm(out_dir: str | Path, spec: TinyVLMSpec = TinyVLMSpec(), *, la
         if language_model is not None:
             text_model = AutoModelForCausalLM.from_pretrained(language_model, dtype=torch.float32)
         out = _save(model, text_model, tok, spec, config, Path(out_dir), lm_delta, torch_dtype)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     return out
 
 
