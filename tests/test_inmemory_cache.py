@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tsugiki.merging import selection as sel
 from tsugiki.merging import sparsify as sp
 from tsugiki.merging.checkpoint import Checkpoint, StateDictSource
 from tsugiki.merging.execute import MergeOptions
@@ -199,7 +200,7 @@ def test_ranks_give_the_selections_own_masks(rescale):
     g = torch.Generator().manual_seed(1)
     x = torch.randint(-4, 5, (40, 25), generator=g) * 0.25  # many ties, signed zeros
     x[0, 3] = -0.0
-    desc, asc = sp.magnitude_ranks(x, descending=True), sp.magnitude_ranks(x, descending=False)
+    desc, asc = sel.magnitude_ranks(x, descending=True), sel.magnitude_ranks(x, descending=False)
     l1 = sp.l1_norm(x)
     for density in (0.01, 0.3, 0.5, 0.97):
         want = sp.magnitude(x, density, rescale)
@@ -208,7 +209,7 @@ def test_ranks_give_the_selections_own_masks(rescale):
             want = sp.magnitude_outliers(x, density, gamma, rescale)
             assert torch.equal(bits(sp.magnitude_outliers(x, density, gamma, rescale, ranks=asc, l1=l1)), bits(want))
     x[1, 1] = float("inf")
-    assert sp.magnitude_ranks(x, descending=True) is None  # inf/NaN: selections count, ranks would not
+    assert sel.magnitude_ranks(x, descending=True) is None  # inf/NaN: selections count, ranks would not
 
 
 def test_della_ranks_give_the_same_probabilities():

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tsugiki.errors import MergeError, UnknownNameError
+from tsugiki.merging import selection as sel
 from tsugiki.merging import sparsify as sp
 from tsugiki.merging.methods import METHODS, REQUIRED, MergeInputs, get_method
 
@@ -350,10 +351,10 @@ def test_selection_masks_equal_stable_sort():
     for k in (0, 1, 3, 77, 250, 499, 500):
         want = torch.zeros(500, dtype=torch.bool)
         want[asc[:k]] = True
-        assert torch.equal(sp.smallest_mask(w, k), want)
+        assert torch.equal(sel.smallest_mask(w, k), want)
         want = torch.zeros(500, dtype=torch.bool)
         want[desc[:k]] = True
-        assert torch.equal(sp.largest_mask(w, k), want)
+        assert torch.equal(sel.largest_mask(w, k), want)
 
 
 # --------------------------------------------------------------------------- breadcrumbs
@@ -586,7 +587,7 @@ def test_matches_mergekit(case):
 
 
 def test_kth_smallest_radix_select_matches_kthvalue():
-    from tsugiki.merging.sparsify import kth_smallest
+    from tsugiki.merging.selection import kth_smallest
 
     g = torch.Generator().manual_seed(3)
     w = torch.randn(50_001, generator=g).abs()
@@ -611,7 +612,7 @@ def test_rand_threshold_draws_equal_bernoulli():
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(sp, "MIN_BLOCK", 16)  # a few hundred entries -> 8 blocks
+    monkeypatch.setattr(sel, "MIN_BLOCK", 16)  # a few hundred entries -> 8 blocks
 
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -633,14 +634,14 @@ def test_blockwise_selection_equals_stable_sort(small_blocks):
         for k in (0, 1, 3, 77, 250, w.numel() - 1, w.numel()):
             want = torch.zeros(w.numel(), dtype=torch.bool)
             want[asc[:k]] = True
-            assert torch.equal(sp.smallest_mask(w, k), want)  # signed values rank by magnitude
-            assert torch.equal(sp.smallest_mask(mag, k), want)
+            assert torch.equal(sel.smallest_mask(w, k), want)  # signed values rank by magnitude
+            assert torch.equal(sel.smallest_mask(mag, k), want)
             want = torch.zeros(w.numel(), dtype=torch.bool)
             want[desc[:k]] = True
-            assert torch.equal(sp.largest_mask(w, k), want)
-            assert torch.equal(sp.largest_mask(w.double(), k), want)
+            assert torch.equal(sel.largest_mask(w, k), want)
+            assert torch.equal(sel.largest_mask(w.double(), k), want)
     for m in (1, 2, 250, 497):
-        assert sp.kth_smallest(x[:-3], m).item() == torch.kthvalue(x[:-3].abs(), m).values.item()
+        assert sel.kth_smallest(x[:-3], m).item() == torch.kthvalue(x[:-3].abs(), m).values.item()
 
 
 def test_blockwise_draws_equal_whole_draw(small_blocks):

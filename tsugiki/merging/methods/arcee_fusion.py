@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from tsugiki.merging import sparsify as sp
+from tsugiki.merging import selection as sel
 from tsugiki.merging.methods._common import BLOCK, check_count, fill_globals, require_base, spans
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod
 
@@ -46,7 +46,7 @@ def outlier_threshold(x: torch.Tensor) -> torch.Tensor:
     flat = x.reshape(-1)
     last = flat.numel() - 1
     radix = flat.dtype == torch.float32 and not bool((flat < 0).any())  # a radix select of |x| is x's order
-    pick = (lambda m: sp.kth_smallest(flat, m)) if radix else (lambda m: torch.kthvalue(flat, m).values)
+    pick = (lambda m: sel.kth_smallest(flat, m)) if radix else (lambda m: torch.kthvalue(flat, m).values)
     q1, q2, q3 = (pick(k + 1) for k in (last // 4, last // 2, 3 * last // 4))
     return q2 + 1.5 * (q3 - q1)
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from tsugiki.errors import MergeError
-from tsugiki.merging import sparsify as sp
+from tsugiki.merging import selection as sel
 from tsugiki.merging.methods._common import fill_globals, require_base, spans
 from tsugiki.merging.methods.base import MergeInputs, MergeMethod, Param
 
@@ -66,7 +66,7 @@ def sce(inputs: MergeInputs, **given: Any) -> torch.Tensor:
             d -= d.mean(dim=0)
             torch.mean(d.square_(), dim=0, out=out[blk])
         k = int(torch.count_nonzero(out) * fraction)  # as torch computes it: a count tensor times a float
-        keep = sp.largest_mask(out, k) if k else torch.zeros(n, dtype=torch.bool, device=b.device)
+        keep = sel.largest_mask(out, k) if k else torch.zeros(n, dtype=torch.bool, device=b.device)
     # calculate: each model's weight, the mean square of its (selected) task vector over all entries
     energy = torch.zeros(len(xs), dtype=work, device=b.device)
     for blk in blocks:

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import torch
 
 from tsugiki.errors import MergeError
+from tsugiki.merging import selection as sel
 from tsugiki.merging import sparsify as sp
 from tsugiki.merging.methods._common import fill_globals, model_param, require_base, require_generator
 from tsugiki.merging.methods.base import Memo, MergeInputs, MergeMethod, Param, remember
@@ -61,7 +62,7 @@ def _sparsify(
         largest = kind == "magnitude"  # TIES keeps the largest magnitudes, breadcrumbs a band from the smallest
         # ranks take a sort, several selections' time: made on a re-merge only (a one-off merge selects)
         ranks = remember(memo if memo is not None and memo.repeated else None, ("magnitude_ranks", largest, k),
-                         4 * delta.numel(), lambda: sp.magnitude_ranks(delta, descending=largest))
+                         4 * delta.numel(), lambda: sel.magnitude_ranks(delta, descending=largest))
         if largest:
             return sp.magnitude(delta, density, rescale=rescale, inplace=True, ranks=ranks, l1=l1)
         return sp.magnitude_outliers(delta, density, float(p["gamma"]), rescale=rescale, inplace=True, ranks=ranks, l1=l1)
@@ -89,27 +90,27 @@ def _consensus_sum(deltas: torch.Tensor, weights: torch.Tensor, normalize: bool,
     # elected sign: +1 where the sum is >= 0, else -1 (the sum's own storage, in place)
     elected = torch.sum(deltas, dim=0, out=out).view(-1).ge_(0).mul_(2).sub_(1)
     # kept: entries whose sign agrees with the elected sign (zeros never agree): d * elected > 0
-    kept = sp.scratch(n, deltas.dtype, deltas.device)
+    kept = sel.scratch(n, deltas.dtype, deltas.device)
     for k in range(n_models):
-        for b in sp.blocks(n):
+        for b in sel.blocks(n):
             d = flat[k, b]
-            d.mul_(torch.mul(d, elected[b], out=sp.part(kept, b)).gt_(0))  # as 1.0 / 0.0
+            d.mul_(torch.mul(d, elected[b], out=sel.part(kept, b)).gt_(0))  # as 1.0 / 0.0
     del elected
     mixed = torch.sum(deltas, dim=0, out=out)
     if normalize:
         # After the masking an entry was kept iff it is nonzero, except where it is NaN (a dropped
         # inf, or a NaN), and there the sum is NaN whatever the divisor: so the divisor can be
         # built block by block here instead of as a full-size tensor during the masking.
-        divisor = sp.scratch(n, deltas.dtype, deltas.device)
+        divisor = sel.scratch(n, deltas.dtype, deltas.device)
         out = mixed.view(-1)
-        for b in sp.blocks(n):
-            div = sp.part(divisor, b).zero_()
+        for b in sel.blocks(n):
+            div = sel.part(divisor, b).zero_()
             for k in range(n_models):
-                nonzero = torch.ne(flat[k, b], 0, out=sp.part(kept, b))  # as 1.0 / 0.0
+                nonzero = torch.ne(flat[k, b], 0, out=sel.part(kept, b))  # as 1.0 / 0.0
                 div.add_(nonzero, alpha=float(weights[k]))  # + kept * w: exact, kept is 0 or 1
             # 0 -> 1 as `div + (div == 0)`: adding +0.0 elsewhere changes nothing, as div is never
             # -0.0 (+0.0 plus any sum of ±0 is +0.0); a float mask, as bool kernels are slow
-            div.add_(torch.eq(div, 0, out=sp.part(kept, b)))
+            div.add_(torch.eq(div, 0, out=sel.part(kept, b)))
             out[b].div_(div)
     return mixed
 
