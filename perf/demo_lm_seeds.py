@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from tsugiki.demo import lm_stage
+from tsugiki.demo import lm_search, lm_stage
 from tsugiki.demo.stage import StageContext
 
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapters", type=Path, default=None, help="dir with ja/ and math/ LoRA adapters (default: shipped)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds (default: 0 1 2)")
     ap.add_argument("--generations", type=int, default=None, help="CMA-ES generations per search (default: the demo's)")
-    ap.add_argument("--fitness", choices=lm_stage.FITNESS_KINDS, default=lm_stage.FULL.fitness,
+    ap.add_argument("--fitness", choices=lm_search.FITNESS_KINDS, default=lm_stage.FULL.fitness,
                     help="search fitness: acc_ja of greedy answers (the demo's, the seed's) or the teacher-forced design")
     ap.add_argument("--spaces", nargs="+", choices=lm_stage.KINDS, default=list(lm_stage.FULL.spaces),
                     help="which searches to run per seed (default: the demo's)")

@@ -124,7 +124,7 @@ def test_exported_evolved_lm_is_the_searched_candidate(demo_run):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tsugiki.demo.lm_stage import FITNESS_ARGS
+    from tsugiki.demo.lm_search import FITNESS_ARGS
     from tsugiki.evolution.data import load_pairs
     from tsugiki.evolution.fitness import EvalContext, mgsm_accuracy
 

@@ -1,4 +1,5 @@
-"""Bootstrap confidence intervals, bit-for-bit equal to ``rouge_score.scoring.BootstrapAggregator``.
+"""Statistics for comparing models: bootstrap confidence intervals, bit-for-bit equal to
+``rouge_score.scoring.BootstrapAggregator``; binomial and paired standard errors (at the end).
 
 The aggregator draws, for each of ``n_samples`` resamples, ``np.random.choice(n, size=n)`` indices
 (with replacement) from numpy's *global* legacy generator, averages each resample, and returns the
@@ -14,7 +15,9 @@ so ``mid`` equals the seed's value exactly, not just approximately. It is vector
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -82,3 +85,27 @@ class BootstrapStream:
         still the bootstrap's)."""
         low, _, high = self.percentiles(values)
         return Estimate(float(np.mean(np.asarray(values, dtype=np.float64))), low, high)
+
+
+# ---------------------------------------------------------------------------- standard errors
+def binomial_se(p_percent: float, n: int) -> float:
+    """SE of a proportion given in percent over ``n`` items, in percent (nan for n = 0)."""
+    p = p_percent / 100.0
+    return 100.0 * math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+
+
+def margin_in_se(a: float, se_a: float, b: float, se_b: float) -> float:
+    """(a − b) in units of the two independent scores' combined SE, sqrt(se_a² + se_b²); with no
+    spread at all, inf when a > b, else 0."""
+    se = math.hypot(se_a, se_b)
+    diff = a - b
+    return diff / se if se > 0 else (math.inf if diff > 0 else 0.0)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """(mean of a - b, its standard error over items) for per-item scores of the same items."""
+    d = [x - y for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else float("nan")
+    return mean, se

@@ -14,162 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tsugiki.benchmarks.jsonl import write_jsonl
+from tsugiki.benchmarks import stats
 from tsugiki.benchmarks.results import slug
 from tsugiki.demo import word_problems as wp
-from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table, evolve_config, named_sources
-
-HEADLINE = "acc_ja"
-JA_TEMPLATE = wp.JA_PROMPT.replace("{q}", "{input}")
-EN_TEMPLATE = wp.EN_PROMPT.replace("{q}", "{input}")
-MAX_NEW_TOKENS = 32  # a worked answer is at most 30 tokens (two-digit numbers)
-# The seed's fitness: MGSM-style accuracy of greedy answers, counted only when they are Japanese (acc_ja),
-# on the fitness split (numbers and wording disjoint from the held-out test).
-FITNESS_ARGS = {"extraction": "sakana", "template": JA_TEMPLATE, "stop": ["\n"], "max_new_tokens": MAX_NEW_TOKENS,
-                "batch_size": 12, "metric": "acc_ja"}
-
-
-@dataclass(frozen=True)
-class LMBudget:
-    fitness_n: int
-    validation_n: int
-    test_n: int
-    population: int
-    generations: int
-    seeds: tuple[int, ...]
-    dfs_generations: int = 0  # 0: same as generations
-    workers: int = 1  # candidate evaluations in parallel processes (same results as serial)
-    eval_batch: int = 25
-    fitness: str = "generated"  # or "teacher_forced" (see FITNESS_KINDS)
-    spaces: tuple[str, ...] = ("PS", "DFS", "PS+DFS")  # which searches to run (PS+DFS needs PS)
-
-    def __post_init__(self):
-        if not set(self.spaces) <= {"PS", "DFS", "PS+DFS"} or ("PS+DFS" in self.spaces and "PS" not in self.spaces):
-            raise ValueError(f"spaces: a subset of PS, DFS, PS+DFS (PS+DFS needs PS), not {self.spaces}")
-
-
-FULL = LMBudget(fitness_n=12, validation_n=12, test_n=100, population=6, generations=4, dfs_generations=2, seeds=(0,),
-                eval_batch=50)
-QUICK = LMBudget(fitness_n=2, validation_n=2, test_n=4, population=2, generations=1, seeds=(0,), eval_batch=4)
-
-# Baselines at the settings their papers / mergekit's docs use by default (weights 1, density 0.5).
-BASELINES: dict[str, dict[str, Any]] = {
-    "uniform average": {"merge_method": "linear", "models": [
-        {"model": "ja", "parameters": {"weight": 1.0}}, {"model": "math", "parameters": {"weight": 1.0}}]},
-    "task arithmetic": {"merge_method": "task_arithmetic", "base_model": "base", "models": [
-        {"model": "ja", "parameters": {"weight": 1.0}}, {"model": "math", "parameters": {"weight": 1.0}}]},
-    "TIES": {"merge_method": "ties", "base_model": "base", "models": [
-        {"model": "ja", "parameters": {"weight": 1.0, "density": 0.5}},
-        {"model": "math", "parameters": {"weight": 1.0, "density": 0.5}}]},
-    "DARE-TIES": {"merge_method": "dare_ties", "base_model": "base", "models": [
-        {"model": "ja", "parameters": {"weight": 1.0, "density": 0.5}},
-        {"model": "math", "parameters": {"weight": 1.0, "density": 0.5}}], "seed": 0},
-}
-
-
-# Teacher-forced fitness (a design measured against the seed's): exact match of the whole answer and EOS in
-# the format merges that solve both steps in Japanese write (word_problems.Problem.mixed_answer), plus 0.1 x
-# the mean answer-token probability to break ties; one forward pass instead of a generation, so the same
-# time buys 4x the fitness problems.
-TF_ARGS = {"append_eos": True, "prob_weight": 0.1, "batch_size": 48}
-TF_SCALE = 4
-FITNESS_KINDS = ("generated", "teacher_forced")
-
-
-# ----------------------------------------------------------------------------- data files
-def write_data(out: Path, budget: LMBudget) -> dict[str, Path]:
-    """Fitness, validation and held-out test problems (``{id, question, answer}``; the test items also carry
-    the same numbers as an English word problem), as JSONL files the evolve configs and the evaluation read."""
-    def items(split: str, n: int) -> list[dict]:
-        return [{"id": p.id, "question": p.prompt, "answer": p.answer} for p in wp.target_items(split, n)]
-
-    test = [{**t, "en_question": wp.en_question(wp.problem_of(t["id"]), _en_rng(t["id"]))}
-            for t in items("test", budget.test_n)]
-    files = {"fitness": write_jsonl(out / "fitness.jsonl", items("fitness", budget.fitness_n)),
-             "validation": write_jsonl(out / "validation.jsonl", items("validation", budget.validation_n)),
-             "test": write_jsonl(out / "test.jsonl", test)}
-    if budget.fitness == "teacher_forced":
-        def forced(split: str, n: int) -> list[dict]:
-            return [{"id": p.id, "prompt": wp.JA_PROMPT.format(q=p.prompt), "answer": wp.problem_of(p.id).mixed_answer()}
-                    for p in wp.target_items(split, n)]
-
-        files["fitness"] = write_jsonl(out / "fitness_tf.jsonl", forced("fitness", TF_SCALE * budget.fitness_n))
-        files["validation"] = write_jsonl(out / "validation_tf.jsonl", forced("validation", TF_SCALE * budget.validation_n))
-    return files
-
-
-def _en_rng(item_id: str):
-    import random
-
-    return random.Random(f"en/{item_id}")
-
-
-# ----------------------------------------------------------------------------- search configs
-def _common(data: dict[str, Path], seed: int, budget: LMBudget, generations: int) -> dict[str, Any]:
-    if budget.fitness not in FITNESS_KINDS:
-        raise ValueError(f"fitness must be one of {FITNESS_KINDS}, not {budget.fitness!r}")
-    function, args = (("mgsm_accuracy", FITNESS_ARGS) if budget.fitness == "generated" else
-                      ("teacher_forced_accuracy", TF_ARGS))
-    return {
-        "fitness": {"function": function, "args": args, "data": {"file": str(data["fitness"])}},
-        "validation": {"data": {"file": str(data["validation"])}},
-        "search": {"seed": seed, "population": budget.population, "sigma": 0.5, "generations": generations,
-                   "workers": budget.workers, "threads": 2},
-    }
-
-
-def ps_config(sources: dict[str, str], data: dict[str, Path], seed: int, budget: LMBudget) -> dict[str, Any]:
-    """DARE-TIES weight and density per model and layer group (the seed's PS)."""
-    return {"name": f"lm-ps-s{seed}", "sources": sources,
-            "space": {"kind": "ps", "method": "dare_ties", "base_model": "base", "models": ["ja", "math"],
-                      "layer_groups": 3, "merge_seed": 0,
-                      "params": {"weight": {"bounds": [0.0, 1.5], "init": 0.75},
-                                 "density": {"bounds": [0.1, 1.0], "init": 0.6}}},
-            **_common(data, seed, budget, budget.generations)}
-
-
-def _dfs_space(models: list[str]) -> dict[str, Any]:
-    # r = 1: a path of up to 2 x 18 layers; the seed's r = 3 would triple the longest path's cost here.
-    return {"models": models, "repeats": 1, "scale_bounds": [0.5, 1.5],
-            "fixed_ends": {"model": models[0], "first": 1, "last": 1}, "init_model": models[0]}
-
-
-def dfs_config(sources: dict[str, str], data: dict[str, Path], seed: int, budget: LMBudget) -> dict[str, Any]:
-    """Which layer of which sibling runs at each step of the path, with the scaling matrix W."""
-    return {"name": f"lm-dfs-s{seed}", "sources": sources, "space": {"kind": "dfs", **_dfs_space(["ja", "math"])},
-            **_common(data, seed, budget, budget.dfs_generations or budget.generations)}
-
-
-def ps_dfs_config(sources: dict[str, str], data: dict[str, Path], seed: int, budget: LMBudget,
-                  ps_recipe: Path) -> dict[str, Any]:
-    """DFS over the PS-evolved model and the math sibling (the seed's PS+DFS)."""
-    return {"name": f"lm-ps-dfs-s{seed}", "sources": sources,
-            "space": {"kind": "ps_dfs", "ps_recipe": str(ps_recipe), **_dfs_space(["ps", "math"])},
-            **_common(data, seed, budget, budget.dfs_generations or budget.generations)}
-
-
-def run_search(config_data: dict[str, Any], run_dir: Path, export_to: Path, progress: bool) -> dict[str, Any]:
-    """Run (or resume) one search and export its best candidate as a HF model dir."""
-    from tsugiki.evolution.runner import evolve_and_export
-
-    result, _ = evolve_and_export(evolve_config(config_data, run_dir), run_dir, export_to, force=True, keep_existing=True,
-                                  progress=progress, allow_code=True)  # the demo's own config and code
-    return {"run_dir": run_dir, "model": export_to, "fitness": result.best.get("fitness"),
-            "evaluations": result.evaluations, "seconds": result.seconds}
-
+from tsugiki.demo.lm_search import (BASELINES, EN_TEMPLATE, FULL, HEADLINE, JA_TEMPLATE, MAX_NEW_TOKENS, QUICK, TF_SCALE,
+                                    LMBudget, dfs_config, ps_config, ps_dfs_config, run_search, write_data)
+from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table, named_sources
 
 # ----------------------------------------------------------------------------- evaluation
-def binomial_se(p_percent: float, n: int) -> float:
-    p = p_percent / 100.0
-    return 100.0 * math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
-
-
 def evaluate(model_dir: Path, test: list[dict], *, batch_size: int = 25, english: bool = True) -> dict[str, Any]:
     """Held-out MGSM-style scores of one model (greedy, up to the first newline): the Japanese problems
     (``acc``, ``acc_ja``) and, with ``english``, to show the math skill without the change of language, the
@@ -194,7 +50,7 @@ def evaluate(model_dir: Path, test: list[dict], *, batch_size: int = 25, english
         estimates["acc_en"] = score_mgsm(en, answers, extraction="sakana", language_filter=False).scores["acc"]
     metrics = {k: e.value for k, e in estimates.items()}
     return {"metrics": metrics, "ci": {k: [e.low, e.high] for k, e in estimates.items()},
-            "se": {k: binomial_se(v, len(test)) for k, v in metrics.items()}, "n": len(test), "responses": ja,
+            "se": {k: stats.binomial_se(v, len(test)) for k, v in metrics.items()}, "n": len(test), "responses": ja,
             "en_responses": en}
 
 
@@ -390,10 +246,9 @@ def _best_evolved(rows: list[Row], seed: int) -> Row | None:
 
 
 def margin_in_se(best: Row, other: Row) -> float:
-    """(best − other) in units of the two scores' combined binomial SE."""
-    se = math.hypot(best.extra["se"][HEADLINE], other.extra["se"][HEADLINE])
-    diff = best.metrics[HEADLINE] - other.metrics[HEADLINE]
-    return diff / se if se > 0 else (math.inf if diff > 0 else 0.0)
+    """(best − other) on the headline in units of the two scores' combined binomial SE."""
+    return stats.margin_in_se(best.metrics[HEADLINE], best.extra["se"][HEADLINE], other.metrics[HEADLINE],
+                              other.extra["se"][HEADLINE])
 
 
 def verdict(rows: list[Row], seeds: tuple[int, ...]) -> str:

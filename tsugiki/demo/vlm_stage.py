@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from tsugiki.benchmarks.stats import paired_difference
 from tsugiki.demo import scenes
 from tsugiki.demo.stage import Row, Sample, StageContext, StageResult, Table, named_sources
 from tsugiki.demo.vlm_models import EN_TEMPLATE, JA_TEMPLATE, SHIPPED_VISION, build_llava
@@ -126,15 +127,6 @@ def score(answers: Sequence[str], items: Sequence[Pair]):
                "word_acc": word_accuracy(answers, items)}
     ci = {k: [result.scores[k].low, result.scores[k].high] for k in ("rougeL_ja", "rougeL")}
     return metrics, ci, result.per_item
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """(mean of a - b, its standard error over items) for per-item scores of the same items."""
-    d = [x - y for x, y in zip(a, b)]
-    n = len(d)
-    mean = sum(d) / n
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else float("nan")
-    return mean, se
 
 
 # ----------------------------------------------------------------------------- the stage

@@ -34,15 +34,14 @@ from tsugiki.diffusion.sources import UNetSource, diffusion_kind
 from tsugiki.errors import CheckpointError, MergeError, RecipeError
 from tsugiki.merging.checkpoint import local_path, resolve_model_ref
 from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
+from tsugiki.merging.output import MergeResult, WeightsLayout, write_merged_dir
 from tsugiki.merging.methods import get_method
 from tsugiki.merging.methods.base import MergeMethod
 from tsugiki.merging.parameters import resolve_params
-from tsugiki.merging.output_dir import AtomicOutputDir
 from tsugiki.merging.plan import TensorJob, tensor_seed
-from tsugiki.merging.provenance import Description, Named, SourceDigests, describe, written_ref
+from tsugiki.merging.provenance import Description, Named, SourceDigests, written_ref
 from tsugiki.merging.recipe import Recipe
-from tsugiki.merging.to_disk import MergeResult
-from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, ShardedSafetensorsWriter
+from tsugiki.merging.writer import OutputTensor, ShardedSafetensorsWriter
 
 log = logging.getLogger("tsugiki.diffusion")
 SINGLE_FILE_NAME = "sdxl_unet.safetensors"
@@ -143,36 +142,30 @@ def merge_sdxl_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = 
             return job.in_dtype if out_dtype is None or not job.in_dtype.is_floating_point else out_dtype
 
         entries = [OutputTensor(j.out_name, dtype_of(j), j.shape) for j in plan.jobs]
-        with AtomicOutputDir(out, force=options.force) as tmp:
-            files = copy_components(pipeline_dir, text_dir, tmp)
-            (tmp / "unet").mkdir()
-            writer = ShardedSafetensorsWriter(tmp / "unet", entries, prefix="diffusion_pytorch_model",
-                                              max_shard_bytes=options.max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
-                                              metadata={"tsugiki_method": plan.method.name})
-            try:
-                for job, tensor in iter_merged(plan, sources, device=options.device, progress=options.progress,
-                                               desc="merging UNet"):
-                    tensor = tensor.to(dtype=dtype_of(job), device="cpu")
-                    writer.write(job.out_name, tensor, wait=aliases_input(job, tensor, sources))
-                files += [f"unet/{f}" for f in writer.close()]
-                for src in sources.values():  # what was read is one version of each file
-                    src.check_unchanged()
-            except BaseException:
-                writer.abort()
-                raise
+        def tensors():
+            for job, tensor in iter_merged(plan, sources, device=options.device, progress=options.progress,
+                                           desc="merging UNet"):
+                tensor = tensor.to(dtype=dtype_of(job), device="cpu")
+                yield job.out_name, tensor, aliases_input(job, tensor, sources)
+
+        def side_files(tmp: Path) -> list[str]:
             (tmp / "unet" / "config.json").write_bytes((pipeline_dir / "unet" / "config.json").read_bytes())
-            files.append("unet/config.json")
+            files = ["unet/config.json"]
             if single_file:
                 files.append(write_original_layout(tmp / "unet", tmp / SINGLE_FILE_NAME, entries))
-            described = describe(recipe, digests, Path(out), base_dir=base_dir, named=named)
-            files += described.write(tmp)
+            return files
 
+        def card(described: Description) -> str:
             def written(ref: str) -> str:
                 return described.written.get(ref) or written_ref(ref, local_path(ref, base_dir=base_dir), Path(out),
                                                                  (named or {}).get(ref))
 
-            (tmp / "README.md").write_text(_model_card(described, plan, written(donor_ref), written(text_ref or donor_ref)))
-            files.append("README.md")
+            return _model_card(described, plan, written(donor_ref), written(text_ref or donor_ref))
+
+        layout = WeightsLayout(entries, {"tsugiki_method": plan.method.name}, weights_dir="unet", prefix="diffusion_pytorch_model")
+        return write_merged_dir(out, options, recipe, sources, layout, tensors(), side_files=side_files, card=card,
+                                first_files=lambda tmp: copy_components(pipeline_dir, text_dir, tmp), digests=digests,
+                                base_dir=base_dir, named=named, start=start)
     except BaseException:
         if digests is not None:
             digests.cancel()
@@ -180,7 +173,6 @@ def merge_sdxl_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = 
     finally:
         for s in sources.values():
             s.close()
-    return MergeResult(Path(out), len(entries), sum(e.nbytes for e in entries), time.perf_counter() - start, files)
 
 
 def _check_donor_shapes(plan: UNetPlan, pipeline_dir: Path, donor_ref: str, donor: UNetSource | None,

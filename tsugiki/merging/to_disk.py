@@ -5,29 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from tsugiki.merging.checkpoint import open_sources
 from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
-from tsugiki.merging.output_dir import AtomicOutputDir
+from tsugiki.merging.output import MergeResult, WeightsLayout, write_merged_dir
 from tsugiki.merging.output_files import copy_side_files, merged_config, model_card
 from tsugiki.merging.plan import plan_merge
-from tsugiki.merging.provenance import Named, SourceDigests, describe
+from tsugiki.merging.provenance import Named, SourceDigests
 from tsugiki.merging.recipe import Recipe
-from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, ShardedSafetensorsWriter
+from tsugiki.merging.writer import OutputTensor
 
 log = logging.getLogger("tsugiki.merge")
-
-
-@dataclass(frozen=True)
-class MergeResult:
-    out: Path
-    tensors: int
-    bytes_written: int
-    seconds: float
-    files: list[str]
 
 
 def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = MergeOptions(), *,
@@ -50,36 +40,27 @@ def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = Merge
 
         entries = [OutputTensor(j.out_name, dtype_of(j), j.shape) for j in plan.jobs]
         configs = {r: s.config() for r, s in sources.items()}
-        with AtomicOutputDir(out, force=options.force) as tmp:
-            writer = ShardedSafetensorsWriter(tmp, entries, max_shard_bytes=options.max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
-                                              metadata={"tsugiki_method": plan.method.name})
-            try:
-                for job, tensor in iter_merged(plan, sources, device=options.device, progress=options.progress):
-                    target = dtype_of(job)
-                    if not target.is_floating_point:
-                        tensor = tensor.round()
-                    tensor = tensor.to(dtype=target, device="cpu")
-                    writer.write(job.out_name, tensor, wait=aliases_input(job, tensor, sources))
-                files = writer.close()
-                for src in sources.values():  # what was read is one version of each file
-                    src.check_unchanged()
-            except BaseException:
-                writer.abort()
-                raise
-            config = merged_config(plan, configs, out_dtype)
-            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-            files += ["config.json"] + copy_side_files({r: s.model_dir for r, s in sources.items()}, recipe, plan, tmp)
-            described = describe(recipe, digests, Path(out), base_dir=base_dir, named=named)
-            files += described.write(tmp)
-            (tmp / "README.md").write_text(model_card(described.recipe, plan, described.card))
-            files.append("README.md")
+
+        def tensors():
+            for job, tensor in iter_merged(plan, sources, device=options.device, progress=options.progress):
+                target = dtype_of(job)
+                if not target.is_floating_point:
+                    tensor = tensor.round()
+                tensor = tensor.to(dtype=target, device="cpu")
+                yield job.out_name, tensor, aliases_input(job, tensor, sources)
+
+        def side_files(tmp: Path) -> list[str]:
+            (tmp / "config.json").write_text(json.dumps(merged_config(plan, configs, out_dtype), indent=2) + "\n")
+            return ["config.json"] + copy_side_files({r: s.model_dir for r, s in sources.items()}, recipe, plan, tmp)
+
+        return write_merged_dir(out, options, recipe, sources, WeightsLayout(entries, {"tsugiki_method": plan.method.name}),
+                                tensors(), side_files=side_files, card=lambda d: model_card(d.recipe, plan, d.card),
+                                digests=digests, base_dir=base_dir, named=named, start=start)
     except BaseException:
         digests.cancel()
         raise
     finally:
         for s in sources.values():
             s.close()
-    return MergeResult(Path(out), len(entries), sum(e.nbytes for e in entries), time.perf_counter() - start, files)
 
-
-__all__ = ["MergeOptions", "MergeResult", "merge_to_disk"]
+__all__ = ["MergeOptions", "MergeResult", "merge_to_disk", "write_merged_dir"]

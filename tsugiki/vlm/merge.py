@@ -26,13 +26,12 @@ import torch
 from tsugiki.errors import CheckpointError, MergeError, RecipeError
 from tsugiki.merging.checkpoint import Checkpoint, open_sources, resolve_model_ref
 from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
+from tsugiki.merging.output import MergeResult, WeightsLayout, write_merged_dir
 from tsugiki.merging.output_files import DTYPE_NAMES, TOKENIZER_FILES, merged_config, model_card
 from tsugiki.merging.plan import MergePlan, plan_merge
-from tsugiki.merging.provenance import Description, Named, SourceDigests, describe
+from tsugiki.merging.provenance import Description, Named, SourceDigests
 from tsugiki.merging.recipe import Recipe
-from tsugiki.merging.output_dir import AtomicOutputDir
-from tsugiki.merging.to_disk import MergeResult
-from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, ShardedSafetensorsWriter
+from tsugiki.merging.writer import OutputTensor
 from tsugiki.vlm.graft import check_shapes, lm_shape, slice_rows, split_sources, vision_donor_ref
 from tsugiki.vlm.sources import LLAVA, VlmCheckpoint, is_multimodal_config, read_config
 
@@ -113,41 +112,34 @@ def merge_vlm_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = M
         vision = [donor.checkpoint.info(n) for n in donor.vision_names]
         entries = [OutputTensor(i.name, i.dtype, i.shape) for i in vision]
         entries += [OutputTensor(donor.layout.to_vlm(j.out_name), dtype_of(j), shape_of(j)) for j in plan.jobs]
-        with AtomicOutputDir(out, force=options.force) as tmp:
-            writer = ShardedSafetensorsWriter(tmp, entries, max_shard_bytes=options.max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
-                                              metadata={"tsugiki_method": plan.method.name, "tsugiki_vision_source": donor_ref})
-            try:
-                for info in vision:  # bit for bit: same bytes, same dtype, same name
-                    writer.write(info.name, donor.checkpoint.read(info.name))
-                for job, tensor in iter_merged(plan, sources, device=options.device, progress=options.progress):
-                    dtype = dtype_of(job)
-                    if not dtype.is_floating_point:
-                        tensor = tensor.round()
-                    tensor = tensor.to(dtype=dtype, device="cpu")
-                    if job.out_name in vocab_tensors and rows < target.vocab:
-                        tail = lms[donor_ref].read(job.out_name)[rows:]
-                        tensor = torch.cat([tensor, tail.to(dtype)])
-                    writer.write(donor.layout.to_vlm(job.out_name), tensor, wait=aliases_input(job, tensor, sources))
-                files = writer.close()
-                for src in checkpoints.values():  # what was read is one version of each file
-                    src.check_unchanged()
-            except BaseException:
-                writer.abort()
-                raise
+        def tensors():
+            for info in vision:  # bit for bit: same bytes, same dtype, same name
+                yield info.name, donor.checkpoint.read(info.name), False
+            for job, tensor in iter_merged(plan, sources, device=options.device, progress=options.progress):
+                dtype = dtype_of(job)
+                if not dtype.is_floating_point:
+                    tensor = tensor.round()
+                tensor = tensor.to(dtype=dtype, device="cpu")
+                if job.out_name in vocab_tensors and rows < target.vocab:
+                    tail = lms[donor_ref].read(job.out_name)[rows:]
+                    tensor = torch.cat([tensor, tail.to(dtype)])
+                yield donor.layout.to_vlm(job.out_name), tensor, aliases_input(job, tensor, sources)
+
+        def side_files(tmp: Path) -> list[str]:
             config = vlm_config(donor, plan, {r: s.config() for r, s in sources.items()}, out_dtype)
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-            files += ["config.json"] + copy_vlm_side_files(donor.model_dir, tok_dir, recipe, tmp)
-            described = describe(recipe, digests, Path(out), base_dir=base_dir, named=named)
-            files += described.write(tmp)
-            (tmp / "README.md").write_text(vlm_model_card(described, plan, described.written[donor_ref], rows))
-            files.append("README.md")
+            return ["config.json"] + copy_vlm_side_files(donor.model_dir, tok_dir, recipe, tmp)
+
+        layout = WeightsLayout(entries, {"tsugiki_method": plan.method.name, "tsugiki_vision_source": donor_ref})
+        return write_merged_dir(out, options, recipe, checkpoints, layout, tensors(), side_files=side_files,
+                                card=lambda d: vlm_model_card(d, plan, d.written[donor_ref], rows), digests=digests,
+                                base_dir=base_dir, named=named, start=start)
     except BaseException:
         digests.cancel()
         raise
     finally:
         for c in checkpoints.values():
             c.close()
-    return MergeResult(Path(out), len(entries), sum(e.nbytes for e in entries), time.perf_counter() - start, files)
 
 
 def check_processor_files(donor: VlmCheckpoint) -> None:
