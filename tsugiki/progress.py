@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Iterable, Iterator
 
-INTERVAL = 10.0
+INTERVAL = 5.0
 
 
 def interactive(stream=None) -> bool:
