@@ -504,3 +504,32 @@ def test_unreadable_source_is_named(tiny_siblings, monkeypatch):
         name = c.names()[0]
         with pytest.raises(CheckpointError, match=rf"model.safetensors: tensor '{name}': cannot read \(Input/output error\)"):
             c.read(name)
+
+
+def test_digests_are_kept_per_file_version(tiny_siblings, tmp_path, monkeypatch):
+    """A source's SHA-256 is computed once per file version and kept in $TSUGIKI_CACHE/sha256; a source
+    rewritten in place gets its new digest."""
+    import tsugiki.merging.provenance as prov
+
+    monkeypatch.setenv("TSUGIKI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(prov, "_DIGESTS", {})
+    src = tmp_path / "src"
+    shutil.copytree(tiny_siblings.variants[0], src)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {tiny_siblings.base}\n    parameters: {{weight: 1}}\n"
+                      f"  - model: {src}\n    parameters: {{weight: 1}}\n")
+    assert main(["merge", str(recipe), "-o", str(tmp_path / "one"), "-q"]) == 0
+    first = _sha256(src / "model.safetensors")
+    kept = [p.read_text().split()[0] for p in (tmp_path / "cache" / "sha256").iterdir()]
+    assert first in kept and _sha256(tiny_siblings.base / "model.safetensors") in kept
+    tensors = weights(src)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1
+    from safetensors.torch import save_file
+
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    monkeypatch.setattr(prov, "_DIGESTS", {})
+    assert main(["merge", str(recipe), "-o", str(tmp_path / "two"), "-q"]) == 0
+    second = _sha256(src / "model.safetensors")
+    assert second != first and second in (tmp_path / "two" / "tsugiki_recipe.yaml").read_text()
+    assert first not in (tmp_path / "two" / "tsugiki_recipe.yaml").read_text()

@@ -28,6 +28,11 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     fsync_dir(path.parent)
 
 
+def cache_dir() -> Path:
+    """tsugiki's cache (``$TSUGIKI_CACHE``, default ``~/.cache/tsugiki``): the imported real base, source digests."""
+    return Path(os.environ.get("TSUGIKI_CACHE") or Path.home() / ".cache" / "tsugiki")
+
+
 def lock_dir(d: Path, *, error: type[TsugikiError] = TsugikiError, what: str = "run dir") -> int:
     """Take ``d/.lock`` (created with ``d``) for this process: an fd that holds an ``flock`` until it is
     closed or the process dies (SIGKILL included), so a dead holder's lock is simply taken over.

@@ -10,16 +10,13 @@ weights and to anything derived from them (the package ships them as ``GEMMA_TER
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from tsugiki.fileio import cache_dir
 
 HUB_ID = "google/gemma-3-270m"
 GEMMA_NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at "
                 "ai.google.dev/gemma/terms.")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TSUGIKI_CACHE") or Path.home() / ".cache" / "tsugiki")
 
 
 def gguf_file(cache: Path | None = None) -> Path:

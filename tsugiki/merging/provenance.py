@@ -16,8 +16,11 @@ A source that tsugiki made itself carries its own ``tsugiki_recipe.yaml``; the c
 model inside a PS+DFS run, for instance), so the chain of merges is on the card.
 
 Hashing reads every weight file once more. It runs in a thread of its own while the merge computes
-(hashlib releases the GIL on large buffers), the files are usually in the page cache by then, and a
-process hashes a file once (digests are kept by path, size, mtime and inode).
+(hashlib releases the GIL on large buffers) and the files are usually in the page cache by then. A
+file version (path, size, modification time, inode, device) is hashed once: digests are kept in
+``$TSUGIKI_CACHE/sha256`` (default ``~/.cache/tsugiki``), so merging the same sources again (an
+evolution's exports, the demo, editing a recipe) costs nothing. Measured on 2 × 1.08 GB fp32 sources
+on 2 cores: +1.5 s on a 1.6 s linear merge the first time.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
 
+from tsugiki.fileio import atomic_write, cache_dir
+
 if TYPE_CHECKING:
     from tsugiki.merging.recipe import Recipe
 
 RECIPE_FILE = "tsugiki_recipe.yaml"
-CHUNK = 8 << 20
-_DIGESTS: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, inode) -> SHA-256
+CHUNK = 1 << 20
+_DIGESTS: dict[str, str] = {}  # file version (path, size, mtime_ns, inode, device) -> SHA-256
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,13 @@ class SourceDigests:
 
     def _digest(self, f: Path) -> str:
         st = f.stat()
-        key = (str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-        if key in _DIGESTS:  # a process that merges the same sources again (the demo) hashes them once
+        key = f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_dev}"
+        if key in _DIGESTS:
             return _DIGESTS[key]
+        stored = _stored_digest(key)
+        if stored is not None:
+            _DIGESTS[key] = stored
+            return stored
         h = hashlib.sha256()
         with open(f, "rb") as fh:
             while chunk := fh.read(CHUNK):
@@ -77,7 +86,9 @@ class SourceDigests:
                     return ""
                 h.update(chunk)
         _DIGESTS[key] = h.hexdigest()
+        _store_digest(key, _DIGESTS[key])
         return _DIGESTS[key]
+
 
     def cancel(self) -> None:
         """Stop hashing (the merge failed: nobody will ask for the result)."""
@@ -91,6 +102,30 @@ class SourceDigests:
         if self._error is not None:
             raise self._error
         return self._out
+
+
+def _digest_file(key: str) -> Path:
+    return cache_dir() / "sha256" / hashlib.sha1(key.encode()).hexdigest()
+
+
+def _stored_digest(key: str) -> str | None:
+    """A digest an earlier process computed for this very file version (path, size, mtime, inode, device)."""
+    try:
+        text = _digest_file(key).read_text().split()
+    except OSError:
+        return None
+    if len(text) == 2 and text[1] == hashlib.sha1(key.encode()).hexdigest() and len(text[0]) == 64:
+        return text[0]
+    return None
+
+
+def _store_digest(key: str, digest: str) -> None:
+    try:
+        path = _digest_file(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, f"{digest} {path.name}\n")
+    except OSError:  # a read-only or full cache only costs the next merge a hash
+        pass
 
 
 def written_ref(ref: str, resolved: Path | None, out: Path, named: Named | None = None) -> str:
