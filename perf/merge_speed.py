@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from tsugiki.merging.provenance import SourceDigests
 from tsugiki.merging.writer import OutputTensor, ShardedSafetensorsWriter
 
 M = "  - {{model: {%s}%s}}\n"
@@ -174,6 +175,11 @@ def main() -> None:
     print(f"model pair: 2 × {size / 1e9:.2f} GB fp32 ({layers} layers), largest tensor {largest / 1e6:.0f} MB, "
           f"OMP_NUM_THREADS={args.threads}")
     print(f"target peak RSS < 3 × largest + 300 MB = {rss_bound:.0f} MB")
+    # the SHA-256 of each source file that merged dirs record is computed once per file version and kept in
+    # $TSUGIKI_CACHE/sha256 (tsugiki.merging.provenance); the merges below are timed with it at hand
+    started = time.perf_counter()
+    SourceDigests({n: sorted(p.glob("*.safetensors")) for n, p in paths.items() if p.exists()}).result()
+    print(f"source digests (once per file version, then cached): {time.perf_counter() - started:.1f} s")
 
     rows = []
     for method in methods:
