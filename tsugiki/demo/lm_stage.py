@@ -25,6 +25,7 @@ from tsugiki.demo.lm_search import (BASELINES, EN_TEMPLATE, FULL, HEADLINE, JA_T
                                     LMBudget, dfs_config, ps_config, ps_dfs_config, run_search, write_data)
 from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table, named_sources
 
+
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(model_dir: Path, test: list[dict], *, batch_size: int = 25, english: bool = True) -> dict[str, Any]:
     """Held-out MGSM-style scores of one model (greedy, up to the first newline): the Japanese problems

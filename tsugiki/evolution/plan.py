@@ -38,9 +38,11 @@ class SpacePlan:
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
+
 def cma_population(dim: int) -> int:
     """pycma's default population size for ``dim`` dimensions (used when search.population is unset)."""
     return 4 + int(3 * math.log(dim))
+
 
 def plan_sources(config: EvolveConfig) -> list[str]:
     """The source names whose config.json a plan needs (``ps`` of ps_dfs: see :func:`plan_space`)."""
@@ -50,6 +52,7 @@ def plan_sources(config: EvolveConfig) -> list[str]:
     if kind in ("dfs", "ps_dfs"):
         return list(config.space["models"])
     return []
+
 
 def ps_recipe_base(config: EvolveConfig) -> str:
     """The model ref (a source name or a path/hub id) whose shape the ps_dfs model ``ps`` has: the PS
@@ -68,6 +71,7 @@ def ps_recipe_base(config: EvolveConfig) -> str:
     if not isinstance(ref, str):
         raise EvolutionError(f"{config.where('space.ps_recipe')}the PS recipe names no base_model or models")
     return ref
+
 
 def plan_space(config: EvolveConfig, model_configs: Mapping[str, Mapping[str, Any]], run_dir: str | Path = ".") -> SpacePlan:
     """Resolve ``config``'s search space from the sources' config.json data (``model_configs``: source
@@ -143,6 +147,7 @@ def plan_space(config: EvolveConfig, model_configs: Mapping[str, Mapping[str, An
     population = search["population"] or cma_population(space.dim)
     budgets = [b for b in (search["generations"] and search["generations"] * population, search["max_evaluations"]) if b]
     return SpacePlan(kind, space, tuple(parts), population, min(budgets), tuple(notes))
+
 
 def plan_from_sources(config: EvolveConfig, run_dir: str | Path = ".") -> SpacePlan:
     """:func:`plan_space` with each needed source's config.json read by :func:`read_source_config`."""

@@ -60,6 +60,7 @@ def parameter_matrices(space, values: Mapping[str, float]) -> dict[str, dict[str
         mats[pname] = {"rows": rows, "cols": cols, "values": vals, "bounds": list(bounds)}
     return mats
 
+
 def _check_args(spec: FitnessSpec, args: Mapping[str, Any], where: str) -> None:
     """Refuse fitness arguments the function does not take now, not when the first candidate runs."""
     import inspect
@@ -68,6 +69,7 @@ def _check_args(spec: FitnessSpec, args: Mapping[str, Any], where: str) -> None:
         inspect.signature(spec.fn).bind(None, None, **args)
     except TypeError as e:
         raise EvolutionError(f"{where}{e}") from None
+
 
 class Problem:
     kind = ""
@@ -154,12 +156,14 @@ class Problem:
         with search_threads(self.config):
             return self.export(values, out, force=force)
 
+
 class BoxProblem(Problem):
     kind = "box"
 
     def __init__(self, config: EvolveConfig, paths: Mapping[str, str]):
         super().__init__(config, paths)
         self.space = box_space(config)
+
 
 class PSProblem(Problem):
     kind = "ps"
@@ -236,6 +240,7 @@ class PSProblem(Problem):
                                      named=self.named).out
         return merge_to_disk(self.ps.recipe(values), out, MergeOptions(force=force, progress=False), named=self.named).out
 
+
 class DFSProblem(Problem):
     kind = "dfs"
 
@@ -280,6 +285,7 @@ class DFSProblem(Problem):
 
         return merge_to_disk(self.dfs.recipe(self.dfs.path(values)), out, MergeOptions(force=force, progress=False),
                              named=self.named).out
+
 
 class SDXLBlocksProblem(Problem):
     """PS over SDXL UNet blocks or block groups (:mod:`tsugiki.evolution.sdxl`), merged in place into

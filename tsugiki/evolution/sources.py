@@ -5,6 +5,7 @@ recipes and cards), and loading models for evaluation."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Mapping
@@ -21,28 +22,20 @@ PS_MODEL = "ps"
 def source_paths(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
     """Short name -> model path: ``sources``, tiny factory models and the ps_dfs merged model."""
     paths = dict(config.data["sources"])
-    tiny = config.data.get("tiny_models")
-    if tiny is not None:
-        root = Path(run_dir).resolve() / "models"
-        paths.setdefault("base", str(root / "base"))
+    root = Path(run_dir).resolve() / "models"
+    for key, llms in (("tiny_models", root), ("tiny_sdxl", root), ("tiny_vlm", root / "llms")):
+        tiny = config.data.get(key)
+        if tiny is None:
+            continue
+        if key == "tiny_vlm":
+            paths.setdefault("llava", str(root / tiny.get("kind", "llava")))
+        paths.setdefault("base", str(llms / "base"))
         for i in range(tiny.get("n", 2)):
-            paths.setdefault(f"variant_{i}", str(root / f"variant_{i}"))
-    sd = config.data.get("tiny_sdxl")
-    if sd is not None:
-        root = Path(run_dir).resolve() / "models"
-        paths.setdefault("base", str(root / "base"))
-        for i in range(sd.get("n", 2)):
-            paths.setdefault(f"variant_{i}", str(root / f"variant_{i}"))
-    vlm = config.data.get("tiny_vlm")
-    if vlm is not None:
-        root = Path(run_dir).resolve() / "models"
-        paths.setdefault("llava", str(root / vlm.get("kind", "llava")))
-        paths.setdefault("base", str(root / "llms" / "base"))
-        for i in range(vlm.get("n", 2)):
-            paths.setdefault(f"variant_{i}", str(root / "llms" / f"variant_{i}"))
+            paths.setdefault(f"variant_{i}", str(llms / f"variant_{i}"))
     if config.space["kind"] == "ps_dfs":
         paths.setdefault(PS_MODEL, str(Path(run_dir).resolve() / "ps_model"))
     return paths
+
 
 def source_names(config: EvolveConfig, run_dir: Path) -> dict[str, Named]:
     """Each source's path (as the recipes a run builds name it) -> how the user named it, for the
@@ -58,8 +51,9 @@ def source_names(config: EvolveConfig, run_dir: Path) -> dict[str, Named]:
         elif name == PS_MODEL and config.space["kind"] == "ps_dfs":
             out[path] = Named("ps_model", "the PS model this run merged from space.ps_recipe (its recipe below)")
         else:
-            out[path] = Named(f"models/{name}", "built by the run in its run dir (tiny models)")
+            out[path] = Named(os.path.relpath(path, Path(run_dir).resolve()), "built by the run in its run dir (tiny models)")
     return out
+
 
 def prepare_sources(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
     """Build what the sources need and is missing (tiny models, the ps_dfs merge); main process only."""
@@ -109,6 +103,7 @@ def prepare_sources(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
                           named=source_names(config, run_dir))
     return paths
 
+
 def recipe_with_paths(recipe: dict, paths: Mapping[str, str]) -> dict:
     """A recipe's model refs that are source names replaced by their paths."""
     sub = lambda ref: paths.get(ref, ref) if isinstance(ref, str) else ref  # noqa: E731
@@ -124,9 +119,11 @@ def recipe_with_paths(recipe: dict, paths: Mapping[str, str]) -> dict:
             src["model"] = sub(src.get("model"))
     return out
 
+
 def search_threads(config: EvolveConfig):
     """Run a block with the search's torch thread count (``search.threads``), then restore it."""
     return torch_threads(int(config.search.get("threads", 1)))
+
 
 def model_config(path: str) -> tuple[dict, list[str]]:
     from tsugiki.merging.checkpoint import Checkpoint, resolve_model_ref
@@ -136,6 +133,7 @@ def model_config(path: str) -> tuple[dict, list[str]]:
             return ckpt.config() or {}, ckpt.names()
     except TsugikiError as e:
         raise EvolutionError(f"source {path}: {e}") from None
+
 
 def local_dir(ref: str) -> Path | None:
     """A source's local folder: the path itself, or a hub id's snapshot (fetched like any merge source)."""
@@ -151,11 +149,13 @@ def local_dir(ref: str) -> Path | None:
     except TsugikiError as e:
         raise EvolutionError(f"source {ref}: {e}") from None
 
+
 def is_vlm_path(ref: str) -> bool:
     from tsugiki.vlm.merge import is_vlm_source
 
     d = local_dir(ref)
     return d is not None and is_vlm_source(d)
+
 
 def read_json_config(ref: str) -> dict:
     d = local_dir(ref)
@@ -163,6 +163,7 @@ def read_json_config(ref: str) -> dict:
     if path is None or not path.exists():
         raise EvolutionError(f"source {ref}: no config.json")
     return json.loads(path.read_text())
+
 
 def read_source_config(ref: str) -> dict:
     """A source's config.json alone: a local folder's, or a hub id's (that one small file is fetched, or
@@ -184,6 +185,7 @@ def read_source_config(ref: str) -> dict:
     except Exception as e:  # offline and not cached, unknown repo, auth: one message
         raise EvolutionError(f"source {ref}: cannot read its config.json ({type(e).__name__})") from None
 
+
 def load_causal_lm(path: str, device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
@@ -192,6 +194,7 @@ def load_causal_lm(path: str, device: str = "cpu"):
     with hf_progress_bars_off():
         model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
     return model.eval(), load_tokenizer(path)
+
 
 def load_vlm(path: str, device: str = "cpu"):
     """A LLaVA-family model (float32, eval mode) and its processor."""

@@ -17,6 +17,7 @@ from tsugiki.evolution.space import Param, SearchSpace
 def ps_members(space: Mapping[str, Any]) -> list[str]:
     return [*([space["base_model"]] if space.get("base_model") else []), *space["models"]]
 
+
 def text_num_layers(cfg: Mapping[str, Any], label: str) -> int:
     """Layer count of a VLM's language model; hub configs omit values equal to the family default
     (llava-hf's text_config has no num_hidden_layers when it is Mistral's 32)."""
@@ -29,6 +30,7 @@ def text_num_layers(cfg: Mapping[str, Any], label: str) -> int:
     if family not in CONFIG_MAPPING:
         raise EvolutionError(f"source {label}: text_config has no num_hidden_layers and no known model_type ({family!r})")
     return int(CONFIG_MAPPING[family]().num_hidden_layers)
+
 
 def source_architecture(cfg: Mapping[str, Any], names: list[str] | None, label: str):
     """The merge architecture of an LLM source: checked against its tensor names when given, else
@@ -45,6 +47,7 @@ def source_architecture(cfg: Mapping[str, Any], names: list[str] | None, label: 
     raise EvolutionError(f"source {label}: config.json names no known architecture ({', '.join(classes) or 'none'}); "
                          f"its layer layout needs the checkpoint's tensor names")
 
+
 def ps_layout(cfg: Mapping[str, Any], names: list[str] | None, label: str, *, vlm_only: bool) -> tuple[int, str]:
     """(number of layers, layer prefix template) that PS layer groups refer to."""
     if vlm_only:
@@ -55,6 +58,7 @@ def ps_layout(cfg: Mapping[str, Any], names: list[str] | None, label: str, *, vl
     except TsugikiError as e:
         raise EvolutionError(f"source {label}: {e}") from None
 
+
 def ps_space(config: EvolveConfig, paths: Mapping[str, str], num_layers: int, prefix: str) -> PSSpace:
     s = config.space
     params = s.get("params") or {k: {"bounds": list(v)} for k, v in DEFAULT_BOUNDS.items()}
@@ -64,6 +68,7 @@ def ps_space(config: EvolveConfig, paths: Mapping[str, str], num_layers: int, pr
         layer_groups=s.get("layer_groups", 1), bounds={k: tuple(v["bounds"]) for k, v in params.items()},
         init={k: v["init"] for k, v in params.items() if "init" in v}, transform=s.get("transform", "sigmoid"),
         fixed=s.get("fixed", {}), merge_seed=s.get("merge_seed", 0), dtype=s.get("dtype"))
+
 
 def dfs_space(config: EvolveConfig, paths: Mapping[str, str], configs: Mapping[str, Mapping[str, Any]],
                names: Mapping[str, list[str]] | None = None) -> DFSSpace:
@@ -94,10 +99,12 @@ def dfs_space(config: EvolveConfig, paths: Mapping[str, str], configs: Mapping[s
     except EvolutionError as e:
         raise EvolutionError(f"{config.where('space')}{e}") from None
 
+
 def box_space(config: EvolveConfig) -> SearchSpace:
     t = config.space.get("transform", "sigmoid")
     return SearchSpace.of(Param(n, *p["bounds"], p.get("init"), p.get("transform", t))
                           for n, p in config.space["params"].items())
+
 
 def sdxl_space(config: EvolveConfig, paths: Mapping[str, str]) -> SDXLBlockSpace:
     s = config.space

@@ -89,7 +89,6 @@ class SourceDigests:
         _store_digest(key, _DIGESTS[key])
         return _DIGESTS[key]
 
-
     def cancel(self) -> None:
         """Stop hashing (the merge failed: nobody will ask for the result)."""
         self._cancelled.set()

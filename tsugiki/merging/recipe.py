@@ -77,6 +77,7 @@ __all__ = [
     "resolve_params",
 ]
 
+
 @dataclass(frozen=True)
 class Recipe:
     """A validated recipe. Exactly one of ``models``/``slices`` is set (a non-empty tuple).

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from tsugiki.merging.methods.base import Memo
 
 RESCALE_EPS = 1e-7
+
+
 def _rescale_by(before: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Scale ``masked`` in place to the L1 norm ``before`` (unless either norm is < 1e-7)."""
     after = reduce.norm(masked, ord=1)

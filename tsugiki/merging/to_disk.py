@@ -63,4 +63,5 @@ def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = Merge
         for s in sources.values():
             s.close()
 
+
 __all__ = ["MergeOptions", "MergeResult", "merge_to_disk", "write_merged_dir"]
