@@ -119,7 +119,7 @@ def test_shipped_adapters_match_their_recipes():
 
 # ----------------------------------------------------------------------------- the teacher-forced design
 def test_teacher_forced_fitness_data_are_fitness_split_prompts_with_mixed_references(tmp_path):
-    from tsugiki.demo import lm_stage as L
+    from tsugiki.demo import lm_search as L  # budgets, data files and search configs
 
     assert wp.Problem("mul_add", 5, 1, 8).mixed_answer() == " 8 × 5 = 40, 40 + 1 = 41。答えは 41 です。"
     budget = replace(L.QUICK, fitness="teacher_forced", fitness_n=3, validation_n=2)

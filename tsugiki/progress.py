@@ -108,7 +108,9 @@ class LineProgress:
         self._shown = self.n
         elapsed = time.monotonic() - self._start
         done = self.n - self._initial
-        rate = f", {done / elapsed:.3g} {self.unit}/s" if elapsed > 0 and done else ""
+        rate = ""
+        if elapsed > 0 and done:  # the readable way round: 2.5 it/s, or 21 s/model
+            rate = f", {done / elapsed:.3g} {self.unit}/s" if done >= elapsed else f", {elapsed / done:.3g} s/{self.unit}"
         of = f"/{self.total}" if self.total else ""
         post = f" ({self.postfix})" if self.postfix else ""
         print(f"{self.desc + ': ' if self.desc else ''}{self.n}{of} {self.unit} [{elapsed:.0f} s{rate}]{post}",
