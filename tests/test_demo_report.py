@@ -249,3 +249,16 @@ def test_report_replaces_an_existing_file_and_refuses_images_outside_the_run_dir
     assert sorted(links.images) == ["sdxl/grid.png", "sdxl/grid.png", "sdxl/sample%200.png"]
     assert f"image missing: {outside}" in page
     assert sorted(p.name for p in run_dir.iterdir()) == ["report.html", "sdxl"]
+
+
+def test_report_gives_standard_errors_their_own_columns_and_rounds_details(run_dir):
+    stage = lm_stage()
+    stage.rows[2].extra.update(se={"acc": 2.2360679774997896}, n=100, vs_base={"diff": 0.12345678901234, "se": 0.0471})
+    stage.rows[3].extra.update(se={"acc": 2.5})
+    page = report.report_html(run_dir, [stage], {**META, "stages": ["lm"], "failed": []}, created="x")
+    assert "<th>acc SE</th>" in page and '<td class="n">2.2</td>' in page and '<td class="n">2.5</td>' in page
+    assert "vs_base: diff: 0.1235, se: 0.0471" in page and "per_seed: [52.0, 53.0]" in page
+    assert "2.2360679774997896" not in page and "{" not in page.split("<body>")[1]
+    assert page.count("<th>stages</th>") == 1 and "<th>failed</th>" not in page
+    failed = report.report_html(run_dir, [stage], {**META, "failed": ["vlm"]}, created="x")
+    assert "<th>failed</th><td>vlm</td>" in failed

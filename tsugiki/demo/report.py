@@ -329,8 +329,10 @@ def _headline_table(stage: StageResult) -> str:
     names = metric_names(stage)
     decimals = {m: _decimals(stage, m) for m in names}
     best = best_rows(stage)
-    has_extra = any(r.extra for r in stage.rows)
-    head = "".join(f"<th>{_e(m)} {_arrow(stage)}</th>" if m == stage.headline else f"<th>{_e(m)}</th>" for m in names)
+    with_se = [m for m in names if any(isinstance(r.extra.get("se"), dict) and m in r.extra["se"] for r in stage.rows)]
+    has_extra = any(k != "se" for r in stage.rows for k in r.extra)
+    head = "".join((f"<th>{_e(m)} {_arrow(stage)}</th>" if m == stage.headline else f"<th>{_e(m)}</th>")
+                   + (f"<th>{_e(m)} SE</th>" if m in with_se else "") for m in names)
     parts = [f"<table><tr><th>model</th><th>role</th>{head}" + ("<th>details</th>" if has_extra else "") + "</tr>"]
     for i, row in enumerate(stage.rows):
         cells = []
@@ -342,11 +344,27 @@ def _headline_table(stage: StageResult) -> str:
             if ci and _float(v) is not None:
                 text += f' <span class="ci">[{_e(_fmt(ci[0], d))}, {_e(_fmt(ci[1], d))}]</span>'
             cells.append(f'<td class="n">{text}</td>')
+            if m in with_se:
+                se = row.extra["se"].get(m) if isinstance(row.extra.get("se"), dict) else None
+                cells.append(f'<td class="n">{_e(_fmt(se, d))}</td>')
         if has_extra:
-            cells.append("<td>" + "<br>".join(f"{_e(k)}: {_e(v)}" for k, v in row.extra.items()) + "</td>")
+            cells.append("<td>" + "<br>".join(f"{_e(k)}: {_e(_detail(v))}" for k, v in row.extra.items() if k != "se") + "</td>")
         parts.append(f'<tr class="{_e(row.role)}"><td>{_e(row.model)}</td><td>{_e(row.role)}</td>{"".join(cells)}</tr>')
     parts.append("</table><p class=\"ci\">Bold: best " + _e(stage.headline) + ". Brackets: 95% interval.</p>")
     return "\n".join(parts)
+
+
+def _detail(v: Any) -> str:
+    """A row's free-form detail as text: numbers to 4 significant digits, mappings as ``k: v``."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return str(float(f"{v:.4g}")) if math.isfinite(v) else str(v)
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_detail(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_detail(x) for x in v) + "]"
+    return str(v)
 
 
 def _samples(run_dir: Path, stage: StageResult) -> str:
@@ -398,7 +416,10 @@ def _header_rows(stages: list[StageResult], meta: dict[str, Any], created: str) 
     if isinstance(machine, dict):
         machine = ", ".join(f"{k}: {v}" for k, v in machine.items())
     rows.append(("machine", str(machine)))
-    rows += [(str(k), str(v)) for k, v in meta.items() if k not in {"seed", "quick", "seconds", "machine"}]
+    if meta.get("failed"):
+        rows.append(("failed", ", ".join(map(str, meta["failed"]))))
+    # "stages" is the first row already; "failed" only when a stage failed
+    rows += [(str(k), _detail(v)) for k, v in meta.items() if k not in {"seed", "quick", "seconds", "machine", "stages", "failed"}]
     return rows
 
 
