@@ -110,11 +110,16 @@ class LineProgress:
         done = self.n - self._initial
         rate = ""
         if elapsed > 0 and done:  # the readable way round: 2.5 it/s, or 21 s/model
-            rate = f", {done / elapsed:.3g} {self.unit}/s" if done >= elapsed else f", {elapsed / done:.3g} s/{self.unit}"
+            rate = f", {_num(done / elapsed)} {self.unit}/s" if done >= elapsed else f", {_num(elapsed / done)} s/{self.unit}"
         of = f"/{self.total}" if self.total else ""
         post = f" ({self.postfix})" if self.postfix else ""
         print(f"{self.desc + ': ' if self.desc else ''}{self.n}{of} {self.unit} [{elapsed:.0f} s{rate}]{post}",
               file=self.file or sys.stderr, flush=True)
+
+
+def _num(x: float) -> str:
+    """3 significant digits, never in exponent notation (1820, 21.5, 0.25)."""
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
 
 
 class _Off:
