@@ -32,14 +32,14 @@ from tsugiki.diffusion.layout import ORIGINAL_PREFIX, sdxl_unet_table
 from tsugiki.diffusion.pipeline_files import check_compatible, component_config, copy_components
 from tsugiki.diffusion.sources import UNetSource, diffusion_kind
 from tsugiki.errors import CheckpointError, MergeError, RecipeError
-from tsugiki.merging.checkpoint import local_path, resolve_model_ref
+from tsugiki.merging.checkpoint import resolve_model_ref
 from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
 from tsugiki.merging.output import MergeResult, WeightsLayout, write_merged_dir
 from tsugiki.merging.methods import get_method
 from tsugiki.merging.methods.base import MergeMethod
 from tsugiki.merging.parameters import resolve_params
 from tsugiki.merging.plan import TensorJob, tensor_seed
-from tsugiki.merging.provenance import Description, Named, SourceDigests, written_ref
+from tsugiki.merging.provenance import Description, Named
 from tsugiki.merging.recipe import Recipe
 from tsugiki.merging.writer import OutputTensor, ShardedSafetensorsWriter
 
@@ -127,11 +127,9 @@ def merge_sdxl_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = 
     pipeline_dir = _pipeline_dir(donor_ref, paths, "pipeline donor (VAE, scheduler)")
     text_dir = _pipeline_dir(text_ref, paths, "text encoder source") if text_ref else pipeline_dir
     sources: dict[str, UNetSource] = {}
-    digests = None
     try:
         for r in refs:
             sources[r] = UNetSource(paths[r], label=r, allow_pickle=options.allow_pickle)
-        digests = SourceDigests({r: src.weight_files() for r, src in sources.items()})
         plan = plan_unet_merge(recipe, sources, seed=options.seed)
         unet_config = component_config(pipeline_dir, "unet")
         _check_donor_shapes(plan, pipeline_dir, donor_ref, sources.get(donor_ref), options.allow_pickle)
@@ -142,6 +140,7 @@ def merge_sdxl_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = 
             return job.in_dtype if out_dtype is None or not job.in_dtype.is_floating_point else out_dtype
 
         entries = [OutputTensor(j.out_name, dtype_of(j), j.shape) for j in plan.jobs]
+
         def tensors():
             for job, tensor in iter_merged(plan, sources, device=options.device, progress=options.progress,
                                            desc="merging UNet"):
@@ -155,21 +154,11 @@ def merge_sdxl_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = 
                 files.append(write_original_layout(tmp / "unet", tmp / SINGLE_FILE_NAME, entries))
             return files
 
-        def card(described: Description) -> str:
-            def written(ref: str) -> str:
-                return described.written.get(ref) or written_ref(ref, local_path(ref, base_dir=base_dir), Path(out),
-                                                                 (named or {}).get(ref))
-
-            return _model_card(described, plan, written(donor_ref), written(text_ref or donor_ref))
-
         layout = WeightsLayout(entries, {"tsugiki_method": plan.method.name}, weights_dir="unet", prefix="diffusion_pytorch_model")
-        return write_merged_dir(out, options, recipe, sources, layout, tensors(), side_files=side_files, card=card,
-                                first_files=lambda tmp: copy_components(pipeline_dir, text_dir, tmp), digests=digests,
-                                base_dir=base_dir, named=named, start=start)
-    except BaseException:
-        if digests is not None:
-            digests.cancel()
-        raise
+        return write_merged_dir(out, options, recipe, sources, layout, tensors(), side_files=side_files,
+                                card=lambda d: _model_card(d, plan, d.written[donor_ref], d.written[text_ref or donor_ref]),
+                                first_files=lambda tmp: copy_components(pipeline_dir, text_dir, tmp), base_dir=base_dir,
+                                named=named, extra_refs=[r for r in (donor_ref, text_ref) if r], start=start)
     finally:
         for s in sources.values():
             s.close()

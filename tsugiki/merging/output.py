@@ -47,16 +47,19 @@ class WeightsLayout:
 def write_merged_dir(out: str | Path, options: MergeOptions, recipe: Recipe, sources: Mapping[str, object],
                      layout: WeightsLayout, tensors: Iterable[tuple[str, torch.Tensor, bool]], *,
                      side_files: Callable[[Path], list[str]], card: Callable[[Description], str],
-                     first_files: Callable[[Path], list[str]] | None = None,
-                     digests: SourceDigests, base_dir: Path | None = None, named: Mapping[str, Named] | None = None,
+                     first_files: Callable[[Path], list[str]] | None = None, base_dir: Path | None = None,
+                     named: Mapping[str, Named] | None = None, extra_refs: Sequence[str] = (),
                      start: float | None = None) -> MergeResult:
     """Write the merged dir ``out`` (see the module doc). ``sources``: what the tensors are read from
-    (each with ``check_unchanged()``); ``tensors``: (name, tensor, wait) in ``layout.entries`` order,
-    ``wait`` as for :meth:`ShardedSafetensorsWriter.write`; ``side_files(tmp)`` writes the family's
+    (each with ``weight_files()`` and ``check_unchanged()``); ``tensors``: (name, tensor, wait) in ``layout.entries`` order,
+    ``wait`` as for :meth:`ShardedSafetensorsWriter.write` (a lazy stream: the sources are hashed while it
+    computes); ``extra_refs``: refs outside the recipe the card names (they get a written form too);
+    ``side_files(tmp)`` writes the family's
     other files into the temp dir and returns their names (``first_files(tmp)`` the same, before the
     tensors: files whose copy may fail, so that it fails before the merge computes); ``card(description)``
     is the README."""
     start = time.perf_counter() if start is None else start
+    digests = SourceDigests({r: s.weight_files() for r, s in sources.items()})
     try:
         with AtomicOutputDir(out, force=options.force) as tmp:
             files = first_files(tmp) if first_files is not None else []
@@ -74,7 +77,7 @@ def write_merged_dir(out: str | Path, options: MergeOptions, recipe: Recipe, sou
                 writer.abort()
                 raise
             files += side_files(tmp)
-            described = describe(recipe, digests, Path(out), base_dir=base_dir, named=named)
+            described = describe(recipe, digests, Path(out), base_dir=base_dir, named=named, extra_refs=extra_refs)
             files += described.write(tmp)
             (tmp / "README.md").write_text(card(described))
             files.append("README.md")

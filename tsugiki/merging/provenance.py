@@ -183,13 +183,14 @@ class Description:
 
 
 def describe(recipe: "Recipe", digests: SourceDigests, out: Path, *, base_dir: Path | None = None,
-             named: Mapping[str, Named] | None = None) -> Description:
-    """Rewrite ``recipe``'s refs for ``out`` (:func:`written_ref`) and describe its sources."""
+             named: Mapping[str, Named] | None = None, extra_refs: Iterable[str] = ()) -> Description:
+    """Rewrite ``recipe``'s refs for ``out`` (:func:`written_ref`) and describe its sources;
+    ``extra_refs`` (refs the card names that the recipe does not) get a written form too."""
     from tsugiki.merging.checkpoint import local_path
 
     named = dict(named or {})
     sums = digests.result()
-    refs = list(dict.fromkeys([*sums, *recipe.model_refs(include_tokenizer=True)]))
+    refs = list(dict.fromkeys([*sums, *recipe.model_refs(include_tokenizer=True), *extra_refs]))
     resolved = {r: local_path(r, base_dir=base_dir) for r in refs}
     written = {r: written_ref(r, resolved[r], out, named.get(r)) for r in refs}
     out_recipe = recipe.map_refs(lambda r: written.get(r, r))

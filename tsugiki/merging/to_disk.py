@@ -13,7 +13,7 @@ from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, pa
 from tsugiki.merging.output import MergeResult, WeightsLayout, write_merged_dir
 from tsugiki.merging.output_files import copy_side_files, merged_config, model_card
 from tsugiki.merging.plan import plan_merge
-from tsugiki.merging.provenance import Named, SourceDigests
+from tsugiki.merging.provenance import Named
 from tsugiki.merging.recipe import Recipe
 from tsugiki.merging.writer import OutputTensor
 
@@ -26,7 +26,6 @@ def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = Merge
     ``recipe`` are not the user's own words (see :mod:`tsugiki.merging.provenance`)."""
     start = time.perf_counter()
     sources = open_sources(recipe.model_refs(), base_dir=base_dir, allow_pickle=options.allow_pickle)
-    digests = SourceDigests({r: s.weight_files() for r, s in sources.items()})
     try:
         plan = plan_merge(recipe, sources, seed=options.seed)
         if plan.arch.inferred:
@@ -55,10 +54,7 @@ def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = Merge
 
         return write_merged_dir(out, options, recipe, sources, WeightsLayout(entries, {"tsugiki_method": plan.method.name}),
                                 tensors(), side_files=side_files, card=lambda d: model_card(d.recipe, plan, d.card),
-                                digests=digests, base_dir=base_dir, named=named, start=start)
-    except BaseException:
-        digests.cancel()
-        raise
+                                base_dir=base_dir, named=named, start=start)
     finally:
         for s in sources.values():
             s.close()

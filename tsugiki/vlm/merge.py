@@ -29,7 +29,7 @@ from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, pa
 from tsugiki.merging.output import MergeResult, WeightsLayout, write_merged_dir
 from tsugiki.merging.output_files import DTYPE_NAMES, TOKENIZER_FILES, merged_config, model_card
 from tsugiki.merging.plan import MergePlan, plan_merge
-from tsugiki.merging.provenance import Description, Named, SourceDigests
+from tsugiki.merging.provenance import Description, Named
 from tsugiki.merging.recipe import Recipe
 from tsugiki.merging.writer import OutputTensor
 from tsugiki.vlm.graft import check_shapes, lm_shape, slice_rows, split_sources, vision_donor_ref
@@ -85,7 +85,6 @@ def merge_vlm_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = M
     refs = recipe.model_refs()
     extra = [vision_source] if vision_source is not None and vision_source not in refs else []
     checkpoints = open_sources(refs + extra, base_dir=base_dir, allow_pickle=options.allow_pickle)
-    digests = SourceDigests({r: c.weight_files() for r, c in checkpoints.items()})
     try:
         vlms, lms = split_sources(checkpoints, vision_source)
         donor_ref = vision_donor_ref(recipe, list(vlms), vision_source)
@@ -112,6 +111,7 @@ def merge_vlm_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = M
         vision = [donor.checkpoint.info(n) for n in donor.vision_names]
         entries = [OutputTensor(i.name, i.dtype, i.shape) for i in vision]
         entries += [OutputTensor(donor.layout.to_vlm(j.out_name), dtype_of(j), shape_of(j)) for j in plan.jobs]
+
         def tensors():
             for info in vision:  # bit for bit: same bytes, same dtype, same name
                 yield info.name, donor.checkpoint.read(info.name), False
@@ -132,11 +132,8 @@ def merge_vlm_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = M
 
         layout = WeightsLayout(entries, {"tsugiki_method": plan.method.name, "tsugiki_vision_source": donor_ref})
         return write_merged_dir(out, options, recipe, checkpoints, layout, tensors(), side_files=side_files,
-                                card=lambda d: vlm_model_card(d, plan, d.written[donor_ref], rows), digests=digests,
-                                base_dir=base_dir, named=named, start=start)
-    except BaseException:
-        digests.cancel()
-        raise
+                                card=lambda d: vlm_model_card(d, plan, d.written[donor_ref], rows), base_dir=base_dir,
+                                named=named, start=start)
     finally:
         for c in checkpoints.values():
             c.close()
