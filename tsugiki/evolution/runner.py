@@ -69,6 +69,7 @@ class RunResult:
     best: dict | None
     stop_reason: str
     seconds: float
+    config: EvolveConfig  # the config the run dir holds: what was evaluated
 
 
 def new_strategy(config: EvolveConfig, problem: Problem):
@@ -271,7 +272,7 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
 
             write_plots(rd.path, problem)
         return RunResult(rd.path, state["generation"], state["evaluations"], state["failures"], state["best"], reason,
-                         state["seconds"])
+                         state["seconds"], config)
     finally:
         if backend is not None:
             backend.close()
@@ -291,8 +292,7 @@ def evolve_and_export(config: EvolveConfig | None, run_dir: str | Path, export_t
         raise EvolutionError(f"{run_dir}: no successful candidate to export")
     if keep_existing and Path(export_to).exists():
         return result, Path(export_to)
-    ran = load_config(RunDir(run_dir).config_file)  # the config the run dir holds: what was evaluated
-    return result, make_problem(ran, run_dir).export_as_evaluated(result.best["params"], export_to, force=force)
+    return result, make_problem(result.config, run_dir).export_as_evaluated(result.best["params"], export_to, force=force)
 
 
 class _Loop:
