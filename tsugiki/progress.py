@@ -122,44 +122,11 @@ def _num(x: float) -> str:
     return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
 
 
-class _Off:
-    """A disabled bar: the same interface, does nothing."""
-
-    def __init__(self, iterable: Iterable | None = None, **_: Any):
-        self.iterable, self.n = iterable, 0
-
-    def __iter__(self) -> Iterator:
-        return iter(self.iterable)
-
-    def __enter__(self) -> "_Off":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-
-    def set_postfix(self, *a: Any, **k: Any) -> None:
-        pass
-
-    def set_description(self, *a: Any, **k: Any) -> None:
-        pass
-
-    def refresh(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
              disable: bool = False, leave: bool = True, initial: int = 0):
-    """A tqdm bar on a terminal, :class:`LineProgress` elsewhere, nothing with ``disable``."""
-    if disable:
-        return _Off(iterable)
-    if interactive():
+    """A tqdm bar on a terminal (a disabled one with ``disable``), :class:`LineProgress` elsewhere."""
+    if disable or interactive():
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, initial=initial)
+        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, initial=initial, disable=disable)
     return LineProgress(iterable, total=total, desc=desc, unit=unit, initial=initial)
