@@ -33,20 +33,40 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TSUGIKI_CACHE") or Path.home() / ".cache" / "tsugiki")
 
 
+def try_flock(path: Path, *, create: bool = True, wait: bool = False) -> tuple[int, bool]:
+    """Open ``path`` (read-write; created unless ``create=False``) and take an exclusive ``flock`` on it:
+    (fd, taken). Without ``wait`` a lock held elsewhere is not waited for (taken is False). The lock lasts
+    while the fd is open and the process alive: a dead holder's lock (SIGKILL included) is free again."""
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return fd, False
+    return fd, True
+
+
+def holder_pid(fd: int) -> str:
+    """The pid a lock file records ("" if none)."""
+    return os.pread(fd, 64, 0).decode(errors="replace").strip()
+
+
+def record_pid(fd: int) -> None:
+    """Record this process's pid in the lock file ``fd`` holds."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+
 def lock_dir(d: Path, *, error: type[TsugikiError] = TsugikiError, what: str = "run dir") -> int:
     """Take ``d/.lock`` (created with ``d``) for this process: an fd that holds an ``flock`` until it is
     closed or the process dies (SIGKILL included), so a dead holder's lock is simply taken over.
     Held by a live process: ``error`` naming the holder's pid, at once."""
     d.mkdir(parents=True, exist_ok=True)
-    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+    fd, taken = try_flock(d / ".lock")
+    if not taken:
+        other = holder_pid(fd) or "?"
         os.close(fd)
         raise error(f"{d}: {what} is in use by another process (pid {other}); wait for it or stop it first") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    record_pid(fd)
     return fd
 
 

@@ -118,7 +118,7 @@ def evolve_config(config_data: dict[str, Any], run_dir: Path):
     from tsugiki.evolution.config import from_data
 
     base = run_dir.resolve().parent
-    root = next((p for p in base.parents if (p / "demo.json").exists()), base)
+    root = demo_root(run_dir) or base
     sources = {}
     for name, ref in config_data.get("sources", {}).items():
         p = Path(ref)

@@ -19,7 +19,6 @@ as one :class:`~tsugiki.errors.OutputWriteError` line naming ``OUT`` and the cau
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from tsugiki.errors import OutputExistsError, OutputWriteError, TsugikiError
+from tsugiki.fileio import holder_pid, record_pid, try_flock
 
 OWNER_FILE = ".tsugiki-owner"
 log = logging.getLogger("tsugiki.output")
@@ -34,29 +34,22 @@ log = logging.getLogger("tsugiki.output")
 
 def _take_owner(d: Path) -> int:
     """Create and lock ``d``'s owner file; the returned fd holds the lock until closed."""
-    fd = os.open(d / OWNER_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    fd, _ = try_flock(d / OWNER_FILE, wait=True)  # a fresh dir: only a sweep could hold it, for an instant
+    record_pid(fd)
     return fd
 
 
 def _dead_owner(d: Path) -> str | None:
     """``d``'s owner pid (or "unknown") if its owner is gone; None while a live process holds it."""
     try:
-        fd = os.open(d / OWNER_FILE, os.O_RDWR)
+        fd, taken = try_flock(d / OWNER_FILE, create=False)
     except FileNotFoundError:
         return "unknown"
     except OSError:
         return None  # not ours to judge (permissions): leave it
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-    os.close(fd)  # closing drops the lock again; the dir is removed next
-    return pid
+    pid = holder_pid(fd) or "unknown"
+    os.close(fd)  # closing drops the lock again (if taken); the dir is removed next
+    return pid if taken else None
 
 
 def sweep_debris(out: str | os.PathLike) -> list[Path]:
