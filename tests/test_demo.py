@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,10 @@ def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "tsugiki.cli", "demo", "--quick", "--no-progress", "-o", str(run_dir)],
                           capture_output=True, text=True, env=env, timeout=2400)
-    return run_dir, proc
+    yield run_dir, proc
+    # the run holds about ten 1 GB models; pytest keeps its temp dirs across sessions, so a
+    # machine with little disk would fill up with runs nobody reads again
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _results(run_dir: Path) -> dict:
