@@ -5,6 +5,8 @@ invalidate what was remembered; the budget bounds it."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -13,7 +15,7 @@ from tsugiki.merging import selection as sel
 from tsugiki.merging import sparsify as sp
 from tsugiki.merging.checkpoint import Checkpoint, StateDictSource
 from tsugiki.merging.execute import MergeOptions
-from tsugiki.merging.inmemory import InMemoryMerger
+from tsugiki.merging.inmemory import SORT_SHARE, InMemoryMerger
 from tsugiki.merging.methods import METHODS
 from tsugiki.merging.recipe import Recipe
 from tsugiki.merging.to_disk import merge_to_disk
@@ -218,3 +220,34 @@ def test_della_ranks_give_the_same_probabilities():
     for density, eps in ((0.5, 0.1), (0.3, 0.25)):
         assert torch.equal(bits(sp.della_probabilities(x, density, eps, ranks)), bits(sp.della_probabilities(x, density, eps)))
     assert torch.equal(ranks, sp.della_ranks(x))  # a given `ranks` is read, not written
+
+
+def test_magnitude_ranks_are_built_a_share_per_candidate(tiny_siblings, tmp_path):
+    """TIES's ranks (a sort each) are spread over candidates: each apply sorts about 1/SORT_SHARE of
+    the model's entries (one tensor past that at most), until every tensor has them; every
+    candidate on the way is bit for bit the on-disk merge."""
+    base, models = tiny_siblings.base, tiny_siblings.variants[:2]
+    ties = Recipe.from_dict({"merge_method": "ties", "base_model": str(base), "models": [
+        {"model": str(m), "parameters": {"weight": 0.6, "density": d}} for m, d in zip(models, (0.5, 0.3))]})
+    merger = InMemoryMerger(AutoModelForCausalLM.from_pretrained(base), {str(p): p for p in (base, *models)})
+    plan = merger.apply(ties)  # the first candidate selects without ranks
+    sizes = [math.prod(job.shape) for job in plan.jobs]
+    growth = []
+    for _ in range(len(sizes) + 2):
+        before = merger.cache_used
+        merger.apply(ties)
+        growth.append(merger.cache_used - before)
+    assert growth[0] > 0 and growth[-1] == 0 and growth[0] < sum(growth)
+    assert max(growth) <= 4 * (sum(sizes) // SORT_SHARE + max(sizes))
+    merge_to_disk(ties, tmp_path / "out", MergeOptions(progress=False))
+    assert same_bits(state(merger.module), weights(tmp_path / "out")) == []
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_stable_order_by_bit_patterns_is_the_float_sort(descending):
+    g = torch.Generator().manual_seed(4)
+    w = (torch.randint(0, 6, (30, 41), generator=g) * 0.5).abs()  # ties, zeros
+    w[2, 5], w[7, 1], w[3, 3] = float("inf"), 1e-40, float("nan")  # inf, a subnormal, NaN (sorted last)
+    for x, dim in ((w, 1), (w.reshape(-1), -1)):
+        want = torch.sort(x, dim=dim, descending=descending, stable=True).indices
+        assert torch.equal(sel.stable_order(x, descending=descending, dim=dim), want)

@@ -38,6 +38,7 @@ SourceLike = TensorSource | Mapping[str, torch.Tensor] | str | os.PathLike
 
 # fully caches a sparsified merge of two variants of a ~130M-parameter model (4 float32 copies)
 DEFAULT_CACHE_BYTES = 2 << 30
+SORT_SHARE = 8  # see `InMemoryMerger.apply`
 
 
 def load_into_memory(ref: str, source: SourceLike, *, allow_pickle: bool = False) -> TensorSource:
@@ -76,6 +77,7 @@ class _Budget:
 
     def __init__(self, limit: int, device: torch.device):
         self.limit, self.used, self.device = limit, 0, device
+        self.sorts_left = 0  # entries this apply may still sort (see `InMemoryMerger.apply`)
         self.buffer = torch.empty(0, dtype=torch.uint8, device=device)
 
     def scratch(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -96,6 +98,12 @@ class _JobMemo:
 
     def get(self, key: Hashable) -> torch.Tensor | None:
         return self.store.get(key)
+
+    def may_sort(self, n: int) -> bool:
+        if not self.repeated or self.budget.sorts_left <= 0:
+            return False
+        self.budget.sorts_left -= n
+        return True
 
     def room(self, nbytes: int) -> bool:
         return self.budget.used + nbytes <= self.budget.limit
@@ -191,6 +199,10 @@ class InMemoryMerger:
     def apply(self, recipe: Recipe, *, seed: int | None = None) -> MergePlan:
         """Merge `recipe` into the module's parameters (in place); returns the plan used."""
         plan = self.plan(recipe, seed=seed)
+        # statistics built by sorting (TIES's magnitude ranks: one costs about four selections, and
+        # saves one per later candidate) are spread over candidates: each apply sorts about as many
+        # entries as 1/SORT_SHARE of the merged model, so no candidate stalls the search
+        self._budget.sorts_left = sum(math.prod(job.shape) for job in plan.jobs) // SORT_SHARE
         for job in plan.jobs:
             target = self.targets[self.name_map(job.out_name)]
             try:

@@ -18,8 +18,9 @@ Conventions shared by all functions (they follow mergekit 0.1.5):
 Memory: a merge holds one tensor's inputs at a time, so the full-size temporaries of these functions
 set the engine's peak. Masks are therefore never materialised whole: selections and draws produce
 their keep-mask block by block (see `blocks`), each block is applied as soon as it is made, and
-``inplace=True`` lets a caller that owns ``x`` (a fresh task vector) have it pruned in place
-instead of copied. Every blockwise or in-place step is element-wise (or an exact count), so the
+``out=x`` lets a caller that owns ``x`` (a fresh task vector) have it pruned in place instead
+of copied, and ``out=`` another tensor has the pruned copy written there (a remembered task vector
+is read once, not copied first). Every blockwise or in-place step is element-wise (or an exact count), so the
 results are bit-for-bit those of the whole-tensor forms.
 
 Re-merging (evolution re-runs the same tensors with new densities): what depends only on the delta
@@ -63,37 +64,45 @@ def l1_norm(x: torch.Tensor) -> torch.Tensor:
     return reduce.norm(x, ord=1)
 
 
-def _apply(x: torch.Tensor, pieces: MaskBlocks, rescale: bool, inplace: bool, l1: torch.Tensor | None = None) -> torch.Tensor:
+def _unchanged(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    return x if out is None or out is x else out.copy_(x)
+
+
+def _zeros(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    return torch.zeros_like(x) if out is None else out.zero_()
+
+
+def _apply(x: torch.Tensor, pieces: MaskBlocks, rescale: bool, out: torch.Tensor | None, l1: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` times the keep-mask given by blocks of flat ``x`` (x * 0 keeps the sign of zeroed
     entries, as mergekit's product does), rescaled to x's L1 norm (``l1``, if at hand) if asked;
-    in ``x`` itself when ``inplace`` (and x is contiguous)."""
+    in ``out`` (which may be ``x`` itself) where given and contiguous."""
     before = (l1_norm(x) if l1 is None else l1) if rescale else None
-    out = x if inplace and x.is_contiguous() else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = out if out is not None and out.is_contiguous() else torch.empty(x.shape, dtype=x.dtype, device=x.device)
     src, dst = x.reshape(-1), out.view(-1)
     for b, kept in pieces:
         torch.mul(src[b], kept, out=dst[b])
     return _rescale_by(before, out) if rescale else out
 
 
-def magnitude(x: torch.Tensor, density: float, rescale: bool = False, *, inplace: bool = False,
+def magnitude(x: torch.Tensor, density: float, rescale: bool = False, *, out: torch.Tensor | None = None,
               ranks: torch.Tensor | None = None, l1: torch.Tensor | None = None) -> torch.Tensor:
     """TIES trim step (Yadav et al. 2023, arXiv:2306.01708): keep the ``max(1, int(density * n))``
     entries of largest magnitude; ``density <= 0`` (or an empty tensor) gives all zeros.
-    ``inplace``: the caller owns ``x``, prune it in place and return it. ``ranks``: x's descending
+    ``out``: where the result goes (``x`` itself: prune it in place). ``ranks``: x's descending
     `magnitude_ranks`, if at hand (same result, no selection); ``l1``: its `l1_norm`, if at hand.
     """
     if density >= 1:
-        return x
+        return _unchanged(x, out)
     if density <= 0 or x.numel() == 0:
-        return x.zero_() if inplace else torch.zeros_like(x)
+        return _zeros(x, out)
     k = max(1, int(density * x.numel()))
     if ranks is not None:
-        return _apply(x, rank_blocks(ranks, 0, k, x.dtype), rescale, inplace, l1)
-    return _apply(x, select_blocks(ranking_values(x), k, largest=True), rescale, inplace, l1)
+        return _apply(x, rank_blocks(ranks, 0, k, x.dtype), rescale, out, l1)
+    return _apply(x, select_blocks(ranking_values(x), k, largest=True), rescale, out, l1)
 
 
 def magnitude_outliers(
-    x: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False, *, inplace: bool = False,
+    x: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False, *, out: torch.Tensor | None = None,
     ranks: torch.Tensor | None = None, l1: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Model Breadcrumbs (Davari & Belilovsky 2023, arXiv:2312.06795): drop the ``int(gamma * n)``
@@ -105,21 +114,21 @@ def magnitude_outliers(
     ascending `magnitude_ranks`, ``l1`` its `l1_norm`, if at hand.
     """
     if density >= 1:
-        return x
+        return _unchanged(x, out)
     n = x.numel()
     n_keep = max(0, int(density * n))
     n_top = int(gamma * n)
     n_bot = max(0, n - n_keep - n_top)
     if n_keep == 0:
-        return _apply(x, constant_blocks(n, False, x.dtype, x.device), rescale, inplace, l1)
+        return _apply(x, constant_blocks(n, False, x.dtype, x.device), rescale, out, l1)
     if ranks is not None:
-        return _apply(x, rank_blocks(ranks, n_bot, n_bot + n_keep, x.dtype), rescale, inplace, l1)
+        return _apply(x, rank_blocks(ranks, n_bot, n_bot + n_keep, x.dtype), rescale, out, l1)
     w = ranking_values(x)
     pieces: MaskBlocks = select_blocks(w, n_bot + n_keep, largest=False)
     if n_bot > 0:  # ranks [n_bot, n_bot + n_keep): the n_bot + n_keep smallest minus the n_bot smallest
         lowest = select_blocks(w, n_bot, largest=False)
         pieces = ((b, kept.mul_(low.neg_().add_(1))) for (b, kept), (_, low) in zip(pieces, lowest))
-    return _apply(x, pieces, rescale, inplace, l1)
+    return _apply(x, pieces, rescale, out, l1)
 
 
 class UniformStream:
@@ -207,14 +216,14 @@ def _on(device: torch.device, pieces: MaskBlocks) -> Iterator[tuple[slice, torch
 
 def bernoulli(
     x: torch.Tensor, density: float, generator: torch.Generator | UniformStream, rescale: bool = False, *,
-    inplace: bool = False, l1: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, l1: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DARE drop (Yu et al. 2023, arXiv:2311.03099): keep each entry independently with
     probability ``density`` (probabilities in float32; draws happen even for density <= 0).
     ``l1``: x's `l1_norm`, if at hand."""
     if density >= 1:
-        return x
-    return _apply(x, _on(x.device, _draw_blocks(float(density), x.numel(), generator)), rescale, inplace, l1)
+        return _unchanged(x, out)
+    return _apply(x, _on(x.device, _draw_blocks(float(density), x.numel(), generator)), rescale, out, l1)
 
 
 def della_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -234,7 +243,7 @@ def della_ranks(x: torch.Tensor) -> torch.Tensor:
     step = max(1, selection.MIN_BLOCK // m) if t.dim() == 2 else t.shape[0]
     for r in range(0, t.shape[0], step):
         rows = t[r:r + step]
-        order = torch.argsort(ranking_magnitudes(rows).reshape(rows.shape), dim=1, stable=True)
+        order = selection.stable_order(ranking_magnitudes(rows).reshape(rows.shape), dim=1)
         ranks[r:r + step].scatter_(1, order, positions.reshape((1, m) + (1,) * (t.dim() - 2)).expand(rows.shape))
     del order
     return ranks.div_(m - 1).clamp_(0, 1).reshape(x.shape)
@@ -264,7 +273,7 @@ def della_magprune(
     generator: torch.Generator | UniformStream,
     rescale: bool = False,
     *,
-    inplace: bool = False,
+    out: torch.Tensor | None = None,
     ranks: torch.Tensor | None = None,
     l1: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -275,12 +284,12 @@ def della_magprune(
     ``ranks``: x's `della_ranks`, ``l1`` its `l1_norm`, if at hand.
     """
     if density >= 1:
-        return x
+        return _unchanged(x, out)
     if density <= 0:
-        return x.zero_() if inplace else torch.zeros_like(x)
+        return _zeros(x, out)
     if density + epsilon >= 1 or density - epsilon <= 0:
         raise ValueError(
             f"density ± epsilon must lie in (0, 1) (density={density}, epsilon={epsilon})"
         )
     p = della_probabilities(x, density, epsilon, ranks).to(generator.device)
-    return _apply(x, _on(x.device, _draw_blocks(p, x.numel(), generator)), rescale, inplace, l1)
+    return _apply(x, _on(x.device, _draw_blocks(p, x.numel(), generator)), rescale, out, l1)

@@ -38,10 +38,11 @@ class Memo(Protocol):
     the per-call parameters, so a result never depends on what was remembered. A memo may decline
     to store (a memory budget): `room` tells beforehand, `put` says whether it kept the tensor.
     `scratch` lends a buffer for temporaries, reused by the next call (no fresh pages per call).
-    `repeated` is False on the first call for these inputs: statistics that cost more to build than
-    the work they save once (a sort) are best built from the second call on."""
+    `may_sort(n)` says whether to build now a statistic of n entries that costs more than the work
+    it saves once (a sort): not on the first call for these inputs, and from then on as far as the
+    caller's allowance for this call goes, so that no single call pays for all of them."""
 
-    repeated: bool
+    def may_sort(self, n: int) -> bool: ...
 
     def get(self, key: Hashable) -> torch.Tensor | None: ...
 

@@ -48,29 +48,36 @@ def _sparsify(
     generator: torch.Generator | sp.UniformStream | None,
     memo: Memo | None,
     k: int,
+    out: torch.Tensor,
 ) -> torch.Tensor:
-    """Prune ``delta`` (the task vector of non-base source ``k``) in place (it is a fresh task
-    vector owned by the kernel) and return it. What depends only on the delta (magnitude ranks,
-    DELLA's ranks, the L1 norm) is taken from / kept in ``memo`` where one is given."""
+    """Prune ``delta`` (the task vector of non-base source ``k``) into ``out`` (``delta`` itself
+    where it is a fresh task vector owned by the kernel, or a kernel-owned buffer where ``delta``
+    is a remembered one) and return it. What depends only on the delta (magnitude ranks, DELLA's
+    ranks, the L1 norm) is taken from / kept in ``memo`` where one is given."""
     if kind is None:
-        return delta
+        return delta if out is delta else out.copy_(delta)
     density = float(p["density"])
     if not 0 < density < 1:  # no selection, or all zeros: nothing worth remembering
         memo = None
     l1 = remember(memo, ("l1", k), delta.element_size(), lambda: sp.l1_norm(delta)) if rescale else None
     if kind in ("magnitude", "magnitude_outliers"):
         largest = kind == "magnitude"  # TIES keeps the largest magnitudes, breadcrumbs a band from the smallest
-        # ranks take a sort, several selections' time: made on a re-merge only (a one-off merge selects)
-        ranks = remember(memo if memo is not None and memo.repeated else None, ("magnitude_ranks", largest, k),
-                         4 * delta.numel(), lambda: sel.magnitude_ranks(delta, descending=largest))
+        # ranks take a sort, several selections' time: made on a re-merge only (a one-off merge
+        # selects), as far as the memo allows them this call
+        key = ("magnitude_ranks", largest, k)
+        ranks = memo.get(key) if memo is not None else None
+        if ranks is None and memo is not None and memo.room(4 * delta.numel()) and memo.may_sort(delta.numel()):
+            ranks = sel.magnitude_ranks(delta, descending=largest)
+            if ranks is not None:
+                memo.put(key, ranks)
         if largest:
-            return sp.magnitude(delta, density, rescale=rescale, inplace=True, ranks=ranks, l1=l1)
-        return sp.magnitude_outliers(delta, density, float(p["gamma"]), rescale=rescale, inplace=True, ranks=ranks, l1=l1)
+            return sp.magnitude(delta, density, rescale=rescale, out=out, ranks=ranks, l1=l1)
+        return sp.magnitude_outliers(delta, density, float(p["gamma"]), rescale=rescale, out=out, ranks=ranks, l1=l1)
     if kind == "random":
-        return sp.bernoulli(delta, density, generator, rescale=rescale, inplace=True, l1=l1)
+        return sp.bernoulli(delta, density, generator, rescale=rescale, out=out, l1=l1)
     if kind == "della_magprune":
         ranks = remember(memo, ("della_ranks", k), 4 * delta.numel(), lambda: sp.della_ranks(delta))
-        return sp.della_magprune(delta, density, float(p["epsilon"]), generator, rescale=rescale, inplace=True,
+        return sp.della_magprune(delta, density, float(p["epsilon"]), generator, rescale=rescale, out=out,
                                  ranks=ranks, l1=l1)
     raise AssertionError(kind)
 
@@ -153,14 +160,14 @@ def _make_kernel(method: str, params: tuple[Param, ...], sparsification: str | N
             known = task_vector(k) if t.dtype == base.dtype else None
             if known is not None and sparsification is None:  # (t - base) * w in one pass
                 return torch.mul(known, weights[k], out=out)
-            if known is not None:
-                d = known.clone() if out is None else out.copy_(known)
+            if known is not None:  # pruned straight into the kernel's buffer: the memo keeps `known`
+                d, dst = known, torch.empty_like(known) if out is None else out
             elif out is not None and t.dtype == out.dtype:
-                d = torch.sub(t, base, out=out)
+                d = dst = torch.sub(t, base, out=out)
             else:
-                d = t - base
+                d = dst = t - base
             try:
-                d = _sparsify(sparsification, d, per_model[k], rescale, generator, inputs.memo, k)
+                d = _sparsify(sparsification, d, per_model[k], rescale, generator, inputs.memo, k, dst)
             except ValueError as e:
                 raise MergeError(f"{inputs.name}: {method}, source #{i}: {e}") from None
             d.mul_(weights[k])
