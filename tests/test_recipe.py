@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from tsugiki.errors import RecipeError
 from tsugiki.merging.methods.base import MergeMethod, Param
-from tsugiki.merging.parameters import Conditional, layer_t, resolve_params, resolve_value
-from tsugiki.merging.recipe import ModelEntry, Recipe, RecipeWarning, Slice, SliceSource, load_recipe
+from tsugiki.merging.parameters import Conditional, layer_t, resolve_value
+from tsugiki.merging.recipe import ModelEntry, Recipe, RecipeWarning, Slice, SliceSource, load_recipe, resolve_params
 from tsugiki.registry import Registry
 
 DATA = Path(__file__).parent / "data" / "recipes"

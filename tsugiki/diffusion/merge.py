@@ -37,10 +37,9 @@ from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, pa
 from tsugiki.merging.output import MergeResult, WeightsLayout, write_merged_dir
 from tsugiki.merging.methods import get_method
 from tsugiki.merging.methods.base import MergeMethod
-from tsugiki.merging.parameters import resolve_params
 from tsugiki.merging.plan import TensorJob, tensor_seed
 from tsugiki.merging.provenance import Description, Named
-from tsugiki.merging.recipe import Recipe
+from tsugiki.merging.recipe import Recipe, resolve_params
 from tsugiki.merging.writer import OutputTensor, ShardedSafetensorsWriter
 
 log = logging.getLogger("tsugiki.diffusion")

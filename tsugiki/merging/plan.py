@@ -17,8 +17,7 @@ from tsugiki.errors import MergeError
 from tsugiki.merging.architecture import ArchitectureSpec, architecture_for
 from tsugiki.merging.methods import get_method
 from tsugiki.merging.methods.base import MergeMethod
-from tsugiki.merging.parameters import resolve_params
-from tsugiki.merging.recipe import Recipe
+from tsugiki.merging.recipe import Recipe, resolve_params
 from tsugiki.merging.tensors import TensorSource
 
 

@@ -54,15 +54,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
 import yaml
 
 from tsugiki.errors import RecipeError
-from tsugiki.merging.parameters import Conditional, Setting, resolve_params
+from tsugiki.merging.parameters import Conditional, Setting, resolve_param
 from tsugiki.merging.recipe_check import RecipeChecker
 from tsugiki.merging.recipe_schema import DTYPES, MethodLookup, ModelEntry, Params, RecipeWarning, Slice, SliceSource
 from tsugiki.merging.recipe_yaml import parent_path, parse_yaml
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tsugiki.merging.methods.base import MergeMethod
 
 __all__ = [
     "Conditional",
@@ -335,3 +338,58 @@ def load_recipe(
         raise TypeError(f"load_recipe() expects a path or YAML text, got {type(path_or_text).__name__}")
     data, lines, key_lines = parse_yaml(text, name)
     return RecipeChecker(name, lines, key_lines, methods).recipe(data, Recipe)
+
+
+def resolve_params(
+    method: "MergeMethod",
+    recipe: "Recipe",
+    slice_index: Optional[int],
+    tensor_name: str,
+    t: float,
+    models: Optional[Sequence[str]] = None,
+    *,
+    input_names: Optional[Sequence[str]] = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Resolve every parameter of ``method`` for one output tensor.
+
+    slice_index: index into ``recipe.slices`` (negative counts from the end); ``None`` (or 0) for the
+      ``models:`` form.
+    tensor_name: the output tensor's name (filters of global parameters match it).
+    t: gradient position, see :func:`layer_t`.
+    models: the model reference of each input tensor, in kernel order; defaults to
+      ``[s.model for s in recipe.sources(slice_index)]``.
+    input_names: the input tensor name of each model (mergekit matches per-model filters against the
+      *input* name, which differs from the output name when layer ranges shift); defaults to
+      ``tensor_name`` for all.
+
+    Returns ``(global_params, per_model)``: ``global_params`` maps every non-per-model Param to its
+    value; ``per_model[i]`` maps every per-model Param to its value for ``models[i]`` (empty for the
+    base model when the method uses a base). Raises RecipeError (with the recipe's file:line where
+    known) for a missing required parameter or a value invalid for the Param's kind.
+    """
+    sl = recipe.slice(slice_index)
+    slice_params = sl.parameters if sl is not None else {}
+    shared = (slice_params, recipe.parameters)
+    where = recipe.where(recipe.slice_path(slice_index)) if sl is not None else recipe.where("merge_method")
+    global_params = {p.name: resolve_param(p, shared, tensor_name, t, where=where) for p in method.global_params}
+
+    entries = sl.sources if sl is not None else (recipe.models or ())
+    if models is None:
+        models = [s.model for s in recipe.sources(slice_index)]
+    if input_names is not None and len(input_names) != len(models):
+        raise ValueError("input_names must have one name per model")
+    base = recipe.base_for(slice_index) if method.base != "ignored" else None
+    model_params = method.model_params
+    per_model: list[dict[str, Any]] = []
+    for i, model in enumerate(models):
+        if base is not None and model == base:
+            per_model.append({})
+            continue
+        name = input_names[i] if input_names is not None else tensor_name
+        own = [e.parameters for e in entries if e.model == model]
+        scopes = (*own, *shared)
+        where_m = recipe.where(recipe.entry_path(slice_index, model))
+        per_model.append(
+            {p.name: resolve_param(p, scopes, name, t, model=model, where=where_m) for p in model_params}
+        )
+    return global_params, per_model

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import warnings
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
 
 from tsugiki.errors import RecipeError, UnknownNameError
 from tsugiki.merging.parameters import Conditional, Setting, coerce, is_scalar
@@ -28,9 +28,10 @@ from tsugiki.merging.recipe_schema import (
 )
 from tsugiki.merging.recipe_yaml import dotted_path, parent_path
 
-if TYPE_CHECKING:  # pragma: no cover
-    from tsugiki.merging.recipe import Recipe
 from tsugiki.registry import Registry
+
+# the Recipe class (tsugiki.merging.recipe) is handed to the checker, which does not import it
+RecipeT = TypeVar("RecipeT")
 
 
 def _lookup_method(methods: MethodLookup, name: str) -> Any:
@@ -119,7 +120,7 @@ class RecipeChecker:
         return value
 
     # -- recipe --
-    def recipe(self, data: Any, cls: type[Recipe]) -> Recipe:
+    def recipe(self, data: Any, cls: type[RecipeT]) -> RecipeT:
         """Validate ``data`` into a ``cls`` (:class:`~tsugiki.merging.recipe.Recipe`, passed in so that the
         two modules do not import each other)."""
         if data is None:
@@ -386,7 +387,7 @@ class RecipeChecker:
         return Conditional(value=value, filter=f)
 
     # -- method-level structure --
-    def check_method(self, r: Recipe) -> None:
+    def check_method(self, r: Any) -> None:  # r: a Recipe
         m = self.method
         if r.slices is not None:
             groups = [(i, ("slices", i)) for i in range(len(r.slices))]
@@ -426,7 +427,7 @@ class RecipeChecker:
                         raise self.err(path, f"missing required parameter {p.name!r} for model {src.model!r}")
 
 
-def _entry_path(r: Recipe, idx: Optional[int], model: str) -> tuple:
+def _entry_path(r: Any, idx: Optional[int], model: str) -> tuple:
     p = r.entry_path(idx, model)
     out: list[Union[str, int]] = []
     for part in p.replace("]", "").replace("[", ".").split("."):
