@@ -79,7 +79,7 @@ def remerge(args) -> None:
                 p.copy_(c)
 
     t_copy = best_of(memcpy, n=15)  # the machine may be shared: best case for both sides
-    del copies
+    copies.clear()  # free them before the merges
     cache = args.cache_mb << 20 if args.cache_mb is not None else DEFAULT_CACHE_BYTES
     merger = InMemoryMerger(model, {"base": base, **{f"v{i}": v for i, v in enumerate(variants)}}, cache_bytes=cache)
     probe = Recipe.from_dict({"merge_method": "linear", "models": [{"model": "base", "parameters": {"weight": 1.0}}]})

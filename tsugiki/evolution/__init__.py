@@ -6,11 +6,15 @@ After Akiba et al. 2024, "Evolutionary Optimization of Model Merging Recipes" (a
     result = evolve(load_config("configs/tiny-ps.yaml"), "runs/tiny-ps")   # or evolve(None, run_dir)
     print(summary("runs/tiny-ps"))
 
-Modules: ``space`` (bounded parameters <-> vectors), ``ps`` / ``dfs`` (the search spaces),
-``assemble`` (no-copy DFS candidates), ``fitness`` / ``data`` (scoring), ``config`` (the YAML
-schema), ``problems`` (space + scoring + export), ``backends`` (serial, processes, Ray), ``runner``
-(the CMA-ES loop), ``rundir`` (files, lock, atomic checkpoints), ``report`` (plots, summary).
+Modules: ``space`` (bounded parameters <-> vectors), ``ps`` / ``dfs`` / ``sdxl`` (the search spaces),
+``assemble`` (no-copy DFS candidates), ``fitness`` / ``data`` (scoring), ``config`` and ``schema`` (the
+typed YAML config), ``space_kind`` and ``kinds`` (each ``space.kind``: its keys, problem and plan),
+``problems`` (space + scoring + export), ``sources`` (paths, tiny models, loading), ``plan`` (weight-free
+``--plan``), ``backends`` (serial, processes, Ray), ``runner`` (the CMA-ES loop), ``rundir`` (files,
+lock, atomic checkpoints), ``report`` (plots, summary).
 """
+
+import tsugiki.evolution.kinds  # noqa: F401 - registers every space kind before a config is read
 
 from tsugiki.evolution.config import EvolveConfig, from_data, load_config
 from tsugiki.evolution.dfs import DFSPath, DFSSpace

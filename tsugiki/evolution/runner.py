@@ -75,17 +75,17 @@ class RunResult:
 def new_strategy(config: EvolveConfig, problem: Problem):
     import cma
 
-    s = config.search
+    s = config.spec.search
     opts: dict[str, Any] = dict(CMA_DEFAULTS)
-    for k, v in s["cma_options"].items():
+    for k, v in s.cma_options.items():
         if k in _OWN_OPTIONS:
             raise EvolutionError(f"{config.where('search.cma_options.' + k)}set through search: (seed, population, ...), not cma_options")
         opts[k] = v
-    opts.update(seed=np.nan, randn=GaussianSource(s["seed"]), verbose=-9, verb_log=0, verb_disp=0, signals_filename="")
-    if s["population"]:
-        opts["popsize"] = s["population"]
+    opts.update(seed=np.nan, randn=GaussianSource(s.seed), verbose=-9, verb_log=0, verb_disp=0, signals_filename="")
+    if s.population:
+        opts["popsize"] = s.population
     try:
-        return cma.CMAEvolutionStrategy(problem.space.x0(), s["sigma"], opts)
+        return cma.CMAEvolutionStrategy(problem.space.x0(), s.sigma, opts)
     except (ValueError, TypeError, KeyError) as e:
         raise EvolutionError(f"{config.where('search.cma_options')}cma refused the options: {e}") from None
 
@@ -214,11 +214,11 @@ def _reconcile(rd: RunDir, config: EvolveConfig | None, *, started: bool) -> Evo
 
 
 def _stop_reason(config: EvolveConfig, state: dict) -> str:
-    s = config.search
-    if s["generations"] is not None and state["generation"] >= s["generations"]:
-        return f"{s['generations']} generations"
-    if s["max_evaluations"] is not None and state["evaluations"] >= s["max_evaluations"]:
-        return f"{state['evaluations']} evaluations (budget {s['max_evaluations']})"
+    s = config.spec.search
+    if s.generations is not None and state["generation"] >= s.generations:
+        return f"{s.generations} generations"
+    if s.max_evaluations is not None and state["evaluations"] >= s.max_evaluations:
+        return f"{state['evaluations']} evaluations (budget {s.max_evaluations})"
     stop = {k: v for k, v in state["es"].stop().items() if k not in ("maxiter", "maxfevals")}
     return "cma: " + ", ".join(stop) if stop else ""
 
@@ -262,8 +262,8 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
             rd.write_meta(config.fingerprint())
         for name in ("generations.jsonl", "history.jsonl"):
             rd.truncate(name, state.pop(name.replace(".jsonl", "_bytes")))
-        s = config.search
-        backend = make_backend(s["backend"], problem, config, rd.path, workers=s["workers"], timeout=s["timeout"], threads=s["threads"])
+        s = config.spec.search
+        backend = make_backend(s.backend, problem, config, rd.path, workers=s.workers, timeout=s.timeout, threads=s.threads)
         loop = _Loop(config, rd, problem, backend, state, on_generation)
         loop.sync_best()
         reason = loop.run(progress)
@@ -303,8 +303,8 @@ class _Loop:
     def run(self, progress: bool) -> str:
         from tsugiki.progress import progress_bar
 
-        s, st = self.config.search, self.state
-        bar = progress_bar(total=s["generations"], initial=st["generation"], desc=f"evolve {self.config.name}", unit="gen",
+        s, st = self.config.spec.search, self.state
+        bar = progress_bar(total=s.generations, initial=st["generation"], desc=f"evolve {self.config.name}", unit="gen",
                    disable=not progress, leave=True)
         try:
             while not (reason := _stop_reason(self.config, st)):
@@ -320,7 +320,7 @@ class _Loop:
 
     def generation(self) -> dict:
         st, rd, space = self.state, self.rd, self.problem.space
-        gen, seed = st["generation"], self.config.search["seed"]
+        gen, seed = st["generation"], self.config.spec.search.seed
         started = time.perf_counter()
         es = st["es"]
         X, results = st.pop("asked", None) or (es.ask(), {})  # asked by replay(): the interrupted generation

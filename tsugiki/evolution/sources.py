@@ -21,19 +21,19 @@ PS_MODEL = "ps"
 
 def source_paths(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
     """Short name -> model path: ``sources``, tiny factory models and the ps_dfs merged model."""
-    paths = dict(config.data["sources"])
+    spec = config.spec
+    paths = dict(spec.sources)
     root = Path(run_dir).resolve() / "models"
-    for key, llms in (("tiny_models", root), ("tiny_sdxl", root), ("tiny_vlm", root / "llms")):
-        tiny = config.data.get(key)
+    for tiny, llms in ((spec.tiny_models, root), (spec.tiny_sdxl, root), (spec.tiny_vlm, root / "llms")):
         if tiny is None:
             continue
-        if key == "tiny_vlm":
-            paths.setdefault("llava", str(root / tiny.get("kind", "llava")))
+        if tiny is spec.tiny_vlm:
+            paths.setdefault("llava", str(root / spec.tiny_vlm.kind))
         paths.setdefault("base", str(llms / "base"))
-        for i in range(tiny.get("n", 2)):
+        for i in range(tiny.n):
             paths.setdefault(f"variant_{i}", str(llms / f"variant_{i}"))
-    if config.space["kind"] == "ps_dfs":
-        paths.setdefault(PS_MODEL, str(Path(run_dir).resolve() / "ps_model"))
+    for name, path in spec.space.run_sources(Path(run_dir)).items():
+        paths.setdefault(name, path)
     return paths
 
 
@@ -42,14 +42,14 @@ def source_names(config: EvolveConfig, run_dir: Path) -> dict[str, Named]:
     outputs' recipes and cards (:mod:`tsugiki.merging.provenance`): the config's words for its
     ``sources``; run-dir-relative names for what the run built itself."""
     paths = source_paths(config, Path(run_dir))
-    named_as = config.data.get("named_as") or {}
+    spec = config.spec
     out = {}
     for name, path in paths.items():
-        if name in config.data["sources"]:
-            n = named_as.get(name) or {"given": path, "where": f"sources.{name}"}
+        if name in spec.sources:
+            n = spec.named_as.get(name) or {"given": path, "where": f"sources.{name}"}
             out[path] = Named(n["given"], n["where"])
-        elif name == PS_MODEL and config.space["kind"] == "ps_dfs":
-            out[path] = Named("ps_model", "the PS model this run merged from space.ps_recipe (its recipe below)")
+        elif spec.space.describe_run_source(name) is not None:
+            out[path] = Named(*spec.space.describe_run_source(name))
         else:
             out[path] = Named(os.path.relpath(path, Path(run_dir).resolve()), "built by the run in its run dir (tiny models)")
     return out
@@ -57,51 +57,37 @@ def source_names(config: EvolveConfig, run_dir: Path) -> dict[str, Named]:
 
 def prepare_sources(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
     """Build what the sources need and is missing (tiny models, the ps_dfs merge); main process only."""
+    # the factories import torch, transformers and diffusers (seconds): only when a run builds models
+    from tsugiki.factory.lm import TinyLMSpec, build_siblings
+    from tsugiki.factory.sdxl import build_tiny_sdxl
+    from tsugiki.factory.vlm import build_graft_set
+
     run_dir = Path(run_dir)
-    tiny = config.data.get("tiny_models")
+    tiny, sd, vlm = config.spec.tiny_models, config.spec.tiny_sdxl, config.spec.tiny_vlm
     if tiny is not None and not (run_dir / "models" / ".complete").exists():
-        from tsugiki.factory.lm import TinyLMSpec, build_siblings
-
         shutil.rmtree(run_dir / "models", ignore_errors=True)
-        shape = {k: tiny[k] for k in ("hidden_size", "num_layers") if k in tiny}
-        spec = TinyLMSpec(arch=tiny.get("arch", "llama"), seed=tiny.get("seed", 0), **shape)
-        build_siblings(run_dir / "models", n=tiny.get("n", 2), spec=spec, kind=tiny.get("kind", "finetuned"),
-                       steps=tiny.get("steps", 20))
+        spec = TinyLMSpec(arch=tiny.arch, seed=tiny.seed, **_shape(tiny))
+        build_siblings(run_dir / "models", n=tiny.n, spec=spec, kind=tiny.kind, steps=tiny.steps)
         (run_dir / "models" / ".complete").write_text("")
-    sd = config.data.get("tiny_sdxl")
     if sd is not None and not (run_dir / "models" / ".complete").exists():
-        from tsugiki.factory.sdxl import build_tiny_sdxl
-
         shutil.rmtree(run_dir / "models", ignore_errors=True)
-        seed = sd.get("seed", 0)  # one seed for text encoders and VAE; UNets differ
-        build_tiny_sdxl(run_dir / "models" / "base", seed=seed, unet_seed=seed)
-        for i in range(sd.get("n", 2)):
-            build_tiny_sdxl(run_dir / "models" / f"variant_{i}", seed=seed, unet_seed=seed + 1 + i)
+        # one seed for text encoders and VAE; UNets differ
+        build_tiny_sdxl(run_dir / "models" / "base", seed=sd.seed, unet_seed=sd.seed)
+        for i in range(sd.n):
+            build_tiny_sdxl(run_dir / "models" / f"variant_{i}", seed=sd.seed, unet_seed=sd.seed + 1 + i)
         (run_dir / "models" / ".complete").write_text("")
-    vlm = config.data.get("tiny_vlm")
     if vlm is not None and not (run_dir / "models" / ".complete").exists():
-        from tsugiki.factory.lm import TinyLMSpec
-        from tsugiki.factory.vlm import build_graft_set
-
         shutil.rmtree(run_dir / "models", ignore_errors=True)
-        shape = {k: vlm[k] for k in ("hidden_size", "num_layers") if k in vlm}
-        build_graft_set(run_dir / "models", TinyLMSpec(arch="mistral", seed=vlm.get("seed", 0), **shape), n=vlm.get("n", 2),
-                        lm_delta=vlm.get("lm_delta", 0.02))
+        build_graft_set(run_dir / "models", TinyLMSpec(arch="mistral", seed=vlm.seed, **_shape(vlm)), n=vlm.n,
+                        lm_delta=vlm.lm_delta)
         (run_dir / "models" / ".complete").write_text("")
     paths = source_paths(config, run_dir)
-    if config.space["kind"] == "ps_dfs" and not Path(paths[PS_MODEL]).exists():
-        from tsugiki.merging.execute import MergeOptions
-        from tsugiki.merging.recipe import Recipe, load_recipe
-        from tsugiki.merging.to_disk import merge_to_disk
-
-        r = config.space["ps_recipe"]
-        base_dir = Path(r).parent if isinstance(r, str) else None
-        data = load_recipe(r).to_dict() if isinstance(r, str) else dict(r)
-        recipe = Recipe.from_dict(recipe_with_paths(data, paths), source_name=config.where("space.ps_recipe").rstrip(": "))
-        with search_threads(config):  # the PS candidates were evaluated with these threads
-            merge_to_disk(recipe, paths[PS_MODEL], MergeOptions(progress=False), base_dir=base_dir,
-                          named=source_names(config, run_dir))
+    config.spec.space.prepare(config, run_dir, paths)  # what the space kind builds itself (ps_dfs: the PS model)
     return paths
+
+
+def _shape(tiny) -> dict[str, int]:
+    return {k: getattr(tiny, k) for k in ("hidden_size", "num_layers") if getattr(tiny, k) is not None}
 
 
 def recipe_with_paths(recipe: dict, paths: Mapping[str, str]) -> dict:
@@ -122,7 +108,7 @@ def recipe_with_paths(recipe: dict, paths: Mapping[str, str]) -> dict:
 
 def search_threads(config: EvolveConfig):
     """Run a block with the search's torch thread count (``search.threads``), then restore it."""
-    return torch_threads(int(config.search.get("threads", 1)))
+    return torch_threads(config.spec.search.threads)
 
 
 def model_config(path: str) -> tuple[dict, list[str]]:

@@ -1,0 +1,10 @@
+"""The kinds of search space (``space.kind``), one module each; importing this package registers every
+module's kind in :data:`tsugiki.evolution.space_kind.SPACE_KINDS` (:mod:`tsugiki.evolution` imports
+it). A new kind is a new module here: a :class:`~tsugiki.evolution.space_kind.SpaceKind` subclass
+decorated with ``@space_kind("NAME")``, with its Problem."""
+
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
