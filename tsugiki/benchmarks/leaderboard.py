@@ -3,12 +3,13 @@ the best value in each column in bold, and deltas against a baseline row. Markdo
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 
 from tsugiki.benchmarks.results import BenchmarkResult
 from tsugiki.benchmarks.specs import BENCHMARKS
 from tsugiki.errors import BenchmarkError
+from tsugiki.tables import Cell, Table, esc, html_page, markdown
+from tsugiki.tables import to_html as to_html_table
 
 Column = tuple[str, str]  # (benchmark, primary score)
 
@@ -76,46 +77,31 @@ def build(results: list[BenchmarkResult], baseline: str | None = None) -> Leader
     return Leaderboard(models, columns, titles, better, latest, baseline, list(dict.fromkeys(notes)))
 
 
-def to_markdown(lb: Leaderboard) -> str:
+def _table(lb: Leaderboard) -> Table:
     head = ["Model", *(lb.titles[c] + (" ↑" if lb.higher_is_better[c] else " ↓") for c in lb.columns)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for m in lb.models:
-        cells = []
+        cells: list = [f"{m} (baseline)" if m == lb.baseline else m]
         for c in lb.columns:
-            text, best, _ = lb.cell_text(m, c)
-            cells.append(f"**{text}**" if best else text)
-        label = f"{m} (baseline)" if m == lb.baseline else m
-        lines.append("| " + " | ".join([label.replace("|", "\\|"), *cells]) + " |")
-    lines += ["", "<details><summary>Scores with 95% bootstrap intervals</summary>", "",
-              "| Model | Benchmark | Score | Value | 95% CI | n |", "|---|---|---|---|---|---|"]
-    for (m, _), r in sorted(lb.cells.items(), key=lambda kv: (lb.models.index(kv[0][0]), lb.columns.index(kv[0][1]))):
-        for name, est in r.scores.items():
-            lines.append(f"| {m} | {r.title} | {name} | {est.value:.2f} | {est.low:.2f}–{est.high:.2f} | {r.n} |")
-    lines += ["", "</details>"]
+            text, best, ci = lb.cell_text(m, c)
+            cells.append(Cell(text, strong=best, numeric=True, title=ci))
+        rows.append(cells)
+    return Table(head, rows, row_classes=["baseline" if m == lb.baseline else None for m in lb.models])
+
+
+def to_markdown(lb: Leaderboard) -> str:
+    details = Table(["Model", "Benchmark", "Score", "Value", "95% CI", "n"], [
+        [m, r.title, name, f"{est.value:.2f}", f"{est.low:.2f}–{est.high:.2f}", str(r.n)]
+        for (m, _), r in sorted(lb.cells.items(), key=lambda kv: (lb.models.index(kv[0][0]), lb.columns.index(kv[0][1])))
+        for name, est in r.scores.items()])
+    lines = [markdown(_table(lb)), "", "<details><summary>Scores with 95% bootstrap intervals</summary>", "",
+             markdown(details), "", "</details>"]
     lines += [""] + [f"- {n}" for n in lb.notes] if lb.notes else []
     return "\n".join(lines) + "\n"
 
 
-_CSS = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}"
-        "th{background:#f3f3f3}tr.baseline td{background:#fafae6}")
-
-
 def to_html(lb: Leaderboard, title: str = "tsugiki leaderboard") -> str:
-    e = html.escape
-    rows = ["<tr><th>Model</th>" + "".join(f"<th>{e(lb.titles[c])} {'↑' if lb.higher_is_better[c] else '↓'}</th>"
-                                           for c in lb.columns) + "</tr>"]
-    for m in lb.models:
-        cells = []
-        for c in lb.columns:
-            text, best, ci = lb.cell_text(m, c)
-            body = f"<strong>{e(text)}</strong>" if best else e(text)
-            cells.append(f'<td title="{e(ci)}">{body}</td>')
-        cls = ' class="baseline"' if m == lb.baseline else ""
-        label = e(m) + (" (baseline)" if m == lb.baseline else "")
-        rows.append(f"<tr{cls}><td>{label}</td>{''.join(cells)}</tr>")
-    notes = "".join(f"<li>{e(n)}</li>" for n in lb.notes)
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{e(title)}</title><style>{_CSS}</style>"
-            f"</head><body><h1>{e(title)}</h1><table>{''.join(rows)}</table>"
-            f"<p>Bold: best in column. Hover a cell for its 95% bootstrap interval.</p>"
-            + (f"<ul>{notes}</ul>" if notes else "") + "</body></html>\n")
+    notes = "".join(f"<li>{esc(n)}</li>" for n in lb.notes)
+    return html_page(title, f"<h1>{esc(title)}</h1>{to_html_table(_table(lb))}"
+                            "<p>Bold: best in column. Hover a cell for its 95% bootstrap interval.</p>"
+                            + (f"<ul>{notes}</ul>" if notes else ""))

@@ -21,14 +21,12 @@ written atomically (a temp file renamed over the old one), so a crash never leav
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import math
 import os
 import platform
 import sys
-import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,13 +36,13 @@ import tsugiki
 from tsugiki.demo.stage import Row, StageResult
 from tsugiki.fileio import json_safe as _json_safe  # non-finite floats -> None
 from tsugiki.fileio import atomic_write
+from tsugiki.tables import MISSING, Cell, Table, clip, esc, html_page, markdown, md, terminal, to_html, wrap
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE, LEADERBOARD_FILE, REPORT_FILE = "results.json", "leaderboard.md", "report.html"
 REQUIRED_META = ("seed", "quick", "seconds")
 TERMINAL_WIDTH = 100
-MISSING = "—"
 
 
 # ---------------------------------------------------------------- results.json
@@ -184,28 +182,18 @@ def _stage_title(stage: StageResult) -> str:
 
 # ---------------------------------------------------------------- leaderboard.md
 
-def _md(text: str) -> str:
-    """One line of Markdown text: a pipe would split a table cell and ``<x>`` would be taken for HTML."""
-    return " ".join(str(text).split()).replace("|", "\\|").replace("<", "\\<")
-
-
 def stage_markdown(stage: StageResult) -> str:
     """One stage's section: a table ranked by the headline (best in bold), the verdict, the notes."""
     rows = ranked(stage)
     best = {id(stage.rows[i]) for i in best_rows(stage)}
     header, cells = _table_cells(stage, rows)
-    lines = [f"## {_md(_stage_title(stage))}", "",
-             f"Ranked by **{_md(stage.headline)}** ({'lower' if stage.lower_is_better else 'higher'} is better); "
-             "± is the 95% interval.", "",
-             "| " + " | ".join(map(_md, header)) + " |", "|" + "---|" * len(header)]
-    for row, text in zip(rows, cells):
-        text = [_md(c) for c in text]
-        if id(row) in best:
-            text[2] = f"**{text[2]}**"
-        lines.append("| " + " | ".join(text) + " |")
+    cells = [[*c[:2], Cell(c[2], strong=id(row) in best), *c[3:]] for row, c in zip(rows, cells)]
+    lines = [f"## {md(_stage_title(stage))}", "",
+             f"Ranked by **{md(stage.headline)}** ({'lower' if stage.lower_is_better else 'higher'} is better); "
+             "± is the 95% interval.", "", markdown(Table(header, cells))]
     if stage.verdict:
-        lines += ["", f"**Verdict:** {_md(stage.verdict)}"]
-    lines += [""] + [f"- {_md(n)}" for n in stage.notes] if stage.notes else []
+        lines += ["", f"**Verdict:** {md(stage.verdict)}"]
+    lines += [""] + [f"- {md(n)}" for n in stage.notes] if stage.notes else []
     return "\n".join(lines) + "\n"
 
 
@@ -222,87 +210,23 @@ def write_leaderboard(run_dir: str | Path, stages: list[StageResult]) -> Path:
 
 # ---------------------------------------------------------------- terminal
 
-def display_width(text: str) -> int:
-    """Terminal columns: wide (CJK) characters take two, combining marks none."""
-    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
-def _clip(text: str, width: int) -> str:
-    if display_width(text) <= width:
-        return text
-    out = ""
-    for c in text:
-        if display_width(out + c) > width - 1:
-            break
-        out += c
-    return out + "…"
-
-
-def _wrap(text: str, width: int, indent: str) -> list[str]:
-    """Greedy word wrap by display width; a word (or unspaced CJK run) longer than a line is cut."""
-    lines, line = [], ""
-    room = width - display_width(indent)
-    for word in text.split():
-        while display_width(word) > room:
-            head = _clip(word, room + 1)[:-1] or word[0]  # longest prefix that fits (at least one character)
-            if line:
-                lines.append(line)
-                line = ""
-            lines.append(head)
-            word = word[len(head):]
-        candidate = f"{line} {word}" if line else word
-        if display_width(candidate) > room:
-            lines.append(line)
-            candidate = word
-        line = candidate
-    if line:
-        lines.append(line)
-    return [indent + ln for ln in lines]
-
-
-def _pad(text: str, width: int) -> str:
-    return text + " " * (width - display_width(text))
-
-
 def terminal_leaderboard(stages: list[StageResult], width: int = TERMINAL_WIDTH) -> str:
     """Plain text, every line at most ``width`` columns: per stage the ranked table and the verdict.
     Long model names are clipped and metric columns that do not fit are left out (and counted)."""
     out: list[str] = []
     for stage in stages:
-        header, cells = _table_cells(stage, ranked(stage))
-        cells = [[_clip(r[0], 32), *r[1:]] for r in cells]
-        widths = [max(display_width(x) for x in col) for col in zip(header, *cells)]
-        keep = len(header)
-        while keep > 3 and 2 + sum(widths[:keep]) + 2 * (keep - 1) > width:
-            keep -= 1
         title = f"{_stage_title(stage)} · ranked by {stage.headline} {_arrow(stage)} · {stage.seconds:.1f} s"
-        out.append(_clip(title, width))
-        for r in [header, *cells]:
-            line = "  " + "  ".join(_pad(c, w) for c, w in zip(r[:keep], widths[:keep]))
-            out.append(_clip(line.rstrip(), width))
-        if keep < len(header):
-            out.append(f"  (+{len(header) - keep} more metrics in {LEADERBOARD_FILE})")
+        lines, dropped = terminal(Table(*_table_cells(stage, ranked(stage))), width)
+        out += [clip(title, width), *lines]
+        if dropped:
+            out.append(f"  (+{dropped} more metrics in {LEADERBOARD_FILE})")
         if stage.verdict:
-            out += _wrap(stage.verdict, width, "  ")
+            out += wrap(stage.verdict, width, "  ")
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n" if out else "(no stages)\n"
 
 
 # ---------------------------------------------------------------- report.html
-
-_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}"
-        "table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;"
-        "vertical-align:top}th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums;"
-        "white-space:nowrap}.ci{color:#666;font-size:.85em}tr.evolved td{background:#eef7ee}"
-        "tr.baseline td{background:#fafae6}.verdict{font-size:1.1em;border-left:4px solid #4a4;padding-left:.6em}"
-        "figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}img.thumb{max-width:160px;"
-        "max-height:160px}.text{white-space:pre-wrap;font-family:monospace}.missing{color:#a00}"
-        "caption{text-align:left;font-weight:bold;padding:.3em 0}")
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
 
 def _image_src(run_dir: Path, path: str) -> str | None:
     """The URL-quoted relative path of an image inside the run dir, or None (logged) if it is not there."""
@@ -318,10 +242,10 @@ def _image_src(run_dir: Path, path: str) -> str | None:
 def _img(run_dir: Path, path: str, alt: str, thumb: bool = False) -> str:
     src = _image_src(run_dir, path)
     if src is None:
-        return f'<span class="missing">image missing: {_e(path)}</span>'
+        return f'<span class="missing">image missing: {esc(path)}</span>'
     if thumb:
-        return f'<a href="{_e(src)}"><img class="thumb" src="{_e(src)}" alt="{_e(alt)}" loading="lazy"></a>'
-    return f'<img src="{_e(src)}" alt="{_e(alt)}">'
+        return f'<a href="{esc(src)}"><img class="thumb" src="{esc(src)}" alt="{esc(alt)}" loading="lazy"></a>'
+    return f'<img src="{esc(src)}" alt="{esc(alt)}">'
 
 
 def _headline_table(stage: StageResult) -> str:
@@ -331,27 +255,25 @@ def _headline_table(stage: StageResult) -> str:
     best = best_rows(stage)
     with_se = [m for m in names if any(isinstance(r.extra.get("se"), dict) and m in r.extra["se"] for r in stage.rows)]
     has_extra = any(k != "se" for r in stage.rows for k in r.extra)
-    head = "".join((f"<th>{_e(m)} {_arrow(stage)}</th>" if m == stage.headline else f"<th>{_e(m)}</th>")
-                   + (f"<th>{_e(m)} SE</th>" if m in with_se else "") for m in names)
-    parts = [f"<table><tr><th>model</th><th>role</th>{head}" + ("<th>details</th>" if has_extra else "") + "</tr>"]
+    head = ["model", "role"]
+    for m in names:
+        head += [f"{m} {_arrow(stage)}" if m == stage.headline else m] + ([f"{m} SE"] if m in with_se else [])
+    rows = []
     for i, row in enumerate(stage.rows):
-        cells = []
+        cells: list = [row.model, row.role]
         for m in names:
             d, v, ci = decimals[m], row.metrics.get(m), row.ci.get(m)
-            text = _e(_fmt(v, d))
-            if m == stage.headline and i in best:
-                text = f"<strong>{text}</strong>"
-            if ci and _float(v) is not None:
-                text += f' <span class="ci">[{_e(_fmt(ci[0], d))}, {_e(_fmt(ci[1], d))}]</span>'
-            cells.append(f'<td class="n">{text}</td>')
+            note = f"[{_fmt(ci[0], d)}, {_fmt(ci[1], d)}]" if ci and _float(v) is not None else ""
+            cells.append(Cell(_fmt(v, d), strong=m == stage.headline and i in best, numeric=True, note=note))
             if m in with_se:
                 se = row.extra["se"].get(m) if isinstance(row.extra.get("se"), dict) else None
-                cells.append(f'<td class="n">{_e(_fmt(se, d))}</td>')
+                cells.append(Cell(_fmt(se, d), numeric=True))
         if has_extra:
-            cells.append("<td>" + "<br>".join(f"{_e(k)}: {_e(_detail(v))}" for k, v in row.extra.items() if k != "se") + "</td>")
-        parts.append(f'<tr class="{_e(row.role)}"><td>{_e(row.model)}</td><td>{_e(row.role)}</td>{"".join(cells)}</tr>')
-    parts.append("</table><p class=\"ci\">Bold: best " + _e(stage.headline) + ". Brackets: 95% interval.</p>")
-    return "\n".join(parts)
+            cells.append(Cell("", markup="<br>".join(f"{esc(k)}: {esc(_detail(v))}" for k, v in row.extra.items() if k != "se")))
+        rows.append(cells)
+    head += ["details"] if has_extra else []
+    return (to_html(Table(head, rows, row_classes=[r.role for r in stage.rows]))
+            + f'<p class="ci">Bold: best {esc(stage.headline)}. Brackets: 95% interval.</p>')
 
 
 def _detail(v: Any) -> str:
@@ -371,35 +293,33 @@ def _samples(run_dir: Path, stage: StageResult) -> str:
     has_expected = any(s.expected is not None for s in stage.samples)
     has_image = any(s.image for s in stage.samples)
     head = ["model", "prompt", "output"] + ["expected"] * has_expected + ["image"] * has_image
-    parts = ["<h3>Samples</h3><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    text = lambda t: Cell(t, markup=f'<span class="text">{esc(t)}</span>')  # noqa: E731
+    rows = []
     for s in stage.samples:
-        cells = [_e(s.model), f'<span class="text">{_e(s.prompt)}</span>', f'<span class="text">{_e(s.output)}</span>']
+        cells = [Cell(s.model), text(s.prompt), text(s.output)]
         if has_expected:
-            cells.append(f'<span class="text">{_e(s.expected)}</span>' if s.expected is not None else "")
+            cells.append(text(s.expected) if s.expected is not None else Cell(""))
         if has_image:
-            cells.append(_img(run_dir, s.image, s.prompt, thumb=True) if s.image else "")
-        parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    parts.append("</table>")
-    return "\n".join(parts)
+            cells.append(Cell("", markup=_img(run_dir, s.image, s.prompt, thumb=True)) if s.image else Cell(""))
+        rows.append(cells)
+    return "<h3>Samples</h3>" + to_html(Table(head, rows))
 
 
 def _stage_html(run_dir: Path, stage: StageResult) -> str:
-    parts = [f'<section id="{_e(stage.stage)}"><h2>{_e(_stage_title(stage))}</h2>']
+    parts = [f'<section id="{esc(stage.stage)}"><h2>{esc(_stage_title(stage))}</h2>']
     if stage.verdict:
-        parts.append(f'<p class="verdict">{_e(stage.verdict)}</p>')
+        parts.append(f'<p class="verdict">{esc(stage.verdict)}</p>')
     parts.append(_headline_table(stage))
     for t in stage.tables:
-        parts.append(f"<table><caption>{_e(t.title)}</caption><tr>" + "".join(f"<th>{_e(h)}</th>" for h in t.header)
-                     + "</tr>" + "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in t.rows)
-                     + "</table>" + (f'<p class="ci">{_e(t.note)}</p>' if t.note else ""))
+        parts.append(to_html(Table(t.header, t.rows, caption=t.title)) + (f'<p class="ci">{esc(t.note)}</p>' if t.note else ""))
     for f in stage.figures:
-        parts.append(f"<figure>{_img(run_dir, f.path, f.caption)}<figcaption>{_e(f.caption)}</figcaption></figure>")
+        parts.append(f"<figure>{_img(run_dir, f.path, f.caption)}<figcaption>{esc(f.caption)}</figcaption></figure>")
     if stage.samples:
         parts.append(_samples(run_dir, stage))
     if stage.notes:
-        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{_e(n)}</li>" for n in stage.notes) + "</ul>")
+        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{esc(n)}</li>" for n in stage.notes) + "</ul>")
     if stage.models:
-        parts.append("<p>Models written: " + ", ".join(f'<a href="{_e(quote(d))}">{_e(m)}</a>'
+        parts.append("<p>Models written: " + ", ".join(f'<a href="{esc(quote(d))}">{esc(m)}</a>'
                                                        for m, d in stage.models.items()) + "</p>")
     parts.append(f'<p class="ci">Stage time: {stage.seconds:.1f} s</p></section>')
     return "\n".join(parts)
@@ -427,15 +347,14 @@ def report_html(run_dir: str | Path, stages: list[StageResult], meta: dict[str, 
                 created: str | None = None) -> str:
     run_dir = Path(run_dir)
     created = created or _now()
-    head = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in _header_rows(stages, meta, created))
-    toc = " · ".join(f'<a href="#{_e(s.stage)}">{_e(s.title or s.stage)}</a>' for s in stages)
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>tsugiki demo</title>"
-            f"<style>{_CSS}</style></head><body><h1>tsugiki demo</h1>"
-            "<p>Evolutionary model merging in miniature — Gemma 3 270M for the LM and VLM stages, a tiny SDXL — offline "
-            "(after Akiba et al. 2024, arXiv:2403.13187). "
-            f'Numbers: <a href="{RESULTS_FILE}">{RESULTS_FILE}</a>, ranking: <a href="{LEADERBOARD_FILE}">'
-            f"{LEADERBOARD_FILE}</a>.</p>\n<table>{head}</table>\n<p>{toc}</p>\n"
-            + "\n".join(_stage_html(run_dir, s) for s in stages) + "\n</body></html>\n")
+    head = to_html(Table((), _header_rows(stages, meta, created), key_value=True))
+    toc = " · ".join(f'<a href="#{esc(s.stage)}">{esc(s.title or s.stage)}</a>' for s in stages)
+    return html_page("tsugiki demo", "<h1>tsugiki demo</h1>"
+                     "<p>Evolutionary model merging in miniature — Gemma 3 270M for the LM and VLM stages, a tiny SDXL — "
+                     "offline (after Akiba et al. 2024, arXiv:2403.13187). "
+                     f'Numbers: <a href="{RESULTS_FILE}">{RESULTS_FILE}</a>, ranking: <a href="{LEADERBOARD_FILE}">'
+                     f"{LEADERBOARD_FILE}</a>.</p>\n{head}\n<p>{toc}</p>\n"
+                     + "\n".join(_stage_html(run_dir, s) for s in stages))
 
 
 def write_report(run_dir: str | Path, stages: list[StageResult], meta: dict[str, Any],

@@ -17,7 +17,6 @@ matplotlib is imported lazily and used through its object API (no pyplot state, 
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import math
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tsugiki.evolution.rundir import RunDir
+from tsugiki.tables import Cell, Table, esc, html_page, to_html
 
 
 def _figure(w: float, h: float):
@@ -158,7 +158,6 @@ def write_html(run_dir: str | Path) -> Path:
     rd = RunDir(run_dir)
     history, generations = rd.read_jsonl("history.jsonl"), rd.read_jsonl("generations.jsonl")
     best = _best(rd)
-    esc = html.escape
     name = rd.path.name
     cfg = rd.file("config.yaml")
     if cfg.exists():
@@ -173,37 +172,27 @@ def write_html(run_dir: str | Path) -> Path:
     if best:
         rows += [("best fitness", _f(best["fitness"])), ("best validation", _f(best.get("validation"))),
                  ("best found at", f"generation {best['generation']}, candidate {best['index']}")]
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(name)}: tsugiki evolve</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:"
-             "collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
-             "td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;border:1px solid #eee}</style>",
-             f"</head><body><h1>{esc(name)}</h1><h2>Summary</h2><table>"]
-    parts += [f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in rows]
-    parts.append("</table>")
+    parts = [f"<h1>{esc(name)}</h1><h2>Summary</h2>", to_html(Table((), rows, key_value=True))]
     plots = rd.file("plots")
     for png in ("fitness.png", "ps_heatmap.png", "dfs_path.png"):
         if (plots / png).exists():
             parts.append(f"<figure><img src=\"plots/{png}\" alt=\"{png}\"><figcaption>{esc(_CAPTIONS[png])}</figcaption></figure>")
     if best:
-        parts.append("<h2>Best candidate</h2><table><tr><th>parameter</th><th>value</th></tr>")
-        parts += [f"<tr><td>{esc(k)}</td><td class=\"n\">{v:.4g}</td></tr>" for k, v in best["params"].items()]
-        parts.append("</table><p>Recipe: <a href=\"best.yaml\">best.yaml</a></p>")
+        params = [[k, Cell(f"{v:.4g}", numeric=True)] for k, v in best["params"].items()]
+        parts += ["<h2>Best candidate</h2>", to_html(Table(["parameter", "value"], params)),
+                  "<p>Recipe: <a href=\"best.yaml\">best.yaml</a></p>"]
     if generations:
-        parts.append("<h2>Generations</h2><table><tr><th>generation</th><th>evaluations</th><th>best</th><th>mean</th>"
-                     "<th>validation</th><th>best so far</th><th>failures</th><th>seconds</th></tr>")
-        for g in generations:
-            cells = [g["generation"], g["evaluations"], _f(g["best_fitness"]), _f(g.get("mean_fitness")), _f(g.get("validation")),
-                     _f(g.get("best_so_far")), g.get("failures", 0), f"{g['seconds']:.2f}"]
-            parts.append("<tr>" + "".join(f"<td class=\"n\">{esc(str(c))}</td>" for c in cells) + "</tr>")
-        parts.append("</table>")
+        head = ["generation", "evaluations", "best", "mean", "validation", "best so far", "failures", "seconds"]
+        rows = [[Cell(str(c), numeric=True) for c in (
+            g["generation"], g["evaluations"], _f(g["best_fitness"]), _f(g.get("mean_fitness")), _f(g.get("validation")),
+            _f(g.get("best_so_far")), g.get("failures", 0), f"{g['seconds']:.2f}")] for g in generations]
+        parts += ["<h2>Generations</h2>", to_html(Table(head, rows))]
     errors = [h for h in history if h["fitness"] is None][:10]
     if errors:
-        parts.append("<h2>First failed candidates</h2><table><tr><th>generation</th><th>index</th><th>error</th></tr>")
-        parts += [f"<tr><td>{h['generation']}</td><td>{h['index']}</td><td>{esc(str(h['error']))}</td></tr>" for h in errors]
-        parts.append("</table>")
-    parts.append("</body></html>\n")
+        parts += ["<h2>First failed candidates</h2>",
+                  to_html(Table(["generation", "index", "error"], [[h["generation"], h["index"], h["error"]] for h in errors]))]
     out = rd.file("report.html")
-    atomic_write(out, "".join(parts))
+    atomic_write(out, html_page(f"{name}: tsugiki evolve", "\n".join(parts)))
     return out
 
 
