@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from tsugiki.demo import lm_search, lm_stage
+from tsugiki.demo.lm import lm_stage
+from tsugiki.demo.lm import search as lm_search
 from tsugiki.demo.stage import StageContext
 
 

@@ -96,7 +96,7 @@ def test_lm_base_is_the_real_gemma_3_270m(demo_run):
 
 def test_lm_numbers_are_reproduced_from_the_saved_models(demo_run):
     """Re-score two LM rows (a source and an evolved model) from their saved dirs: same acc_ja and acc."""
-    from tsugiki.demo.lm_stage import QUICK, evaluate
+    from tsugiki.demo.lm.stage import QUICK, evaluate
 
     run_dir, _ = demo_run
     lm = _results(run_dir)["stages"]["lm"]
@@ -128,7 +128,7 @@ def test_exported_evolved_lm_is_the_searched_candidate(demo_run):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tsugiki.demo.lm_search import FITNESS_ARGS
+    from tsugiki.demo.lm.search import FITNESS_ARGS
     from tsugiki.evolution.data import load_pairs
     from tsugiki.evolution.fitness import EvalContext, mgsm_accuracy
 

@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from helpers import weights
-from tsugiki.demo import siblings as S
-from tsugiki.demo import word_problems as wp
+
+from tsugiki.demo.lm import siblings as S
+from tsugiki.demo.lm import word_problems as wp
 
 
 # ----------------------------------------------------------------------------- word problems
@@ -119,7 +119,7 @@ def test_shipped_adapters_match_their_recipes():
 
 # ----------------------------------------------------------------------------- the teacher-forced design
 def test_teacher_forced_fitness_data_are_fitness_split_prompts_with_mixed_references(tmp_path):
-    from tsugiki.demo import lm_search as L  # budgets, data files and search configs
+    from tsugiki.demo.lm import search as L  # budgets, data files and search configs
 
     assert wp.Problem("mul_add", 5, 1, 8).mixed_answer() == " 8 × 5 = 40, 40 + 1 = 41。答えは 41 です。"
     budget = replace(L.QUICK, fitness="teacher_forced", fitness_n=3, validation_n=2)
@@ -186,7 +186,7 @@ def test_mgsm_ja_table_scores_the_vendored_set_and_reuses_its_record(tiny_gemma,
     from tsugiki.benchmarks import runner
     from tsugiki.benchmarks.loaders import load_mgsm
     from tsugiki.benchmarks.mgsm import score_mgsm
-    from tsugiki.demo import lm_stage as L
+    from tsugiki.demo.lm import stage as L
 
     monkeypatch.setattr(L, "MGSM_MAX_NEW_TOKENS", 6)
     table = L.mgsm_ja_table([("tiny base", tiny_gemma.base)], tmp_path, limit=3)

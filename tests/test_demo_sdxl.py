@@ -14,8 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tsugiki.demo import sdxl_data as data
-from tsugiki.demo import sdxl_stage as stage
+from tsugiki.demo.sdxl import data, stage
 from tsugiki.demo.stage import StageContext
 
 QUICK_LIMIT_S = 90  # the quick budget is < 40 s on an idle core; this machine is shared, so leave room

@@ -9,14 +9,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers import weights
 from PIL import Image
 
-from helpers import weights
 from tsugiki.benchmarks.rouge import rouge_ja
-from tsugiki.demo import scenes
-from tsugiki.demo import vlm_models as M
-from tsugiki.demo import vlm_stage as V
 from tsugiki.demo.stage import Row, StageContext
+from tsugiki.demo.vlm import models as M
+from tsugiki.demo.vlm import scenes
+from tsugiki.demo.vlm import stage as V
 from tsugiki.demo.world import COLOURS, JA_ALSO, SHAPES
 from tsugiki.evolution.data import image_digest
 

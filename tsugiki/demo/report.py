@@ -34,8 +34,8 @@ from urllib.parse import quote
 
 import tsugiki
 from tsugiki.demo.stage import Row, StageResult
-from tsugiki.fileio import json_safe as _json_safe  # non-finite floats -> None
 from tsugiki.fileio import atomic_write
+from tsugiki.fileio import json_safe as _json_safe  # non-finite floats -> None
 from tsugiki.tables import MISSING, Cell, Table, clip, esc, html_page, markdown, md, terminal, to_html, wrap
 
 log = logging.getLogger(__name__)

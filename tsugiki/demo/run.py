@@ -82,18 +82,18 @@ def _run(run_dir: Path, *, quick: bool, seed: int, force: bool, stages: tuple[st
         ctx.out.mkdir(parents=True, exist_ok=True)
         try:
             if stage == "lm":
-                from tsugiki.demo.lm_stage import run_lm_stage, search_seeds
+                from tsugiki.demo.lm.stage import run_lm_stage, search_seeds
 
                 result, evolved = run_lm_stage(ctx, adapters=adapters, seeds=search_seeds(seed, quick), mgsm_ja=mgsm_ja)
             elif stage == "vlm":
                 from tsugiki.demo.base_model import real_base
-                from tsugiki.demo.lm_stage import vlm_grafts
-                from tsugiki.demo.vlm_stage import run_vlm_stage
+                from tsugiki.demo.lm.stage import vlm_grafts
+                from tsugiki.demo.vlm.stage import run_vlm_stage
 
                 result = run_vlm_stage(ctx, llava_lm=real_base(progress=progress),
                                        grafts=vlm_grafts(run_dir / "lm", evolved), vision=vision)
             else:
-                from tsugiki.demo.sdxl_stage import run_sdxl_stage
+                from tsugiki.demo.sdxl.stage import run_sdxl_stage
 
                 result = run_sdxl_stage(ctx)
         except KeyboardInterrupt:
@@ -123,8 +123,8 @@ def rebuild_models_into(out: Path, *, progress: bool = True) -> tuple[Path, Path
     """Train the shipped adapters (JA, MATH) and the LLaVA's vision weights again into ``out`` and say
     whether each is bit-for-bit the shipped file. Returns (adapters dir, vision dir) for the run to use."""
     from tsugiki.demo.base_model import real_base
-    from tsugiki.demo.siblings import RECIPES, SHIPPED_ADAPTERS, train_adapter
-    from tsugiki.demo.vlm_models import SHIPPED_VISION, train_vision
+    from tsugiki.demo.lm.siblings import RECIPES, SHIPPED_ADAPTERS, train_adapter
+    from tsugiki.demo.vlm.models import SHIPPED_VISION, train_vision
 
     base = real_base(progress=progress)
     for name, recipe in RECIPES.items():

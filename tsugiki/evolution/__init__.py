@@ -15,7 +15,6 @@ lock, atomic checkpoints), ``report`` (plots, summary).
 """
 
 import tsugiki.evolution.kinds  # noqa: F401 - registers every space kind before a config is read
-
 from tsugiki.evolution.config import EvolveConfig, from_data, load_config
 from tsugiki.evolution.dfs import DFSPath, DFSSpace
 from tsugiki.evolution.fitness import FITNESS, EvalContext, FitnessSpec, resolve_fitness

@@ -4,7 +4,7 @@ LLaVA-1.5's recipe in miniature: a vision tower (CLIP, trained from scratch here
 weights are available offline) and a two-layer projector turn a 64 px picture into 16 soft tokens that
 the frozen language model reads in place of an image token (the last unused id of Gemma's 262k
 vocabulary). Only the vision side is trained (LLaVA's first stage), on English questions about drawn
-shapes (:mod:`tsugiki.demo.scenes`): ``Question: <image>\\nWhat colour is it?\\nAnswer: red``.
+shapes (:mod:`tsugiki.demo.vlm.scenes`): ``Question: <image>\\nWhat colour is it?\\nAnswer: red``.
 
 Training takes ~10 minutes on 2 CPU cores, so the trained vision weights ship with the package
 (``weights/vision``, ~4 MB, with a model card); :func:`build_llava` puts them around any LM of the base's
@@ -25,14 +25,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from tsugiki.demo import scenes
-from tsugiki.demo.word_problems import EN_PROMPT, JA_PROMPT
+from tsugiki.demo.lm.word_problems import EN_PROMPT, JA_PROMPT
+from tsugiki.demo.training import train_steps
+from tsugiki.demo.vlm import scenes
 from tsugiki.evolution.data import Pair
 from tsugiki.hf_quiet import hf_progress_bars_off
 from tsugiki.merging.output_dir import AtomicOutputDir
 from tsugiki.threads import torch_threads
 
-SHIPPED_VISION = Path(__file__).parent / "weights" / "vision"
+SHIPPED_VISION = Path(__file__).parents[1] / "weights" / "vision"
 IMAGE_TOKEN = "<unused6241>"  # id 262143, never produced by Gemma's tokenizer for ordinary text
 EN_TEMPLATE = EN_PROMPT.replace("{q}", "{input}")  # the VQA predictor puts "<image>\n<question>" at {input}
 JA_TEMPLATE = JA_PROMPT.replace("{q}", "{input}")
@@ -168,7 +169,6 @@ def train_vision(lm_dir: Path, out: Path, recipe: AlignRecipe = ALIGN, spec: Vis
     """Align a fresh vision tower and projector to the frozen ``lm_dir`` on English scene questions and save
     them (``out/model.safetensors`` + ``training.json``); returns the training record."""
     from safetensors.torch import save_file
-    from tsugiki.progress import progress_bar
 
     start = time.perf_counter()
     model, processor = assemble(lm_dir, None, spec, seed=recipe.seed)
@@ -179,28 +179,22 @@ def train_vision(lm_dir: Path, out: Path, recipe: AlignRecipe = ALIGN, spec: Vis
     for m in vision:
         m.requires_grad_(True)
     params = [p for m in vision for p in m.parameters()]
-    losses: list[float] = []
     with torch_threads(recipe.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0, foreach=False)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / recipe.warmup) * (1.0 - 0.9 * s / recipe.steps))
         order = random.Random(recipe.seed)
-        model.train()
-        bar = progress_bar(range(recipe.steps), desc="align LLaVA (English)", unit="step", disable=not progress)
-        for _ in bar:
+
+        def loss_at(step: int) -> torch.Tensor:
             idx = torch.tensor(order.sample(range(len(items)), recipe.batch_size))
             batch = {k: v[idx] for k, v in data.items()}
             width = int(batch["attention_mask"].sum(1).max())
-            batch = {k: v[:, :width] if k != "pixel_values" else v for k, v in batch.items()}
-            loss = _answer_loss(model, batch)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+            return _answer_loss(model, {k: v[:, :width] if k != "pixel_values" else v for k, v in batch.items()})
+
+        model.train()
+        losses = train_steps(loss_at, opt, steps=recipe.steps, desc="align LLaVA (English)", progress=progress,
+                             clip=1.0, params=params, scheduler=sched)
     model.eval()
     record = {"recipe": asdict(recipe), "spec": asdict(spec), "seconds": round(time.perf_counter() - start, 1),
               "losses": [round(x, 4) for x in losses]}
@@ -218,14 +212,14 @@ def vision_card(record: dict) -> str:
     r, v = record["recipe"], record["spec"]
     return f"""# tsugiki demo: vision tower and projector of the LLaVA around {HUB_ID}
 
-Trained by `tsugiki.demo.vlm_models.train_vision` for `tsugiki demo`'s VLM stage (EvoVLM-JP in miniature);
+Trained by `tsugiki.demo.vlm.models.train_vision` for `tsugiki demo`'s VLM stage (EvoVLM-JP in miniature);
 `tsugiki demo --rebuild-models` trains them again and checks the file is bit for bit this one.
 
 - Model: transformers `LlavaForConditionalGeneration`, language model {HUB_ID} (frozen), CLIP vision tower
   trained from scratch (hidden {v['hidden_size']}, {v['layers']} layers, {v['heads']} heads, {v['image_size']} px images,
   {v['patch_size']} px patches: {(v['image_size'] // v['patch_size']) ** 2} image tokens; LLaVA reads the second-to-last layer), the
   default two-layer projector; the image token is `{IMAGE_TOKEN}` (id 262143).
-- Data: `tsugiki.demo.scenes.english_items({r['train_scenes']}, seed={r['seed']})`: one shape of one colour drawn
+- Data: `tsugiki.demo.vlm.scenes.english_items({r['train_scenes']}, seed={r['seed']})`: one shape of one colour drawn
   with Pillow, two English questions each (`What colour is it?` → `red`, `What shape is it?` → `circle`).
 - Recipe: AdamW lr {r['lr']} (warm-up {r['warmup']} steps, linear decay to 10 %), batch {r['batch_size']}, {r['steps']} steps,
   gradient clipping 1.0, loss on the answer and EOS only; {r['threads']} torch threads (bit for bit reproducible

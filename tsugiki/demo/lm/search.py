@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tsugiki.benchmarks.jsonl import write_jsonl
-from tsugiki.demo import word_problems as wp
+from tsugiki.demo.lm import word_problems as wp
 from tsugiki.demo.stage import evolve_config
 
 HEADLINE = "acc_ja"

@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from tsugiki.demo.training import train_steps
 from tsugiki.demo.world import COLOURS, SHAPES
 
 IMAGE_SIZE = 16  # pixels; the tiny SDXL's latents are 8 x 8 x 4
@@ -106,12 +107,6 @@ def to_tensor(images: Sequence) -> torch.Tensor:
     return torch.from_numpy(arr / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
 
 
-def _bar(total: int, desc: str, progress: bool):
-    from tsugiki.progress import progress_bar
-
-    return progress_bar(total=total, desc=desc, unit="step", disable=not progress, leave=False)
-
-
 # ---------------------------------------------------------------------------------------- VAE
 def train_vae(vae, *, steps: int, seed: int, batch: int = 16, lr: float = 3e-3, progress: bool = False) -> float:
     """Fit the tiny AutoencoderKL to drawings of all 18 items (L2 reconstruction + 1e-6 KL, as SD's
@@ -120,24 +115,20 @@ def train_vae(vae, *, steps: int, seed: int, batch: int = 16, lr: float = 3e-3, 
     images = to_tensor(draw_many(world_items(), 20, seed))
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(vae.parameters(), lr)
+
+    def loss_at(step: int) -> torch.Tensor:
+        x = images[torch.randint(0, len(images), (batch,), generator=g)]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=g)).sample
+        return torch.nn.functional.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+
     vae.train()
-    loss = torch.tensor(float("nan"))
-    with _bar(steps, "training VAE", progress) as bar:
-        for _ in range(steps):
-            x = images[torch.randint(0, len(images), (batch,), generator=g)]
-            post = vae.encode(x).latent_dist
-            rec = vae.decode(post.sample(generator=g)).sample
-            loss = torch.nn.functional.mse_loss(rec, x) + 1e-6 * post.kl().mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+    losses = train_steps(loss_at, opt, steps=steps, desc="training VAE", progress=progress)
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         z = vae.encode(images).latent_dist.mode()
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-    return float(loss.detach())
+    return losses[-1] if losses else float("nan")
 
 
 # ---------------------------------------------------------------------------------------- UNet
@@ -167,30 +158,25 @@ def finetune_unet(pipe, items: Sequence[Item], *, steps: int, seed: int, per_ite
     sf = vae.config.scaling_factor
     rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(unet.parameters(), lr, weight_decay=0.0)
+
+    def loss_at(step: int) -> torch.Tensor:
+        with torch.no_grad():
+            x = to_tensor([draw(item, rng) for _ in range(per_item) for item in items])
+            latents = vae.encode(x).latent_dist.sample(generator=g) * sf
+        noise = torch.randn(latents.shape, generator=g)
+        if timesteps is None:
+            t = torch.randint(0, noiser.config.num_train_timesteps, (n,), generator=g)
+        else:  # only the timesteps the few-step sampler visits
+            t = torch.tensor(list(timesteps))[torch.randint(0, len(timesteps), (n,), generator=g)]
+        noisy = noiser.add_noise(latents, noise, t)
+        v_pred = noiser.config.prediction_type == "v_prediction"
+        target = noiser.get_velocity(latents, noise, t) if v_pred else noise
+        pred = unet(noisy, t, encoder_hidden_states=embeds,
+                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        return torch.nn.functional.mse_loss(pred, target)
+
     unet.train()
-    losses = []
-    with _bar(steps, desc, progress) as bar:
-        for _ in range(steps):
-            with torch.no_grad():
-                x = to_tensor([draw(item, rng) for _ in range(per_item) for item in items])
-                latents = vae.encode(x).latent_dist.sample(generator=g) * sf
-            noise = torch.randn(latents.shape, generator=g)
-            if timesteps is None:
-                t = torch.randint(0, noiser.config.num_train_timesteps, (n,), generator=g)
-            else:  # only the timesteps the few-step sampler visits
-                t = torch.tensor(list(timesteps))[torch.randint(0, len(timesteps), (n,), generator=g)]
-            noisy = noiser.add_noise(latents, noise, t)
-            v_pred = noiser.config.prediction_type == "v_prediction"
-            target = noiser.get_velocity(latents, noise, t) if v_pred else noise
-            pred = unet(noisy, t, encoder_hidden_states=embeds,
-                        added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
-            loss = torch.nn.functional.mse_loss(pred, target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    losses = train_steps(loss_at, opt, steps=steps, desc=desc, progress=progress)
     unet.eval()
     return losses
 
@@ -223,21 +209,17 @@ def train_judge(model, tokenizer, *, steps: int, seed: int, per_item: int = 2, l
     rng = random.Random(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.0)
+
+    def loss_at(step: int) -> torch.Tensor:
+        pixels = preprocess_images([draw(i, rng) for _ in range(per_item) for i in items], IMAGE_SIZE)
+        img = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+        txt = torch.nn.functional.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1)
+        return torch.nn.functional.cross_entropy(model.logit_scale.exp() * img @ txt.T, target)
+
     model.train()
-    loss = torch.tensor(float("nan"))
-    with _bar(steps, "training judge", progress) as bar:
-        for _ in range(steps):
-            pixels = preprocess_images([draw(i, rng) for _ in range(per_item) for i in items], IMAGE_SIZE)
-            img = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-            txt = torch.nn.functional.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1)
-            loss = torch.nn.functional.cross_entropy(model.logit_scale.exp() * img @ txt.T, target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+    losses = train_steps(loss_at, opt, steps=steps, desc="training judge", progress=progress)
     model.eval().requires_grad_(False)
-    return float(loss.detach())
+    return losses[-1] if losses else float("nan")
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tsugiki.demo import sdxl_data as data
+from tsugiki.demo.sdxl import data
 
 # seeds of the sampled noise: fitness images, held-out images and the drawn references never share one
 FITNESS_SEED, HELDOUT_SEED, HELDOUT_REF_SEED, CALIBRATION_SEED = 10_000, 20_000, 40_000, 50_000

@@ -6,7 +6,7 @@ VAE fixed) and reported FID and HPSv2. Here, at a scale two CPU cores afford:
 
 - sources: one tiny SDXL pipeline (:func:`tsugiki.factory.sdxl.build_tiny_sdxl`) whose VAE is first
   fitted to the drawn world and whose UNet is pretrained on all 18 prompts (the base), then two
-  fine-tunes of that UNet on different data (:mod:`tsugiki.demo.sdxl_data`): ``source A`` on
+  fine-tunes of that UNet on different data (:mod:`tsugiki.demo.sdxl.data`): ``source A`` on
   red/blue/white shapes, ``source B`` on black/brown/gold ones. Text encoders, tokenizers, VAE and
   scheduler are shared, bit for bit.
 - baseline: the uniform average of the two UNets (linear merge, equal weights).
@@ -14,7 +14,7 @@ VAE fixed) and reported FID and HPSv2. Here, at a scale two CPU cores afford:
   (:class:`tsugiki.evolution.kinds.sdxl.SDXLBlocksProblem` through :func:`tsugiki.evolution.runner.evolve`),
   starting at the uniform average; fitness: the judge's mean probability of the right prompt on the
   *fitness* prompt split. The best is exported as a diffusers pipeline folder.
-- metrics on the disjoint *held-out* split (:func:`tsugiki.demo.sdxl_data.items_of`), all through a
+- metrics on the disjoint *held-out* split (:func:`tsugiki.demo.sdxl.data.items_of`), all through a
   tiny CLIP "judge" trained on the drawings: its top-1 accuracy (headline: is the image's own prompt
   ranked first of all 18?), its mean probability of the right prompt, HPS as HPSv2 computes it
   (:func:`tsugiki.benchmarks.hps.hps_scores`: 100 x cosine of image and prompt) and FID
@@ -39,9 +39,21 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from tsugiki.demo import sdxl_data as data
-from tsugiki.demo.sdxl_models import (FITNESS_SEED, FULL, HELDOUT_SEED, PRESET, QUICK, SOURCES, SDXLBudget, build_models,
-                                      load_judge, load_pipeline, write_references, zoom)
+from tsugiki.demo.sdxl import data
+from tsugiki.demo.sdxl.models import (
+    FITNESS_SEED,
+    FULL,
+    HELDOUT_SEED,
+    PRESET,
+    QUICK,
+    SOURCES,
+    SDXLBudget,
+    build_models,
+    load_judge,
+    load_pipeline,
+    write_references,
+    zoom,
+)
 from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table, evolve_config, named_sources
 from tsugiki.errors import EvolutionError
 from tsugiki.threads import torch_threads
@@ -165,7 +177,7 @@ def search_config(paths: dict[str, Path], budget: SDXLBudget, seed: int) -> dict
         "name": "sdxl-blocks",
         "sources": {name: str(paths[name]) for name in ("base", *SOURCES)},
         "space": space,
-        "fitness": {"function": "tsugiki.demo.sdxl_stage:search_fitness",
+        "fitness": {"function": "tsugiki.demo.sdxl.stage:search_fitness",
                     "args": {"base": str(paths["base"]), "judge": str(paths["judge"]),
                              "images_per_prompt": budget.fitness_images, "seed": seed},
                     "data": {"pairs": pairs("fitness")}},

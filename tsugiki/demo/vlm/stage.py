@@ -5,7 +5,7 @@ The seed took LLaVA (a vision tower and projector aligned to an English LM) and 
 in place of the English one; Japanese VQA (ROUGE-L on Japanese answers) improved. Here:
 
 1. a LLaVA is built around the base LM with the shipped vision tower and projector, which were aligned to
-   the frozen base on English questions about Pillow-drawn shapes (:mod:`tsugiki.demo.vlm_models`);
+   the frozen base on English questions about Pillow-drawn shapes (:mod:`tsugiki.demo.vlm.models`);
 2. each given Japanese LM (the JA sibling, the PS-evolved LMs of the LM stage) is swapped in with
    `tsugiki vlm swap`'s code (``swap_language_model``): vision side bit for bit, language model replaced;
 3. the LLaVA and every graft answer Japanese questions about unseen scenes
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Sequence
 
 from tsugiki.benchmarks.stats import paired_difference
-from tsugiki.demo import scenes
 from tsugiki.demo.stage import Row, Sample, StageContext, StageResult, Table, named_sources
-from tsugiki.demo.vlm_models import EN_TEMPLATE, JA_TEMPLATE, SHIPPED_VISION, build_llava
+from tsugiki.demo.vlm import scenes
+from tsugiki.demo.vlm.models import EN_TEMPLATE, JA_TEMPLATE, SHIPPED_VISION, build_llava
 from tsugiki.evolution.data import Pair
 from tsugiki.hf_quiet import hf_progress_bars_off
 from tsugiki.progress import progress_bar

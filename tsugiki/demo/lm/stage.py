@@ -4,7 +4,7 @@ Mirrors EvoLLM-JP (Akiba et al. 2024, Table 1) in miniature on a real pretrained
 a JA sibling and a MATH sibling, LoRA fine-tunes shipped as adapters and materialised as plain HF dirs),
 default-setting baselines (uniform average, task arithmetic, TIES, DARE-TIES) and the models evolved in
 PS, DFS and PS+DFS are all asked the target task — two-step arithmetic word problems asked in Japanese
-(:mod:`tsugiki.demo.word_problems`) — on held-out problems whose numbers and wording no training and no
+(:mod:`tsugiki.demo.lm.word_problems`) — on held-out problems whose numbers and wording no training and no
 search saw, and scored with the benchmark code's MGSM metrics (``acc``; ``acc_ja``: correct *and*
 answered in Japanese, the headline). Search fitness is the seed's: acc_ja of greedy answers on a disjoint
 fitness split, with a validation split scored for each generation's best.
@@ -20,9 +20,23 @@ from typing import Any
 
 from tsugiki.benchmarks import stats
 from tsugiki.benchmarks.results import slug
-from tsugiki.demo import word_problems as wp
-from tsugiki.demo.lm_search import (BASELINES, EN_TEMPLATE, FULL, HEADLINE, JA_TEMPLATE, MAX_NEW_TOKENS, QUICK, TF_SCALE,
-                                    LMBudget, dfs_config, ps_config, ps_dfs_config, run_search, write_data)
+from tsugiki.demo.lm import word_problems as wp
+from tsugiki.demo.lm.search import (
+    BASELINES,
+    EN_TEMPLATE,
+    FULL,
+    HEADLINE,
+    JA_TEMPLATE,
+    MAX_NEW_TOKENS,
+    QUICK,
+    TF_SCALE,
+    LMBudget,
+    dfs_config,
+    ps_config,
+    ps_dfs_config,
+    run_search,
+    write_data,
+)
 from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table, named_sources
 
 
@@ -34,7 +48,6 @@ def evaluate(model_dir: Path, test: list[dict], *, batch_size: int = 25, english
     from tsugiki.benchmarks.mgsm import score_mgsm
     from tsugiki.benchmarks.predictors import TextGenerator
     from tsugiki.evolution.data import Pair
-
     from tsugiki.hf_quiet import hf_progress_bars_off
 
     with hf_progress_bars_off(errors_only=True):
@@ -77,7 +90,7 @@ def prepare_sources(ctx: StageContext, *, adapters: Path | None = None) -> dict[
     """The real base (imported from the GGUF package once) and the two siblings materialised from their
     adapters (the shipped ones, or those ``--rebuild-models`` trained again) as plain HF dirs."""
     from tsugiki.demo.base_model import real_base
-    from tsugiki.demo.siblings import SHIPPED_ADAPTERS, materialise
+    from tsugiki.demo.lm.siblings import SHIPPED_ADAPTERS, materialise
 
     adapters = Path(adapters or SHIPPED_ADAPTERS)
     ctx.say("[lm] the real base: Gemma 3 270M from its GGUF package (imported once, then cached) …")
@@ -183,7 +196,8 @@ def mgsm_ja_table(models: list[tuple[str, Path]], out: Path, progress: bool = Fa
     mgsm-ja`'s path: the seed's Japanese CoT prompt, free greedy generation, the seed's ``sakana``
     extraction) and tabulate acc_ja and acc with their 95% bootstrap intervals and the time each took.
     Responses and scores are kept in ``out/<row>.json``, so a resumed run does not score a model twice."""
-    from tsugiki.benchmarks.runner import evaluate as run_benchmark, get_spec, text_generator
+    from tsugiki.benchmarks.runner import evaluate as run_benchmark
+    from tsugiki.benchmarks.runner import get_spec, text_generator
 
     spec = get_spec("mgsm-ja")
     body, n = [], 0
@@ -304,7 +318,7 @@ def _figures(ctx: StageContext, runs: list[dict[str, Any]]) -> list[Figure]:
 
 
 def _notes(budget: LMBudget, n_test: int) -> list[str]:
-    from tsugiki.demo.siblings import JA, MATH
+    from tsugiki.demo.lm.siblings import JA, MATH
 
     example = wp.target_items("test", 1)[0]
     return [
