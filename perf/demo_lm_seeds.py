@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from tsugiki.demo.lm import lm_stage
+from tsugiki.demo.lm import stage as lm_stage
 from tsugiki.demo.lm import search as lm_search
 from tsugiki.demo.stage import StageContext
 
