@@ -61,7 +61,7 @@ def test_quick_run_is_fast_and_complete(quick_run):
 def test_numbers_equal_the_metric_code_on_saved_images(quick_run):
     from tsugiki.benchmarks.fid import fid_from_features
     from tsugiki.benchmarks.hps import hps_scores
-    from tsugiki.diffusion.evaluate import load_images
+    from tsugiki.benchmarks.t2i import load_images
 
     ctx, result, _ = quick_run
     judge, tokenizer = stage.load_judge(ctx.out / "models" / "judge")

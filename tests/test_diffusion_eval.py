@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tsugiki.diffusion.evaluate import T2IOptions, evaluate_t2i, image_grid, load_prompts
+from tsugiki.benchmarks.t2i import T2IOptions, evaluate_t2i, image_grid, load_prompts
 from tsugiki.diffusion.presets import PRESETS, apply_preset, get_preset
 from tsugiki.errors import TsugikiError, UnknownNameError
 from tsugiki.factory.sdxl import build_clip_tokenizer, build_tiny_sdxl

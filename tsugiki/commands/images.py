@@ -31,7 +31,7 @@ def add_score_fid_parser(score_sub: argparse._SubParsersAction) -> argparse.Argu
 
 
 def cmd_eval_t2i(args: argparse.Namespace) -> int:
-    from tsugiki.diffusion.evaluate import T2IOptions, evaluate_t2i, load_prompts
+    from tsugiki.benchmarks.t2i import T2IOptions, evaluate_t2i, load_prompts
 
     options = T2IOptions(preset=args.preset, steps=args.steps, guidance_scale=args.guidance, height=args.height,
                          width=args.width, seed=args.seed, device=args.device, dtype=args.dtype,

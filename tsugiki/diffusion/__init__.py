@@ -6,5 +6,6 @@
 - `sources`: SDXL UNets from pipeline folders, UNet folders or single files, as merge-engine sources.
 - `merge`: `is_sdxl_recipe`, `plan_unet_merge`, `merge_sdxl_to_disk` (a complete pipeline folder).
 - `pipeline_files`: component checks and bit-for-bit copies.
-- `presets`: named few-step sampling settings; `evaluate`: `tsugiki eval t2i` (FID, HPSv2, grids).
+- `presets`: named few-step sampling settings (text-to-image evaluation, `tsugiki eval t2i`, is
+  :mod:`tsugiki.benchmarks.t2i`).
 """

@@ -142,7 +142,7 @@ def _build_judge(path: Path, tokenizer, budget: SDXLBudget, seed: int, progress:
 def write_references(out: Path, judge_dir: Path, budget: SDXLBudget, seed: int) -> dict[str, Path]:
     """Drawings of the held-out prompts (FID's real set): PNGs and the judge's features (.npy); and an
     independent second draw (``calibration``: what FID and the judge give two sets of real images)."""
-    from tsugiki.diffusion.evaluate import image_grid
+    from tsugiki.benchmarks.t2i import image_grid
 
     judge, _ = load_judge(judge_dir)
     files = {}

@@ -129,7 +129,7 @@ def evaluate_model(pipeline_dir: Path, out: Path, judge_dir: Path, references: d
     ``out`` and score them; also its fitness-split score as the search computes it (the overfitting gap)."""
     from tsugiki.benchmarks.fid import fid_from_features
     from tsugiki.benchmarks.hps import hps_scores
-    from tsugiki.diffusion.evaluate import image_grid
+    from tsugiki.benchmarks.t2i import image_grid
 
     judge, tokenizer = load_judge(judge_dir)
     pipe = load_pipeline(pipeline_dir)
@@ -282,7 +282,7 @@ def calibration(paths: dict[str, Path], references: dict[str, Path]) -> dict[str
     """What the metrics give real drawings of the held-out prompts: FID between two independent draws
     (FID's floor here) and the judge's top-1 accuracy on them (the ceiling of ``acc``)."""
     from tsugiki.benchmarks.fid import fid_from_features
-    from tsugiki.diffusion.evaluate import load_images
+    from tsugiki.benchmarks.t2i import load_images
 
     judge, tokenizer = load_judge(paths["judge"])
     images = load_images(references["calibration"].with_suffix(""))

@@ -141,7 +141,7 @@ def score_images(images: Sequence, prompts: Sequence[str], options: T2IOptions, 
 
     report: dict[str, Any] = {}
     if options.fid_ref is not None:
-        from tsugiki.benchmarks import fid
+        from tsugiki.benchmarks import fid  # fid and hps import torch and transformers: only when asked for
 
         weights = options.inception_weights
         if weights is None and options.download_inception:
