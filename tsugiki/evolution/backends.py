@@ -29,7 +29,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from tsugiki.errors import EvolutionError
-from tsugiki.evolution.problems import SetupError
+from tsugiki.evolution.config import from_data
+from tsugiki.evolution.problems import SetupError, make_problem
 from tsugiki.threads import torch_threads
 
 
@@ -116,9 +117,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(config_data: Mapping, run_dir: str, timeout: float | None, threads: int) -> None:
-    from tsugiki.evolution.config import from_data
-    from tsugiki.evolution.problems import make_problem  # in the worker process (spawn)
-
     torch.set_num_threads(threads)
     _WORKER.update(timeout=timeout, threads=threads)
     try:

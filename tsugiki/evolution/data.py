@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from tsugiki.errors import EvolutionError
+from tsugiki.benchmarks.items import VQAItem
+from tsugiki.errors import BenchmarkError, EvolutionError
 from tsugiki.registry import Registry
 
 SPLITS = {"fitness": (0.0, 0.4), "validation": (0.4, 0.7), "test": (0.7, 1.0)}
@@ -56,8 +57,6 @@ class Pair:
         return self.prompt if self.image is None else f"{self.prompt}\x00{image_digest(self.image)}"
 
     def load_image(self):
-        from tsugiki.benchmarks.items import VQAItem
-
         if self.image is None:
             raise EvolutionError(f"item {self.id or self.prompt!r} has no image")
         return VQAItem(self.id or "", self.prompt, self.answer, self.image).load_image()
@@ -106,7 +105,7 @@ _SHAPES = ("丸", "四角", "三角")
 
 
 def _shape_image(colour: tuple[int, int, int], shape: str, size: int = 32):
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # Pillow only for the VQA generator's drawings
 
     img = Image.new("RGB", (size, size), (128, 128, 128))
     d = ImageDraw.Draw(img)
@@ -188,8 +187,7 @@ def load_pairs(spec: Mapping[str, Any], where: str = "data") -> list[Pair]:
         limit = spec.get("limit")
         return pairs[:limit] if limit is not None else pairs
     if "mgsm" in spec:  # the benchmark's own items, e.g. as the test set the fitness data must avoid
-        from tsugiki.benchmarks.loaders import load_mgsm
-        from tsugiki.errors import BenchmarkError
+        from tsugiki.benchmarks.loaders import load_mgsm  # datasets and pyarrow load in seconds: only for MGSM data
 
         try:
             items = load_mgsm(spec["mgsm"], spec.get("source"))

@@ -30,6 +30,7 @@ the loader keeps disjoint by id and text from the config's ``test`` set):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -41,9 +42,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from tsugiki.benchmarks import mgsm
+from tsugiki.benchmarks.predictors import TextGenerator
+from tsugiki.benchmarks.rouge import rouge_ja
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.data import Pair
 from tsugiki.registry import Registry
+from tsugiki.vlm.generate import GenerationSettings, VQAPredictor
 
 FitnessFn = Callable[..., float]
 
@@ -173,11 +178,7 @@ MGSM_TEMPLATES = {"ja": "JA_ALPACA_COT_TEMPLATE", "en": "EN_ALPACA_COT_TEMPLATE"
 def _text_generator(model, tokenizer, template: str, stop: Sequence[str], max_new_tokens: int, batch_size: int):
     """The benchmarks' greedy :class:`~tsugiki.benchmarks.predictors.TextGenerator` around an already
     loaded model (the candidate), so fitness generation is exactly the benchmark's."""
-    import copy as _copy
-
-    from tsugiki.benchmarks.predictors import TextGenerator
-
-    tok = _copy.copy(tokenizer)  # left padding for generation without changing the shared tokenizer
+    tok = copy.copy(tokenizer)  # left padding for generation without changing the shared tokenizer
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -196,7 +197,6 @@ def mgsm_accuracy(ctx: EvalContext, data: Sequence[Pair], *, extraction: str = "
     or any ``{input}`` string) and stop strings (default: the seed's), the number extracted with
     ``extraction`` (``robust`` or ``sakana``) and compared with the gold answer by
     :func:`tsugiki.benchmarks.mgsm.score_mgsm`. ``metric: acc_ja`` also requires a Japanese response."""
-    from tsugiki.benchmarks import mgsm
 
     if extraction not in mgsm.EXTRACTIONS:
         raise EvolutionError(f"mgsm_accuracy: extraction must be one of {', '.join(mgsm.EXTRACTIONS)}, not {extraction!r}")
@@ -223,8 +223,6 @@ def rougeL_ja(ctx: EvalContext, data: Sequence[Pair], *, template: str = "ja-shi
     when the answer is Japanese; ``language_filter: false`` gives plain ``rougeL``). Answers come from
     :class:`tsugiki.vlm.generate.VQAPredictor` with ``template`` and the given generation settings
     (the seed used 5 beams, repetition penalty 1.5, 512 tokens; the defaults here are cheaper)."""
-    from tsugiki.benchmarks.rouge import rouge_ja
-    from tsugiki.vlm.generate import GenerationSettings, VQAPredictor
 
     if not data:
         raise EvolutionError("rougeL_ja: no items to score")

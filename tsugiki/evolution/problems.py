@@ -9,6 +9,7 @@ its config section; :func:`make_problem` asks the config's kind for it.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,8 +40,6 @@ def parameter_matrices(space, values: Mapping[str, float]) -> dict[str, dict[str
 
 def _check_args(spec: FitnessSpec, args: Mapping[str, Any], where: str) -> None:
     """Refuse fitness arguments the function does not take now, not when the first candidate runs."""
-    import inspect
-
     try:
         inspect.signature(spec.fn).bind(None, None, **args)
     except TypeError as e:

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from tsugiki.evolution.rundir import RunDir
+from tsugiki.fileio import atomic_write
 from tsugiki.tables import Cell, Table, esc, html_page, to_html
 
 
 def _figure(w: float, h: float):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib only when plots are drawn
 
     return Figure(figsize=(w, h), dpi=100, layout="constrained")
 
@@ -94,7 +95,7 @@ def plot_dfs(details: dict, out: Path) -> Path:
         pts = [(k, p["layer"]) for k, p in enumerate(path) if p["model"] == m]
         if pts:
             ax.scatter(*zip(*pts), color=colors[m], label=m, zorder=2, s=25)
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # matplotlib only when plots are drawn
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -153,7 +154,6 @@ _CAPTIONS = {"fitness.png": "Fitness over evaluations: every candidate, the best
 
 def write_html(run_dir: str | Path) -> Path:
     """``RUN_DIR/report.html`` from the run's logs and the PNGs in ``plots/`` (written atomically)."""
-    from tsugiki.fileio import atomic_write
 
     rd = RunDir(run_dir)
     history, generations = rd.read_jsonl("history.jsonl"), rd.read_jsonl("generations.jsonl")

@@ -28,11 +28,13 @@ from typing import Any, Mapping
 
 import torch
 
+from tsugiki.diffusion.blocks import BLOCKS, GROUPS, block_groups, conditional_setting
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.fitness import FITNESS, EvalContext, FitnessSpec
 from tsugiki.evolution.ps import DEFAULT_BOUNDS, check_searched, method_level, recipe_data
 from tsugiki.evolution.space import Param, SearchSpace
 from tsugiki.hf_quiet import hf_progress_bars_off
+from tsugiki.merging.recipe import Recipe
 
 UNITS = ("blocks", "groups")
 
@@ -52,8 +54,6 @@ class SDXLBlockSpace:
     merge_seed: int | None = 0
 
     def __post_init__(self) -> None:
-        from tsugiki.diffusion.blocks import BLOCKS, GROUPS
-
         if self.units not in UNITS:
             raise EvolutionError(f"space.units: expected one of {', '.join(UNITS)}, got {self.units!r}")
         for b in self.blocks or ():
@@ -75,8 +75,6 @@ class SDXLBlockSpace:
         return (f"{model}.{param}" if model is not None else param) + f".{unit}"
 
     def unit_names(self) -> list[str]:
-        from tsugiki.diffusion.blocks import BLOCKS, block_groups
-
         if self.units == "blocks":
             every = list(BLOCKS)
         else:
@@ -96,8 +94,6 @@ class SDXLBlockSpace:
                               for p, (lo, hi) in self.bounds.items() for m in self.owners(p) for u in self.columns())
 
     def recipe_dict(self, values: Mapping[str, float]) -> dict[str, Any]:
-        from tsugiki.diffusion.blocks import conditional_setting
-
         def setting(m: str | None, p: str):
             units = {u: float(values[self.name(m, p, u)]) for u in self.unit_names()}
             return conditional_setting(units, float(values[self.name(m, p, "rest")]) if self.blocks is not None else None)
@@ -110,8 +106,6 @@ class SDXLBlockSpace:
                            fixed, self.merge_seed)
 
     def recipe(self, values: Mapping[str, float]):
-        from tsugiki.merging.recipe import Recipe
-
         return Recipe.from_dict(self.recipe_dict(values), source_name="<candidate>")
 
     def matrix(self, values: Mapping[str, float], pname: str):
@@ -121,7 +115,7 @@ class SDXLBlockSpace:
 
 
 def load_unet(path: str | Path, device: str = "cpu"):
-    from diffusers import UNet2DConditionModel
+    from diffusers import UNet2DConditionModel  # diffusers loads in seconds: only for SDXL searches
 
     p = Path(path)
     with hf_progress_bars_off(diffusers=True, errors_only=True):  # no "accelerate not installed" notice per worker

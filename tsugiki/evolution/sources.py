@@ -13,8 +13,11 @@ from typing import Mapping
 from tsugiki.errors import EvolutionError, TsugikiError
 from tsugiki.evolution.config import EvolveConfig
 from tsugiki.hf_quiet import hf_progress_bars_off
+from tsugiki.merging.checkpoint import HUB_ID, Checkpoint, resolve_model_ref
 from tsugiki.merging.provenance import Named
 from tsugiki.threads import torch_threads
+from tsugiki.tokenizer_cache import load_tokenizer
+from tsugiki.vlm.merge import is_vlm_source
 
 PS_MODEL = "ps"
 
@@ -112,8 +115,6 @@ def search_threads(config: EvolveConfig):
 
 
 def model_config(path: str) -> tuple[dict, list[str]]:
-    from tsugiki.merging.checkpoint import Checkpoint, resolve_model_ref
-
     try:
         with Checkpoint(resolve_model_ref(path)) as ckpt:
             return ckpt.config() or {}, ckpt.names()
@@ -123,7 +124,6 @@ def model_config(path: str) -> tuple[dict, list[str]]:
 
 def local_dir(ref: str) -> Path | None:
     """A source's local folder: the path itself, or a hub id's snapshot (fetched like any merge source)."""
-    from tsugiki.merging.checkpoint import HUB_ID, resolve_model_ref
 
     p = Path(ref)
     if p.exists():
@@ -137,8 +137,6 @@ def local_dir(ref: str) -> Path | None:
 
 
 def is_vlm_path(ref: str) -> bool:
-    from tsugiki.vlm.merge import is_vlm_source
-
     d = local_dir(ref)
     return d is not None and is_vlm_source(d)
 
@@ -154,7 +152,6 @@ def read_json_config(ref: str) -> dict:
 def read_source_config(ref: str) -> dict:
     """A source's config.json alone: a local folder's, or a hub id's (that one small file is fetched, or
     read from the Hugging Face cache when offline); never any weights."""
-    from tsugiki.merging.checkpoint import HUB_ID
 
     p = Path(ref)
     if p.is_dir():
@@ -165,7 +162,7 @@ def read_source_config(ref: str) -> dict:
     if p.exists() or not HUB_ID.match(ref):
         raise EvolutionError(f"source {ref}: not a model folder or hub id")
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # only for a hub id's config.json
 
         return json.loads(Path(hf_hub_download(ref, "config.json")).read_text())
     except Exception as e:  # offline and not cached, unknown repo, auth: one message
@@ -173,9 +170,7 @@ def read_source_config(ref: str) -> dict:
 
 
 def load_causal_lm(path: str, device: str = "cpu"):
-    from transformers import AutoModelForCausalLM
-
-    from tsugiki.tokenizer_cache import load_tokenizer
+    from transformers import AutoModelForCausalLM  # transformers loads in seconds: only when a model loads
 
     with hf_progress_bars_off():
         model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
@@ -184,7 +179,7 @@ def load_causal_lm(path: str, device: str = "cpu"):
 
 def load_vlm(path: str, device: str = "cpu"):
     """A LLaVA-family model (float32, eval mode) and its processor."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText, AutoProcessor  # as above
 
     with hf_progress_bars_off():
         model = AutoModelForImageTextToText.from_pretrained(path, dtype="float32").to(device)
