@@ -40,11 +40,13 @@ from tsugiki.evolution.schema import (
     Count,
     Mapping_,
     NonNegative,
+    NonNegativeNumber,
     Number,
     PathStr,
     Section,
     at,
     config_error,
+    integer,
     number_value,
     one_of,
     resolve_path,
@@ -56,22 +58,6 @@ from tsugiki.merging.recipe_yaml import parse_yaml
 RESUMABLE_CHANGES = ("workers", "backend", "generations", "max_evaluations")
 
 
-def _integer_or_none(minimum: int):
-    def check(v: Any) -> Optional[int]:
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"expected an integer, got {v!r}")
-        if v < minimum:
-            raise ValueError(f"must be >= {minimum}, got {v!r}")
-        return v
-
-    return PlainValidator(check)
-
-
-OptNonNegative = Annotated[Optional[int], _integer_or_none(0)]
-
-
 class TinyModels(Section):
     """Tiny factory LM siblings (tsugiki.factory.lm), sources ``base``, ``variant_0``, ..."""
 
@@ -80,8 +66,8 @@ class TinyModels(Section):
     kind: Annotated[str, one_of("finetuned", "perturbed")] = "finetuned"
     seed: NonNegative = 0
     steps: NonNegative = 20
-    hidden_size: OptNonNegative = None
-    num_layers: OptNonNegative = None
+    hidden_size: Optional[NonNegative] = None
+    num_layers: Optional[NonNegative] = None
 
 
 class TinyVlm(Section):
@@ -91,9 +77,9 @@ class TinyVlm(Section):
     kind: Annotated[str, one_of("llava", "llava_next")] = "llava"
     n: Count = 2
     seed: NonNegative = 0
-    hidden_size: OptNonNegative = None
-    num_layers: OptNonNegative = None
-    lm_delta: Annotated[float, PlainValidator(lambda v: number_value(v, 0))] = 0.02
+    hidden_size: Optional[NonNegative] = None
+    num_layers: Optional[NonNegative] = None
+    lm_delta: NonNegativeNumber = 0.02
 
 
 class TinySdxl(Section):
@@ -228,10 +214,10 @@ class Search(Section):
     per candidate. With ``max_evaluations`` alone, that is the budget."""
 
     seed: NonNegative = 0
-    population: Annotated[Optional[int], _integer_or_none(2)] = None
+    population: Optional[Annotated[int, integer(2)]] = None
     sigma: Annotated[float, PlainValidator(_sigma)] = 0.5
-    generations: Annotated[Optional[int], _integer_or_none(1)] = 10
-    max_evaluations: Annotated[Optional[int], _integer_or_none(1)] = None
+    generations: Optional[Count] = 10
+    max_evaluations: Optional[Count] = None
     timeout: Optional[Number] = None
     workers: Count = 1
     backend: Annotated[str, one_of("local", "ray")] = "local"
@@ -302,8 +288,7 @@ class ConfigModel(Section):
         name = (info.context or {}).get("name", "<config>")
         d["name"] = d.get("name") or Path(name).stem
         d["search"] = d.get("search") or {}
-        d["sources"] = d.get("sources") or {}
-        sources = d.get("sources") or {}
+        sources = d["sources"] = d.get("sources") or {}
         if isinstance(sources, Mapping):
             # how the user wrote each source (outputs name them so: tsugiki.merging.provenance); a run
             # dir's config.yaml carries this over from the config the run was started with

@@ -71,6 +71,7 @@ class Problem:
             for split in ("fitness", "validation"):
                 if self.data.get(split) is not None:
                     check_disjoint(test, self.data[split], split, config.where(f"{split}.data"), against="test")
+        config.spec.space.check_sources(config, self.paths)  # every source the space names is known
         self._ready = False
 
     def _resolve(self, section: str, name: str) -> FitnessSpec:

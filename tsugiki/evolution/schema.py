@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError, Val
 from pydantic_core import PydanticCustomError
 
 from tsugiki.errors import EvolutionError
-from tsugiki.merging.recipe_yaml import dotted_path, parent_path
+from tsugiki.merging.recipe_yaml import dotted_path, nearest_line
 
 
 class Section(BaseModel):
@@ -68,7 +68,8 @@ def _data(v: Any) -> Any:
 
 
 # ---- value types: each a plain validator with the message the user sees ---------------------------
-def _integer(minimum: Optional[int] = None):
+def integer(minimum: Optional[int] = None):
+    """An integer (not a bool) of at least ``minimum``; wrap in ``Optional[...]`` to allow null."""
     def check(v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError(f"expected an integer, got {v!r}")
@@ -121,10 +122,10 @@ def one_of(*choices: str):
     return PlainValidator(check)
 
 
-Int = Annotated[int, _integer()]
-Count = Annotated[int, _integer(1)]  # at least one
-NonNegative = Annotated[int, _integer(0)]
+Count = Annotated[int, integer(1)]  # at least one
+NonNegative = Annotated[int, integer(0)]
 Number = Annotated[float, PlainValidator(number_value)]
+NonNegativeNumber = Annotated[float, PlainValidator(lambda v: number_value(v, 0))]
 Mapping_ = Annotated[dict, PlainValidator(_mapping)]
 PathStr = Annotated[str, PlainValidator(resolve_path)]
 Names = Annotated[list, PlainValidator(_names)]
@@ -198,14 +199,11 @@ _MESSAGES = {  # pydantic's own checks, in this module's words
 
 def where(name: str, lines: Mapping[str, int], path: str) -> str:
     """``"FILE:LINE: path: "`` for a dotted path, the line of its nearest written ancestor."""
-    p = path
-    while p and p not in lines:
-        p = parent_path(p)
-    line = f":{lines[p]}" if p in lines else ""
-    return f"{name}{line}: {path + ': ' if path else ''}"
+    line = nearest_line(lines, path)
+    return f"{name}{'' if line is None else f':{line}'}: {path + ': ' if path else ''}"
 
 
-def config_error(e: ValidationError, name: str, lines: Mapping[str, int], prefix: tuple = ()) -> EvolutionError:
+def config_error(e: ValidationError, name: str, lines: Mapping[str, int]) -> EvolutionError:
     """The first error of a validation as one line, ``FILE:LINE: dotted.path: message``."""
     err = e.errors(include_url=False)[0]
     loc = [x for x in err["loc"] if not (isinstance(x, str) and ("[" in x or x.startswith("function-")))]
@@ -217,4 +215,4 @@ def config_error(e: ValidationError, name: str, lines: Mapping[str, int], prefix
         msg, loc = f"missing required key {loc[-1]!r}", loc[:-1]
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    return EvolutionError(where(name, lines, dotted_path((*prefix, *loc))) + msg)
+    return EvolutionError(where(name, lines, dotted_path(loc)) + msg)

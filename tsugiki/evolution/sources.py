@@ -51,8 +51,8 @@ def source_names(config: EvolveConfig, run_dir: Path) -> dict[str, Named]:
         if name in spec.sources:
             n = spec.named_as.get(name) or {"given": path, "where": f"sources.{name}"}
             out[path] = Named(n["given"], n["where"])
-        elif spec.space.describe_run_source(name) is not None:
-            out[path] = Named(*spec.space.describe_run_source(name))
+        elif (described := spec.space.describe_run_source(name)) is not None:
+            out[path] = Named(*described)
         else:
             out[path] = Named(os.path.relpath(path, Path(run_dir).resolve()), "built by the run in its run dir (tiny models)")
     return out

@@ -62,7 +62,7 @@ from tsugiki.errors import RecipeError
 from tsugiki.merging.parameters import Conditional, Setting, resolve_param
 from tsugiki.merging.recipe_check import RecipeChecker
 from tsugiki.merging.recipe_schema import DTYPES, MethodLookup, ModelEntry, Params, RecipeWarning, Slice, SliceSource
-from tsugiki.merging.recipe_yaml import parent_path, parse_yaml
+from tsugiki.merging.recipe_yaml import nearest_line, parse_yaml
 
 if TYPE_CHECKING:  # pragma: no cover
     from tsugiki.merging.methods.base import MergeMethod
@@ -242,13 +242,8 @@ class Recipe:
         src = self.source_name
         if not src:
             return ""
-        p = path
-        while True:
-            if p in self.lines:
-                return f"{src}:{self.lines[p]}: "
-            if not p:
-                return f"{src}: "
-            p = parent_path(p)
+        line = nearest_line(self.lines, path)
+        return f"{src}: " if line is None else f"{src}:{line}: "
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,8 +26,7 @@ from tsugiki.merging.recipe_schema import (
     Slice,
     SliceSource,
 )
-from tsugiki.merging.recipe_yaml import dotted_path, parent_path
-
+from tsugiki.merging.recipe_yaml import dotted_path, nearest_line
 from tsugiki.registry import Registry
 
 # the Recipe class (tsugiki.merging.recipe) is handed to the checker, which does not import it
@@ -83,12 +82,8 @@ class RecipeChecker:
         p = dotted_path(path)
         if key and p in self.key_lines:
             return f"{self.name}:{self.key_lines[p]}"
-        while True:
-            if p in self.lines:
-                return f"{self.name}:{self.lines[p]}"
-            if not p:
-                return self.name
-            p = parent_path(p)
+        line = nearest_line(self.lines, p)
+        return self.name if line is None else f"{self.name}:{line}"
 
     def err(self, path: tuple, msg: str, *, key: bool = False) -> RecipeError:
         at = dotted_path(path)

@@ -10,7 +10,7 @@ recursive aliases and oversized / overly deep documents are refused here with a 
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import yaml
 
@@ -36,6 +36,16 @@ def parent_path(p: str) -> str:
     if p.endswith("]"):
         return p[: p.rindex("[")]
     return p.rsplit(".", 1)[0] if "." in p else ""
+
+
+def nearest_line(lines: Mapping[str, int], path: str) -> Optional[int]:
+    """The line of ``path``, or of its nearest ancestor that has one (messages point at it)."""
+    p = path
+    while p not in lines:
+        if not p:
+            return None
+        p = parent_path(p)
+    return lines[p]
 
 
 def parse_yaml(text: str, name: str) -> tuple[Any, dict[str, int], dict[str, int]]:

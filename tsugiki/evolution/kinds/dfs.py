@@ -15,7 +15,7 @@ from tsugiki.errors import EvolutionError
 from tsugiki.evolution.assemble import assemble, check_compatible
 from tsugiki.evolution.dfs import DFSSpace, exact_export, fold_for
 from tsugiki.evolution.problems import Problem
-from tsugiki.evolution.schema import Bounds, Count, Names, NonNegative, Section, number_value, resolve_path
+from tsugiki.evolution.schema import Bounds, Count, Names, NonNegative, NonNegativeNumber, Section, resolve_path
 from tsugiki.evolution.sources import PS_MODEL, load_causal_lm, model_config, recipe_with_paths, search_threads, source_names
 from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind
 from tsugiki.merging.execute import MergeOptions
@@ -57,7 +57,7 @@ class DFSKind(SpaceKind):
     scale_diagonal: bool = True
     fixed_ends: Optional[FixedEnds] = None
     init_model: Optional[str] = None
-    init_indicator: Annotated[float, PlainValidator(lambda v: number_value(v, 0))] = 1.0
+    init_indicator: NonNegativeNumber = 1.0
 
     source_keys = ("models",)
 
@@ -81,13 +81,13 @@ class DFSKind(SpaceKind):
                 raise EvolutionError(f"{config.where('space.models')}{name} ({shape[0]}, hidden {shape[1]}) cannot share a "
                                      f"path with {first[0]} ({first[1][0]}, hidden {first[1][1]})")
             first = first or (name, shape)
-        ends = self.fixed_ends or FixedEnds(model="", first=0, last=0)
+        ends = self.fixed_ends
         try:
             return DFSSpace(
                 models=tuple(self.models), paths=paths, num_layers=layers, repeats=self.repeats,
                 scale_bounds=tuple(self.scale_bounds), scale_diagonal=self.scale_diagonal,
-                fixed_model=self.fixed_ends.model if self.fixed_ends else None, fixed_first=ends.first,
-                fixed_last=ends.last, init_model=self.init_model, init_indicator=self.init_indicator,
+                fixed_model=ends and ends.model, fixed_first=ends.first if ends else 0,
+                fixed_last=ends.last if ends else 0, init_model=self.init_model, init_indicator=self.init_indicator,
                 transform=self.transform, fold=fold)
         except EvolutionError as e:
             raise EvolutionError(f"{config.where('space')}{e}") from None
@@ -194,7 +194,6 @@ class DFSProblem(Problem):
         super().__init__(config, paths)
         spec: DFSKind = config.spec.space
         self.kind = spec.kind
-        spec.check_sources(config, self.paths)
         metas = {name: model_config(self.paths[name]) for name in spec.models}
         self.dfs = spec.build(config, self.paths, {n: c for n, (c, _) in metas.items()}, {n: names for n, (_, names) in metas.items()})
         self.space = self.dfs.space()

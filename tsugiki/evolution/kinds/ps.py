@@ -120,7 +120,6 @@ class PSProblem(Problem):
     def __init__(self, config: Any, paths: Mapping[str, str]):
         super().__init__(config, paths)
         spec: PSKind = config.spec.space
-        spec.check_sources(config, self.paths)
         members = spec.members()
         vlms = [m for m in members if is_vlm_path(self.paths[m])]
         # VLM mode: the language model inside the first VLM (the base if it is one) is merged in place;

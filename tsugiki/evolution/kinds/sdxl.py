@@ -76,7 +76,6 @@ class SDXLBlocksProblem(Problem):
     def __init__(self, config: Any, paths: Mapping[str, str]):
         super().__init__(config, paths)
         spec: SDXLBlocksKind = config.spec.space
-        spec.check_sources(config, self.paths)
         self.sdxl = spec.build(config, self.paths)
         self.space = self.sdxl.space()
         self.sdxl.recipe(self.space.decode(self.space.x0()))
