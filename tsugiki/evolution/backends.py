@@ -36,10 +36,16 @@ from tsugiki.threads import torch_threads
 
 @dataclass(frozen=True)
 class Task:
+    """One evaluation. ``per_item``: return the per-item scores (of the items at ``items``, all when None)
+    too; ``source``: score that source as it is instead of the candidate ``x`` (calibration)."""
+
     index: int
     x: tuple[float, ...]
     split: str = "fitness"
     seed: int = 0
+    per_item: bool = False
+    items: tuple[int, ...] | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class Result:
     error: str | None
     seconds: float
     fatal: bool = False  # the problem itself cannot be set up (models do not load): the run stops
+    scores: tuple[float, ...] | None = None  # per-item scores of a per_item task; fitness is their mean
 
 
 class CandidateTimeout(Exception):
@@ -80,9 +87,11 @@ def evaluate_task(problem, task: Task, *, timeout: float | None, threads: int) -
     start = time.perf_counter()
     try:
         with torch_threads(threads), _time_limit(timeout):
-            values = problem.space.decode(task.x)
-            fitness = problem.evaluate(values, task.split, task.seed)
-        return Result(fitness, None, time.perf_counter() - start)
+            values = problem.space.decode(task.x) if task.source is None else {}
+            if not task.per_item:
+                return Result(problem.evaluate(values, task.split, task.seed), None, time.perf_counter() - start)
+            scores = problem.evaluate_items(values, task.split, task.seed, items=task.items, source=task.source)
+        return Result(math.fsum(scores) / len(scores), None, time.perf_counter() - start, scores=tuple(scores))
     except (KeyboardInterrupt, SystemExit):
         raise
     except SetupError as e:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Annotated, Any, Mapping, Optional, Union
 
 import yaml
-from pydantic import PlainValidator, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import PlainValidator, StrictBool, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tsugiki.errors import EvolutionError, RecipeError
 from tsugiki.evolution.schema import (
@@ -159,13 +159,32 @@ def _function(v: Any, info: ValidationInfo) -> str:
     return v
 
 
+class Estimate(Section):
+    """``fitness.estimate``: score each candidate on ``items`` of the fitness items and estimate its full-set
+    score (:mod:`tsugiki.evolution.estimate`): ``method`` subsample (a fixed random subset), anchors
+    (representative items, weighted) or irt (2PL item parameters, ``dim`` dimensions). For anchors and irt,
+    a calibration pass first scores the sources (with ``sources``, where the space can score them as they are) and
+    ``calibration`` random candidates on the full set. Every ``full_every``-th generation's best is also
+    scored on the full set (0: never), so the history shows how far the estimate strays."""
+
+    method: Annotated[str, one_of("subsample", "anchors", "irt")] = "irt"
+    items: Count
+    calibration: NonNegative = 8
+    sources: StrictBool = True
+    seed: NonNegative = 0
+    dim: Count = 1
+    full_every: NonNegative = 1
+
+
 class Fitness(Section):
     """``fitness:``: a registered name, ``module:function`` or ``file.py:function`` (code named by a
-    path runs only with ``--allow-code``), its keyword ``args`` and its ``data``."""
+    path runs only with ``--allow-code``), its keyword ``args``, its ``data`` and, optionally, how a
+    candidate's score is estimated from a few items (``estimate``)."""
 
     function: Annotated[Optional[str], PlainValidator(_function)] = None
     args: Mapping_ = {}
     data: Optional[Data] = None
+    estimate: Optional[Estimate] = None
 
     @classmethod
     def _check(cls, d: dict, info: ValidationInfo) -> dict:
@@ -187,6 +206,8 @@ class Validation(Fitness):
     def _required(cls, d: dict) -> None:
         if d.get("data") is None:
             raise ValueError("missing required key 'data'")
+        if "estimate" in d:
+            raise at("estimate", "only the fitness is estimated; validation scores its whole set")
 
 
 class Test(Section):

@@ -1,4 +1,4 @@
-"""Estimated fitness: a candidate's full-set score from its scores on a few items (issue 17, in progress).
+"""Estimated fitness: a candidate's full-set score from its scores on a few items.
 
 A search scores every candidate on its whole fitness set; most of that cost can be saved by scoring a few
 items and estimating the rest, as tinyBenchmarks (Polo et al., 2024, arXiv:2402.14992) and MERGE³
@@ -15,8 +15,10 @@ candidates) and then estimates a new model's mean score from its scores on the e
   the observed scores on the anchors and the predicted probabilities on every other item, averaged over all
   items.
 
-Fractional scores (ROUGE-L per item, a teacher-forced probability) enter the likelihood as soft targets.
-Nothing here knows about models: it is numbers in, numbers out.
+Fractional scores (ROUGE-L per item, a teacher-forced probability) enter the likelihood as soft targets;
+scores in another bounded range (``score_range``) are mapped to [0, 1] for IRT and back. Nothing here knows
+about models: it is numbers in, numbers out. :func:`fit_estimator` fits one by name; ``to_json`` /
+:func:`estimator_from_json` keep a fitted one exactly (float64 as JSON numbers round-trip).
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ import numpy as np
 import torch
 
 
-def _check(responses: np.ndarray) -> np.ndarray:
+def _check(responses: np.ndarray, unit: bool = True) -> np.ndarray:
     r = np.asarray(responses, dtype=np.float64)
     if r.ndim != 2 or r.shape[0] < 1 or r.shape[1] < 1:
         raise ValueError(f"responses must be a (models, items) matrix, got shape {r.shape}")
-    if not np.isfinite(r).all() or r.min() < 0 or r.max() > 1:
-        raise ValueError("responses must be finite scores in [0, 1]")
+    if not np.isfinite(r).all() or (unit and (r.min() < 0 or r.max() > 1)):
+        raise ValueError("responses must be finite scores" + (" in [0, 1]" if unit else ""))
     return r
+
+
+def _floats(a: np.ndarray) -> list:
+    return np.asarray(a, dtype=np.float64).tolist()
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,9 @@ class Subsample:
     def estimate(self, scores: np.ndarray) -> float:
         """``scores``: the model's scores on :attr:`items`, in that order."""
         return float(np.mean(scores))
+
+    def to_json(self) -> dict:
+        return {"method": "subsample", "items": self.items.tolist()}
 
 
 def kmeans(points: np.ndarray, k: int, seed: int = 0, iters: int = 100) -> np.ndarray:
@@ -84,7 +93,7 @@ class Anchors:
     @classmethod
     def fit(cls, responses: np.ndarray, k: int, seed: int = 0, *, features: np.ndarray | None = None) -> "Anchors":
         """Cluster the items by ``features`` (default: their calibration response vectors, one row per item)."""
-        r = _check(responses)
+        r = _check(responses, unit=False)
         x = r.T if features is None else np.asarray(features, dtype=np.float64)
         k = min(k, len(x))
         labels = kmeans(x, k, seed)
@@ -101,6 +110,9 @@ class Anchors:
 
     def estimate(self, scores: np.ndarray) -> float:
         return float(np.dot(self.weights, scores))
+
+    def to_json(self) -> dict:
+        return {"method": "anchors", "items": self.items.tolist(), "weights": _floats(self.weights)}
 
 
 @dataclass(frozen=True)
@@ -154,22 +166,68 @@ class IRT:
 
 @dataclass(frozen=True)
 class IRTEstimate:
-    """p-IRT: observed scores on the anchor ``items``, IRT-predicted probabilities on all other items."""
+    """p-IRT: observed scores on the anchor ``items``, IRT-predicted probabilities on all other items;
+    item scores in ``score_range`` are mapped to [0, 1] and the estimate back."""
 
     irt: IRT
     items: np.ndarray
+    score_range: tuple[float, float] = (0.0, 1.0)
 
     @classmethod
-    def fit(cls, responses: np.ndarray, k: int, dim: int = 1, seed: int = 0, **fit_args) -> "IRTEstimate":
+    def fit(cls, responses: np.ndarray, k: int, dim: int = 1, seed: int = 0, *,
+            score_range: tuple[float, float] = (0.0, 1.0), **fit_args) -> "IRTEstimate":
         """Items fitted on the calibration matrix; anchors clustered in the items' IRT parameter space
         (``a`` and ``b``, as tinyBenchmarks does)."""
-        irt, _ = IRT.fit(responses, dim, seed=seed, **fit_args)
-        anchors = Anchors.fit(responses, k, seed, features=np.column_stack([irt.a, irt.b]))
-        return cls(irt, anchors.items)
+        low, high = map(float, score_range)
+        if not high > low:
+            raise ValueError(f"score range {score_range} is empty")
+        unit = np.clip((_check(responses, unit=False) - low) / (high - low), 0.0, 1.0)
+        irt, _ = IRT.fit(unit, dim, seed=seed, **fit_args)
+        anchors = Anchors.fit(unit, k, seed, features=np.column_stack([irt.a, irt.b]))
+        return cls(irt, anchors.items, (low, high))
 
     def estimate(self, scores: np.ndarray) -> float:
+        low, high = self.score_range
+        unit = np.clip((np.asarray(scores, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
         n = len(self.irt.b)
-        theta = self.irt.ability(self.items, scores)
+        theta = self.irt.ability(self.items, unit)
         predicted = self.irt.prob(theta[None])[0]
         rest = np.setdiff1d(np.arange(n), self.items)
-        return float((np.sum(scores) + predicted[rest].sum()) / n)
+        return low + (high - low) * float((np.sum(unit) + predicted[rest].sum()) / n)
+
+    def to_json(self) -> dict:
+        return {"method": "irt", "items": self.items.tolist(), "a": _floats(self.irt.a), "b": _floats(self.irt.b),
+                "score_range": list(self.score_range)}
+
+
+Estimator = Subsample | Anchors | IRTEstimate
+METHODS = ("subsample", "anchors", "irt")
+
+
+def fit_estimator(method: str, responses: np.ndarray, k: int, *, seed: int = 0, dim: int = 1,
+                  score_range: tuple[float, float] | None = None) -> Estimator:
+    """An estimator of ``method`` using ``k`` items, fitted on the calibration ``responses`` (models × items).
+    IRT needs the item scores' bounded ``score_range``."""
+    r = _check(responses, unit=False)
+    if method == "subsample":
+        return Subsample.fit(r.shape[1], k, seed)
+    if method == "anchors":
+        return Anchors.fit(r, k, seed)
+    if method == "irt":
+        if score_range is None:
+            raise ValueError("irt needs item scores in a bounded range")
+        return IRTEstimate.fit(r, k, dim, seed, score_range=score_range)
+    raise ValueError(f"unknown estimator {method!r} ({', '.join(METHODS)})")
+
+
+def estimator_from_json(d: dict) -> Estimator:
+    """The estimator :meth:`to_json` wrote, exactly."""
+    items = np.asarray(d["items"], dtype=np.int64)
+    if d["method"] == "subsample":
+        return Subsample(items)
+    if d["method"] == "anchors":
+        return Anchors(items, np.asarray(d["weights"], dtype=np.float64))
+    if d["method"] == "irt":
+        irt = IRT(np.asarray(d["a"], dtype=np.float64), np.asarray(d["b"], dtype=np.float64))
+        return IRTEstimate(irt, items, tuple(map(float, d["score_range"])))
+    raise ValueError(f"unknown estimator {d.get('method')!r}")

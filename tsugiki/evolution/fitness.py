@@ -7,6 +7,11 @@ scored (``fitness`` or ``validation``), a per-candidate seed and, for model spac
 (a Hugging Face causal LM, in eval mode) and its tokenizer. A function that raises, or returns NaN or
 a non-number, fails its candidate: it gets the worst fitness and the run goes on.
 
+Functions that score items one by one also have a per-item form (``FitnessSpec.items``; for your own
+function, an ``items`` attribute with the same signature returning one score per data item, whose mean
+is the function's value, and optionally ``item_range(args) -> (low, high)``): ``fitness.estimate`` needs
+it (:mod:`tsugiki.evolution.calibrate`). Every built-in with data has one.
+
 Built-ins (no benchmark data needed; teacher forcing, as in the toy feasibility runs that tuned
 DARE-TIES with CMA-ES after Akiba et al. 2024, arXiv:2403.13187):
 
@@ -65,9 +70,15 @@ class EvalContext:
 
 @dataclass(frozen=True)
 class FitnessSpec:
+    """``items``: the function's per-item form, ``items(ctx, data, **args) -> list[float]``, one score per
+    data item, whose mean is ``fn``'s value (what :mod:`tsugiki.evolution.estimate` needs); ``item_range``:
+    ``item_range(args) -> (low, high)`` bounds every item score can take, ``None`` where unbounded."""
+
     fn: FitnessFn
     needs_model: bool = True
     doc: str = ""
+    items: Callable[..., list[float]] | None = None
+    item_range: Callable[[Mapping[str, Any]], tuple[float, float] | None] | None = None
 
 
 FITNESS: Registry[FitnessSpec] = Registry("fitness function")
@@ -152,9 +163,22 @@ def teacher_forced_accuracy(ctx: EvalContext, data: Sequence[Pair], *, prob_weig
     return acc + prob_weight * prob
 
 
-def answer_loglik(ctx: EvalContext, data: Sequence[Pair], *, batch_size: int = 64, append_eos: bool = False) -> float:
+def teacher_forced_items(ctx: EvalContext, data: Sequence[Pair], *, prob_weight: float = 0.0,
+                         batch_size: int = 64, append_eos: bool = False) -> list[float]:
+    """Per pair: 1 if every answer token is the greedy prediction, plus ``prob_weight`` x its answer probability."""
     scored = answer_token_logprobs(ctx.model, ctx.tokenizer, data, batch_size=batch_size, append_eos=append_eos)
-    return sum(float(lp.mean()) for lp, _ in scored) / len(scored)
+    return [float(bool(hit.all())) + (prob_weight * math.exp(float(lp.mean())) if prob_weight else 0.0)
+            for lp, hit in scored]
+
+
+def answer_loglik(ctx: EvalContext, data: Sequence[Pair], *, batch_size: int = 64, append_eos: bool = False) -> float:
+    return sum(answer_loglik_items(ctx, data, batch_size=batch_size, append_eos=append_eos)) / len(data)
+
+
+def answer_loglik_items(ctx: EvalContext, data: Sequence[Pair], *, batch_size: int = 64,
+                        append_eos: bool = False) -> list[float]:
+    scored = answer_token_logprobs(ctx.model, ctx.tokenizer, data, batch_size=batch_size, append_eos=append_eos)
+    return [float(lp.mean()) for lp, _ in scored]
 
 
 def neg_sphere(ctx: EvalContext, data: Any = None, *, center: float | Mapping[str, float] = 0.0) -> float:
@@ -169,6 +193,29 @@ def weighted_sum(ctx: EvalContext, data: Any, *, terms: Sequence[Mapping[str, An
         spec = resolve_fitness(term["function"])
         total += float(term.get("weight", 1.0)) * as_fitness(spec.fn(ctx, data, **dict(term.get("args") or {})))
     return total
+
+
+def weighted_sum_items(ctx: EvalContext, data: Any, *, terms: Sequence[Mapping[str, Any]]) -> list[float]:
+    total = [0.0] * len(data)
+    for term in terms:
+        spec = resolve_fitness(term["function"])
+        if spec.items is None:
+            raise EvolutionError(f"weighted_sum: {term['function']} scores no items")
+        w = float(term.get("weight", 1.0))
+        total = [t + w * float(x) for t, x in zip(total, spec.items(ctx, data, **dict(term.get("args") or {})), strict=True)]
+    return total
+
+
+def _weighted_sum_range(args: Mapping[str, Any]) -> tuple[float, float] | None:
+    low = high = 0.0
+    for term in args.get("terms") or ():
+        spec = resolve_fitness(term["function"])
+        r = spec.item_range(dict(term.get("args") or {})) if spec.item_range else None
+        if r is None:
+            return None
+        w = float(term.get("weight", 1.0))
+        low, high = low + min(w * r[0], w * r[1]), high + max(w * r[0], w * r[1])
+    return low, high
 
 
 # ------------------------------------------------------------------------------ benchmark-backed
@@ -198,6 +245,20 @@ def mgsm_accuracy(ctx: EvalContext, data: Sequence[Pair], *, extraction: str = "
     ``extraction`` (``robust`` or ``sakana``) and compared with the gold answer by
     :func:`tsugiki.benchmarks.mgsm.score_mgsm`. ``metric: acc_ja`` also requires a Japanese response."""
 
+    result = _mgsm_scored(ctx, data, extraction, max_new_tokens, template, stop, batch_size, metric)
+    return result.scores[metric].value / 100.0
+
+
+def mgsm_items(ctx: EvalContext, data: Sequence[Pair], *, extraction: str = "robust", max_new_tokens: int = 256,
+               template: str = "ja", stop: Sequence[str] | None = None, batch_size: int = 8,
+               metric: str = "acc") -> list[float]:
+    """Per item: 1.0 if correct (and, for ``acc_ja``, answered in Japanese), else 0.0."""
+    result = _mgsm_scored(ctx, data, extraction, max_new_tokens, template, stop, batch_size, metric)
+    return [float(item["correct_ja" if metric == "acc_ja" else "correct"]) for item in result.per_item]
+
+
+def _mgsm_scored(ctx: EvalContext, data: Sequence[Pair], extraction: str, max_new_tokens: int, template: str,
+                 stop: Sequence[str] | None, batch_size: int, metric: str) -> mgsm.MgsmResult:
     if extraction not in mgsm.EXTRACTIONS:
         raise EvolutionError(f"mgsm_accuracy: extraction must be one of {', '.join(mgsm.EXTRACTIONS)}, not {extraction!r}")
     if metric not in ("acc", "acc_ja"):
@@ -210,9 +271,8 @@ def mgsm_accuracy(ctx: EvalContext, data: Sequence[Pair], *, extraction: str = "
     gen = _text_generator(ctx.model, ctx.tokenizer, text, mgsm.SEED_STOP_STRINGS if stop is None else stop,
                           int(max_new_tokens), int(batch_size))
     responses = gen.predict(list(data))
-    result = mgsm.score_mgsm(responses, [p.answer for p in data], extraction=extraction, language_filter=metric == "acc_ja")
     ctx.extra["responses"] = responses
-    return result.scores[metric].value / 100.0
+    return mgsm.score_mgsm(responses, [p.answer for p in data], extraction=extraction, language_filter=metric == "acc_ja")
 
 
 def rougeL_ja(ctx: EvalContext, data: Sequence[Pair], *, template: str = "ja-shisa-vqa", max_new_tokens: int = 64,
@@ -224,6 +284,20 @@ def rougeL_ja(ctx: EvalContext, data: Sequence[Pair], *, template: str = "ja-shi
     :class:`tsugiki.vlm.generate.VQAPredictor` with ``template`` and the given generation settings
     (the seed used 5 beams, repetition penalty 1.5, 512 tokens; the defaults here are cheaper)."""
 
+    result = _rouge_scored(ctx, data, template, max_new_tokens, num_beams, repetition_penalty, batch_size, language_filter)
+    return (result.rougeL_ja if language_filter else result.rougeL) / 100.0
+
+
+def rougeL_ja_items(ctx: EvalContext, data: Sequence[Pair], *, template: str = "ja-shisa-vqa", max_new_tokens: int = 64,
+                    num_beams: int = 1, repetition_penalty: float = 1.0, batch_size: int = 4,
+                    language_filter: bool = True) -> list[float]:
+    """Per item: its ROUGE-L F in [0, 1] (0 where ``language_filter`` drops a non-Japanese answer)."""
+    result = _rouge_scored(ctx, data, template, max_new_tokens, num_beams, repetition_penalty, batch_size, language_filter)
+    return [item["rougeL_ja" if language_filter else "rougeL"] / 100.0 for item in result.per_item]
+
+
+def _rouge_scored(ctx: EvalContext, data: Sequence[Pair], template: str, max_new_tokens: int, num_beams: int,
+                  repetition_penalty: float, batch_size: int, language_filter: bool):
     if not data:
         raise EvolutionError("rougeL_ja: no items to score")
     processor = ctx.extra.get("processor")
@@ -235,16 +309,25 @@ def rougeL_ja(ctx: EvalContext, data: Sequence[Pair], *, template: str = "ja-shi
                              progress=False)
     answers = predictor.predict([p.load_image() for p in data], [p.prompt for p in data])
     ctx.extra["responses"] = answers
-    result = rouge_ja([p.answer for p in data], answers, language_filter=language_filter)
-    return (result.rougeL_ja if language_filter else result.rougeL) / 100.0
+    return rouge_ja([p.answer for p in data], answers, language_filter=language_filter)
 
 
-FITNESS.register("mgsm_accuracy", FitnessSpec(mgsm_accuracy, True, "MGSM-style accuracy of greedy generations (0..1)"))
-FITNESS.register("rougeL_ja", FitnessSpec(rougeL_ja, True, "Japanese ROUGE-L of a VLM's VQA answers (0..1)"))
-FITNESS.register("teacher_forced_accuracy", FitnessSpec(teacher_forced_accuracy, True, "exact match + prob_weight x mean answer probability"))
-FITNESS.register("answer_loglik", FitnessSpec(answer_loglik, True, "mean log-probability of the answer tokens"))
+def _unit(args: Mapping[str, Any]) -> tuple[float, float]:
+    return 0.0, 1.0
+
+
+FITNESS.register("mgsm_accuracy", FitnessSpec(mgsm_accuracy, True, "MGSM-style accuracy of greedy generations (0..1)",
+                                              mgsm_items, _unit))
+FITNESS.register("rougeL_ja", FitnessSpec(rougeL_ja, True, "Japanese ROUGE-L of a VLM's VQA answers (0..1)",
+                                          rougeL_ja_items, _unit))
+FITNESS.register("teacher_forced_accuracy", FitnessSpec(
+    teacher_forced_accuracy, True, "exact match + prob_weight x mean answer probability", teacher_forced_items,
+    lambda args: (0.0, 1.0 + max(float(args.get("prob_weight", 0.0)), 0.0))))
+FITNESS.register("answer_loglik", FitnessSpec(answer_loglik, True, "mean log-probability of the answer tokens",
+                                              answer_loglik_items, None))
 FITNESS.register("neg_sphere", FitnessSpec(neg_sphere, False, "-sum((x - center)^2); no model"))
-FITNESS.register("weighted_sum", FitnessSpec(weighted_sum, True, "weighted sum of other fitness functions"))
+FITNESS.register("weighted_sum", FitnessSpec(weighted_sum, True, "weighted sum of other fitness functions",
+                                             weighted_sum_items, _weighted_sum_range))
 
 
 # ------------------------------------------------------------------------------ lookup
@@ -295,7 +378,8 @@ def resolve_fitness(name: str) -> FitnessSpec:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise EvolutionError(f"fitness function {name!r}: {target!r} has no callable {attr!r}")
-    return FitnessSpec(fn, needs_model=getattr(fn, "needs_model", True), doc=(fn.__doc__ or "").strip())
+    return FitnessSpec(fn, needs_model=getattr(fn, "needs_model", True), doc=(fn.__doc__ or "").strip(),
+                       items=getattr(fn, "items", None), item_range=getattr(fn, "item_range", None))
 
 
 def as_fitness(value: Any) -> float:

@@ -74,6 +74,15 @@ def plan_space(config: EvolveConfig, model_configs: Mapping[str, Mapping[str, An
     search = config.spec.search
     population = search.population or cma_population(planned.space.dim)
     budgets = [b for b in (search.generations and search.generations * population, search.max_evaluations) if b]
+    est = config.spec.fitness.estimate
+    if est is not None:
+        calibration = ("" if est.method == "subsample" else
+                       f"; first a calibration pass scores {'the sources and ' if est.sources else ''}{est.calibration} "
+                       f"random candidates on every item")
+        which = "each generation's best" if est.full_every == 1 else f"the best of one generation in {est.full_every}"
+        check = f"; {which} also on every item" if est.full_every else ""
+        notes = (*notes, f"fitness estimated ({est.method}): each candidate scores {est.items} of the fitness items"
+                 f"{calibration}{check}")
     return SpacePlan(kind.kind, planned.space, planned.parts, population, min(budgets), (*notes, *planned.notes))
 
 

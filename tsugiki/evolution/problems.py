@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -90,20 +90,54 @@ class Problem:
     def check(self) -> None:
         """Fail fast, before any candidate runs, on sources that cannot work together (metadata only)."""
 
-    def evaluate(self, values: Mapping[str, float], split: str = "fitness", seed: int = 0) -> float:
+    def _ensure_setup(self) -> None:
         if not self._ready:
             try:
                 self.setup()
             except Exception as e:  # noqa: BLE001 - no candidate can succeed: stop the run, say why
                 raise SetupError(f"cannot set up the {self.kind} problem: {type(e).__name__}: {e}") from e
             self._ready = True
-        spec, args = (self.fitness, self.fitness_args) if split == "fitness" else (self.val_fitness, self.val_args)
+
+    def _function(self, split: str) -> tuple[FitnessSpec, dict[str, Any]]:
+        return (self.fitness, self.fitness_args) if split == "fitness" else (self.val_fitness, self.val_args)
+
+    def evaluate(self, values: Mapping[str, float], split: str = "fitness", seed: int = 0) -> float:
+        self._ensure_setup()
+        spec, args = self._function(split)
         ctx = EvalContext(params=dict(values), split=split, seed=seed)
         self.prepare_candidate(values, ctx)
         return as_fitness(spec.fn(ctx, self.data[split], **args))
 
+    def evaluate_items(self, values: Mapping[str, float], split: str = "fitness", seed: int = 0, *,
+                       items: Sequence[int] | None = None, source: str | None = None) -> list[float]:
+        """Per-item scores (the fitness function's ``items`` form) of a candidate, or with ``source`` of
+        that source as it is, on the split's items at indices ``items`` (all when None)."""
+        self._ensure_setup()
+        spec, args = self._function(split)
+        if spec.items is None:
+            raise EvolutionError(f"the {split} function scores no items")
+        data = self.data[split]
+        subset = data if items is None or data is None else [data[i] for i in items]
+        ctx = EvalContext(params=dict(values), split=split, seed=seed)
+        if source is None:
+            self.prepare_candidate(values, ctx)
+        else:
+            self.prepare_source(source, ctx)
+        scores = [as_fitness(v) for v in spec.items(ctx, subset, **args)]
+        if subset is not None and len(scores) != len(subset):
+            raise ValueError(f"{len(scores)} item scores for {len(subset)} items")
+        return scores
+
     def prepare_candidate(self, values: Mapping[str, float], ctx: EvalContext) -> None:
         """Put the candidate (model, tokenizer) into ``ctx``."""
+
+    def scorable_sources(self) -> list[str]:
+        """Sources :meth:`prepare_source` can put into a context as they are (estimated fitness scores them
+        in its calibration pass); none unless the space kind says how."""
+        return []
+
+    def prepare_source(self, name: str, ctx: EvalContext) -> None:
+        raise EvolutionError(f"a {self.kind} space cannot score its source {name!r} as it is")
 
     def document(self, values: Mapping[str, float], header: str = "") -> str:
         """The best candidate as YAML text (``best.yaml``)."""

@@ -57,6 +57,9 @@ def plot_fitness(history: list[dict], generations: list[dict], out: Path) -> Pat
     val = [(g["evaluations"], g["validation"]) for g in generations if g.get("validation") is not None]
     if val:
         ax.plot(*zip(*val), "s--", ms=3, color="tab:orange", label="generation best (validation)")
+    full = [(g["evaluations"], g["best_full_fitness"]) for g in generations if g.get("best_full_fitness") is not None]
+    if full:  # an estimated run: the estimate's error is the gap to the generation best
+        ax.plot(*zip(*full), "D:", ms=4, color="tab:purple", label="generation best (full fitness set)")
     ax.set_xlabel("evaluations")
     ax.set_ylabel("fitness (higher is better)")
     ax.legend(fontsize=8, loc="lower right")
@@ -147,7 +150,8 @@ def write_plots(run_dir: str | Path, problem=None) -> list[Path]:
 
 
 _CAPTIONS = {"fitness.png": "Fitness over evaluations: every candidate, the best so far, and each generation's best "
-                            "on the fitness and validation splits (the gap shows overfitting).",
+                            "on the fitness and validation splits (the gap shows overfitting); in an estimated run "
+                            "also its score on the full fitness set (the gap shows the estimate's error).",
              "ps_heatmap.png": "Best candidate's merge parameters per model and layer group / UNet block.",
              "dfs_path.png": "Best DFS inference path (source layer per position) and scaling matrix W."}
 
@@ -182,10 +186,14 @@ def write_html(run_dir: str | Path) -> Path:
         parts += ["<h2>Best candidate</h2>", to_html(Table(["parameter", "value"], params)),
                   "<p>Recipe: <a href=\"best.yaml\">best.yaml</a></p>"]
     if generations:
-        head = ["generation", "evaluations", "best", "mean", "validation", "best so far", "failures", "seconds"]
+        estimated = any("best_full_fitness" in g for g in generations)
+        counted = any("items_scored" in g for g in generations)  # runs with fitness data
+        head = ["generation", "evaluations", "best", *(["best on the full set"] if estimated else []), "mean",
+                "validation", "best so far", "failures", *(["items scored"] if counted else []), "seconds"]
         rows = [[Cell(str(c), numeric=True) for c in (
-            g["generation"], g["evaluations"], _f(g["best_fitness"]), _f(g.get("mean_fitness")), _f(g.get("validation")),
-            _f(g.get("best_so_far")), g.get("failures", 0), f"{g['seconds']:.2f}")] for g in generations]
+            g["generation"], g["evaluations"], _f(g["best_fitness"]), *([_f(g.get("best_full_fitness"))] if estimated else []),
+            _f(g.get("mean_fitness")), _f(g.get("validation")), _f(g.get("best_so_far")), g.get("failures", 0),
+            *([g.get("items_scored", "-")] if counted else []), f"{g['seconds']:.2f}")] for g in generations]
         parts += ["<h2>Generations</h2>", to_html(Table(head, rows))]
     errors = [h for h in history if h["fitness"] is None][:10]
     if errors:
@@ -220,6 +228,11 @@ def summary(run_dir: str | Path, *, stop_reason: str = "", max_params: int = 12)
     if best:
         lines.append(f"best         fitness {_f(best['fitness'])}, validation {_f(best.get('validation'))} "
                      f"(generation {best['generation']}, candidate {best['index']})")
+        checked = [g for g in generations if g.get("best_full_fitness") is not None]
+        if checked:
+            errors = [abs(g["best_fitness"] - g["best_full_fitness"]) for g in checked]
+            lines.append(f"estimate     generation bests vs the full fitness set: mean |error| {sum(errors) / len(errors):.4g} "
+                         f"over {len(checked)} generations")
         if generations and generations[-1].get("validation") is not None:
             lines.append(f"last gen     best fitness {_f(generations[-1]['best_fitness'])}, validation {_f(generations[-1]['validation'])}")
         slots = [v for k, v in best["params"].items() if k.startswith("use.")]

@@ -10,6 +10,8 @@ Layout::
     generations.jsonl  one line per finished generation (best, mean, validation of its best, ...)
     best.yaml          the best candidate so far (a tsugiki/mergekit recipe where the space has one)
     best.json          its generation, index, fitness, validation score and parameters
+    calibration.jsonl  with fitness.estimate (anchors, irt): per-item scores of the calibration models
+    estimator.json     with fitness.estimate: the fitted estimator, read back on resume
     plots/*.png        fitness curve, PS heatmap or DFS path and scales (at the end of a run)
     .lock              held (flock) by the process writing the run
 

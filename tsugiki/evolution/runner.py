@@ -18,6 +18,7 @@ with the same history (all but the ``seconds`` field) and best as an uninterrupt
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -31,6 +32,7 @@ import numpy as np
 
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.backends import Result, Task, make_backend
+from tsugiki.evolution.calibrate import Estimation, calibrate, check_estimate
 from tsugiki.evolution.config import EvolveConfig, load_config
 from tsugiki.evolution.fitness import code_refs
 from tsugiki.evolution.problems import Problem, make_problem
@@ -254,6 +256,7 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
         prepare_sources(config, rd.path)
         problem = make_problem(config, rd.path)
         problem.check()
+        check_estimate(config, problem)
         if meta is not None and meta.get("fingerprint") != config.fingerprint():
             raise EvolutionError(f"{rd.path}: config.yaml differs from the config the run was started with "
                                  f"(fingerprint {config.fingerprint()}, run.json says {meta.get('fingerprint')!r}); "
@@ -266,7 +269,8 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
             rd.truncate(name, state.pop(name.replace(".jsonl", "_bytes")))
         s = config.spec.search
         backend = make_backend(s.backend, problem, config, rd.path, workers=s.workers, timeout=s.timeout, threads=s.threads)
-        loop = _Loop(config, rd, problem, backend, state, on_generation)
+        estimation = calibrate(config, problem, rd, backend, progress=progress) if config.spec.fitness.estimate else None
+        loop = _Loop(config, rd, problem, backend, state, on_generation, estimation)
         loop.sync_best()
         reason = loop.run(progress)
         if plots:
@@ -296,9 +300,10 @@ def evolve_and_export(config: EvolveConfig | None, run_dir: str | Path, export_t
 
 
 class _Loop:
-    def __init__(self, config, rd: RunDir, problem: Problem, backend, state: dict, on_generation):
+    def __init__(self, config, rd: RunDir, problem: Problem, backend, state: dict, on_generation,
+                 estimation: Estimation | None = None):
         self.config, self.rd, self.problem, self.backend, self.state = config, rd, problem, backend, state
-        self.on_generation = on_generation
+        self.on_generation, self.estimation = on_generation, estimation
 
     def run(self, progress: bool) -> str:
         s, st = self.config.spec.search, self.state
@@ -322,18 +327,21 @@ class _Loop:
         started = time.perf_counter()
         es = st["es"]
         X, results = st.pop("asked", None) or (es.ask(), {})  # asked by replay(): the interrupted generation
-        tasks = [Task(i, tuple(_vec(X[i])), "fitness", candidate_seed(seed, gen, i)) for i in range(len(X)) if i not in results]
+        est = self.estimation
+        make_task = est.task if est else (lambda i, x, s: Task(i, x, "fitness", s))
+        tasks = [make_task(i, tuple(_vec(X[i])), candidate_seed(seed, gen, i)) for i in range(len(X)) if i not in results]
         buffered: dict[int, Result] = {}
         next_i = len(results)
         for task, res in self.backend.map(tasks):
             if res.fatal:
                 raise EvolutionError(res.error)
-            buffered[task.index] = res
+            buffered[task.index] = _estimated(est, res)
             while next_i in buffered:  # write in index order, whatever order workers finish in
                 results[next_i] = r = buffered.pop(next_i)
                 rd.append("history.jsonl", {"generation": gen, "index": next_i, "params": space.decode(X[next_i]),
                                             "fitness": r.fitness, "error": r.error, "seconds": r.seconds,
-                                            "seed": candidate_seed(seed, gen, next_i), "x": _vec(X[next_i])})
+                                            "seed": candidate_seed(seed, gen, next_i), "x": _vec(X[next_i]),
+                                            **({"item_scores": r.scores} if est else {})})
                 next_i += 1
         fitness = [results[i].fitness for i in range(len(X))]
         es.tell(X, failure_costs(fitness))
@@ -342,17 +350,19 @@ class _Loop:
         row: dict[str, Any] = {"generation": gen, "evaluations": st["evaluations"], "population": len(X),
                                "failures": len(X) - len(ok), "best_index": None, "best_fitness": None,
                                "mean_fitness": sum(ok) / len(ok) if ok else None, "validation": None}
+        data = self.problem.data.get("fitness")
+        if data is not None:  # the fitness compute: items scored
+            row["items_scored"] = len(X) * (len(est.items) if est else len(data))
         if top:
             best_f, best_i = top
             row.update(best_index=best_i, best_fitness=best_f)
+            best_task = Task(best_i, tuple(_vec(X[best_i])), "validation", candidate_seed(seed, gen, best_i))
             if self.problem.has_validation:
-                val_task = Task(best_i, tuple(_vec(X[best_i])), "validation", candidate_seed(seed, gen, best_i))
-                (_, vr), = list(self.backend.map([val_task]))
-                if vr.fatal:
-                    raise EvolutionError(vr.error)
-                row["validation"] = vr.fitness
-                if vr.error:
-                    row["validation_error"] = vr.error
+                row["validation"] = self.score(best_task, row, "validation_error")
+            every = est and self.config.spec.fitness.estimate.full_every
+            if every and gen % every == 0:  # how far the estimate strays from the full set
+                row["best_full_fitness"] = self.score(dataclasses.replace(best_task, split="fitness"), row, "best_full_error")
+                row["items_scored"] += len(data)
             if _improves(st, gen, X, top, row["validation"], self.problem):
                 self.write_best()
         row["best_so_far"] = st["best"]["fitness"] if st["best"] else None
@@ -362,6 +372,14 @@ class _Loop:
         rd.append("generations.jsonl", row)  # the commit point of the generation
         st["generation"] = gen + 1
         return row
+
+    def score(self, task: Task, row: dict, error_key: str) -> float | None:
+        (_, r), = list(self.backend.map([task]))
+        if r.fatal:
+            raise EvolutionError(r.error)
+        if r.error:
+            row[error_key] = r.error
+        return r.fitness
 
     def sync_best(self) -> None:
         """best.yaml/best.json as of the last committed generation (a kill may have left a newer
@@ -388,6 +406,16 @@ class _Loop:
             text = header + f"# (no recipe: {type(e).__name__}: {e})\n"
         atomic_write(self.rd.file("best.yaml"), text)
         atomic_write(self.rd.file("best.json"), json_line({k: v for k, v in b.items() if k != "x"} | {"x": b["x"]}))
+
+
+def _estimated(est: Estimation | None, res: Result) -> Result:
+    """An estimated candidate's result: the estimate from its item scores as its fitness."""
+    if est is None or res.scores is None:
+        return res
+    try:
+        return dataclasses.replace(res, fitness=est.estimate(res.scores))
+    except ValueError as e:
+        return dataclasses.replace(res, fitness=None, error=f"ValueError: {e}")
 
 
 def _fmt(v: float | None) -> str:

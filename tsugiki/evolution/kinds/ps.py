@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional
 
 from tsugiki.errors import EvolutionError, TsugikiError
 from tsugiki.evolution.problems import Problem, parameter_matrices
-from tsugiki.evolution.ps import DEFAULT_BOUNDS, PSSpace
+from tsugiki.evolution.ps import DEFAULT_BOUNDS, PSSpace, recipe_data
 from tsugiki.evolution.schema import Bounds, Count, Mapping_, Names, NonNegative
 from tsugiki.evolution.sources import is_vlm_path, load_causal_lm, load_vlm, model_config, read_json_config
 from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind
@@ -21,6 +21,7 @@ from tsugiki.merging.checkpoint import open_sources
 from tsugiki.merging.execute import MergeOptions
 from tsugiki.merging.inmemory import InMemoryMerger
 from tsugiki.merging.plan import plan_merge
+from tsugiki.merging.recipe import Recipe
 from tsugiki.merging.to_disk import merge_to_disk
 from tsugiki.vlm.inmemory import VlmLanguageModelMerger
 from tsugiki.vlm.merge import merge_vlm_to_disk
@@ -161,6 +162,20 @@ class PSProblem(Problem):
 
     def prepare_candidate(self, values, ctx) -> None:
         self.merger.apply(self.ps.recipe(values))
+        ctx.model, ctx.tokenizer = self.model, self.tokenizer
+        if self.processor is not None:
+            ctx.extra["processor"] = self.processor
+
+    def scorable_sources(self) -> list[str]:
+        if self.vlm is not None:  # a VLM's language model merged in place: its sources are not candidates as they are
+            return []
+        return [*([self.ps.base_model] if self.ps.base_model else []), *self.ps.models]
+
+    def prepare_source(self, name: str, ctx) -> None:
+        """The source alone (a linear merge of it with weight 1: its own weights), merged in place."""
+        data = recipe_data("linear", [{"model": self.paths[name], "parameters": {"weight": 1.0}}], None, {}, 0,
+                           self.ps.dtype)
+        self.merger.apply(Recipe.from_dict(data, source_name=f"<source {name}>"))
         ctx.model, ctx.tokenizer = self.model, self.tokenizer
         if self.processor is not None:
             ctx.extra["processor"] = self.processor
