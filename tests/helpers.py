@@ -1,6 +1,11 @@
 """Small helpers shared by test modules."""
 
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 from safetensors.torch import load_file, save_file
 
@@ -45,3 +50,33 @@ def new_method_recipe(method, base, others):
     lines = [f"merge_method: {method}"] + ([f"base_model: {base}"] if uses_base else []) + [f"parameters: {params}", "models:"]
     lines += [f"  - {{model: {path(w)}, parameters: {p}}}" for w, p in models]
     return "\n".join(lines) + "\n"
+
+
+EVOLVE_CLI = textwrap.dedent("""
+    import argparse, sys
+    from tsugiki.commands import evolve
+    p = argparse.ArgumentParser()
+    evolve.register(p.add_subparsers())
+    a = p.parse_args(sys.argv[1:])
+    sys.exit(a.func(a))
+""")
+
+
+def evolve_and_kill(args, watched, lines: int) -> bool:
+    """Start `tsugiki evolve ARGS -q --allow-code` in a subprocess and SIGKILL it once the file ``watched``
+    has ``lines`` lines; returns whether it was killed (False: it finished first)."""
+    proc = subprocess.Popen([sys.executable, "-c", EVOLVE_CLI, "evolve", *args, "-q", "--allow-code"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while proc.poll() is None:
+            if watched.exists() and watched.read_bytes().count(b"\n") >= lines:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.005)
+        assert proc.returncode == 0, proc.stderr.read().decode()
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

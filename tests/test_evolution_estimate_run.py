@@ -7,10 +7,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -130,34 +126,6 @@ def test_estimate_follows_the_full_fitness(tmp_path):
     assert full_mean(est.best["params"]) > full_mean({"x": 1.0, "y": -2.0}) - 0.02
 
 
-RUNNER = textwrap.dedent("""
-    import argparse, sys
-    from tsugiki.commands import evolve
-    p = argparse.ArgumentParser()
-    evolve.register(p.add_subparsers())
-    a = p.parse_args(sys.argv[1:])
-    sys.exit(a.func(a))
-""")
-
-
-def _run_and_kill(args: list[str], watched: Path, lines: int) -> bool:
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, "evolve", *args, "-q", "--allow-code"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        while proc.poll() is None:
-            if watched.exists() and watched.read_bytes().count(b"\n") >= lines:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.005)
-        assert proc.returncode == 0, proc.stderr.read().decode()
-        return False
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def _logs(run: Path) -> dict[str, list[dict]]:
     rd = RunDir(run)
     return {name: [{k: v for k, v in h.items() if k != "seconds"} for h in rd.read_jsonl(name)]
@@ -165,12 +133,14 @@ def _logs(run: Path) -> dict[str, list[dict]]:
 
 
 def test_sigkill_in_calibration_and_search_resumes_exactly(tmp_path):
+    from helpers import evolve_and_kill  # here: `tsugiki evolve` imports this file as the fitness's module
+
     cfg = config({"method": "irt", "items": 6, "calibration": 6}, generations=5, args={"sleep": 0.02})
     reference = evolve(from_data(cfg), tmp_path / "ref", plots=False)
     (tmp_path / "c.yaml").write_text(json.dumps(cfg))
     run = tmp_path / "run"
-    killed = [_run_and_kill([str(tmp_path / "c.yaml"), "-o", str(run)], run / "calibration.jsonl", 3),
-              _run_and_kill(["--resume", str(run)], run / "history.jsonl", 9)]
+    killed = [evolve_and_kill([str(tmp_path / "c.yaml"), "-o", str(run)], run / "calibration.jsonl", 3),
+              evolve_and_kill(["--resume", str(run)], run / "history.jsonl", 9)]
     assert all(killed), "the run finished before it could be killed"
     resumed = evolve(None, run, plots=False)
     assert _logs(run) == _logs(tmp_path / "ref")

@@ -7,10 +7,6 @@ import functools
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -108,43 +104,15 @@ def test_lock_refuses_a_second_writer(tmp_path):
         holder.unlock()
 
 
-RUNNER = textwrap.dedent("""
-    import argparse, sys
-    from tsugiki.commands import evolve
-    p = argparse.ArgumentParser()
-    evolve.register(p.add_subparsers())
-    a = p.parse_args(sys.argv[1:])
-    sys.exit(a.func(a))
-""")
-
-
-def _run_and_kill(args: list[str], run: Path, kill_at_lines: int) -> bool:
-    """Start `tsugiki evolve ARGS` in a subprocess and SIGKILL it once history.jsonl has that many
-    lines; returns whether it was killed (False: it finished first)."""
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, "evolve", *args, "-q", "--allow-code"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    hist = run / "history.jsonl"
-    try:
-        while proc.poll() is None:
-            if hist.exists() and hist.read_bytes().count(b"\n") >= kill_at_lines:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.005)
-        assert proc.returncode == 0, proc.stderr.read().decode()
-        return False
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
+    from helpers import evolve_and_kill  # here: `tsugiki evolve` imports this file as the fitness's module
+
     cfg = box(tmp_path, generations=10, args={"sleep": 0.01})
     reference = evolve(from_data(cfg), tmp_path / "ref", plots=False)
     (tmp_path / "c.yaml").write_text(json.dumps(cfg))
     run = tmp_path / "run"
-    killed = [_run_and_kill([str(tmp_path / "c.yaml"), "-o", str(run)], run, 17),  # mid generation 2
-              _run_and_kill(["--resume", str(run)], run, 40)]
+    killed = [evolve_and_kill([str(tmp_path / "c.yaml"), "-o", str(run)], run / "history.jsonl", 17),  # mid generation 2
+              evolve_and_kill(["--resume", str(run)], run / "history.jsonl", 40)]
     assert all(killed), "the run finished before it could be killed"
     resumed = evolve(None, run, plots=False)
     assert history(run) == history(tmp_path / "ref")

@@ -78,3 +78,17 @@ def test_bad_responses_are_refused():
         IRT.fit(np.array([[0.5, 2.0]]))
     with pytest.raises(ValueError, match="matrix"):
         Anchors.fit(np.zeros(3), k=2)
+
+
+def test_kendall_tau_b_equals_scipy_with_ties():
+    from scipy.stats import kendalltau
+
+    from tsugiki.benchmarks.stats import kendall_tau
+
+    rng = np.random.default_rng(3)
+    for n in (2, 7, 30):
+        a, b = rng.integers(0, 4, n).tolist(), rng.integers(0, 5, n).tolist()
+        expected = kendalltau(a, b).statistic
+        assert kendall_tau(a, b) == pytest.approx(expected, abs=1e-12) or (np.isnan(expected) and np.isnan(kendall_tau(a, b)))
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0 and kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0
+    assert np.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
