@@ -60,6 +60,20 @@ def unbounded_items(ctx, data):
 unbounded.items = unbounded_items
 
 
+def odd_seeds_fail(ctx, data):
+    return sum(odd_seeds_fail_items(ctx, data)) / len(data)
+
+
+def odd_seeds_fail_items(ctx, data):
+    if ctx.seed % 2 and ctx.params:  # calibration candidate j gets seed estimate.seed + j
+        raise RuntimeError("candidate exploded")
+    return item_sphere_items(ctx, data)
+
+
+odd_seeds_fail.items = odd_seeds_fail_items
+odd_seeds_fail.item_range = lambda args: (0.0, 1.0)
+
+
 def no_items(ctx, data):
     return -ctx.params["x"] ** 2
 
@@ -299,3 +313,15 @@ def test_estimated_run_in_worker_processes_equals_serial(tmp_path):
     evolve(from_data(config(est, generations=2)), tmp_path / "serial", plots=False)
     evolve(from_data(config(est, generations=2, workers=2)), tmp_path / "parallel", plots=False)
     assert _logs(tmp_path / "parallel") == _logs(tmp_path / "serial")
+
+
+def test_failed_calibration_models_are_recorded_and_left_out(tmp_path):
+    run = tmp_path / "run"
+    evolve(from_data(config({"method": "anchors", "items": 5, "calibration": 5}, "odd_seeds_fail", generations=1)), run,
+           plots=False)
+    calibration = RunDir(run).read_jsonl("calibration.jsonl")
+    assert [c["scores"] is None for c in calibration] == [False, True, False, True, False]
+    assert all("candidate exploded" in c["error"] for c in calibration if c["scores"] is None)
+    assert json.loads((run / "estimator.json").read_text())["models"] == 3
+    with pytest.raises(EvolutionError, match="calibration scored 1 of 2 models on the full set; the estimator needs at least 2"):
+        evolve(from_data(config({"method": "anchors", "items": 5, "calibration": 2}, "odd_seeds_fail")), tmp_path / "r2")

@@ -133,7 +133,7 @@ def calibrate(config: Any, problem: Problem, rd: RunDir, backend, *, progress: b
             bar.close()
     matrix = [r["scores"] for r in rows if r.get("scores") is not None and len(r["scores"]) == n]
     if len(matrix) < 2 and est.method != "subsample":
-        raise EvolutionError(f"{rd.path}: calibration scored {len(matrix)} models on the full set; the estimator needs "
+        raise EvolutionError(f"{rd.path}: calibration scored {len(matrix)} of {len(rows)} models on the full set; the estimator needs "
                              f"at least 2 (see the errors in {CALIBRATION})")
     path = rd.file(ESTIMATOR)
     if path.exists():
