@@ -13,7 +13,9 @@ every backend. Nothing is pickled: on resume :func:`replay` rebuilds the optimis
 from the config and the logs alone (ask, check the asked vectors equal the recorded ones exactly,
 tell the recorded costs; no model is evaluated), so an interrupted run resumed from its run dir ends
 with the same history (all but the ``seconds`` field) and best as an uninterrupted one. See
-:mod:`tsugiki.evolution.rundir` for how the files are committed.
+:mod:`tsugiki.evolution.rundir` for how the files are committed. With ``fitness.estimate`` a calibration
+pass runs before the first generation and candidates are scored on a few items
+(:mod:`tsugiki.evolution.calibrate`).
 """
 
 from __future__ import annotations
