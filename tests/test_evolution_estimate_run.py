@@ -126,7 +126,19 @@ def test_estimated_run_records_estimates_and_full_scores(tmp_path, method):
             assert g["items_scored"] == 6 * len(estimator.items) + N_ITEMS
         else:
             assert "best_full_fitness" not in g and g["items_scored"] == 6 * len(estimator.items)
-    assert result.best["fitness"] == max(h["fitness"] for h in history)
+    # the run's best: the checked generation best with the highest full-set score, its estimate beside it
+    checked = max((g for g in gens if "best_full_fitness" in g), key=lambda g: g["best_full_fitness"])
+    assert (result.best["generation"], result.best["index"]) == (checked["generation"], checked["best_index"])
+    assert result.best["fitness"] == checked["best_full_fitness"] and result.best["estimate"] == checked["best_fitness"]
+    assert json.loads((run / "best.json").read_text())["fitness"] == checked["best_full_fitness"]
+
+
+def test_without_full_set_checks_the_best_is_the_highest_estimate(tmp_path):
+    result = evolve(from_data(config({"method": "anchors", "items": 5, "calibration": 3, "full_every": 0},
+                                     generations=3)), tmp_path / "run", plots=False)
+    history = RunDir(tmp_path / "run").read_jsonl("history.jsonl")
+    assert result.best["fitness"] == max(h["fitness"] for h in history) and "estimate" not in result.best
+    assert all("best_full_fitness" not in g for g in RunDir(tmp_path / "run").read_jsonl("generations.jsonl"))
 
 
 def _decode(x: list[float]) -> dict:

@@ -165,7 +165,8 @@ class Estimate(Section):
     (representative items, weighted) or irt (2PL item parameters, ``dim`` dimensions). For anchors and irt,
     a calibration pass first scores the sources (with ``sources``, where the space can score them as they are) and
     ``calibration`` random candidates on the full set. Every ``full_every``-th generation's best is also
-    scored on the full set (0: never), so the history shows how far the estimate strays."""
+    scored on the full set, so the history shows how far the estimate strays, and the run's best is the
+    checked generation best with the highest full-set score (0: no checks; the best is by estimate)."""
 
     method: Annotated[str, one_of("subsample", "anchors", "irt")] = "irt"
     items: Count

@@ -117,12 +117,23 @@ def _tally(st: dict, X: list, fitness: list[float | None]) -> tuple[float, int] 
     return max(ok, key=lambda t: (t[0], -t[1])) if ok else None
 
 
-def _improves(st: dict, gen: int, X: list, top: tuple[float, int], validation: float | None, problem: Problem) -> bool:
+def _by_full_set(config: EvolveConfig) -> bool:
+    """Whether the run's best is chosen by full-set scores: an estimated run that checks generation bests."""
+    est = config.spec.fitness.estimate
+    return bool(est and est.full_every)
+
+
+def _improves(st: dict, gen: int, X: list, top: tuple[float, int], row: dict, problem: Problem, by_full: bool) -> bool:
+    """Whether generation ``gen``'s best (``top``) is the run's new best. With ``by_full``, only generation
+    bests scored on the full set compete, by that score (an estimate can stray most where a search selects
+    it: on its highest values); the estimate is kept beside it."""
     best_f, best_i = top
-    if st["best"] is not None and not best_f > st["best"]["fitness"]:
+    score = row.get("best_full_fitness") if by_full else best_f
+    if score is None or (st["best"] is not None and not score > st["best"]["fitness"]):
         return False
-    st["best"] = {"generation": gen, "index": best_i, "fitness": best_f, "validation": validation,
-                  "params": problem.space.decode(X[best_i]), "x": _vec(X[best_i])}
+    st["best"] = {"generation": gen, "index": best_i, "fitness": score, "validation": row.get("validation"),
+                  "params": problem.space.decode(X[best_i]), "x": _vec(X[best_i]),
+                  **({"estimate": best_f} if by_full else {})}
     return True
 
 
@@ -176,7 +187,7 @@ def replay(config: EvolveConfig, problem: Problem, rd: RunDir) -> dict:
         if (top or (None, None)) != (row.get("best_fitness"), row.get("best_index")):
             raise refuse(f"generation {gen}'s best in generations.jsonl is not the best of its history lines")
         if top:
-            _improves(st, gen, X, top, row.get("validation"), problem)
+            _improves(st, gen, X, top, row, problem, _by_full_set(config))
         st["seconds"] += float(row.get("seconds") or 0.0)
         st["generation"] = gen + 1
     pending = [obj for obj, _ in lines[at:]]
@@ -365,7 +376,7 @@ class _Loop:
             if every and gen % every == 0:  # how far the estimate strays from the full set
                 row["best_full_fitness"] = self.score(dataclasses.replace(best_task, split="fitness"), row, "best_full_error")
                 row["items_scored"] += len(data)
-            if _improves(st, gen, X, top, row["validation"], self.problem):
+            if _improves(st, gen, X, top, row, self.problem, _by_full_set(self.config)):
                 self.write_best()
         row["best_so_far"] = st["best"]["fitness"] if st["best"] else None
         row["sigma"] = float(es.sigma)
@@ -401,7 +412,8 @@ class _Loop:
     def write_best(self) -> None:
         b = self.state["best"]
         header = (f"# best candidate of run {self.config.name!r}: generation {b['generation']}, index {b['index']}, "
-                  f"fitness {b['fitness']:.6g}" + (f", validation {b['validation']:.6g}" if b["validation"] is not None else "") + "\n")
+                  f"fitness {b['fitness']:.6g}" + (f" (full set; estimate {b['estimate']:.6g})" if "estimate" in b else "")
+                  + (f", validation {b['validation']:.6g}" if b["validation"] is not None else "") + "\n")
         try:
             text = self.problem.document(b["params"], header)
         except Exception as e:  # noqa: BLE001 - the best must always be recorded, even without a recipe
