@@ -14,7 +14,9 @@ space (DARE-TIES weight and density per model and layer group) drawn as CMA-ES d
 ``x0 + sigma * z`` (sigma 0.5, the demo's), merged in memory. Every candidate is scored item by item on the
 whole fitness set with the demo's fitness (default: teacher-forced, the exact match of the Japanese worked
 answer plus 0.1 x its probability, on Japanese word problems; ``--fitness generated``: the seed's acc_ja of
-greedy answers). Scores are kept in ``WORK/population.json``, so a rerun scores only what is missing.
+greedy answers). Scores are kept in ``WORK/population.json``, so a rerun scores only what is missing;
+``--recorded FILE`` evaluates the estimators on such a file alone (the default size's, measured on
+2026-12-04, is ``perf/results/fitness-estimate-population.json``).
 
 Calibration models (as ``fitness.estimate`` draws them: the three sources and random candidates of one
 seed) fit each estimator; the test candidates (another seed) are scored from the estimator's items alone
@@ -77,7 +79,8 @@ def build_population(work: Path, n_items: int, n_calibration: int, n_test: int, 
         rows[name] = {"name": name, "group": group, "x": x, "scores": scores, "seconds": time.perf_counter() - t0}
         print(f"  [{i + 1}/{len(models)}] {name}: mean {np.mean(scores):.4f} ({rows[name]['seconds']:.1f} s)", flush=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "models": [rows[m[1]] for m in models if m[1] in rows]}))
+        tmp.write_text(json.dumps({"key": key, "range": problem.fitness.item_range(problem.fitness_args),
+                                   "models": [rows[m[1]] for m in models if m[1] in rows]}))
         tmp.replace(path)
     return {"key": key, "models": [rows[m[1]] for m in models], "range": problem.fitness.item_range(problem.fitness_args)}
 
@@ -114,17 +117,26 @@ def main() -> None:
     ap.add_argument("--cost", type=int, default=10, help="score each candidate on 1/COST of the items")
     ap.add_argument("--seeds", type=int, default=10, help="estimator seeds averaged (subsample, anchors; irt: 3)")
     ap.add_argument("--fitness", choices=("teacher_forced", "generated"), default="teacher_forced")
+    ap.add_argument("--recorded", type=Path, help="evaluate the estimators on a recorded population.json instead "
+                                                  "(perf/results/fitness-estimate-population.json: the default size's)")
     args = ap.parse_args()
     n_items = args.items or (50 if args.quick else 100)
     n_cal = args.calibration if args.calibration is not None else (3 if args.quick else 6)
     n_test = args.candidates or (10 if args.quick else 16)
     t0 = time.perf_counter()
-    pop = build_population(args.work, n_items, n_cal, n_test, args.fitness)
+    if args.recorded:  # a population scored before (a WORK/population.json): no models needed
+        pop = json.loads(args.recorded.read_text(encoding="utf-8"))
+        n_items = len(pop["models"][0]["scores"])
+        n_cal = sum(m["group"] == "calibration" for m in pop["models"])
+        n_test = sum(m["group"] == "test" for m in pop["models"])
+        args.fitness = pop["key"]["fitness"]
+    else:
+        pop = build_population(args.work, n_items, n_cal, n_test, args.fitness)
     built = time.perf_counter() - t0
     full = [float(np.mean(m["scores"])) for m in pop["models"]]
     test_full = [f for f, m in zip(full, pop["models"]) if m["group"] == "test"]
     k = max(1, n_items // args.cost)
-    print(f"\npopulation: {len(pop['models'])} models ({sum(m['group'] == 'source' for m in pop['models'])} sources, "
+    print(f"\npopulation{' (recorded: ' + str(args.recorded) + ')' if args.recorded else ''}: {len(pop['models'])} models ({sum(m['group'] == 'source' for m in pop['models'])} sources, "
           f"{n_cal} calibration, {n_test} test) x {n_items} items, {args.fitness} fitness; scored in {built:.0f} s "
           f"(mean {np.mean([m['seconds'] for m in pop['models']]):.1f} s per model on the full set)")
     print(f"test candidates' full-set fitness: min {min(test_full):.3f}, median {np.median(test_full):.3f}, "
