@@ -85,8 +85,6 @@ class Estimation:
 
     estimator: Estimator
     items: tuple[int, ...]
-    n_items: int
-    calibration_items: int  # items scored by the calibration pass (its fitness compute)
 
     def task(self, index: int, x: tuple[float, ...], seed: int) -> Task:
         return Task(index, x, "fitness", seed, per_item=True, items=self.items)
@@ -153,4 +151,4 @@ def calibrate(config: Any, problem: Problem, rd: RunDir, backend, *, progress: b
         except ValueError as e:
             raise EvolutionError(f"{config.where('fitness.estimate')}{e}") from None
         atomic_write(path, json_line({"estimator": estimator.to_json(), "n_items": n, "models": len(matrix)}))
-    return Estimation(estimator, tuple(int(i) for i in estimator.items), n, len(rows) * n)
+    return Estimation(estimator, tuple(int(i) for i in estimator.items))
