@@ -24,7 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -102,6 +102,19 @@ def evaluate_task(problem, task: Task, *, timeout: float | None, threads: int) -
         if tb:
             msg += f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})"
         return Result(None, msg, time.perf_counter() - start)
+
+
+def in_index_order(results: Iterable[tuple[Task, Result]], first: int) -> Iterator[tuple[Task, Result]]:
+    """A backend's ``map`` results in task-index order from ``first`` on, whatever order workers finish
+    in (so logs do not depend on it); a fatal result (the problem cannot be set up) stops the run."""
+    buffered: dict[int, tuple[Task, Result]] = {}
+    for task, res in results:
+        if res.fatal:
+            raise EvolutionError(res.error)
+        buffered[task.index] = (task, res)
+        while first in buffered:
+            yield buffered.pop(first)
+            first += 1
 
 
 # ------------------------------------------------------------------------------ serial

@@ -28,15 +28,12 @@ from typing import Any
 import numpy as np
 
 from tsugiki.errors import EvolutionError
-from tsugiki.evolution.backends import Task
+from tsugiki.evolution.backends import Task, in_index_order
 from tsugiki.evolution.estimate import Estimator, estimator_from_json, fit_estimator
 from tsugiki.evolution.problems import Problem
-from tsugiki.evolution.rundir import RunDir, json_line
+from tsugiki.evolution.rundir import CALIBRATION, ESTIMATOR, RunDir, json_line
 from tsugiki.fileio import atomic_write
 from tsugiki.progress import progress_bar
-
-CALIBRATION = "calibration.jsonl"
-ESTIMATOR = "estimator.json"
 
 
 def check_estimate(config: Any, problem: Problem) -> None:
@@ -118,19 +115,12 @@ def calibrate(config: Any, problem: Problem, rd: RunDir, backend, *, progress: b
         bar = progress_bar(total=len(tasks), initial=len(lines), desc="calibrate (full fitness set)", unit="model",
                            disable=not progress, leave=True)
         try:
-            buffered: dict[int, Any] = {}
-            for task, res in backend.map(todo):
-                if res.fatal:
-                    raise EvolutionError(res.error)
-                buffered[task.index] = (task, res)
-                while len(rows) in buffered:  # in order, whatever order workers finish in
-                    t, r = buffered.pop(len(rows))
-                    row = {"index": t.index, "label": labels[t.index], "source": t.source, "x": list(t.x),
-                           "scores": list(r.scores) if r.scores is not None else None, "error": r.error,
-                           "seconds": r.seconds}
-                    rd.append(CALIBRATION, row)
-                    rows.append(row)
-                    bar.update(1)
+            for t, r in in_index_order(backend.map(todo), len(rows)):
+                row = {"index": t.index, "label": labels[t.index], "source": t.source, "x": list(t.x),
+                       "scores": list(r.scores) if r.scores is not None else None, "error": r.error, "seconds": r.seconds}
+                rd.append(CALIBRATION, row)
+                rows.append(row)
+                bar.update(1)
         finally:
             bar.close()
     matrix = [r["scores"] for r in rows if r.get("scores") is not None and len(r["scores"]) == n]

@@ -101,29 +101,30 @@ class Problem:
     def _function(self, split: str) -> tuple[FitnessSpec, dict[str, Any]]:
         return (self.fitness, self.fitness_args) if split == "fitness" else (self.val_fitness, self.val_args)
 
-    def evaluate(self, values: Mapping[str, float], split: str = "fitness", seed: int = 0) -> float:
+    def _context(self, values: Mapping[str, float], split: str, seed: int, source: str | None = None) -> EvalContext:
+        """The evaluation context with the candidate (or, with ``source``, that source as it is) in it."""
         self._ensure_setup()
-        spec, args = self._function(split)
-        ctx = EvalContext(params=dict(values), split=split, seed=seed)
-        self.prepare_candidate(values, ctx)
-        return as_fitness(spec.fn(ctx, self.data[split], **args))
-
-    def evaluate_items(self, values: Mapping[str, float], split: str = "fitness", seed: int = 0, *,
-                       items: Sequence[int] | None = None, source: str | None = None) -> list[float]:
-        """Per-item scores (the fitness function's ``items`` form) of a candidate, or with ``source`` of
-        that source as it is, on the split's items at indices ``items`` (all when None)."""
-        self._ensure_setup()
-        spec, args = self._function(split)
-        if spec.items is None:
-            raise EvolutionError(f"the {split} function scores no items")
-        data = self.data[split]
-        subset = data if items is None or data is None else [data[i] for i in items]
         ctx = EvalContext(params=dict(values), split=split, seed=seed)
         if source is None:
             self.prepare_candidate(values, ctx)
         else:
             self.prepare_source(source, ctx)
-        scores = [as_fitness(v) for v in spec.items(ctx, subset, **args)]
+        return ctx
+
+    def evaluate(self, values: Mapping[str, float], split: str = "fitness", seed: int = 0) -> float:
+        spec, args = self._function(split)
+        return as_fitness(spec.fn(self._context(values, split, seed), self.data[split], **args))
+
+    def evaluate_items(self, values: Mapping[str, float], split: str = "fitness", seed: int = 0, *,
+                       items: Sequence[int] | None = None, source: str | None = None) -> list[float]:
+        """Per-item scores (the fitness function's ``items`` form) of a candidate, or with ``source`` of
+        that source as it is, on the split's items at indices ``items`` (all when None)."""
+        spec, args = self._function(split)
+        if spec.items is None:
+            raise EvolutionError(f"the {split} function scores no items")
+        data = self.data[split]
+        subset = data if items is None or data is None else [data[i] for i in items]
+        scores = [as_fitness(v) for v in spec.items(self._context(values, split, seed, source), subset, **args)]
         if subset is not None and len(scores) != len(subset):
             raise ValueError(f"{len(scores)} item scores for {len(subset)} items")
         return scores

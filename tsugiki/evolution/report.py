@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tsugiki.evolution.rundir import RunDir
+from tsugiki.evolution.rundir import CALIBRATION, ESTIMATOR, RunDir
 from tsugiki.fileio import atomic_write
 from tsugiki.tables import Cell, Table, esc, html_page, to_html
 
@@ -243,7 +243,7 @@ def summary(run_dir: str | Path, *, stop_reason: str = "", max_params: int = 12)
                      + (f" ... ({len(others) - max_params} more)" if len(others) > max_params else ""))
     if failed:
         lines.append(f"first error  gen {failed[0]['generation']} #{failed[0]['index']}: {str(failed[0]['error'])[:100]}")
-    files = [f for f in ("best.yaml", "best.json", "history.jsonl", "generations.jsonl", "calibration.jsonl", "estimator.json",
+    files = [f for f in ("best.yaml", "best.json", "history.jsonl", "generations.jsonl", CALIBRATION, ESTIMATOR,
                          "report.html") if rd.file(f).exists()]
     plots = sorted(p.name for p in rd.file("plots").glob("*.png")) if rd.file("plots").exists() else []
     lines.append("files        " + ", ".join(files + [f"plots/{p}" for p in plots]))

@@ -37,6 +37,8 @@ from typing import Iterator
 from tsugiki.errors import EvolutionError
 from tsugiki.fileio import atomic_write, json_safe, lock_dir, unlock_dir
 
+CALIBRATION = "calibration.jsonl"  # estimated fitness (tsugiki.evolution.calibrate)
+ESTIMATOR = "estimator.json"
 RUN_FORMAT = 2  # 1: CMA-ES state in state.pkl (no longer read); 2: replayed from the logs
 
 

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tsugiki.errors import EvolutionError
-from tsugiki.evolution.backends import Result, Task, make_backend
+from tsugiki.evolution.backends import Result, Task, in_index_order, make_backend
 from tsugiki.evolution.calibrate import Estimation, calibrate, check_estimate
 from tsugiki.evolution.config import EvolveConfig, load_config
 from tsugiki.evolution.fitness import code_refs
@@ -343,19 +343,12 @@ class _Loop:
         est = self.estimation
         make_task = est.task if est else (lambda i, x, s: Task(i, x, "fitness", s))
         tasks = [make_task(i, tuple(_vec(X[i])), candidate_seed(seed, gen, i)) for i in range(len(X)) if i not in results]
-        buffered: dict[int, Result] = {}
-        next_i = len(results)
-        for task, res in self.backend.map(tasks):
-            if res.fatal:
-                raise EvolutionError(res.error)
-            buffered[task.index] = _estimated(est, res)
-            while next_i in buffered:  # write in index order, whatever order workers finish in
-                results[next_i] = r = buffered.pop(next_i)
-                rd.append("history.jsonl", {"generation": gen, "index": next_i, "params": space.decode(X[next_i]),
-                                            "fitness": r.fitness, "error": r.error, "seconds": r.seconds,
-                                            "seed": candidate_seed(seed, gen, next_i), "x": _vec(X[next_i]),
-                                            **({"item_scores": r.scores} if est else {})})
-                next_i += 1
+        for task, res in in_index_order(self.backend.map(tasks), len(results)):
+            i = task.index
+            results[i] = r = _estimated(est, res)
+            rd.append("history.jsonl", {"generation": gen, "index": i, "params": space.decode(X[i]), "fitness": r.fitness,
+                                        "error": r.error, "seconds": r.seconds, "seed": candidate_seed(seed, gen, i),
+                                        "x": _vec(X[i]), **({"item_scores": r.scores} if est else {})})
         fitness = [results[i].fitness for i in range(len(X))]
         es.tell(X, failure_costs(fitness))
         top = _tally(st, X, fitness)

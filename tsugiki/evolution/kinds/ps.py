@@ -161,7 +161,11 @@ class PSProblem(Problem):
         self.merger = InMemoryMerger(self.model, {r: r for r in sorted(refs)})
 
     def prepare_candidate(self, values, ctx) -> None:
-        self.merger.apply(self.ps.recipe(values))
+        self._merge_into(ctx, self.ps.recipe(values))
+
+    def _merge_into(self, ctx, recipe: Recipe) -> None:
+        """Merge ``recipe`` in place into the loaded model and hand it (and tokenizer, processor) to ``ctx``."""
+        self.merger.apply(recipe)
         ctx.model, ctx.tokenizer = self.model, self.tokenizer
         if self.processor is not None:
             ctx.extra["processor"] = self.processor
@@ -175,10 +179,7 @@ class PSProblem(Problem):
         """The source alone (a linear merge of it with weight 1: its own weights), merged in place."""
         data = recipe_data("linear", [{"model": self.paths[name], "parameters": {"weight": 1.0}}], None, {}, 0,
                            self.ps.dtype)
-        self.merger.apply(Recipe.from_dict(data, source_name=f"<source {name}>"))
-        ctx.model, ctx.tokenizer = self.model, self.tokenizer
-        if self.processor is not None:
-            ctx.extra["processor"] = self.processor
+        self._merge_into(ctx, Recipe.from_dict(data, source_name=f"<source {name}>"))
 
     def document(self, values, header: str = "") -> str:
         return header + self.ps.recipe(values).to_yaml()
