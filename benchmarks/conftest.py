@@ -45,6 +45,8 @@ def pytest_addoption(parser):
     g.addoption("--max-new-tokens", type=int, metavar="N", help="generation length (default: the benchmark's)")
     g.addoption("--batch-size", type=int, default=8, metavar="N", help="generation batch size (8)")
     g.addoption("--device", default="cpu", help="device for the models (cpu)")
+    g.addoption("--engine", default="hf", choices=["hf", "vllm"], help="what generates text: hf or vllm (hf)")
+    g.addoption("--dtype", choices=["float32", "float16", "bfloat16"], help="dtype models run in (default: hf their own, vllm its auto)")
     g.addoption("--threads", type=int, metavar="N", help="torch CPU threads while generating (default: torch's)")
     g.addoption("--extraction", choices=["sakana", "robust"], help="MGSM answer extraction (default robust)")
     g.addoption("--baseline", metavar="LABEL", help="leaderboard row the others are compared with")
@@ -62,7 +64,7 @@ class BenchSession:
         self.extraction, self.limit, self.baseline = opt.extraction, opt.limit, opt.baseline
         models, predictions, dataset_dir = list(opt.model), list(opt.predictions), opt.dataset_dir
         gen = planning.GenerationOptions(max_new_tokens=opt.max_new_tokens, batch_size=opt.batch_size,
-                                         device=opt.device, threads=opt.threads)
+                                         device=opt.device, threads=opt.threads, engine=opt.engine, dtype=opt.dtype)
         self.embedded: Path | None = None
         self.default_run = not (models or opt.vlm_model or predictions)
         if self.default_run:

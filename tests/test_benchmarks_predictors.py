@@ -5,7 +5,8 @@ import json
 import pytest
 
 from tsugiki.benchmarks.items import MathItem
-from tsugiki.benchmarks.predictors import CallablePredictor, PredictionsFile, truncate_at_stop
+from tsugiki.benchmarks.predictors import CallablePredictor, PredictionsFile
+from tsugiki.engines.hf import truncate_at_stop
 from tsugiki.benchmarks.results import find_results, read_result, write_result
 from tsugiki.benchmarks.runner import evaluate, text_generator
 from tsugiki.benchmarks.specs import BENCHMARKS
@@ -91,7 +92,7 @@ def test_text_generator_on_a_tiny_lm(tiny_siblings):
     assert len(first) == 3 and all(isinstance(t, str) for t in first)
     assert gen.predict(ITEMS) == first  # greedy: deterministic
     en = gen.for_prompt(BENCHMARKS.get("mgsm-en").prompt, ("Response",), 4)
-    assert en.model is gen.model and en.max_new_tokens == 4 and gen.max_new_tokens == 6
+    assert en.engine is gen.engine and en.max_new_tokens == 4 and gen.max_new_tokens == 6
     assert evaluate(spec, gen, limit=2).settings["generation"]["max_new_tokens"] == 6
 
 

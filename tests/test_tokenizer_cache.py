@@ -1,5 +1,4 @@
-"""One tokenizer load per set of identical tokenizer files, private copies, and generation with the cached
-stop-string criteria equal to transformers' own ``generate(stop_strings=...)``."""
+"""One tokenizer load per set of identical tokenizer files, and private copies."""
 
 from __future__ import annotations
 
@@ -7,11 +6,8 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from tsugiki import tokenizer_cache as tc
-from tsugiki.benchmarks.predictors import TextGenerator, stop_criteria, truncate_at_stop
-from tsugiki.evolution.data import Pair
 
 
 @pytest.fixture
@@ -63,22 +59,3 @@ def test_copies_are_private(tiny_gemma, counted_loads):
     assert two.pad_token_id != one.pad_token_id
     padded = [one(["a", "a b c"], padding=True)["input_ids"][0], two(["a", "a b c"], padding=True)["input_ids"][0]]
     assert padded[0] != padded[1] and len(counted_loads) == 1
-
-
-def test_generation_with_cached_stop_criteria_equals_transformers_stop_strings(tiny_gemma):
-    """The TextGenerator (cached criteria, built once) against a direct generate(stop_strings=...)."""
-    gen = TextGenerator(tiny_gemma.base, "問題: {input}\n答え:", stop=["。", "\n"], max_new_tokens=12, batch_size=3)
-    items = [Pair(q, "", str(i)) for i, q in enumerate(["3と4を足すと", "雪は何色", "a b", "日本の首都は"])]
-    got = gen.predict(items)
-    assert stop_criteria(gen.tokenizer, gen.stop)[0] is stop_criteria(tc.load_tokenizer(tiny_gemma.base), gen.stop)[0]
-    want = []
-    for start in (0, 3):
-        chunk = items[start:start + 3]
-        enc = gen.tokenizer([gen.template.format(input=p.prompt) for p in chunk], return_tensors="pt", padding=True)
-        with torch.inference_mode():
-            ids = gen.model.generate(**enc, do_sample=False, num_beams=1, max_new_tokens=12, stop_strings=["。", "\n"],
-                                     tokenizer=gen.tokenizer, pad_token_id=gen.tokenizer.pad_token_id)
-        texts = gen.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        want += [truncate_at_stop(t, ("。", "\n")) for t in texts]
-    assert got == want
-    assert stop_criteria(gen.tokenizer, ()) is None

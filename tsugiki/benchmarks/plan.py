@@ -8,13 +8,16 @@ the folder's name).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from tsugiki.benchmarks.predictors import PredictionsFile, Predictor, TextGenerator, vlm_predictor
-from tsugiki.benchmarks.runner import resolve_source, text_generator
+from tsugiki.benchmarks.runner import resolve_source
 from tsugiki.benchmarks.specs import BENCHMARKS, BenchmarkSpec
+from tsugiki.engines import EngineError, EngineOptions
+from tsugiki.engines.resident import ResidentEngine
 from tsugiki.errors import BenchmarkError
 
 EMBEDDED_MODEL = "tiny-llama"  # the label of the tiny random LM the default run builds
@@ -48,21 +51,27 @@ class GenerationOptions:
     device: str = "cpu"
     dtype: str | None = None
     threads: int | None = None  # torch CPU threads while generating (None: torch's default)
+    engine: str = "hf"  # what generates text for the causal LMs (tsugiki.engines): hf or vllm
 
 
 class _LazyGenerators:
-    """One loaded LM per model path, re-prompted per benchmark."""
+    """One engine for all the causal LMs (:class:`~tsugiki.engines.resident.ResidentEngine`: a model with the
+    running one's shapes is swapped in, not loaded again), re-prompted per benchmark."""
 
     def __init__(self, gen: GenerationOptions):
         self.gen = gen
-        self._base: dict[Path, TextGenerator] = {}
+        self.resident = ResidentEngine(gen.engine, EngineOptions(dtype=gen.dtype, device=gen.device,
+                                                                 batch_size=gen.batch_size))
 
     def get(self, spec: BenchmarkSpec, path: Path, label: str) -> TextGenerator:
-        if path not in self._base:
-            self._base[path] = text_generator(spec, path, max_new_tokens=self.gen.max_new_tokens,
-                                              batch_size=self.gen.batch_size, device=self.gen.device,
-                                              dtype=self.gen.dtype, name=label, threads=self.gen.threads)
-        return self._base[path].for_prompt(spec.prompt, spec.stop, self.gen.max_new_tokens or spec.max_new_tokens)
+        if spec.prompt is None:
+            raise BenchmarkError(f"{spec.name} is not a text-generation benchmark; use a VLM or a predictions file")
+        try:
+            engine = self.resident.load(path)
+        except EngineError as e:
+            raise BenchmarkError(str(e)) from None
+        return TextGenerator(path, spec.prompt, stop=spec.stop, max_new_tokens=self.gen.max_new_tokens or spec.max_new_tokens,
+                             batch_size=self.gen.batch_size, name=label, threads=self.gen.threads, engine=engine)
 
 
 def plan(benchmarks: Sequence[str] | None = None, *, models: Sequence[str] = (), vlm_models: Sequence[str] = (),
@@ -90,6 +99,9 @@ def plan(benchmarks: Sequence[str] | None = None, *, models: Sequence[str] = (),
         label, path = labelled(value)
         for spec in (s for s in specs if s.kind == "math"):
             cases.append(Case(label, spec.name, source(spec), lambda s=spec, p=path, l=label: generators.get(s, p, l)))
+    if vlm_models and gen.engine != "hf":  # vLLM's LLaVA needs torchvision, which does not load on every machine
+        print(f"note: VLMs are scored with transformers (engine hf); --engine {gen.engine} applies to the causal LMs",
+              file=sys.stderr)
     for value in vlm_models:
         label, path = labelled(value)
         for spec in (s for s in specs if s.kind == "vqa"):

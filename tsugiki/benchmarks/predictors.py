@@ -2,7 +2,7 @@
 
 Any model can be scored through this interface: a file of predictions (``PredictionsFile``), a
 Python function (``CallablePredictor``), a Hugging Face causal LM generating greedily from a
-prompt template (``TextGenerator``, the MGSM path), or a VLM predictor from ``tsugiki.vlm``
+prompt template through an evaluation engine (``TextGenerator``, the MGSM path), or a VLM predictor from ``tsugiki.vlm``
 (``vlm_predictor``; the seed's LLaVA prompting and generation settings live there).
 """
 
@@ -14,6 +14,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from tsugiki.benchmarks.items import Item
 from tsugiki.benchmarks.jsonl import read_jsonl
+from tsugiki.engines import Engine, EngineError, EngineOptions, open_engine
 from tsugiki.errors import BenchmarkError
 
 
@@ -98,92 +99,46 @@ class PredictionsFile:
         return [self._by_id[item.id] for item in items]
 
 
-_STOP_CRITERIA: dict[tuple, tuple] = {}
-
-
-def stop_criteria(tokenizer, stop: Sequence[str]):
-    """transformers' ``StopStringCriteria`` for ``stop`` (what ``generate(stop_strings=...)`` builds), made
-    once per tokenizer backend and stop strings: building it scans the whole vocabulary (~1 s for Gemma's
-    262k tokens), and the same generator runs batch after batch, model after model. Empty ``stop``: None."""
-    if not stop:
-        return None
-    from transformers import StoppingCriteriaList
-    from transformers.generation.stopping_criteria import StopStringCriteria
-
-    backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer
-    key = (id(backend), tuple(stop))
-    hit = _STOP_CRITERIA.get(key)
-    if hit is None or hit[0] is not backend:  # the entry holds the backend, so its id cannot be reused
-        if len(_STOP_CRITERIA) >= 8:
-            _STOP_CRITERIA.pop(next(iter(_STOP_CRITERIA)))
-        hit = _STOP_CRITERIA[key] = (backend, StopStringCriteria(tokenizer, list(stop)))
-    return StoppingCriteriaList([hit[1]])
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
-    """Cut ``text`` before the earliest stop string (vLLM excludes the stop string from the output)."""
-    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))
-    return text[:cut]
-
-
 class TextGenerator:
-    """Greedy generation (no sampling, one beam) with a Hugging Face causal LM: each item's
-    ``question`` is put into ``template`` (``{input}``), the continuation is cut at the first stop
-    string. Prompts are left-padded in batches; the tokenizer adds its BOS as vLLM does. ``threads``
-    sets torch's CPU threads while generating (default: leave torch's setting)."""
+    """Greedy generation (no sampling, one beam) with a causal LM through an evaluation engine
+    (:mod:`tsugiki.engines`: ``hf`` transformers, ``vllm``): each item's ``question`` is put into
+    ``template`` (``{input}``), the continuation is cut before the first stop string. The tokenizer adds
+    its BOS. ``threads`` sets torch's CPU threads while generating (default: leave torch's setting). ``engine``:
+    an engine name, or an engine already holding ``model``."""
 
     def __init__(self, model: str | Path, template: str = "{input}", *, stop: Sequence[str] = (),
                  max_new_tokens: int = 1024, batch_size: int = 8, device: str = "cpu", dtype: str | None = None,
-                 name: str | None = None, threads: int | None = None):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        from tsugiki.tokenizer_cache import load_tokenizer
-
+                 name: str | None = None, threads: int | None = None, engine: str | Engine = "hf",
+                 engine_options: EngineOptions | None = None):
         self.name = name or Path(str(model)).name
         self.model_ref = str(model)
         self.template, self.stop, self.max_new_tokens, self.batch_size = template, tuple(stop), max_new_tokens, batch_size
-        self.device, self.threads = device, threads
+        self.threads = threads
+        if isinstance(engine, Engine):  # already holding ``model`` (a ResidentEngine's)
+            self.engine = engine
+            return
+        options = engine_options or EngineOptions(dtype=dtype, device=device, batch_size=batch_size)
         try:
-            self.tokenizer = load_tokenizer(model)
-            kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
-            self.model = AutoModelForCausalLM.from_pretrained(str(model), **kwargs).to(device).eval()
-        except (OSError, ValueError) as e:
-            raise BenchmarkError(f"cannot load causal LM {model}: {e}") from None
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.engine = open_engine(engine, model, options)
+        except EngineError as e:
+            raise BenchmarkError(str(e)) from None
 
     def for_prompt(self, template: str, stop: Sequence[str], max_new_tokens: int) -> "TextGenerator":
-        """The same loaded model and tokenizer with another prompt, stop strings and length."""
+        """The same engine (loaded model and tokenizer) with another prompt, stop strings and length."""
         clone = copy.copy(self)
         clone.template, clone.stop, clone.max_new_tokens = template, tuple(stop), max_new_tokens
         return clone
 
     def settings(self) -> dict:
         return {"model": self.model_ref, "template": self.template, "stop": list(self.stop), "max_new_tokens": self.max_new_tokens,
-                "do_sample": False, "num_beams": 1}
+                "do_sample": False, "num_beams": 1, **self.engine.describe()}
 
     def predict(self, items: Sequence[Item]) -> list[str]:
         from tsugiki.threads import torch_threads
 
+        prompts = [self.template.format(input=item.question) for item in items]
         with torch_threads(self.threads):  # e.g. 1 for a tiny model: on a busy machine extra threads only spin
-            return self._generate(items)
-
-    def _generate(self, items: Sequence[Item]) -> list[str]:
-        import torch
-
-        out: list[str] = []
-        for start in range(0, len(items), self.batch_size):
-            prompts = [self.template.format(input=item.question) for item in items[start : start + self.batch_size]]
-            enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
-            with torch.inference_mode():
-                ids = self.model.generate(**enc, do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens,
-                                          stopping_criteria=stop_criteria(self.tokenizer, self.stop),
-                                          pad_token_id=self.tokenizer.pad_token_id)
-            texts = self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            out.extend(truncate_at_stop(t, self.stop) for t in texts)
-        return out
+            return self.engine.generate(prompts, stop=self.stop, max_new_tokens=self.max_new_tokens)
 
 
 def vlm_predictor(model: str | Path, **options) -> Predictor:

@@ -37,12 +37,12 @@ def resolve_source(spec: BenchmarkSpec, dataset_dir: str | Path | None) -> Path 
 
 def text_generator(spec: BenchmarkSpec, model: str | Path, *, max_new_tokens: int | None = None, batch_size: int = 8,
                    device: str = "cpu", dtype: str | None = None, name: str | None = None,
-                   threads: int | None = None) -> TextGenerator:
-    """A greedy generator with ``spec``'s prompt and stop strings (for the math benchmarks)."""
+                   threads: int | None = None, engine: str = "hf") -> TextGenerator:
+    """A greedy generator with ``spec``'s prompt and stop strings (for the math benchmarks), on ``engine``."""
     if spec.prompt is None:
         raise BenchmarkError(f"{spec.name} is not a text-generation benchmark; use a VLM or a predictions file")
     return TextGenerator(model, spec.prompt, stop=spec.stop, max_new_tokens=max_new_tokens or spec.max_new_tokens,
-                         batch_size=batch_size, device=device, dtype=dtype, name=name, threads=threads)
+                         batch_size=batch_size, device=device, dtype=dtype, name=name, threads=threads, engine=engine)
 
 
 def _predict(predictor: Predictor, items: Sequence, progress: bool, desc: str) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from tsugiki.commands.images import add_score_fid_parser
+from tsugiki.engines import engine_names
 
 SUMMARY_FILES = ("leaderboard.md", "leaderboard.html")
 
@@ -134,7 +135,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     thresholds = planning.parse_min_scores(args.min_score)
     models, predictions, dataset_dir = list(args.model), list(args.predictions), args.dataset_dir
     gen = planning.GenerationOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                     device=args.device, dtype=args.dtype, threads=args.threads)
+                                     device=args.device, dtype=args.dtype, threads=args.threads, engine=args.engine)
     with tempfile.TemporaryDirectory(prefix="tsugiki-samples-") as tmp:
         if args.samples:  # the same default run as `pytest benchmarks/` without options
             from tsugiki.benchmarks.samples import write_samples
@@ -219,9 +220,12 @@ def register(sub: argparse._SubParsersAction,
                    help="add the built-in sample sets, sample predictions and an embedded tiny LM (offline demo)")
     e.add_argument("--limit", type=_positive, help="only the first N items of each benchmark")
     e.add_argument("--max-new-tokens", type=_positive, help="generation length (default: the benchmark's, 1024 for MGSM)")
-    e.add_argument("--batch-size", type=_positive, default=8, help="items per generate() call (default 8)")
+    e.add_argument("--engine", choices=engine_names(), default="hf",
+                   help="what generates the causal LMs' text: hf (transformers) or vllm (pip install 'tsugiki[vllm]'; "
+                        "its default dtype runs float32 models in bfloat16, --dtype float32 keeps them) (default hf)")
+    e.add_argument("--batch-size", type=_positive, default=8, help="prompts per forward pass, hf engine (default 8)")
     e.add_argument("--device", default="cpu", help="where models run (cpu, cuda, cuda:1, ...)")
-    e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="dtype models are loaded in (default: their own)")
+    e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="dtype models run in (default: hf their own, vllm its auto)")
     e.add_argument("--threads", type=_positive, help="torch CPU threads while generating (default: torch's)")
     e.add_argument("--extraction", choices=["sakana", "robust"], help="MGSM answer extraction (default robust)")
     e.add_argument("--min-score", action="append", default=[], metavar="BENCH[.SCORE]=VALUE",

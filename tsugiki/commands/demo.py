@@ -8,10 +8,14 @@ from pathlib import Path
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from tsugiki.demo.run import STAGES, run_demo
+    from tsugiki.engines import fastest_available
 
+    engine = fastest_available() if args.engine == "auto" else args.engine
+    if not args.quiet:
+        print(f"engine: {engine} (scores the LM stage's PS candidates and held-out problems)", flush=True)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else STAGES
     out = run_demo(Path(args.output), quick=args.quick, seed=args.seed, force=args.force, stages=stages,
-                   rebuild_models=args.rebuild_models, mgsm_ja=args.mgsm_ja, progress=not args.quiet)
+                   rebuild_models=args.rebuild_models, mgsm_ja=args.mgsm_ja, progress=not args.quiet, engine=engine)
     return 1 if out["failed"] else 0
 
 
@@ -36,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--mgsm-ja", action="store_true",
                    help="also score the LM sources and the best evolved LM on the real MGSM-JA (the vendored 250 "
                         "problems, free generation, at most 256 new tokens: about 20 minutes per model on 2 CPU cores, measured 118–137 s per 25 problems)")
+    d.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
+                   help="what scores text in the LM stage: auto (vllm where installed, else hf), hf (transformers) or "
+                        "vllm (pip install 'tsugiki[vllm]'); a run dir keeps the engine it was started with")
     d.add_argument("--force", action="store_true", help="delete an existing demo run directory first")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     d.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)  # the old spelling

@@ -45,7 +45,7 @@ def _claim(run_dir: Path, settings: dict, force: bool) -> None:
 
 def run_demo(run_dir: Path, *, quick: bool = False, seed: int = 0, force: bool = False,
              stages: tuple[str, ...] = STAGES, rebuild_models: bool = False, mgsm_ja: bool = False,
-             progress: bool = True) -> dict:
+             progress: bool = True, engine: str = "hf") -> dict:
     """Run the demo (``mgsm_ja``: the LM stage also scores its sources and best evolved models on the real
     MGSM-JA; not part of the run dir's settings, so it can be added to a finished run); returns ``{"results": path, "report": path, "leaderboard": path, "failed": [stage...]}``."""
     run_dir = Path(run_dir).resolve()
@@ -60,17 +60,20 @@ def run_demo(run_dir: Path, *, quick: bool = False, seed: int = 0, force: bool =
     lock = lock_dir(run_dir, error=DemoError, what="demo run dir")  # a second demo on it is refused at once
     try:
         return _run(run_dir, quick=quick, seed=seed, force=force, stages=stages, rebuild_models=rebuild_models,
-                    mgsm_ja=mgsm_ja, progress=progress)
+                    mgsm_ja=mgsm_ja, progress=progress, engine=engine)
     finally:
         unlock_dir(lock)
 
 
 def _run(run_dir: Path, *, quick: bool, seed: int, force: bool, stages: tuple[str, ...], rebuild_models: bool,
-         mgsm_ja: bool, progress: bool) -> dict:
+         mgsm_ja: bool, progress: bool, engine: str) -> dict:
     from tsugiki.demo.report import terminal_leaderboard, write_leaderboard, write_report, write_results
     from tsugiki.demo.stage import StageContext
 
-    _claim(run_dir, {"quick": quick, "seed": seed, "stages": list(stages)}, force)
+    # the engine changes results (vLLM's default dtype is bfloat16): a run dir holds one engine's; hf is left out
+    # of the settings so that run dirs made before the engines continue
+    _claim(run_dir, {"quick": quick, "seed": seed, "stages": list(stages), **({} if engine == "hf" else {"engine": engine})},
+           force)
     t0 = time.perf_counter()
     adapters = vision = None
     if rebuild_models:
@@ -78,7 +81,7 @@ def _run(run_dir: Path, *, quick: bool, seed: int, force: bool, stages: tuple[st
 
     results, failed, evolved = [], [], {}
     for stage in stages:
-        ctx = StageContext(run_dir, run_dir / stage, quick=quick, seed=seed, progress=progress)
+        ctx = StageContext(run_dir, run_dir / stage, quick=quick, seed=seed, progress=progress, engine=engine)
         ctx.out.mkdir(parents=True, exist_ok=True)
         try:
             if stage == "lm":
@@ -106,7 +109,7 @@ def _run(run_dir: Path, *, quick: bool, seed: int, force: bool, stages: tuple[st
         results.append(result)
         print(f"[{stage}] done in {result.seconds:.0f} s: {result.verdict}", flush=True)
 
-    meta = {"seed": seed, "quick": quick, "seconds": round(time.perf_counter() - t0, 1),
+    meta = {"seed": seed, "quick": quick, "engine": engine, "seconds": round(time.perf_counter() - t0, 1),
             "stages": list(stages), "failed": failed}
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     paths = {"results": write_results(run_dir, results, meta, created=created),

@@ -98,6 +98,7 @@ class StageContext:
     quick: bool = False
     seed: int = 0
     progress: bool = True
+    engine: str = "hf"  # what scores text (tsugiki.engines): the LM stage's PS searches and held-out evaluation
 
     def say(self, message: str) -> None:
         """A progress line for the terminal (silent with ``progress=False``)."""

@@ -131,7 +131,7 @@ class SerialBackend:
             yield t, evaluate_task(self.problem, t, timeout=self.timeout, threads=self.threads)
 
     def close(self) -> None:
-        pass
+        self.problem.close()  # a resident engine (vLLM's KV cache: GBs) goes when the run ends
 
 
 # ------------------------------------------------------------------------------ local processes

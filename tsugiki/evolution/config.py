@@ -12,6 +12,7 @@ sdxl_blocks; each kind's class lists its keys). Paths are relative to the config
     test: {data: DATA}                          optional: the evaluation set, kept disjoint
     search: {seed, population, sigma, generations, max_evaluations, timeout, workers, backend, threads,
              device, cma_options}               (:class:`Search`)
+    engine: {name: hf | vllm, dtype, ...}       optional: what scores text (:class:`EngineSection`)
 
 DATA is described in :mod:`tsugiki.evolution.data`. ``workers``, ``backend``, ``generations`` and
 ``max_evaluations`` may change when a run is resumed; any other change makes the config incompatible
@@ -52,6 +53,7 @@ from tsugiki.evolution.schema import (
     resolve_path,
     where,
 )
+from tsugiki.evolution.engine_config import EngineSection
 from tsugiki.evolution.space_kind import SPACE_KINDS, SpaceKind
 from tsugiki.merging.recipe_yaml import parse_yaml
 
@@ -300,6 +302,7 @@ class ConfigModel(Section):
     validation: Optional[Validation] = None
     test: Optional[Test] = None
     search: Search = Search()
+    engine: Optional[EngineSection] = None
 
     @classmethod
     def _check(cls, v: dict, info: ValidationInfo) -> dict:

@@ -35,7 +35,6 @@ the loader keeps disjoint by id and text from the config's ``test`` set):
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib
 import importlib.util
@@ -48,8 +47,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from tsugiki.benchmarks import mgsm
-from tsugiki.benchmarks.predictors import TextGenerator
 from tsugiki.benchmarks.rouge import rouge_ja
+from tsugiki.engines import Engine
+from tsugiki.engines.hf import HFEngine
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.data import Pair
 from tsugiki.registry import Registry
@@ -66,6 +66,7 @@ class EvalContext:
     model: Any = None
     tokenizer: Any = None
     extra: dict = field(default_factory=dict)
+    engine: Engine | None = None  # scores text (tsugiki.engines); holds the candidate's weights
 
 
 @dataclass(frozen=True)
@@ -85,77 +86,26 @@ FITNESS: Registry[FitnessSpec] = Registry("fitness function")
 
 
 # ------------------------------------------------------------------------------ teacher forcing
-def _batches(pairs: Sequence[Pair], size: int):
-    for i in range(0, len(pairs), size):
-        yield pairs[i:i + size]
+def engine_of(ctx: EvalContext) -> Engine:
+    """The context's evaluation engine (the run's ``engine:``, with the candidate in it), or an ``hf``
+    engine around ``ctx.model`` where the context has none (your own code building a context)."""
+    if ctx.engine is None:
+        ctx.engine = HFEngine(ctx.model, ctx.tokenizer)
+    return ctx.engine
 
 
-@torch.no_grad()
-def answer_token_logprobs(model, tokenizer, pairs: Sequence[Pair], *, batch_size: int = 64,
+def answer_token_logprobs(ctx: EvalContext, pairs: Sequence[Pair], *, batch_size: int = 64,
                           append_eos: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per pair: (log-probabilities of the answer tokens, whether each is the greedy prediction)."""
     if not pairs:
         raise EvolutionError("no data pairs to score")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = []
-    for batch in _batches(list(pairs), batch_size):
-        seqs, starts = [], []
-        for p in batch:
-            prompt = tokenizer(p.prompt, add_special_tokens=True)["input_ids"]
-            answer = tokenizer(p.answer, add_special_tokens=False)["input_ids"]
-            if append_eos and tokenizer.eos_token_id is not None:
-                answer = answer + [tokenizer.eos_token_id]
-            if not answer:
-                raise EvolutionError(f"answer {p.answer!r} has no tokens")
-            seqs.append(prompt + answer)
-            starts.append(len(prompt))
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)] = torch.tensor(s)
-            mask[i, :len(s)] = 1
-        rows = torch.cat([torch.full((len(s) - start,), i) for i, (s, start) in enumerate(zip(seqs, starts))])
-        cols = torch.cat([torch.arange(start - 1, len(s) - 1) for s, start in zip(seqs, starts)])
-        logits = _logits_at(model, ids, mask, rows, cols)
-        logp = torch.log_softmax(logits, dim=-1)
-        k = 0
-        for i, (s, start) in enumerate(zip(seqs, starts)):
-            n = len(s) - start
-            target = ids[i, start:len(s)]
-            out.append((logp[k:k + n].gather(1, target[:, None])[:, 0], logits[k:k + n].argmax(-1) == target))
-            k += n
-    return out
-
-
-def _logits_at(model, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Float32 logits at positions ``(rows[k], cols[k])`` only. With a 262k-token vocabulary (Gemma 3) the LM
-    head costs more than the transformer body per position, so the head runs only where a score needs it;
-    models without a separable decoder and head get full logits, indexed."""
-    device = next(model.parameters()).device
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if decoder is None or head is None or decoder is model:
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-        return logits[rows, cols].float().cpu()
-    hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
-    return head_logits(model, hidden[rows.to(device), cols.to(device)]).cpu()
-
-
-def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Float32 logits of the LM head for already selected hidden states, soft-capped as the model's forward
-    would (Gemma's ``final_logit_softcapping``, on the model's or, for a LLaVA, its text config). Scorers and
-    trainers that need logits at a few positions (answer tokens) run the 262k-token head only there."""
-    logits = model.get_output_embeddings()(hidden).float()
-    config = getattr(model, "config", None)
-    cap = getattr(config, "final_logit_softcapping", None) or getattr(getattr(config, "text_config", None),
-                                                                     "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+    return engine_of(ctx).answer_logprobs([(p.prompt, p.answer) for p in pairs], append_eos=append_eos,
+                                          batch_size=batch_size)
 
 
 def teacher_forced_accuracy(ctx: EvalContext, data: Sequence[Pair], *, prob_weight: float = 0.0,
                             batch_size: int = 64, append_eos: bool = False) -> float:
-    scored = answer_token_logprobs(ctx.model, ctx.tokenizer, data, batch_size=batch_size, append_eos=append_eos)
+    scored = answer_token_logprobs(ctx, data, batch_size=batch_size, append_eos=append_eos)
     acc = sum(bool(hit.all()) for _, hit in scored) / len(scored)
     if not prob_weight:
         return acc
@@ -166,7 +116,7 @@ def teacher_forced_accuracy(ctx: EvalContext, data: Sequence[Pair], *, prob_weig
 def teacher_forced_items(ctx: EvalContext, data: Sequence[Pair], *, prob_weight: float = 0.0,
                          batch_size: int = 64, append_eos: bool = False) -> list[float]:
     """Per pair: 1 if every answer token is the greedy prediction, plus ``prob_weight`` x its answer probability."""
-    scored = answer_token_logprobs(ctx.model, ctx.tokenizer, data, batch_size=batch_size, append_eos=append_eos)
+    scored = answer_token_logprobs(ctx, data, batch_size=batch_size, append_eos=append_eos)
     return [float(bool(hit.all())) + (prob_weight * math.exp(float(lp.mean())) if prob_weight else 0.0)
             for lp, hit in scored]
 
@@ -177,7 +127,7 @@ def answer_loglik(ctx: EvalContext, data: Sequence[Pair], *, batch_size: int = 6
 
 def answer_loglik_items(ctx: EvalContext, data: Sequence[Pair], *, batch_size: int = 64,
                         append_eos: bool = False) -> list[float]:
-    scored = answer_token_logprobs(ctx.model, ctx.tokenizer, data, batch_size=batch_size, append_eos=append_eos)
+    scored = answer_token_logprobs(ctx, data, batch_size=batch_size, append_eos=append_eos)
     return [float(lp.mean()) for lp, _ in scored]
 
 
@@ -222,20 +172,6 @@ def _weighted_sum_range(args: Mapping[str, Any]) -> tuple[float, float] | None:
 MGSM_TEMPLATES = {"ja": "JA_ALPACA_COT_TEMPLATE", "en": "EN_ALPACA_COT_TEMPLATE"}
 
 
-def _text_generator(model, tokenizer, template: str, stop: Sequence[str], max_new_tokens: int, batch_size: int):
-    """The benchmarks' greedy :class:`~tsugiki.benchmarks.predictors.TextGenerator` around an already
-    loaded model (the candidate), so fitness generation is exactly the benchmark's."""
-    tok = copy.copy(tokenizer)  # left padding for generation without changing the shared tokenizer
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    gen = TextGenerator.__new__(TextGenerator)
-    gen.name, gen.model_ref, gen.model, gen.tokenizer = "candidate", "<candidate>", model, tok
-    gen.template, gen.stop, gen.max_new_tokens, gen.batch_size = template, tuple(stop), max_new_tokens, batch_size
-    gen.device, gen.threads = str(next(model.parameters()).device), None
-    return gen
-
-
 def mgsm_accuracy(ctx: EvalContext, data: Sequence[Pair], *, extraction: str = "robust", max_new_tokens: int = 256,
                   template: str = "ja", stop: Sequence[str] | None = None, batch_size: int = 8,
                   metric: str = "acc") -> float:
@@ -268,9 +204,9 @@ def _mgsm_scored(ctx: EvalContext, data: Sequence[Pair], extraction: str, max_ne
     text = getattr(mgsm, MGSM_TEMPLATES[template]) if template in MGSM_TEMPLATES else template
     if "{input}" not in text:
         raise EvolutionError(f"mgsm_accuracy: template {template!r} is neither ja, en nor a string with {{input}}")
-    gen = _text_generator(ctx.model, ctx.tokenizer, text, mgsm.SEED_STOP_STRINGS if stop is None else stop,
-                          int(max_new_tokens), int(batch_size))
-    responses = gen.predict(list(data))
+    responses = engine_of(ctx).generate([text.format(input=p.prompt) for p in data],
+                                        stop=mgsm.SEED_STOP_STRINGS if stop is None else list(stop),
+                                        max_new_tokens=int(max_new_tokens), batch_size=int(batch_size))
     ctx.extra["responses"] = responses
     return mgsm.score_mgsm(responses, [p.answer for p in data], extraction=extraction, language_filter=metric == "acc_ja")
 

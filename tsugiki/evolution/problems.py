@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from tsugiki.engines import Engine, EngineError, open_engine
+from tsugiki.engines.hf import HFEngine
 from tsugiki.errors import EvolutionError, TsugikiError
 from tsugiki.evolution.config import EvolveConfig
 from tsugiki.evolution.data import Pair, check_disjoint, load_pairs
@@ -72,7 +74,38 @@ class Problem:
                 if self.data.get(split) is not None:
                     check_disjoint(test, self.data[split], split, config.where(f"{split}.data"), against="test")
         config.spec.space.check_sources(config, self.paths)  # every source the space names is known
+        self.engine: Engine | None = None  # started by setup where the kind scores text through one
         self._ready = False
+
+    engines: tuple[str, ...] = ("hf",)  # the engines (config ``engine.name``) this kind can score with
+
+    def check_engine(self) -> None:
+        """Refuse an ``engine:`` this kind cannot use, naming the config line."""
+        spec = self.config.spec.engine
+        if spec is not None and spec.name not in self.engines:
+            raise EvolutionError(f"{self.config.where('engine.name')}engine {spec.name!r} cannot score a {self.kind} "
+                                 f"space ({self.engine_note()}); use: {', '.join(self.engines)}")
+
+    def close(self) -> None:
+        """Free the engine; the next candidate sets the problem up again."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+            self._ready = False
+
+    def engine_note(self) -> str:
+        return "its candidates are models vLLM cannot take in place"
+
+    def start_engine(self, model: Any, tokenizer: Any, model_dir: str) -> Engine:
+        """The config's engine with ``model`` (loaded from ``model_dir``) in it: ``hf`` wraps the loaded model
+        itself (no copy); ``vllm`` starts on ``model_dir`` and takes each candidate's weights from memory."""
+        spec = self.config.spec.engine
+        if spec is None or spec.name == "hf":
+            return HFEngine(model, tokenizer)
+        try:
+            return open_engine(spec.name, model_dir, spec.options(self.config.spec.search.seed), tokenizer=tokenizer)
+        except EngineError as e:
+            raise EvolutionError(f"{self.config.where('engine.name')}{e}") from None
 
     def _resolve(self, section: str, name: str) -> FitnessSpec:
         try:
@@ -104,7 +137,7 @@ class Problem:
     def _context(self, values: Mapping[str, float], split: str, seed: int, source: str | None = None) -> EvalContext:
         """The evaluation context with the candidate (or, with ``source``, that source as it is) in it."""
         self._ensure_setup()
-        ctx = EvalContext(params=dict(values), split=split, seed=seed)
+        ctx = EvalContext(params=dict(values), split=split, seed=seed, engine=self.engine)
         if source is None:
             self.prepare_candidate(values, ctx)
         else:
@@ -161,5 +194,6 @@ class Problem:
 def make_problem(config: EvolveConfig, run_dir: str | Path) -> Problem:
     """The problem of ``config``'s space kind (:mod:`tsugiki.evolution.kinds`), sources resolved in ``run_dir``."""
     problem = config.spec.space.problem(config, source_paths(config, Path(run_dir)))
+    problem.check_engine()
     problem.named = source_names(config, Path(run_dir))  # how exports name their sources
     return problem

@@ -35,6 +35,7 @@ class LMBudget:
     eval_batch: int = 25
     fitness: str = "generated"  # or "teacher_forced" (see FITNESS_KINDS)
     spaces: tuple[str, ...] = ("PS", "DFS", "PS+DFS")  # which searches to run (PS+DFS needs PS)
+    engine: str = "hf"  # scores PS candidates and the held-out evaluation (tsugiki.engines); DFS paths run on hf
 
     def __post_init__(self):
         if not set(self.spaces) <= {"PS", "DFS", "PS+DFS"} or ("PS+DFS" in self.spaces and "PS" not in self.spaces):
@@ -112,13 +113,20 @@ def _common(data: dict[str, Path], seed: int, budget: LMBudget, generations: int
 
 
 def ps_config(sources: dict[str, str], data: dict[str, Path], seed: int, budget: LMBudget) -> dict[str, Any]:
-    """DARE-TIES weight and density per model and layer group (the seed's PS)."""
+    """DARE-TIES weight and density per model and layer group (the seed's PS); scored with the budget's engine
+    (a config for ``hf`` has no ``engine:``, as before the engines, so earlier run dirs still resume)."""
+    engine = {} if budget.engine == "hf" else {"engine": {"name": budget.engine, "max_model_len": ENGINE_MAX_LEN}}
     return {"name": f"lm-ps-s{seed}", "sources": sources,
             "space": {"kind": "ps", "method": "dare_ties", "base_model": "base", "models": ["ja", "math"],
                       "layer_groups": 3, "merge_seed": 0,
                       "params": {"weight": {"bounds": [0.0, 1.5], "init": 0.75},
                                  "density": {"bounds": [0.1, 1.0], "init": 0.6}}},
-            **_common(data, seed, budget, budget.generations)}
+            **_common(data, seed, budget, budget.generations), **engine}
+
+
+# vLLM's context per sequence in the demo: the word problems' prompts and answers are a few hundred tokens, and
+# MGSM-JA's CoT prompt plus 256 new tokens fits too (vLLM would otherwise reserve for Gemma's 32k)
+ENGINE_MAX_LEN = 2048
 
 
 def _dfs_space(models: list[str]) -> dict[str, Any]:

@@ -77,7 +77,7 @@ def encode(tok, examples: list[wp.Example]) -> tuple[torch.Tensor, torch.Tensor]
 
 def answer_loss(causal_lm, ids: torch.Tensor, labels: torch.Tensor, pad_id: int) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled positions, with LM-head logits only there."""
-    from tsugiki.evolution.fitness import head_logits
+    from tsugiki.engines.hf import head_logits
 
     hidden = causal_lm.get_decoder()(input_ids=ids, attention_mask=(ids != pad_id).long(), use_cache=False).last_hidden_state
     target = labels[:, 1:]

@@ -24,6 +24,7 @@ from tsugiki.demo.lm import word_problems as wp
 from tsugiki.demo.lm.search import (
     BASELINES,
     EN_TEMPLATE,
+    ENGINE_MAX_LEN,
     FULL,
     HEADLINE,
     JA_TEMPLATE,
@@ -38,21 +39,26 @@ from tsugiki.demo.lm.search import (
     write_data,
 )
 from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table, named_sources
+from tsugiki.engines import EngineOptions
+from tsugiki.engines.resident import ResidentEngine
 
 
 # ----------------------------------------------------------------------------- evaluation
-def evaluate(model_dir: Path, test: list[dict], *, batch_size: int = 25, english: bool = True) -> dict[str, Any]:
+def evaluate(model_dir: Path, test: list[dict], *, batch_size: int = 25, english: bool = True,
+             engine: ResidentEngine | None = None) -> dict[str, Any]:
     """Held-out MGSM-style scores of one model (greedy, up to the first newline): the Japanese problems
     (``acc``, ``acc_ja``) and, with ``english``, to show the math skill without the change of language, the
-    same numbers asked in the MATH sibling's own form, an English word problem (``acc_en``)."""
+    same numbers asked in the MATH sibling's own form, an English word problem (``acc_en``). ``engine``: the
+    resident engine to score with (default: a transformers one for this model alone)."""
     from tsugiki.benchmarks.mgsm import score_mgsm
     from tsugiki.benchmarks.predictors import TextGenerator
     from tsugiki.evolution.data import Pair
     from tsugiki.hf_quiet import hf_progress_bars_off
 
+    engine = engine or ResidentEngine("hf", EngineOptions(batch_size=batch_size))
     with hf_progress_bars_off(errors_only=True):
         gen = TextGenerator(model_dir, JA_TEMPLATE, stop=["\n"], max_new_tokens=MAX_NEW_TOKENS, batch_size=batch_size,
-                            name=model_dir.name, threads=2)
+                            name=model_dir.name, threads=2, engine=engine.load(model_dir))
     answers = [t["answer"] for t in test]
     ja = gen.predict([Pair(t["question"], t["answer"], t["id"]) for t in test])
     ja_scores = score_mgsm(ja, answers, extraction="sakana", language_filter=True).scores
@@ -108,7 +114,7 @@ def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMB
     model on the real MGSM-JA (:func:`mgsm_ja_table`). Returns the stage result and the evolved models'
     dirs by row name."""
     t0 = time.perf_counter()
-    budget = budget or (QUICK if ctx.quick else FULL)
+    budget = dataclasses.replace(budget or (QUICK if ctx.quick else FULL), engine=ctx.engine)
     if seeds is not None:
         budget = dataclasses.replace(budget, seeds=tuple(seeds))
     out = ctx.out
@@ -143,10 +149,13 @@ def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMB
             candidates.append((f"evolved {label} (seed {seed})", "evolved", run["model"],
                                {"search_seed": seed, "kind": label, "fitness": run["fitness"]}))
 
-    ctx.say(f"[lm] held-out evaluation of {len(candidates)} models on {len(test)} problems (Japanese and English) …")
+    ctx.say(f"[lm] held-out evaluation of {len(candidates)} models on {len(test)} problems (Japanese and English, "
+            f"engine {budget.engine}) …")
     rows, samples = [], []
+    resident = ResidentEngine(budget.engine, engine_options(budget))
     for name, role, path, extra in _progress(candidates, ctx.progress, "held-out"):
-        s = _cached_evaluation(path, test, out / "eval" / f"{slug(name)}.json", budget.eval_batch, role == "source")
+        s = _cached_evaluation(path, test, out / "eval" / f"{slug(name)}.json", budget.eval_batch, role == "source",
+                               resident)
         rows.append(Row(name, role, s["metrics"], s["ci"], {**extra, "se": s["se"], "n": s["n"]}))
         for t, r in list(zip(test, s["responses"]))[:3]:
             samples.append(Sample(name, wp.JA_PROMPT.format(q=t["question"]), r, t["answer"]))
@@ -159,7 +168,9 @@ def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMB
         chosen = [r.model for r in rows if r.role == "source"]
         chosen += [best.model for seed in budget.seeds if (best := _best_evolved(rows, seed)) is not None]
         ctx.say(f"[lm] the real MGSM-JA (250 problems, free generation) for {len(chosen)} models (minutes each) …")
-        result.tables.append(mgsm_ja_table([(m, paths[m]) for m in chosen], out / "mgsm-ja", ctx.progress))
+        result.tables.append(mgsm_ja_table([(m, paths[m]) for m in chosen], out / "mgsm-ja", ctx.progress,
+                                           engine=resident))
+    resident.close()
     result.figures = _figures(ctx, runs)
     result.samples = samples
     result.notes = _notes(budget, len(test))
@@ -169,14 +180,21 @@ def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMB
     return result, evolved
 
 
-def _cached_evaluation(model_dir: Path, test: list[dict], path: Path, batch_size: int, english: bool) -> dict[str, Any]:
-    """:func:`evaluate`, kept in the run dir so that a resumed demo does not score a model twice."""
-    key = {"model": str(model_dir), "test": [t["id"] for t in test], "english": english}
+def engine_options(budget: LMBudget) -> EngineOptions:
+    return EngineOptions(batch_size=budget.eval_batch, max_model_len=ENGINE_MAX_LEN if budget.engine == "vllm" else None)
+
+
+def _cached_evaluation(model_dir: Path, test: list[dict], path: Path, batch_size: int, english: bool,
+                       engine: ResidentEngine) -> dict[str, Any]:
+    """:func:`evaluate`, kept in the run dir so that a resumed demo does not score a model twice (an engine other
+    than ``hf`` is part of the key: its scores differ in the last digits, and vLLM's default dtype is bfloat16)."""
+    key = {"model": str(model_dir), "test": [t["id"] for t in test], "english": english,
+           **({} if engine.name == "hf" else {"engine": engine.name})}
     if path.exists():
         cached = json.loads(path.read_text(encoding="utf-8"))
         if cached.get("key") == key:
             return cached["scores"]
-    scores = evaluate(model_dir, test, batch_size=batch_size, english=english)
+    scores = evaluate(model_dir, test, batch_size=batch_size, english=english, engine=engine)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"key": key, "scores": scores}, ensure_ascii=False), encoding="utf-8")
@@ -191,24 +209,27 @@ MGSM_BATCH = 25
 
 
 def mgsm_ja_table(models: list[tuple[str, Path]], out: Path, progress: bool = False, *,
-                  limit: int | None = None) -> Table:
+                  limit: int | None = None, engine: ResidentEngine | None = None) -> Table:
     """Score each (row name, model dir) on the vendored MGSM-JA with the benchmark code (`tsugiki eval
     mgsm-ja`'s path: the seed's Japanese CoT prompt, free greedy generation, the seed's ``sakana``
     extraction) and tabulate acc_ja and acc with their 95% bootstrap intervals and the time each took.
     Responses and scores are kept in ``out/<row>.json``, so a resumed run does not score a model twice."""
+    from tsugiki.benchmarks.predictors import TextGenerator
     from tsugiki.benchmarks.runner import evaluate as run_benchmark
-    from tsugiki.benchmarks.runner import get_spec, text_generator
+    from tsugiki.benchmarks.runner import get_spec
 
     spec = get_spec("mgsm-ja")
+    engine = engine or ResidentEngine("hf", EngineOptions(batch_size=MGSM_BATCH))
     body, n = [], 0
     for name, path in models:
         cache = out / f"{slug(name)}.json"
-        key = {"model": str(path), "max_new_tokens": MGSM_MAX_NEW_TOKENS, "limit": limit}
+        key = {"model": str(path), "max_new_tokens": MGSM_MAX_NEW_TOKENS, "limit": limit,
+               **({} if engine.name == "hf" else {"engine": engine.name})}
         record = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
         if record.get("key") != key:
             t0 = time.perf_counter()
-            gen = text_generator(spec, path, max_new_tokens=MGSM_MAX_NEW_TOKENS, batch_size=MGSM_BATCH, name=name,
-                                 threads=2)
+            gen = TextGenerator(path, spec.prompt, stop=spec.stop, max_new_tokens=MGSM_MAX_NEW_TOKENS,
+                                batch_size=MGSM_BATCH, name=name, threads=2, engine=engine.load(path))
             res = run_benchmark(spec, gen, limit=limit, metric_options={"extraction": "sakana"}, progress=progress)
             record = {"key": key, "seconds": round(time.perf_counter() - t0, 1), "n": res.n,
                       "scores": {k: [e.value, e.low, e.high] for k, e in res.scores.items()},

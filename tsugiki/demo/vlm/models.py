@@ -157,7 +157,7 @@ def _answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Cross-entropy at the answer positions only (the 262k-token head is the costliest layer per position)."""
     hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          pixel_values=batch["pixel_values"], use_cache=False).last_hidden_state
-    from tsugiki.evolution.fitness import head_logits
+    from tsugiki.engines.hf import head_logits
 
     target = batch["labels"][:, 1:]
     keep = target != -100

