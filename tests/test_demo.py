@@ -3,6 +3,7 @@ they hold is what the run computed (re-scored from the saved models and answers)
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -96,19 +97,23 @@ def test_lm_base_is_the_real_gemma_3_270m(demo_run):
 
 def test_lm_numbers_are_reproduced_from_the_saved_models(demo_run):
     """Re-score two LM rows (a source and an evolved model) from their saved dirs: same acc_ja and acc."""
-    from tsugiki.demo.lm.stage import QUICK, evaluate
+    from tsugiki.demo.lm.stage import QUICK, engine_options, evaluate
+    from tsugiki.engines.resident import ResidentEngine
 
     run_dir, _ = demo_run
     lm = _results(run_dir)["stages"]["lm"]
+    used = _results(run_dir)["meta"]["engine"]  # the demo used the fastest engine installed: rescore with it
+    engine = ResidentEngine(used, engine_options(dataclasses.replace(QUICK, engine=used)))
     test = [json.loads(line) for line in (run_dir / "lm" / "data" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
     rows = {r["model"]: r for r in lm["rows"]}
     evolved = next(r for r in lm["rows"] if r["role"] == "evolved")
     for name, path in ((evolved["model"], run_dir / lm["models"][evolved["model"]]),
                        ("MATH sibling", run_dir / "lm" / "models" / "math")):
-        again = evaluate(path, test, batch_size=QUICK.eval_batch, english=rows[name]["role"] == "source")
+        again = evaluate(path, test, batch_size=QUICK.eval_batch, english=rows[name]["role"] == "source", engine=engine)
         assert set(again["metrics"]) == set(rows[name]["metrics"]), name
         for metric, value in rows[name]["metrics"].items():
             assert again["metrics"][metric] == pytest.approx(value), (name, metric)
+    engine.close()
 
 
 def test_evolved_models_load(demo_run):
@@ -128,7 +133,8 @@ def test_exported_evolved_lm_is_the_searched_candidate(demo_run):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tsugiki.demo.lm.search import FITNESS_ARGS
+    from tsugiki.demo.lm.search import ENGINE_MAX_LEN, FITNESS_ARGS
+    from tsugiki.engines import EngineOptions, open_engine
     from tsugiki.evolution.data import load_pairs
     from tsugiki.evolution.fitness import EvalContext, mgsm_accuracy
 
@@ -136,14 +142,20 @@ def test_exported_evolved_lm_is_the_searched_candidate(demo_run):
     best = json.loads((run_dir / "lm" / "runs" / "ps-s0" / "best.json").read_text())
     pairs = load_pairs({"file": str(run_dir / "lm" / "data" / "fitness.jsonl")})
     model_dir = run_dir / "lm" / "evolved" / "ps-s0"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    used, ctx = _results(run_dir)["meta"]["engine"], None
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # the search evaluated candidates with search.threads = 2
     try:
-        fitness = mgsm_accuracy(EvalContext({}, model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir)),
-                                pairs, **FITNESS_ARGS)
+        if used == "hf":
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+            ctx = EvalContext({}, model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir))
+        else:  # a fresh engine on the exported dir: the search swapped the same float32 weights into its own
+            ctx = EvalContext({}, engine=open_engine(used, str(model_dir), EngineOptions(max_model_len=ENGINE_MAX_LEN)))
+        fitness = mgsm_accuracy(ctx, pairs, **FITNESS_ARGS)
     finally:
         torch.set_num_threads(before)
+        if ctx is not None and ctx.engine is not None:
+            ctx.engine.close()
     assert fitness == best["fitness"]  # bit for bit: exported with the search's thread count
 
 

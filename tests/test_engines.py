@@ -103,8 +103,8 @@ def test_unknown_engine_is_one_line():
 
 
 # ---------------------------------------------------------------------------------------------- vLLM
-@pytest.fixture(scope="module")
-def vllm_gemma(tiny_gemma):
+@pytest.fixture
+def vllm_gemma(tiny_gemma):  # one vLLM engine per process at a time: each test starts and closes its own
     vllm_or_skip()
     engine = open_engine("vllm", str(tiny_gemma.base), EngineOptions(dtype="float32", max_model_len=256, kv_cache_gib=1))
     yield engine
@@ -152,27 +152,59 @@ def test_vllm_failed_swap_is_an_engine_error(vllm_gemma, tiny_gemma):
         open_engine("hf", str(tiny_gemma.base)).generate(PROMPTS[:2], stop=STOP, max_new_tokens=8)
 
 
-def test_vllm_swap_from_memory_equals_fresh_vllm_engine(llama_siblings):
-    """A model merged in memory (here: loaded, then averaged) goes in with load_model, no file written."""
+def test_vllm_in_memory_merge_equals_fresh_engine_on_the_merged_dir(llama_siblings, tmp_path):
+    """A candidate merged in memory (InMemoryMerger) goes in with load_model, no file written, and generates
+    what a fresh vLLM engine on the same recipe merged to disk generates."""
     vllm_or_skip()
     from transformers import AutoModelForCausalLM
 
-    options = EngineOptions(dtype="float32", max_model_len=256, kv_cache_gib=1)
+    from tsugiki.merging.execute import MergeOptions
+    from tsugiki.merging.inmemory import InMemoryMerger
+    from tsugiki.merging.recipe import Recipe
+    from tsugiki.merging.to_disk import merge_to_disk
+
     base, variant = llama_siblings.base, llama_siblings.variants[0]
+    recipe = Recipe.from_dict({"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
+                               "models": [{"model": str(variant), "parameters": {"weight": 0.7}}]})
+    merged_dir = merge_to_disk(recipe, tmp_path / "merged", MergeOptions(progress=False)).out
+    options = EngineOptions(dtype="float32", max_model_len=256, kv_cache_gib=1)
     engine = open_engine("vllm", str(base), options)
     try:
-        assert engine.generate(PROMPTS, stop=STOP, max_new_tokens=24) == \
-            open_engine("hf", str(base)).generate(PROMPTS, stop=STOP, max_new_tokens=24)
-        model = AutoModelForCausalLM.from_pretrained(str(variant)).eval()
+        before = engine.generate(PROMPTS, stop=STOP, max_new_tokens=24)
+        assert before == open_engine("hf", str(base)).generate(PROMPTS, stop=STOP, max_new_tokens=24)
+        model = AutoModelForCausalLM.from_pretrained(str(base)).eval()
+        InMemoryMerger(model, {str(base): str(base), str(variant): str(variant)}).apply(recipe)
         engine.load_model(model)
         swapped = engine.generate(PROMPTS, stop=STOP, max_new_tokens=24)
     finally:
         engine.close()
-    fresh = open_engine("vllm", str(variant), options)
+    assert swapped != before
+    fresh = open_engine("vllm", str(merged_dir), options)
     try:
         assert swapped == fresh.generate(PROMPTS, stop=STOP, max_new_tokens=24)
     finally:
         fresh.close()
+
+
+def test_engines_agree_on_gemma_3_270m(real_base):
+    """The real model, float32: greedy texts identical for most prompts (a near-tie may flip a token in
+    another float order), and teacher-forced log-probs of the hf engine's own continuations equal within
+    1e-3 for every prompt."""
+    vllm_or_skip()
+    prompts = ["問題: 3 + 4 = ?\n答え:", "日本の首都は", "The capital of France is", "雪は何色ですか。", "1, 2, 3, 4,",
+               "こんにちは、私の名前は"]
+    hf = open_engine("hf", str(real_base), EngineOptions(batch_size=6))
+    want = hf.generate(prompts, stop=["\n"], max_new_tokens=20)
+    engine = open_engine("vllm", str(real_base), EngineOptions(dtype="float32", max_model_len=256, kv_cache_gib=1))
+    try:
+        got = engine.generate(prompts, stop=["\n"], max_new_tokens=20)
+        pairs = [(p, w) for p, w in zip(prompts, want) if w]
+        theirs = engine.answer_logprobs(pairs)
+    finally:
+        engine.close()
+    assert sum(a == b for a, b in zip(got, want)) >= len(prompts) - 1, (got, want)
+    for (lp_hf, _), (lp_vllm, _) in zip(hf.answer_logprobs(pairs), theirs):
+        assert torch.allclose(lp_hf, lp_vllm, atol=1e-3), (lp_hf, lp_vllm)
 
 
 @pytest.mark.parametrize("name", ["hf", "vllm"])

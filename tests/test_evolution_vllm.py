@@ -75,6 +75,7 @@ def test_failed_swap_fails_only_its_candidate(tmp_path, monkeypatch):
     assert failed.fitness is None and "could not take the weights" in failed.error and not failed.fatal
     assert problem.engine.llm is not engine.llm or problem.engine.llm.collective_rpc is not flaky  # restarted
     again = evaluate_task(problem, Task(2, x0), timeout=None, threads=1)
+    problem.close()
     assert again.error is None and again.fitness == pytest.approx(first.fitness, abs=1e-6)
 
 
@@ -113,3 +114,50 @@ def test_dfs_space_refuses_the_vllm_engine(tmp_path):
     }
     with pytest.raises(EvolutionError, match="engine 'vllm' cannot score a dfs space"):
         evolve(from_data(cfg, base_dir=tmp_path), tmp_path / "run", plots=False)
+
+
+def test_exact_match_against_constructed_answers(tiny_gemma):
+    """Answers built from transformers' own greedy text: the continuation up to a character that first occurs
+    at position k, that character as the stop string. The true answer matches, a changed one does not, and
+    the vllm engine scores the same."""
+    from transformers import AutoModelForCausalLM
+
+    from tsugiki.engines import EngineOptions, open_engine
+    from tsugiki.evolution.data import Pair
+    from tsugiki.evolution.fitness import FITNESS, EvalContext
+    from tsugiki.tokenizer_cache import load_tokenizer
+
+    tok = load_tokenizer(tiny_gemma.base)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_gemma.base)).eval()
+    pairs, stops = [], []
+    for prompt in ["3と4を足すと", "雪は何色", "日本の首都は", "こんにちは、"]:
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        out = model.generate(ids, do_sample=False, max_new_tokens=12, pad_token_id=tok.pad_token_id)
+        text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        k = next(i for i in range(3, len(text)) if text[i] not in text[:i] and not text[i].isspace())
+        pairs += [Pair(prompt, text[:k + 1]), Pair(prompt, text[:k] + "X" + text[k])]
+        stops.append(text[k])
+    spec = FITNESS.get("exact_match")
+    ctx = EvalContext({}, model=model, tokenizer=tok)
+    want = [1.0, 0.0]
+    for i, stop in enumerate(stops):
+        assert spec.items(ctx, pairs[2 * i:2 * i + 2], stop=[stop], max_new_tokens=16) == want
+    if ENGINES_VLLM():
+        engine = open_engine("vllm", str(tiny_gemma.base), EngineOptions(dtype="float32", max_model_len=128,
+                                                                         kv_cache_gib=1))
+        try:
+            vctx = EvalContext({}, engine=engine)
+            for i, stop in enumerate(stops):
+                assert spec.items(vctx, pairs[2 * i:2 * i + 2], stop=[stop], max_new_tokens=16) == want
+        finally:
+            engine.close()
+
+
+def ENGINES_VLLM() -> bool:
+    from tsugiki.engines import ENGINES
+
+    try:
+        vllm_or_skip()
+    except pytest.skip.Exception:
+        return False
+    return ENGINES.get("vllm").available()

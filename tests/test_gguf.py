@@ -88,11 +88,19 @@ def test_imported_dir_reloads_to_the_same_model(imported, reference):
     assert reloaded.generation_config.eos_token_id == model.generation_config.eos_token_id
 
 
-def test_imported_tokenizer_encodes_like_the_gguf_one(imported, reference):
+def test_imported_tokenizer_encodes_like_the_gguf_one(imported, reference, gemma_gguf):
+    """The same ids as transformers' own GGUF tokenizer, and a BOS first, as the file's
+    tokenizer.ggml.add_bos_token asks (some transformers releases leave it out: then only that differs)."""
+    from gguf import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import read_field
+
     _, tokenizer = reference
     mine = AutoTokenizer.from_pretrained(imported)
     ids = tokenizer(TEXT).input_ids
-    assert mine(TEXT).input_ids == ids
+    assert read_field(GGUFReader(str(gemma_gguf)), "tokenizer.ggml.add_bos_token") == [True]
+    bos = mine.bos_token_id
+    assert mine(TEXT).input_ids == ([bos] if ids[0] != bos else []) + ids
+    assert mine(TEXT).input_ids[0] == bos and mine(TEXT).input_ids.count(bos) == 1
     assert len(ids) > 5 and mine.decode(ids, skip_special_tokens=True) == TEXT
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from tsugiki.fileio import cache_dir
 
 HUB_ID = "google/gemma-3-270m"
+IMPORTED = "gemma-3-270m-2"  # the cache dir's name; "-2": the tokenizer adds the BOS the GGUF asks for
 GEMMA_NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at "
                 "ai.google.dev/gemma/terms.")
 
@@ -35,7 +36,7 @@ def real_base(cache: Path | None = None, *, progress: bool = True) -> Path:
     from tsugiki.merging.gguf import import_gguf
 
     cache = cache or cache_dir()
-    out = cache / "gemma-3-270m"
+    out = cache / IMPORTED  # a new name when the import changes: a cached dir from an older import is not reused
     if not (out / "config.json").exists():
         if progress:
             print(f"[models] importing {HUB_ID} from its GGUF package into {out} (once; about a minute) …", flush=True)

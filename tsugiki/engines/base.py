@@ -40,9 +40,11 @@ AnswerScores = tuple  # (log-probabilities of the answer tokens: float tensor, g
 
 
 class Engine:
-    """The interface every engine implements (see the module docstring)."""
+    """The interface every engine implements (see :mod:`tsugiki.engines`); ``tokenizer``: the model's (a
+    transformers tokenizer), for callers that count tokens."""
 
     name = ""
+    tokenizer: Any = None
 
     def generate(self, prompts: Sequence[str], *, stop: Sequence[str] = (), max_new_tokens: int = 256,
                  batch_size: int | None = None) -> list[str]:

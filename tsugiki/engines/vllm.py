@@ -41,14 +41,38 @@ def _import_vllm():
     return vllm
 
 
+_LIVE: list["VLLMEngine"] = []  # engines started in this process and not closed (at most one)
+
+
 def _start(kwargs: dict[str, Any]):
+    """``vllm.LLM(**kwargs)``, keeping this process's torch thread control: vLLM's CPU worker replaces
+    ``torch.set_num_threads`` with a no-op for the whole process, which would leave tsugiki's per-evaluation
+    thread counts (and the float order exports rely on) unset; the real function and count are put back."""
+    import torch
     import vllm
 
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
     try:
         return vllm.LLM(**kwargs)
     except Exception as e:  # noqa: BLE001 - vLLM raises many kinds; the user needs one line
         text = " ".join(str(e).split())  # one line: pydantic's and vLLM's messages span several
         raise EngineError(f"vLLM cannot start on {kwargs['model']}: {type(e).__name__}: {text[:400]}") from None
+    finally:
+        torch.set_num_threads = set_threads
+        torch.set_num_threads(threads)
+
+
+def _shutdown(llm) -> None:
+    """Tear an in-process vLLM down now: its engine core's shutdown also clears vLLM's process-wide
+    distributed state, which must happen before the next engine starts, not whenever the old one is
+    garbage-collected (that would pull the state from under the new one)."""
+    import gc
+
+    client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if client is not None:
+        client.shutdown()
+    del llm, client
+    gc.collect()
 
 
 def on_cpu() -> bool:
@@ -82,12 +106,17 @@ class VLLMEngine(Engine):
         if on_cpu():
             kwargs.setdefault("enforce_eager", True)  # CPU: no graph capture to pay for
         kwargs.update(options.extra.get("vllm_args", {}))
+        if _LIVE:  # vLLM keeps process-wide state: a second engine's teardown would break the first
+            raise EngineError(f"a vLLM engine is already running in this process (on {_LIVE[0].ref}); close it "
+                              "before starting another")
         llm = _start(kwargs)
         if tokenizer is None:
             from tsugiki.tokenizer_cache import load_tokenizer
 
             tokenizer = load_tokenizer(model)
-        return cls(llm, tokenizer, options, str(model), kwargs)
+        engine = cls(llm, tokenizer, options, str(model), kwargs)
+        _LIVE.append(engine)
+        return engine
 
     def describe(self) -> dict[str, Any]:
         import vllm
@@ -115,7 +144,8 @@ class VLLMEngine(Engine):
             self.llm.apply_model(lambda model: _retie(model, self._tied, names))
             self.llm.reset_prefix_cache()  # KV blocks of the old weights must not be reused
         except Exception as e:  # noqa: BLE001 - a failed swap fails the candidate, with the reason
-            self.close()
+            _shutdown(self.llm)
+            self.llm = None
             self.llm = _start(self._kwargs)
             raise EngineError(f"vLLM could not take the weights ({type(e).__name__}: {e}); "
                               f"the engine was restarted on {self.ref}") from None
@@ -137,8 +167,19 @@ class VLLMEngine(Engine):
 
         params = SamplingParams(temperature=0.0, max_tokens=int(max_new_tokens), stop=list(stop) or None,
                                 skip_special_tokens=True)
-        outs = self.llm.generate(list(prompts), params, use_tqdm=False)
-        return [o.outputs[0].text for o in outs]
+        return [o.outputs[0].text for o in self._generate(list(prompts), params)]
+
+    def _generate(self, prompts: list, params: Any) -> list:
+        """``LLM.generate``; interrupted (a candidate's timeout is a SIGALRM in this thread), the requests it
+        left in the engine are aborted, or the next call would collect their outputs with its own."""
+        try:
+            return self.llm.generate(prompts, params, use_tqdm=False)
+        except BaseException:
+            engine = self.llm.llm_engine
+            left = list(getattr(getattr(engine, "output_processor", None), "request_states", {}))
+            if left:
+                engine.abort_request(left)
+            raise
 
     def answer_logprobs(self, pairs: Sequence[tuple[str, str]], *, append_eos: bool = False,
                         batch_size: int | None = None) -> list[AnswerScores]:
@@ -148,7 +189,7 @@ class VLLMEngine(Engine):
 
         seqs, starts = answer_sequences(self.tokenizer, pairs, append_eos=append_eos)
         params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=False)
+        outs = self._generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params)
         scored = []
         for seq, start, out in zip(seqs, starts, outs):
             lps, hits = [], []
@@ -160,11 +201,11 @@ class VLLMEngine(Engine):
         return scored
 
     def close(self) -> None:
-        import gc
-
-        llm, self.llm = self.llm, None
-        del llm
-        gc.collect()
+        if self.llm is not None:
+            llm, self.llm = self.llm, None
+            _shutdown(llm)
+        if self in _LIVE:
+            _LIVE.remove(self)
 
 
 def _shared_parameters(model) -> list[list[str]]:

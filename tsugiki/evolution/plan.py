@@ -83,6 +83,10 @@ def plan_space(config: EvolveConfig, model_configs: Mapping[str, Mapping[str, An
         check = f"; {which} also on every item" if est.full_every else ""
         notes = (*notes, f"fitness estimated ({est.method}): each candidate scores {est.items} of the fitness items"
                  f"{calibration}{check}")
+    engine = config.spec.engine
+    if engine is not None and engine.name != "hf":
+        notes = (*notes, f"text scored with the {engine.name} engine (dtype {engine.dtype or 'auto'}); each "
+                 "candidate's weights are swapped into it from memory")
     return SpacePlan(kind.kind, planned.space, planned.parts, population, min(budgets), (*notes, *planned.notes))
 
 

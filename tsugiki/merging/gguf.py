@@ -64,6 +64,19 @@ def _open_cached(path: str, size: int, mtime_ns: int) -> "GgufFile":
     return GgufFile(Path(path))
 
 
+def _add_bos(tokenizer) -> None:
+    """Make ``tokenizer`` start every encoding with its BOS, as the GGUF's ``tokenizer.ggml.add_bos_token``
+    asks: some transformers releases (5.19, which vLLM's CPU build pins) convert a GGUF vocabulary without
+    it, others with it; the written tokenizer.json then says so itself, whichever release reads it."""
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    if bos is None or bos_id is None or tokenizer("a")["input_ids"][:1] == [bos_id]:
+        return
+    from tokenizers import processors
+
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B:1", special_tokens=[(bos, bos_id)])
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
@@ -99,6 +112,7 @@ class GgufFile:
         except Exception as e:  # gguf raises ValueError, IndexError, ... for corrupt or truncated files
             raise CheckpointError(f"{path}: corrupt or truncated GGUF file ({_first_line(e)})") from None
         self.architecture = str(read_field(reader, "general.architecture")[0])
+        self._add_bos = bool((read_field(reader, "tokenizer.ggml.add_bos_token") or [False])[0])
         self._refuse_packed_path()
         try:
             # the same raw config dict transformers reads, which its tensor fix-ups are given too
@@ -222,6 +236,8 @@ class GgufFile:
                     self._tokenizer = AutoTokenizer.from_pretrained(d, gguf_file=self.path.name, local_files_only=True)
             except Exception as e:  # transformers raises many types for a vocabulary it cannot convert
                 raise CheckpointError(f"{self.path}: cannot convert its tokenizer ({_first_line(e)})") from None
+            if self._add_bos:
+                _add_bos(self._tokenizer)
         return self._tokenizer
 
     def side_files_dir(self) -> Path:
