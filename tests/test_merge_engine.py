@@ -172,9 +172,12 @@ dtype: bfloat16
     got = weights(out)
     assert all(t.dtype == torch.bfloat16 for t in got.values())
     wbase, wa, wb = weights(base), weights(a), weights(b)
-    for n in wbase:  # computed in fp32, rounded once to bf16
-        expected = (wbase[n] + (wa[n] - wbase[n]) + (wb[n] - wbase[n])).to(torch.bfloat16)
-        assert torch.equal(got[n], expected), n
+    for n in wbase:  # computed in fp32, rounded once to bf16: at most one bf16 step from this fp32 sum,
+        # whose last fp32 bit depends on the order the CPU's vectorised kernels add in
+        exact = wbase[n] + (wa[n] - wbase[n]) + (wb[n] - wbase[n])
+        step = exact.abs() * 2.0 ** -7 + 1e-30
+        assert ((got[n].float() - exact).abs() <= step).all(), n
+        assert (got[n] == exact.to(torch.bfloat16)).float().mean() > 0.99, n  # almost all bit for bit
     assert json.loads((out / "config.json").read_text()).get("dtype") == "bfloat16"
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.model_type == "mistral"
