@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from tsugiki.benchmarks.predictors import PredictionsFile, Predictor, TextGenerator, vlm_predictor
-from tsugiki.benchmarks.runner import resolve_source
+from tsugiki.benchmarks.runner import resolve_source, text_generator
 from tsugiki.benchmarks.specs import BENCHMARKS, BenchmarkSpec
 from tsugiki.engines import EngineError, EngineOptions
 from tsugiki.engines.resident import ResidentEngine
@@ -64,14 +64,12 @@ class _LazyGenerators:
                                                                  batch_size=gen.batch_size))
 
     def get(self, spec: BenchmarkSpec, path: Path, label: str) -> TextGenerator:
-        if spec.prompt is None:
-            raise BenchmarkError(f"{spec.name} is not a text-generation benchmark; use a VLM or a predictions file")
         try:
             engine = self.resident.load(path)
         except EngineError as e:
             raise BenchmarkError(str(e)) from None
-        return TextGenerator(path, spec.prompt, stop=spec.stop, max_new_tokens=self.gen.max_new_tokens or spec.max_new_tokens,
-                             batch_size=self.gen.batch_size, name=label, threads=self.gen.threads, engine=engine)
+        return text_generator(spec, path, max_new_tokens=self.gen.max_new_tokens, batch_size=self.gen.batch_size,
+                              name=label, threads=self.gen.threads, engine=engine)
 
 
 def plan(benchmarks: Sequence[str] | None = None, *, models: Sequence[str] = (), vlm_models: Sequence[str] = (),

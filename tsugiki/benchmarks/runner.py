@@ -10,6 +10,7 @@ from typing import Sequence
 from tsugiki.benchmarks.predictors import Predictor, TextGenerator, check_predictions
 from tsugiki.benchmarks.results import BenchmarkResult
 from tsugiki.benchmarks.specs import BENCHMARKS, METRICS, BenchmarkSpec
+from tsugiki.engines import Engine
 from tsugiki.errors import BenchmarkError
 
 
@@ -37,8 +38,9 @@ def resolve_source(spec: BenchmarkSpec, dataset_dir: str | Path | None) -> Path 
 
 def text_generator(spec: BenchmarkSpec, model: str | Path, *, max_new_tokens: int | None = None, batch_size: int = 8,
                    device: str = "cpu", dtype: str | None = None, name: str | None = None,
-                   threads: int | None = None, engine: str = "hf") -> TextGenerator:
-    """A greedy generator with ``spec``'s prompt and stop strings (for the math benchmarks), on ``engine``."""
+                   threads: int | None = None, engine: str | Engine = "hf") -> TextGenerator:
+    """A greedy generator with ``spec``'s prompt and stop strings (for the math benchmarks), on ``engine`` (a
+    name, or an engine already holding ``model``)."""
     if spec.prompt is None:
         raise BenchmarkError(f"{spec.name} is not a text-generation benchmark; use a VLM or a predictions file")
     return TextGenerator(model, spec.prompt, stop=spec.stop, max_new_tokens=max_new_tokens or spec.max_new_tokens,

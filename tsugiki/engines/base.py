@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -30,10 +30,6 @@ class EngineOptions:
     kv_cache_gib: int | None = None
     enforce_eager: bool | None = None
     seed: int = 0
-    extra: dict = field(default_factory=dict)
-
-    def to_data(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
 
 
 AnswerScores = tuple  # (log-probabilities of the answer tokens: float tensor, greedy hits: bool tensor)

@@ -95,7 +95,7 @@ class VLLMEngine(Engine):
         dir's config and tokenizer, then takes swapped weights)."""
         if not isinstance(model, (str, Path)):
             raise EngineError("the vllm engine starts from a model dir or hub id, not a loaded model")
-        vllm = _import_vllm()
+        _import_vllm()  # env defaults first, then vLLM (one line if it is not installed)
         if options.kv_cache_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(options.kv_cache_gib))  # read when the engine starts
         kwargs: dict[str, Any] = {"model": str(model), "seed": options.seed, "trust_remote_code": False,
@@ -105,7 +105,6 @@ class VLLMEngine(Engine):
                 kwargs[key] = getattr(options, key)
         if on_cpu():
             kwargs.setdefault("enforce_eager", True)  # CPU: no graph capture to pay for
-        kwargs.update(options.extra.get("vllm_args", {}))
         if _LIVE:  # vLLM keeps process-wide state: a second engine's teardown would break the first
             raise EngineError(f"a vLLM engine is already running in this process (on {_LIVE[0].ref}); close it "
                               "before starting another")

@@ -214,9 +214,8 @@ def mgsm_ja_table(models: list[tuple[str, Path]], out: Path, progress: bool = Fa
     mgsm-ja`'s path: the seed's Japanese CoT prompt, free greedy generation, the seed's ``sakana``
     extraction) and tabulate acc_ja and acc with their 95% bootstrap intervals and the time each took.
     Responses and scores are kept in ``out/<row>.json``, so a resumed run does not score a model twice."""
-    from tsugiki.benchmarks.predictors import TextGenerator
     from tsugiki.benchmarks.runner import evaluate as run_benchmark
-    from tsugiki.benchmarks.runner import get_spec
+    from tsugiki.benchmarks.runner import get_spec, text_generator
 
     spec = get_spec("mgsm-ja")
     engine = engine or ResidentEngine("hf", EngineOptions(batch_size=MGSM_BATCH))
@@ -228,8 +227,8 @@ def mgsm_ja_table(models: list[tuple[str, Path]], out: Path, progress: bool = Fa
         record = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
         if record.get("key") != key:
             t0 = time.perf_counter()
-            gen = TextGenerator(path, spec.prompt, stop=spec.stop, max_new_tokens=MGSM_MAX_NEW_TOKENS,
-                                batch_size=MGSM_BATCH, name=name, threads=2, engine=engine.load(path))
+            gen = text_generator(spec, path, max_new_tokens=MGSM_MAX_NEW_TOKENS, batch_size=MGSM_BATCH, name=name,
+                                 threads=2, engine=engine.load(path))
             res = run_benchmark(spec, gen, limit=limit, metric_options={"extraction": "sakana"}, progress=progress)
             record = {"key": key, "seconds": round(time.perf_counter() - t0, 1), "n": res.n,
                       "scores": {k: [e.value, e.low, e.high] for k, e in res.scores.items()},
