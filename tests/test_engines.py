@@ -134,6 +134,29 @@ def test_vllm_swap_equals_fresh_engine_and_swaps_back(vllm_gemma, tiny_gemma):
     assert vllm_gemma.generate(PROMPTS, stop=STOP, max_new_tokens=24) == base
 
 
+def test_vllm_interrupted_generation_leaves_nothing_behind(vllm_gemma, monkeypatch):
+    """A candidate's timeout (an exception raised between engine steps) interrupts a batch; the requests it left
+    are aborted, so the next call gets its own outputs, not theirs."""
+    from tsugiki.evolution.backends import CandidateTimeout
+
+    expected = vllm_gemma.generate(PROMPTS, stop=STOP, max_new_tokens=24)
+    core = vllm_gemma.llm.llm_engine
+    real, calls = core.step, []
+
+    def step():
+        calls.append(1)
+        if len(calls) == 3:
+            raise CandidateTimeout("timed out after 1 s")
+        return real()
+
+    monkeypatch.setattr(core, "step", step)
+    with pytest.raises(CandidateTimeout):
+        vllm_gemma.generate(PROMPTS, stop=STOP, max_new_tokens=24)
+    monkeypatch.undo()
+    assert len(calls) == 3 and not core.has_unfinished_requests()
+    assert vllm_gemma.generate(PROMPTS[::-1], stop=STOP, max_new_tokens=24) == expected[::-1]
+
+
 def test_vllm_failed_swap_is_an_engine_error(vllm_gemma, tiny_gemma):
     """Refused before vLLM sees it (shape, name), and a swap that fails inside vLLM (here: a tensor of the
     wrong shape, with the check turned off) restarts the engine, so the next swap works."""

@@ -1,10 +1,11 @@
 """PS evolution scored by the vllm engine (the real vLLM CPU build; tox installs it): the same search as with
 the hf engine (the same candidates, fitness within 1e-4 in float32), a candidate whose swap fails is isolated
-like any failing candidate, exact resume after SIGKILL, and the config's refusals."""
+like any failing candidate, one engine per worker process, exact resume after SIGKILL, and the config's refusals."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -49,6 +50,25 @@ def test_vllm_run_equals_hf_run(tmp_path):
         assert x["x"] == y["x"]
         assert y["fitness"] == pytest.approx(x["fitness"], abs=1e-4)
     assert vl.best["params"] == hf.best["params"]
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_vllm_in_workers_equals_the_serial_run(tmp_path, backend):
+    """workers: 2 starts one engine in each worker (spawned process or Ray actor); the history is the serial run's."""
+    vllm_or_skip()
+    if backend == "ray":
+        if not os.environ.get("TSUGIKI_TEST_RAY"):
+            pytest.skip("starts a local Ray cluster; set TSUGIKI_TEST_RAY=1 to run")
+        pytest.importorskip("ray")
+    config = ps_config(tmp_path, VLLM32)
+    serial = evolve(config, tmp_path / "serial", plots=False)
+    pooled = evolve(config.with_search(workers=2, backend=backend), tmp_path / "pool", plots=False)
+    a, b = history(tmp_path / "serial"), history(tmp_path / "pool")
+    assert len(a) == len(b) == 8 and all(h["error"] is None for h in a + b)
+    for x, y in zip(a, b):
+        assert x["x"] == y["x"]
+        assert y["fitness"] == pytest.approx(x["fitness"], abs=1e-6)
+    assert pooled.best["params"] == serial.best["params"]
 
 
 def test_failed_swap_fails_only_its_candidate(tmp_path, monkeypatch):

@@ -131,6 +131,9 @@ def score(answers: Sequence[str], items: Sequence[Pair]):
 
 # ----------------------------------------------------------------------------- the stage
 SOURCE_NAME = "llava"
+# said where the demo's other stages score with vLLM: its LLaVA needs torchvision, which tsugiki does not depend on
+ENGINE_NOTE = ("The LLaVAs are scored with transformers (engine hf) whatever --engine says: vLLM's LLaVA needs "
+               "torchvision, which tsugiki does not depend on (no CPU build of it loads on every machine).")
 
 
 def run_vlm_stage(ctx: StageContext, *, llava_lm: Path, grafts: dict[str, tuple[str, Path]],
@@ -154,6 +157,8 @@ def run_vlm_stage(ctx: StageContext, *, llava_lm: Path, grafts: dict[str, tuple[
     for name, (role, lm_dir) in grafts.items():
         models[name] = (role, graft(llava, Path(lm_dir), ctx.out / "grafts" / name))
 
+    if ctx.engine != "hf":
+        ctx.say(f"[vlm] {ENGINE_NOTE}")
     items = scenes.ja_items("test", budget.test_scenes, seed=ctx.seed)
     rows, answers, per_item = [], {}, {}
     for name, (role, path) in progress_bar(models.items(), desc="Japanese VQA", unit="model", disable=not ctx.progress):
@@ -171,7 +176,7 @@ def run_vlm_stage(ctx: StageContext, *, llava_lm: Path, grafts: dict[str, tuple[
     return StageResult(
         stage="vlm", headline="rougeL_ja", rows=rows,
         title="Japanese VQA: Japanese LMs grafted into an English-aligned LLaVA (Gemma 3 270M inside)",
-        verdict=verdict(rows, per_item), notes=_notes(record, len(items)),
+        verdict=verdict(rows, per_item), notes=_notes(record, len(items)) + ([ENGINE_NOTE] if ctx.engine != "hf" else []),
         tables=[_scores_table(rows, len(items)), _english_table(record)],
         samples=_samples(ctx, items, answers, record), seconds=time.perf_counter() - start,
         models={name: ctx.rel(path) for name, (_, path) in models.items()})
