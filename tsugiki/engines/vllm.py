@@ -175,9 +175,9 @@ class VLLMEngine(Engine):
             return self.llm.generate(prompts, params, use_tqdm=False)
         except BaseException:
             engine = self.llm.llm_engine
-            left = list(getattr(getattr(engine, "output_processor", None), "request_states", {}))
+            left = list(getattr(getattr(engine, "output_processor", None), "request_states", {}))  # internal ids
             if left:
-                engine.abort_request(left)
+                engine.abort_request(left, internal=True)
             raise
 
     def answer_logprobs(self, pairs: Sequence[tuple[str, str]], *, append_eos: bool = False,
