@@ -184,10 +184,44 @@ def test_eval_vlm_models_go_through_the_vlm_predictor(tsugiki, tmp_path, monkeyp
         return CallablePredictor(answer, name=options["name"])
 
     monkeypatch.setattr(plan, "vlm_predictor", fake_vlm)
-    code, out, err = tsugiki("eval", "--vlm-model", "evovlm=/models/vlm", "--dataset-dir", FIXTURES,
+    (tmp_path / "vlm").mkdir()
+    code, out, err = tsugiki("eval", "--vlm-model", f"evovlm={tmp_path / 'vlm'}", "--dataset-dir", FIXTURES,
                              "--max-new-tokens", "8", "--results-dir", tmp_path, "-q")
     assert code == 0, err
-    assert [m for m, _ in seen] == ["/models/vlm"] * 2 and seen[0][1]["max_new_tokens"] == 8
+    assert [m for m, _ in seen] == [str(tmp_path / "vlm")] * 2 and seen[0][1]["max_new_tokens"] == 8
     items = [json.loads(l) for l in (tmp_path / "evovlm" / "ja-vg-vqa-500.items.jsonl").read_text().splitlines()]
     assert items[0]["prediction"] == "赤色です。" and items[0]["rougeL"] == 100.0  # the red circle, answered right
     assert "| evovlm |" in out and not (tmp_path / "evovlm" / "mgsm-ja.json").exists()
+
+
+def test_eval_model_that_is_no_folder_is_one_line_before_anything_loads(tsugiki, tmp_path):
+    (tmp_path / "weights.bin").write_text("x")
+    for value, says in (("base=./nope", "no such folder"), (f"w={tmp_path / 'weights.bin'}", "not a folder")):
+        code, _, err = tsugiki("eval", "--model", value, "--results-dir", tmp_path / "res")
+        assert code == 2
+        one_error_line(err, f"--model {value}: {says} (and not a hub id)")
+    code, _, err = tsugiki("eval", "--vlm-model", "v=/nope/vlm", "--results-dir", tmp_path / "res")
+    one_error_line(err, "--vlm-model v=/nope/vlm: no such folder")
+    assert not (tmp_path / "res").exists()
+
+
+def test_eval_model_with_a_word_level_tokenizer(tsugiki, tmp_path):
+    """A tokenizer whose tokens are words (no piece of one spells a stop string) generates and stops."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", "<pad>", "Question", ":", "Answer", "is", "=", "+", *map(str, range(10))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                            pad_token="<pad>").save_pretrained(tmp_path / "wl")
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1, intermediate_size=32, max_position_embeddings=2048,
+                                 bos_token_id=1, eos_token_id=2, pad_token_id=3)).save_pretrained(tmp_path / "wl")
+    code, out, err = tsugiki("eval", "mgsm-ja", "--model", tmp_path / "wl", "--dataset-dir", FIXTURES, "--limit", "2",
+                             "--max-new-tokens", "8", "--results-dir", tmp_path / "res", "-q")
+    assert code == 0 and "Traceback" not in err, err
+    items = (tmp_path / "res" / "wl" / "mgsm-ja.items.jsonl").read_text().splitlines()
+    assert len(items) == 2 and all(isinstance(json.loads(l)["prediction"], str) for l in items)

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from tsugiki.errors import CheckpointError, OutputExistsError
 from tsugiki.merging.checkpoint import Checkpoint, parse_safetensors_header
-from tsugiki.merging.output_dir import AtomicOutputDir
+from tsugiki.merging.output_dir import MARKER_FILE, AtomicOutputDir
 from tsugiki.merging.writer import OutputTensor, ShardedSafetensorsWriter, plan_shards
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool, torch.uint8]
@@ -199,5 +199,5 @@ def test_atomic_output_dir(tmp_path):
             pass
     with AtomicOutputDir(out, force=True) as tmp:
         (tmp / "b").write_text("2")
-    assert sorted(p.name for p in out.iterdir()) == ["b"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_FILE, "b"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -120,16 +120,20 @@ def test_existing_output_needs_force(tiny_siblings, tmp_path):
     res = run_cli("merge", recipe, "-o", out)
     assert res.returncode == 2 and "--force" in res.stderr
     assert (out / "keep.txt").read_text() == "mine"
-    res = run_cli("merge", recipe, "-o", out, "--force", "-q")
-    assert res.returncode == 0 and not (out / "keep.txt").exists() and (out / "config.json").exists()
+    res = run_cli("merge", recipe, "-o", out, "--force", "-q")  # not a folder tsugiki wrote: kept
+    assert res.returncode == 2 and "keep.txt" in res.stderr and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert run_cli("merge", recipe, "-o", out, "--force", "-q").returncode == 0  # an empty folder is replaced
+    res = run_cli("merge", recipe, "-o", out, "--force", "-q")  # and so is tsugiki's own output
+    assert res.returncode == 0 and (out / "config.json").exists()
 
 
 def test_failed_force_keeps_previous_output(tiny_siblings, tiny_mismatched_lm, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    assert run_cli("merge", write_recipe(tmp_path, linear(*tiny_siblings.variants[:2])), "-o", out, "-q").returncode == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
     res = run_cli("merge", write_recipe(tmp_path, linear(tiny_siblings.base, tiny_mismatched_lm)), "-o", out, "--force")
-    assert res.returncode == 2 and (out / "keep.txt").read_text() == "mine"
+    assert res.returncode == 2 and {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 
 def test_inspect_known_and_inferred(tiny_siblings, tmp_path):

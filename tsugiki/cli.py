@@ -43,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tsugiki: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the last resort: a file error no command turned into a TsugikiError
+        if args.verbose:
+            logging.exception("unhandled file error")
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"tsugiki: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     finally:
         if saved is not None:
             restore_env(saved)

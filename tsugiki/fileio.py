@@ -5,10 +5,11 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from tsugiki.errors import TsugikiError
+from tsugiki.errors import OutputWriteError, TsugikiError
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -26,6 +27,26 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output folder", *, name: object = None) -> None:
+    """Refuse, before any work, a folder ``path`` that tsugiki could not write in (created later if missing):
+    its nearest existing ancestor must be a folder where a file can be created. One
+    :class:`~tsugiki.errors.OutputWriteError` line starting with ``name`` (default ``path``) otherwise."""
+    path = Path(path)
+    name = path if name is None else name
+    here = path
+    try:
+        while not here.exists() and here != here.parent:
+            here = here.parent
+        if not here.is_dir():
+            raise OutputWriteError(f"{name}: cannot write the {what}: {here} is a file, not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".tsugiki-write-check-", dir=here)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        where = "" if str(here) == str(name) else f"{here}: "
+        raise OutputWriteError(f"{name}: cannot write the {what}: {where}{e.strerror or e}") from None
 
 
 def cache_dir() -> Path:

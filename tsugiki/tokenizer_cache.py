@@ -15,6 +15,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from tsugiki.hf_load import check_no_code, from_pretrained
+
 # The files a tokenizer is built from (whichever exist); config.json is left out: it only names the class
 # when tokenizer_config.json does not, and it differs between models that share a tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -55,15 +57,16 @@ def private_copy(tokenizer):
 
 def load_tokenizer(path: str | Path, **kwargs):
     """``AutoTokenizer.from_pretrained(path, **kwargs)``, loaded once per set of identical tokenizer files
-    (see the module doc); always a private copy."""
+    (see the module doc); always a private copy. A folder naming its own code is refused (tsugiki.hf_load)."""
     from transformers import AutoTokenizer
 
+    check_no_code(path)  # also when cached: config.json, not fingerprinted, may name a tokenizer's code
     key = fingerprint(path)
     if key is None:
-        return AutoTokenizer.from_pretrained(str(path), **kwargs)
+        return from_pretrained(AutoTokenizer, str(path), **kwargs)
     key += repr(sorted(kwargs.items()))
     if key not in _CACHE:
         if len(_CACHE) >= MAX_CACHED:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = AutoTokenizer.from_pretrained(str(path), **kwargs)
+        _CACHE[key] = from_pretrained(AutoTokenizer, str(path), **kwargs)
     return private_copy(_CACHE[key])

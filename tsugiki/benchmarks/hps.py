@@ -172,8 +172,12 @@ def load_hps_model(path_or_state, *, allow_pickle: bool = False, device: str | t
 def load_clip_tokenizer(path: str | os.PathLike):
     from transformers import AutoTokenizer
 
+    from tsugiki.hf_load import from_pretrained
+
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return from_pretrained(AutoTokenizer, str(path))
+    except CheckpointError:  # a folder that names its own code: already one line
+        raise
     except Exception as e:  # missing files, offline hub id, ...
         raise CheckpointError(f"{path}: cannot load a CLIP tokenizer ({type(e).__name__}: {e})") from None
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tsugiki.errors import BenchmarkError
+from tsugiki.fileio import atomic_write
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -36,11 +37,10 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    """Write ``rows`` as JSON Lines, atomically (a failed write leaves the previous file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return path
 
 

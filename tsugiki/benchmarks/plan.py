@@ -19,6 +19,7 @@ from tsugiki.benchmarks.specs import BENCHMARKS, BenchmarkSpec
 from tsugiki.engines import EngineError, EngineOptions
 from tsugiki.engines.resident import ResidentEngine
 from tsugiki.errors import BenchmarkError
+from tsugiki.hf_load import check_no_code
 
 EMBEDDED_MODEL = "tiny-llama"  # the label of the tiny random LM the default run builds
 
@@ -42,6 +43,17 @@ def labelled(value: str) -> tuple[str, Path]:
         label, path = "", value
     p = Path(path).expanduser()
     return label or p.resolve().name, p
+
+
+def model_source(option: str, value: str) -> tuple[str, Path]:
+    """:func:`labelled` for a model to load, refused in one line (before anything loads) when its path is
+    neither a folder nor a hub id."""
+    from tsugiki.merging.checkpoint import HUB_ID
+
+    label, path = labelled(value)
+    if not path.is_dir() and (path.exists() or not HUB_ID.match(str(path))):
+        raise BenchmarkError(f"{option} {value}: {'not a folder' if path.exists() else 'no such folder'} (and not a hub id)")
+    return label, path
 
 
 @dataclass
@@ -93,15 +105,17 @@ def plan(benchmarks: Sequence[str] | None = None, *, models: Sequence[str] = (),
             sources[spec.name] = resolve_source(spec, dataset_dir)
         return sources[spec.name]
 
-    for value in models:
-        label, path = labelled(value)
+    lms = [model_source("--model", v) for v in models]  # every model is checked before any is evaluated
+    vlms = [model_source("--vlm-model", v) for v in vlm_models]
+    for label, path in lms:
+        check_no_code(path)  # before anything is evaluated
         for spec in (s for s in specs if s.kind == "math"):
             cases.append(Case(label, spec.name, source(spec), lambda s=spec, p=path, l=label: generators.get(s, p, l)))
     if vlm_models and gen.engine != "hf":  # vLLM's LLaVA needs torchvision, which does not load on every machine
         print(f"note: VLMs are scored with transformers (engine hf); --engine {gen.engine} applies to the causal LMs",
               file=sys.stderr)
-    for value in vlm_models:
-        label, path = labelled(value)
+    for label, path in vlms:
+        check_no_code(path)
         for spec in (s for s in specs if s.kind == "vqa"):
             cases.append(Case(label, spec.name, source(spec), lambda p=path, l=label: vlm_predictor(p, **vlm_options, name=l)))
     for value in predictions:

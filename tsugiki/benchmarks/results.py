@@ -14,7 +14,8 @@ from typing import Iterable
 
 from tsugiki.benchmarks.jsonl import write_jsonl
 from tsugiki.benchmarks.stats import Estimate
-from tsugiki.errors import BenchmarkError
+from tsugiki.errors import BenchmarkError, OutputWriteError
+from tsugiki.fileio import atomic_write
 
 SCHEMA = "tsugiki.benchmark-result/1"
 
@@ -71,11 +72,13 @@ def slug(name: str) -> str:
 def write_result(result: BenchmarkResult, results_dir: str | Path) -> Path:
     """Write ``<model>/<benchmark>.json`` and ``.items.jsonl``; returns the JSON's path."""
     folder = Path(results_dir) / slug(result.model)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{result.benchmark}.json"
     data = result.to_json() | {"items_file": f"{result.benchmark}.items.jsonl"}
-    write_jsonl(folder / data["items_file"], result.items)
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    try:
+        write_jsonl(folder / data["items_file"], result.items)
+        atomic_write(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    except OSError as e:
+        raise OutputWriteError(f"{path}: cannot write the result: {e.filename or path}: {e.strerror or e}") from None
     return path
 
 

@@ -107,12 +107,13 @@ def generate(pipeline_dir: str | Path, prompts: Sequence[str], options: T2IOptio
     from tsugiki.progress import progress_bar
 
     from tsugiki.diffusion.presets import apply_preset, get_preset
+    from tsugiki.hf_load import from_pretrained
 
     dtypes = {None: None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if options.dtype not in dtypes:
         raise TsugikiError(f"unknown dtype {options.dtype!r} (use float32, float16 or bfloat16)")
     try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(str(pipeline_dir), torch_dtype=dtypes[options.dtype]).to(options.device)
+        pipe = from_pretrained(StableDiffusionXLPipeline, str(pipeline_dir), torch_dtype=dtypes[options.dtype]).to(options.device)
     except (OSError, ValueError) as e:
         raise TsugikiError(f"{pipeline_dir}: cannot load an SDXL pipeline ({e})") from None
     pipe.set_progress_bar_config(disable=True)

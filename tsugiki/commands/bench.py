@@ -112,12 +112,17 @@ def _add_score_verbs(score_sub: argparse._SubParsersAction) -> None:
 
 def _write_leaderboard(results, folder: Path, baseline: str | None) -> str:
     from tsugiki.benchmarks import leaderboard
+    from tsugiki.errors import OutputWriteError
+    from tsugiki.fileio import atomic_write
 
     lb = leaderboard.build(results, baseline)
     md = leaderboard.to_markdown(lb)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / SUMMARY_FILES[0]).write_text(md, encoding="utf-8")
-    (folder / SUMMARY_FILES[1]).write_text(leaderboard.to_html(lb), encoding="utf-8")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / SUMMARY_FILES[0], md)
+        atomic_write(folder / SUMMARY_FILES[1], leaderboard.to_html(lb))
+    except OSError as e:
+        raise OutputWriteError(f"{folder}: cannot write the leaderboard: {e.filename or folder}: {e.strerror or e}") from None
     return md
 
 
@@ -126,12 +131,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tsugiki.benchmarks.results import write_result
     from tsugiki.benchmarks.runner import evaluate
     from tsugiki.benchmarks.specs import BENCHMARKS
+    from tsugiki.fileio import check_writable_dir
 
     if args.list:
         for name in BENCHMARKS.names():
             spec = BENCHMARKS.get(name)
             print(f"{name:16} v{spec.version}  {spec.title} [{spec.metric}: {spec.primary}]  {spec.description}")
         return 0
+    check_writable_dir(args.results_dir, "results folder")  # before any model is evaluated
     thresholds = planning.parse_min_scores(args.min_score)
     models, predictions, dataset_dir = list(args.model), list(args.predictions), args.dataset_dir
     gen = planning.GenerationOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,

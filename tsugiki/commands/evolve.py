@@ -57,8 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--export", metavar="DIR", help="write the best candidate as a merged model dir at the end")
     e.add_argument("--force", action="store_true", help="replace the --export DIR if it exists")
     e.add_argument("--plan", action="store_true",
-                   help="print the search space (dimensions by part) and the evaluation budget, then exit; reads only "
-                        "the sources' config.json files, no weights or data")
+                   help="print the search space (dimensions by part) and the evaluation budget, then exit; needs no "
+                        "-o and reads only the sources' config.json files (tiny models are described, not built), "
+                        "no weights or data")
     e.add_argument("--allow-code", dest="allow_code", action="store_true",
                    help="run a fitness function the config names as code (file.py:function or module:function); "
                         "without it such a config is refused before anything runs")

@@ -32,7 +32,9 @@ def add_score_fid_parser(score_sub: argparse._SubParsersAction) -> argparse.Argu
 
 def cmd_eval_t2i(args: argparse.Namespace) -> int:
     from tsugiki.benchmarks.t2i import T2IOptions, evaluate_t2i, load_prompts
+    from tsugiki.fileio import check_writable_dir
 
+    check_writable_dir(args.output, "run folder")
     options = T2IOptions(preset=args.preset, steps=args.steps, guidance_scale=args.guidance, height=args.height,
                          width=args.width, seed=args.seed, device=args.device, dtype=args.dtype,
                          inception_weights=args.inception_weights, download_inception=args.download_inception,
@@ -83,8 +85,10 @@ def add_eval_t2i_parser(eval_sub: argparse._SubParsersAction, name: str = "t2i",
 
 def cmd_tiny_sdxl(args: argparse.Namespace) -> int:
     from tsugiki.factory.sdxl import build_tiny_sdxl, export_single_file
+    from tsugiki.fileio import check_writable_dir
 
     out = Path(args.output)
+    check_writable_dir(out)
     for i in range(args.n):
         path = build_tiny_sdxl(out / f"sdxl_{i}", seed=args.seed, unet_seed=args.seed + i)
         print(f"pipeline: {path}")

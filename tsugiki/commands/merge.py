@@ -18,7 +18,9 @@ def _size(text: str) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    from tsugiki.merging.checkpoint import local_path
     from tsugiki.merging.execute import MergeOptions, parse_dtype
+    from tsugiki.merging.output_dir import check_output
     from tsugiki.merging.recipe import load_recipe
     from tsugiki.merging.to_disk import merge_to_disk
 
@@ -31,6 +33,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
                            force=args.force, max_shard_bytes=args.max_shard_size, seed=args.seed,
                            progress=not args.quiet)
     base_dir = Path(args.recipe).resolve().parent
+    local = [p for p in (local_path(r, base_dir=base_dir) for r in recipe.model_refs()) if p]
+    check_output(args.output, force=args.force, sources=local)  # before any source is opened or downloaded
     # the recipe's sources decide the family: a LLaVA source means the LM inside it is merged,
     # an SDXL pipeline/UNet source means UNets are merged and the rest of the pipeline copied
     if is_vlm_recipe(recipe, base_dir):
@@ -58,7 +62,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_tiny_models(args: argparse.Namespace) -> int:
     from tsugiki.factory.lm import TinyLMSpec, build_siblings
+    from tsugiki.fileio import check_writable_dir
 
+    check_writable_dir(args.output)
     siblings = build_siblings(Path(args.output), n=args.n, spec=TinyLMSpec(arch=args.arch, seed=args.seed), kind=args.kind)
     print(f"base: {siblings.base}")
     for v in siblings.variants:

@@ -16,9 +16,12 @@ def add_vocab_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_swap(args: argparse.Namespace) -> int:
+    from tsugiki.merging.checkpoint import local_path
     from tsugiki.merging.execute import MergeOptions, parse_dtype
+    from tsugiki.merging.output_dir import check_output
     from tsugiki.vlm.merge import swap_language_model
 
+    check_output(args.output, force=args.force, sources=filter(None, map(local_path, (args.vlm, args.llm))))
     options = MergeOptions(out_dtype=parse_dtype(args.dtype), allow_pickle=args.allow_pickle, force=args.force,
                            progress=not args.quiet)
     result = swap_language_model(args.vlm, args.llm, args.output, options, vocab=VOCAB_CHOICES[args.vocab])
@@ -49,7 +52,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
 def cmd_tiny(args: argparse.Namespace) -> int:
     from tsugiki.factory.lm import TinyLMSpec
     from tsugiki.factory.vlm import build_graft_set
+    from tsugiki.fileio import check_writable_dir
 
+    check_writable_dir(args.output)
     s = build_graft_set(Path(args.output), TinyLMSpec(arch=args.arch, seed=args.seed))
     for label, path in [("llava", s.llava), ("llava_next", s.llava_next), ("llm base", s.llms.base)] + \
             [("llm variant", v) for v in s.llms.variants]:

@@ -36,12 +36,13 @@ class HFEngine(Engine):
             return cls(model, tokenizer, options)
         from transformers import AutoModelForCausalLM
 
+        from tsugiki.hf_load import from_pretrained
         from tsugiki.tokenizer_cache import load_tokenizer
 
         try:
             tok = tokenizer or load_tokenizer(model)
             kwargs = {"dtype": getattr(torch, options.dtype)} if options.dtype else {}
-            lm = AutoModelForCausalLM.from_pretrained(str(model), trust_remote_code=False, **kwargs)
+            lm = from_pretrained(AutoModelForCausalLM, str(model), **kwargs)
         except (OSError, ValueError) as e:
             raise EngineError(f"cannot load causal LM {model}: {e}") from None
         return cls(lm.to(options.device).eval(), tok, options, str(model))

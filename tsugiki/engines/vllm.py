@@ -21,6 +21,8 @@ from typing import Any, Iterable, Sequence
 
 from tsugiki.engines.base import AnswerScores, Engine, EngineError, EngineOptions, checkpoint_shapes
 from tsugiki.engines.hf import answer_sequences
+from tsugiki.errors import TsugikiError
+from tsugiki.hf_load import check_no_code, vllm_llm
 
 # set before vLLM is imported: in-process engine, a CPU KV cache that fits beside the models, and torch's
 # thread count left to the caller (vLLM otherwise drops torch to one thread "for serving")
@@ -45,15 +47,17 @@ _LIVE: list["VLLMEngine"] = []  # engines started in this process and not closed
 
 
 def _start(kwargs: dict[str, Any]):
-    """``vllm.LLM(**kwargs)``, keeping this process's torch thread control: vLLM's CPU worker replaces
-    ``torch.set_num_threads`` with a no-op for the whole process, which would leave tsugiki's per-evaluation
-    thread counts (and the float order exports rely on) unset; the real function and count are put back."""
+    """``vllm.LLM(**kwargs)`` (through :func:`tsugiki.hf_load.vllm_llm`), keeping this process's torch thread
+    control: vLLM's CPU worker replaces ``torch.set_num_threads`` with a no-op for the whole process, which would
+    leave tsugiki's per-evaluation thread counts (and the float order exports rely on) unset; the real function
+    and count are put back."""
     import torch
-    import vllm
 
     set_threads, threads = torch.set_num_threads, torch.get_num_threads()
     try:
-        return vllm.LLM(**kwargs)
+        return vllm_llm(**kwargs)
+    except TsugikiError:  # a model folder that names its own code
+        raise
     except Exception as e:  # noqa: BLE001 - vLLM raises many kinds; the user needs one line
         text = " ".join(str(e).split())  # one line: pydantic's and vLLM's messages span several
         raise EngineError(f"vLLM cannot start on {kwargs['model']}: {type(e).__name__}: {text[:400]}") from None
@@ -95,6 +99,7 @@ class VLLMEngine(Engine):
         dir's config and tokenizer, then takes swapped weights)."""
         if not isinstance(model, (str, Path)):
             raise EngineError("the vllm engine starts from a model dir or hub id, not a loaded model")
+        check_no_code(model)  # before vLLM loads (seconds): a folder naming its own code is refused in one line
         _import_vllm()  # env defaults first, then vLLM (one line if it is not installed)
         if options.kv_cache_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(options.kv_cache_gib))  # read when the engine starts

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from tsugiki.benchmarks.items import VQAItem
-from tsugiki.errors import BenchmarkError, EvolutionError
+from tsugiki.errors import BenchmarkError, EvolutionError, TsugikiError
 from tsugiki.registry import Registry
 
 SPLITS = {"fitness": (0.0, 0.4), "validation": (0.4, 0.7), "test": (0.7, 1.0)}
@@ -162,6 +162,27 @@ def generate(names: list[str], split: str, n: int | None, seed: int) -> list[Pai
             out.append(part.pop(0))
         k += 1
     return out
+
+
+def check_data(spec: Mapping[str, Any], where: str = "") -> None:
+    """Refuse, without reading any data, what :func:`load_pairs` would not find: a missing file, an
+    MGSM source that is neither a local path nor a hub id, an unknown generator or split. ``where``
+    (``FILE:LINE: key: ``) prefixes the error."""
+    from tsugiki.merging.checkpoint import HUB_ID
+
+    if "file" in spec and not Path(spec["file"]).is_file():
+        raise EvolutionError(f"{where}{spec['file']}: no such file")
+    source = spec.get("source")
+    if source is not None and not Path(source).exists() and not HUB_ID.match(source):
+        raise EvolutionError(f"{where}{source}: no such file or folder (and not a hub id)")
+    names = spec.get("generator")
+    for name in [names] if isinstance(names, str) else names or []:
+        try:
+            GENERATORS.get(name)
+        except TsugikiError as e:
+            raise EvolutionError(f"{where}{e}") from None
+    if names is not None and spec.get("split", "fitness") not in SPLITS:
+        raise EvolutionError(f"{where}split must be one of {', '.join(SPLITS)}, not {spec.get('split')!r}")
 
 
 def load_pairs(spec: Mapping[str, Any], where: str = "data") -> list[Pair]:

@@ -303,21 +303,26 @@ def names_code(name: str) -> bool:
     return ":" in name
 
 
-def code_refs(data: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(dotted key, name) of every fitness function an evolve config's data names as code: the
-    fitness and validation functions and their ``weighted_sum`` terms."""
+def function_refs(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(dotted key, name) of every fitness function an evolve config's data names: the fitness and
+    validation functions and their ``weighted_sum`` terms."""
     out = []
     for section in ("fitness", "validation"):
         d = data.get(section) or {}
         fn = d.get("function")
-        if isinstance(fn, str) and names_code(fn):
+        if isinstance(fn, str):
             out.append((f"{section}.function", fn))
         terms = (d.get("args") or {}).get("terms") if fn == "weighted_sum" else None
         for i, term in enumerate(terms if isinstance(terms, list) else []):
             name = term.get("function") if isinstance(term, Mapping) else None
-            if isinstance(name, str) and names_code(name):
+            if isinstance(name, str):
                 out.append((f"{section}.args.terms[{i}].function", name))
     return out
+
+
+def code_refs(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The :func:`function_refs` that name code (``module:function``, ``file.py:function``)."""
+    return [(key, name) for key, name in function_refs(data) if names_code(name)]
 
 
 def resolve_fitness(name: str) -> FitnessSpec:

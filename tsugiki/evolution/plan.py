@@ -11,9 +11,12 @@ from typing import Any, Mapping
 
 from tsugiki.errors import EvolutionError, TsugikiError
 from tsugiki.evolution.config import EvolveConfig
-from tsugiki.evolution.fitness import names_code, resolve_fitness
-from tsugiki.evolution.sources import read_source_config, source_paths
+from tsugiki.evolution.data import check_data
+from tsugiki.evolution.fitness import function_refs, names_code, resolve_fitness
+from tsugiki.evolution.sources import read_source_config, source_paths, tiny_configs
 from tsugiki.evolution.space import SearchSpace
+from tsugiki.hf_load import code_named
+from tsugiki.merging.checkpoint import HUB_ID
 
 
 @dataclass(frozen=True)
@@ -55,13 +58,7 @@ def plan_space(config: EvolveConfig, model_configs: Mapping[str, Mapping[str, An
     ps_dfs, ``ps`` may be given; otherwise it takes the config of the PS recipe's base model."""
     paths = source_paths(config, Path(run_dir))
     kind = config.spec.space
-    for section in ("fitness", "validation"):
-        fn = (config.data.get(section) or {}).get("function")
-        if fn is not None and not names_code(fn):  # a plan never imports user code
-            try:
-                resolve_fitness(fn)
-            except TsugikiError as e:
-                raise EvolutionError(f"{config.where(section + '.function')}{e}") from None
+    check_names(config, paths)
     missing = [n for n in plan_sources(config) if n not in paths]
     if missing:
         raise EvolutionError(f"{config.where('space')}unknown source {missing[0]!r} (known: {', '.join(paths)})")
@@ -90,10 +87,51 @@ def plan_space(config: EvolveConfig, model_configs: Mapping[str, Mapping[str, An
     return SpacePlan(kind.kind, planned.space, planned.parts, population, min(budgets), (*notes, *planned.notes))
 
 
+def check_names(config: EvolveConfig, paths: Mapping[str, str]) -> None:
+    """Refuse a fitness function (a registered name; code is not imported, a ``file.py`` must exist) or a
+    model the space names that is not there (``paths``: the sources), at the config's ``FILE:LINE: key``."""
+    for key, name in function_refs(config.data):
+        target = name.rpartition(":")[0]
+        try:
+            if not names_code(name):
+                resolve_fitness(name)
+            elif target.endswith(".py") and not Path(target).is_file():
+                raise EvolutionError(f"{target}: no such file")
+        except TsugikiError as e:
+            raise EvolutionError(f"{config.where(key)}{e}") from None
+    config.spec.space.check_sources(config, paths)
+
+
+def check_source_paths(config: EvolveConfig) -> None:
+    """Refuse a source that is neither a local path that exists nor a hub id, at its ``FILE:LINE: sources.NAME``."""
+    for name, ref in config.spec.sources.items():
+        if not Path(ref).exists() and not HUB_ID.match(ref):
+            given = (config.spec.named_as.get(name) or {}).get("given", ref)
+            raise EvolutionError(f"{config.where('sources.' + name)}{given}: no such file or folder (and not a hub id)")
+        if why := code_named(ref):  # a folder that names its own code (tsugiki.hf_load)
+            raise EvolutionError(f"{config.where('sources.' + name)}{why}")
+
+
+def check_config(config: EvolveConfig, run_dir: str | Path) -> None:
+    """Everything the config names is there (:func:`check_source_paths`, :func:`check_names`, and its data:
+    :func:`~tsugiki.evolution.data.check_data`), reading no model and no data: a run checks this before
+    it builds or writes anything."""
+    check_source_paths(config)
+    check_names(config, source_paths(config, Path(run_dir)))
+    for section in ("fitness", "validation", "test"):
+        data = (config.data.get(section) or {}).get("data")
+        if data is not None:
+            check_data(data, config.where(section + ".data"))
+
+
 def plan_from_sources(config: EvolveConfig, run_dir: str | Path = ".") -> SpacePlan:
-    """:func:`plan_space` with each needed source's config.json read by :func:`read_source_config`."""
+    """:func:`plan_space` with each needed source's config.json read by :func:`read_source_config`, or
+    for the tiny models a run builds, as the factory would write it (nothing is built)."""
+    check_source_paths(config)
     paths = source_paths(config, Path(run_dir))
+    tiny = tiny_configs(config, Path(run_dir))
+    read = lambda ref: tiny[ref] if ref in tiny else read_source_config(ref)  # noqa: E731
     run_built = config.spec.space.run_sources(Path(run_dir))
-    configs = {n: read_source_config(paths[n]) for n in plan_sources(config) if n not in run_built and n in paths}
-    config.spec.space.plan_configs(config, paths, configs, read=read_source_config)
+    configs = {n: read(paths[n]) for n in plan_sources(config) if n not in run_built and n in paths}
+    config.spec.space.plan_configs(config, paths, configs, read=read)
     return plan_space(config, configs, run_dir)

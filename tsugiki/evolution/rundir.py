@@ -62,9 +62,28 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_file.exists()
 
+    def check_usable(self, *, resume: bool) -> None:
+        """Refuse, before anything is written, a path that cannot hold the run: one that is not a folder;
+        for a resume, a folder with no run; for a new run, a folder holding anything but a run's files."""
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise EvolutionError(f"{p}: not a folder; a run dir is a new or empty folder")
+        if self.exists():
+            return
+        if resume:
+            raise EvolutionError(f"{p}: not a run dir (no config.yaml) to resume")
+        others = sorted(c.name for c in p.iterdir() if c.name not in (".lock", "models", "ps_model")) if p.is_dir() else []
+        if others:
+            raise EvolutionError(f"{p}: exists and is not a tsugiki run dir (holds {others[0]!r}); choose an empty or new dir")
+
     # ---- lock -----------------------------------------------------------------------------------
     def lock(self) -> None:
-        self._lock_fd = lock_dir(self.path, error=EvolutionError)
+        """Take the run dir (created if new); its first write: a location that refuses it (read-only,
+        no permission, a file on the way) is one line naming the path."""
+        try:
+            self._lock_fd = lock_dir(self.path, error=EvolutionError)
+        except OSError as e:
+            raise EvolutionError(f"{self.path}: cannot write the run dir here ({e.strerror or e})") from None
 
     def unlock(self) -> None:
         if self._lock_fd is not None:

@@ -37,6 +37,7 @@ from tsugiki.evolution.backends import Result, Task, in_index_order, make_backen
 from tsugiki.evolution.calibrate import Estimation, calibrate, check_estimate
 from tsugiki.evolution.config import EvolveConfig, load_config
 from tsugiki.evolution.fitness import code_refs
+from tsugiki.evolution.plan import check_config
 from tsugiki.evolution.problems import Problem, make_problem
 from tsugiki.evolution.report import write_plots
 from tsugiki.evolution.rundir import RunDir, json_line
@@ -222,12 +223,7 @@ def _reconcile(rd: RunDir, config: EvolveConfig | None, *, started: bool) -> Evo
             raise EvolutionError(f"{rd.path}: run dir was started from a different config ({', '.join(diffs[:5])} "
                                  f"differ); use another run dir, or --resume to continue it as it was")
         return EvolveConfig(dict(stored.data, search=dict(config.search)), config.source_name, config.lines)
-    if config is None:
-        raise EvolutionError(f"{rd.path}: not a run dir (no config.yaml) to resume")
-    others = [p.name for p in rd.path.iterdir() if p.name not in (".lock", "models", "ps_model")] if rd.path.exists() else []
-    if others:
-        raise EvolutionError(f"{rd.path}: exists and is not a tsugiki run dir (holds {others[0]!r}); choose an empty or new dir")
-    return config
+    return config  # a new run: RunDir.check_usable refused a folder holding anything else
 
 
 def _stop_reason(config: EvolveConfig, state: dict) -> str:
@@ -250,20 +246,28 @@ def check_code(config: EvolveConfig, allow_code: bool) -> None:
                              f"--allow-code (allow_code=True); nothing was run")
 
 
+def check_runnable(config: EvolveConfig, run_dir: Path, allow_code: bool) -> None:
+    """:func:`check_code`, then everything the config names is there (:func:`~tsugiki.evolution.plan.check_config`)."""
+    check_code(config, allow_code)
+    check_config(config, run_dir)
+
+
 def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool = False,
            on_generation: Callable[[dict], None] | None = None, plots: bool = True, allow_code: bool = False) -> RunResult:
     """Run (or continue) an evolution in ``run_dir``; ``config=None`` resumes the run dir's own.
     A config naming code as its fitness runs only with ``allow_code=True``."""
-    if config is not None:
-        check_code(config, allow_code)  # before the run dir is touched
     rd = RunDir(run_dir)
+    resume = config is None
+    if not resume:
+        check_runnable(config, rd.path, allow_code)  # a refused run leaves the run dir as it found it
+    rd.check_usable(resume=resume)
     rd.lock()
     backend = None
     try:
-        existed = rd.exists()
-        meta = rd.read_meta() if existed else None
+        meta = rd.read_meta() if rd.exists() else None
         config = _reconcile(rd, config, started=meta is not None)
-        check_code(config, allow_code)
+        if resume:
+            check_runnable(config, rd.path, allow_code)
         if meta is None:  # first, so that a run killed while it prepares sources can be resumed
             atomic_write(rd.config_file, config.to_yaml())
         prepare_sources(config, rd.path)

@@ -117,9 +117,11 @@ class SDXLBlockSpace:
 def load_unet(path: str | Path, device: str = "cpu"):
     from diffusers import UNet2DConditionModel  # diffusers loads in seconds: only for SDXL searches
 
+    from tsugiki.hf_load import from_pretrained
+
     p = Path(path)
     with hf_progress_bars_off(diffusers=True, errors_only=True):  # no "accelerate not installed" notice per worker
-        return UNet2DConditionModel.from_pretrained(p / "unet" if (p / "unet").is_dir() else p).to(device).eval()
+        return from_pretrained(UNet2DConditionModel, p / "unet" if (p / "unet").is_dir() else p).to(device).eval()
 
 
 # ------------------------------------------------------------------------------ fitness

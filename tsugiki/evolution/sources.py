@@ -12,6 +12,7 @@ from typing import Mapping
 
 from tsugiki.errors import EvolutionError, TsugikiError
 from tsugiki.evolution.config import EvolveConfig
+from tsugiki.hf_load import from_pretrained
 from tsugiki.hf_quiet import hf_progress_bars_off
 from tsugiki.merging.checkpoint import HUB_ID, Checkpoint, resolve_model_ref
 from tsugiki.merging.provenance import Named
@@ -61,7 +62,7 @@ def source_names(config: EvolveConfig, run_dir: Path) -> dict[str, Named]:
 def prepare_sources(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
     """Build what the sources need and is missing (tiny models, the ps_dfs merge); main process only."""
     # the factories import torch, transformers and diffusers (seconds): only when a run builds models
-    from tsugiki.factory.lm import TinyLMSpec, build_siblings
+    from tsugiki.factory.lm import build_siblings
     from tsugiki.factory.sdxl import build_tiny_sdxl
     from tsugiki.factory.vlm import build_graft_set
 
@@ -69,8 +70,7 @@ def prepare_sources(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
     tiny, sd, vlm = config.spec.tiny_models, config.spec.tiny_sdxl, config.spec.tiny_vlm
     if tiny is not None and not (run_dir / "models" / ".complete").exists():
         shutil.rmtree(run_dir / "models", ignore_errors=True)
-        spec = TinyLMSpec(arch=tiny.arch, seed=tiny.seed, **_shape(tiny))
-        build_siblings(run_dir / "models", n=tiny.n, spec=spec, kind=tiny.kind, steps=tiny.steps)
+        build_siblings(run_dir / "models", n=tiny.n, spec=_text_spec(config), kind=tiny.kind, steps=tiny.steps)
         (run_dir / "models" / ".complete").write_text("")
     if sd is not None and not (run_dir / "models" / ".complete").exists():
         shutil.rmtree(run_dir / "models", ignore_errors=True)
@@ -81,16 +81,37 @@ def prepare_sources(config: EvolveConfig, run_dir: Path) -> dict[str, str]:
         (run_dir / "models" / ".complete").write_text("")
     if vlm is not None and not (run_dir / "models" / ".complete").exists():
         shutil.rmtree(run_dir / "models", ignore_errors=True)
-        build_graft_set(run_dir / "models", TinyLMSpec(arch="mistral", seed=vlm.seed, **_shape(vlm)), n=vlm.n,
-                        lm_delta=vlm.lm_delta)
+        build_graft_set(run_dir / "models", _text_spec(config), n=vlm.n, lm_delta=vlm.lm_delta)
         (run_dir / "models" / ".complete").write_text("")
     paths = source_paths(config, run_dir)
     config.spec.space.prepare(config, run_dir, paths)  # what the space kind builds itself (ps_dfs: the PS model)
     return paths
 
 
-def _shape(tiny) -> dict[str, int]:
-    return {k: getattr(tiny, k) for k in ("hidden_size", "num_layers") if getattr(tiny, k) is not None}
+def _text_spec(config: EvolveConfig):
+    """The TinyLMSpec of the LMs ``tiny_models`` or ``tiny_vlm`` builds (mistral for a VLM's)."""
+    from tsugiki.factory.lm import TinyLMSpec
+
+    tiny = config.spec.tiny_models or config.spec.tiny_vlm
+    shape = {k: getattr(tiny, k) for k in ("hidden_size", "num_layers") if getattr(tiny, k) is not None}
+    return TinyLMSpec(arch=getattr(tiny, "arch", "mistral"), seed=tiny.seed, **shape)
+
+
+def tiny_configs(config: EvolveConfig, run_dir: Path) -> dict[str, dict]:
+    """Path -> config.json of each model ``tiny_models`` or ``tiny_vlm`` builds into ``run_dir``, as
+    the factory writes it; nothing is built (a plan reads these)."""
+    spec = config.spec
+    tiny = spec.tiny_models or spec.tiny_vlm
+    if tiny is None:
+        return {}
+    from tsugiki.factory import lm, vlm  # torch and transformers: only for a config with tiny models
+
+    paths = source_paths(config, run_dir)
+    text = _text_spec(config)
+    out = {paths[n]: lm.config_json(text) for n in ("base", *(f"variant_{i}" for i in range(tiny.n))) if n not in spec.sources}
+    if tiny is spec.tiny_vlm and "llava" not in spec.sources:
+        out[paths["llava"]] = vlm.config_json(vlm.TinyVLMSpec(kind=tiny.kind, text=text))
+    return out
 
 
 def recipe_with_paths(recipe: dict, paths: Mapping[str, str]) -> dict:
@@ -173,7 +194,7 @@ def load_causal_lm(path: str, device: str = "cpu"):
     from transformers import AutoModelForCausalLM  # transformers loads in seconds: only when a model loads
 
     with hf_progress_bars_off():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
+        model = from_pretrained(AutoModelForCausalLM, path, dtype="float32").to(device)
     return model.eval(), load_tokenizer(path)
 
 
@@ -182,5 +203,5 @@ def load_vlm(path: str, device: str = "cpu"):
     from transformers import AutoModelForImageTextToText, AutoProcessor  # as above
 
     with hf_progress_bars_off():
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype="float32").to(device)
-    return model.eval(), AutoProcessor.from_pretrained(path)
+        model = from_pretrained(AutoModelForImageTextToText, path, dtype="float32").to(device)
+    return model.eval(), from_pretrained(AutoProcessor, path)

@@ -93,6 +93,12 @@ def make_config(spec: TinyLMSpec, tok: PreTrainedTokenizerFast, dtype: torch.dty
     )
 
 
+def config_json(spec: TinyLMSpec) -> dict:
+    """The config.json of a model built from ``spec``, without building it (a plan reads it)."""
+    config = make_config(spec, build_char_tokenizer(spec.vocab_size), torch.float32)
+    return {**config.to_diff_dict(), "architectures": [_ARCHS[spec.arch][1].__name__]}
+
+
 def _new_model(spec: TinyLMSpec, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
     """A freshly initialised float32 model, weights determined by ``spec.seed`` alone."""
     config = make_config(spec, tok, torch.float32)

@@ -32,6 +32,7 @@ from transformers import (
 
 from tsugiki.factory.lm import SiblingSet, TinyLMSpec, build_siblings, make_config, perturb
 from tsugiki.factory.tokenizer import BOS, EOS, PAD, UNK, build_char_tokenizer
+from tsugiki.hf_load import from_pretrained
 from tsugiki.hf_quiet import hf_progress_bars_off
 
 IMAGE_TOKEN = "<image>"
@@ -95,6 +96,12 @@ def _configs(spec: TinyVLMSpec, tok: PreTrainedTokenizerFast):
     raise ValueError(f"kind must be 'llava' or 'llava_next', not {spec.kind!r}")
 
 
+def config_json(spec: TinyVLMSpec) -> dict:
+    """The config.json of a VLM built from ``spec``, without building it (a plan reads it)."""
+    cls = LlavaForConditionalGeneration if spec.kind == "llava" else LlavaNextForConditionalGeneration
+    return {**_configs(spec, build_vlm_tokenizer(spec.text.vocab_size)).to_diff_dict(), "architectures": [cls.__name__]}
+
+
 def _processor(spec: TinyVLMSpec, tok: PreTrainedTokenizerFast, config):
     size = {"shortest_edge": spec.image_size}
     crop = {"height": spec.image_size, "width": spec.image_size}
@@ -124,7 +131,7 @@ def build_tiny_vlm(out_dir: str | Path, spec: TinyVLMSpec = TinyVLMSpec(), *, la
                 torch.manual_seed(spec.text.seed)  # the same draw build_tiny_lm makes for this text spec
                 text_model = AutoModelForCausalLM.from_config(config.text_config)
         if language_model is not None:
-            text_model = AutoModelForCausalLM.from_pretrained(language_model, dtype=torch.float32)
+            text_model = from_pretrained(AutoModelForCausalLM, language_model, dtype=torch.float32)
         out = _save(model, text_model, tok, spec, config, Path(out_dir), lm_delta, torch_dtype)
     return out
 

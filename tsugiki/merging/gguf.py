@@ -231,9 +231,11 @@ class GgufFile:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
+            from tsugiki.hf_load import from_pretrained
+
             try:
                 with _alone(self.path) as d:
-                    self._tokenizer = AutoTokenizer.from_pretrained(d, gguf_file=self.path.name, local_files_only=True)
+                    self._tokenizer = from_pretrained(AutoTokenizer, d, gguf_file=self.path.name, local_files_only=True)
             except Exception as e:  # transformers raises many types for a vocabulary it cannot convert
                 raise CheckpointError(f"{self.path}: cannot convert its tokenizer ({_first_line(e)})") from None
             if self._add_bos:
@@ -301,7 +303,7 @@ def import_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, dty
             raise MergeError(f"unknown dtype {dtype!r} (use one of {', '.join(IMPORT_DTYPES)})")
         dtype = IMPORT_DTYPES[dtype]
     path = Path(gguf_path)
-    with AtomicOutputDir(out_dir, force=force) as tmp:  # first: an existing OUT is refused before any work
+    with AtomicOutputDir(out_dir, force=force, sources=[path]) as tmp:  # first: an existing OUT is refused before any work
         gguf = open_gguf(path)
         digest = sha256_of(path)
         entries = [OutputTensor(name, dtype, info.shape) for name, info in gguf.infos.items()]

@@ -4,7 +4,8 @@
 order: an atomic temp dir beside OUT (:mod:`tsugiki.merging.output_dir`), the sharded safetensors
 (:mod:`tsugiki.merging.writer`, in ``weights_dir`` with ``prefix``), a check that no source file changed
 while it was read, the family's side files (a hook: config and tokenizer, a LLaVA's processor, an SDXL
-pipeline's other components), ``tsugiki_recipe.yaml`` and the model card (a hook, given the
+pipeline's other components; an ``auto_map`` in their configs is removed, since the output ships no code, and
+the card says so), ``tsugiki_recipe.yaml`` and the model card (a hook, given the
 :class:`~tsugiki.merging.provenance.Description` of the sources). The sources' SHA-256 are computed in
 the background meanwhile (:class:`~tsugiki.merging.provenance.SourceDigests`).
 """
@@ -18,8 +19,10 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from tsugiki.hf_load import drop_auto_map
 from tsugiki.merging.execute import MergeOptions
 from tsugiki.merging.output_dir import AtomicOutputDir
+from tsugiki.merging.output_files import dropped_code_note
 from tsugiki.merging.provenance import Description, Named, SourceDigests, describe
 from tsugiki.merging.recipe import Recipe
 from tsugiki.merging.writer import DEFAULT_MAX_SHARD_BYTES, OutputTensor, ShardedSafetensorsWriter
@@ -61,7 +64,7 @@ def write_merged_dir(out: str | Path, options: MergeOptions, recipe: Recipe, sou
     start = time.perf_counter() if start is None else start
     digests = SourceDigests({r: s.weight_files() for r, s in sources.items()})
     try:
-        with AtomicOutputDir(out, force=options.force) as tmp:
+        with AtomicOutputDir(out, force=options.force, sources=[s.path for s in sources.values()]) as tmp:
             files = first_files(tmp) if first_files is not None else []
             weights = tmp / layout.weights_dir if layout.weights_dir else tmp
             weights.mkdir(exist_ok=True)
@@ -77,9 +80,10 @@ def write_merged_dir(out: str | Path, options: MergeOptions, recipe: Recipe, sou
                 writer.abort()
                 raise
             files += side_files(tmp)
+            dropped = drop_auto_map(tmp)  # sources' auto_map names code the output does not ship
             described = describe(recipe, digests, Path(out), base_dir=base_dir, named=named, extra_refs=extra_refs)
             files += described.write(tmp)
-            (tmp / "README.md").write_text(card(described))
+            (tmp / "README.md").write_text(card(described) + dropped_code_note(dropped))
             files.append("README.md")
     except BaseException:
         digests.cancel()

@@ -12,8 +12,13 @@ those, with one warning line each. A parked old ``OUT`` whose owner died before 
 place is put back as ``OUT``. A temp dir without an owner file (left by tsugiki < 0.2, or by a
 kill in the instant between creating the dir and its owner file) is removed as well.
 
-Errors while writing (disk full, I/O errors) leave ``OUT`` as it was and no temp dir; they surface
-as one :class:`~tsugiki.errors.OutputWriteError` line naming ``OUT`` and the cause.
+Errors while writing (disk full, I/O errors, a read-only location) leave ``OUT`` as it was and no temp
+dir; they surface as one :class:`~tsugiki.errors.OutputWriteError` line naming ``OUT`` and the cause.
+
+A committed ``OUT`` holds :data:`MARKER_FILE`, which says tsugiki wrote it. ``force=True`` replaces an
+existing ``OUT`` only if it has that marker, a model card tsugiki wrote (outputs of tsugiki < 0.2) or
+nothing at all; :func:`check_output` refuses anything else in one line, before any work, as it refuses
+an ``OUT`` that is, holds or lies inside one of the sources, or is the current directory or a parent of it.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
+from tsugiki import __version__
 from tsugiki.errors import OutputExistsError, OutputWriteError, TsugikiError
-from tsugiki.fileio import holder_pid, record_pid, try_flock
+from tsugiki.fileio import check_writable_dir, holder_pid, record_pid, try_flock
 
 OWNER_FILE = ".tsugiki-owner"
+MARKER_FILE = ".tsugiki-output"
 log = logging.getLogger("tsugiki.output")
 
 
@@ -76,26 +84,74 @@ def sweep_debris(out: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _tsugiki_card(readme: Path) -> bool:
+    """Whether ``readme`` is a model card tsugiki wrote (its front matter's tags name tsugiki)."""
+    try:
+        head = readme.read_text(encoding="utf-8", errors="replace")[:1000]
+    except OSError:
+        return False
+    return head.startswith("---") and any(line.startswith("tags: [") and "tsugiki" in line for line in head.splitlines())
+
+
+def _not_replaceable(out: Path) -> str | None:
+    """Why ``force`` may not replace the existing ``out``; None if tsugiki wrote it or it is empty."""
+    if out.is_symlink() or not out.is_dir():
+        return "it is not a folder tsugiki wrote"
+    names = sorted(p.name for p in out.iterdir())
+    if not names or MARKER_FILE in names or _tsugiki_card(out / "README.md"):
+        return None
+    return f"it holds files tsugiki did not write: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+
+
+def check_output(out: str | os.PathLike, *, force: bool = False, sources: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse in one line, before any work, an output dir ``out`` that :class:`AtomicOutputDir` may not write:
+    the current directory or a parent of it; one of ``sources`` (model dirs or files), or a dir holding one or
+    inside one; an existing ``out`` without ``force``, or with it one tsugiki did not write; a location where
+    nothing can be written (a file in the way, read-only)."""
+    out = Path(out)
+    real, cwd = out.resolve(), Path.cwd().resolve()
+    if real == cwd or real in cwd.parents:
+        raise OutputExistsError(f"{out}: not used as output: it is the current directory or a parent of it")
+    for src in map(Path, sources):
+        s = src.resolve()
+        if real == s or real in s.parents or (s in real.parents and s.is_dir()):
+            how = "is" if real == s else "holds" if real in s.parents else "lies inside"
+            raise OutputExistsError(f"{out}: not used as output: it {how} the source {src}")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise OutputExistsError(f"{out}: output exists (pass --force to replace it)")
+        why = _not_replaceable(out)
+        if why:
+            raise OutputExistsError(f"{out}: not replaced although --force was given: {why}")
+    check_writable_dir(out.parent, "output", name=out)
+
+
 class AtomicOutputDir:
     """A temp directory beside OUT that becomes OUT only when everything succeeded.
 
-    Refuses an existing OUT unless force=True; on any exception the temp dir is removed and OUT is
-    left exactly as it was. Entering first removes the debris of dead runs of the same OUT.
+    Refuses what :func:`check_output` refuses (an existing OUT unless force=True, and with it only one
+    tsugiki wrote; one overlapping ``sources``); on any exception the temp dir is removed and OUT is left
+    exactly as it was. Entering first removes the debris of dead runs of the same OUT.
     """
 
-    def __init__(self, out: str | os.PathLike, *, force: bool = False):
+    def __init__(self, out: str | os.PathLike, *, force: bool = False, sources: Iterable[str | os.PathLike] = ()):
         self.out = Path(out)
         self.force = force
+        self.sources = list(sources)
         self.tmp: Path | None = None
         self._owner: int | None = None
 
     def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        sweep_debris(self.out)
-        if self.out.exists() and not self.force:
-            raise OutputExistsError(f"{self.out}: output exists (pass --force to replace it)")
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
-        self._owner = _take_owner(self.tmp)
+        try:
+            sweep_debris(self.out)  # first: it may put a parked previous OUT back
+            check_output(self.out, force=self.force, sources=self.sources)
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+            self._owner = _take_owner(self.tmp)
+        except OSError as e:
+            if self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            raise _write_error(self.out, self.tmp or self.out.parent, e) from None
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -118,6 +174,7 @@ class AtomicOutputDir:
     def _commit(self) -> None:
         os.chmod(self.tmp, 0o755)
         (self.tmp / OWNER_FILE).unlink()
+        (self.tmp / MARKER_FILE).write_text(f"written by tsugiki {__version__}; `--force` may replace this folder\n")
         if not self.out.exists():
             os.replace(self.tmp, self.out)
             return

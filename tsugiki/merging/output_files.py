@@ -67,6 +67,15 @@ def copy_side_files(model_dirs: Mapping[str, Path], recipe: Recipe, plan: MergeP
     return copied
 
 
+def dropped_code_note(dropped: Mapping[str, str]) -> str:
+    """The card's paragraph on the ``auto_map`` entries a merge removed (:func:`tsugiki.hf_load.drop_auto_map`)."""
+    if not dropped:
+        return ""
+    files = "; ".join(f"`{name}` (it named {modules})" for name, modules in dropped.items())
+    return (f"\n## Custom code\n`auto_map` was removed from {files}: a merge ships no code, so its configs name none. "
+            f"The model loads with the library's own classes for its model type, or not at all.\n")
+
+
 def model_card(recipe: Recipe, plan: MergePlan, sources: str) -> str:
     """The model card; ``recipe`` as written in the dir, ``sources`` its Sources section
     (:func:`tsugiki.merging.provenance.describe`)."""

@@ -64,9 +64,11 @@ class VQAPredictor:
     def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None, **kwargs) -> "VQAPredictor":
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from tsugiki.hf_load import from_pretrained
+
         try:
-            model = AutoModelForImageTextToText.from_pretrained(path, **({"dtype": dtype} if dtype else {})).to(device)
-            processor = AutoProcessor.from_pretrained(path)
+            model = from_pretrained(AutoModelForImageTextToText, path, **({"dtype": dtype} if dtype else {})).to(device)
+            processor = from_pretrained(AutoProcessor, path)
         except (OSError, ValueError, KeyError) as e:  # transformers' ways of saying "not this kind of model"
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{path}: cannot load as an image-text model with its processor: {first}") from None

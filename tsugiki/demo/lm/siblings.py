@@ -98,6 +98,7 @@ def train_adapter(base: Path, recipe: SiblingRecipe, out: Path, *, progress: boo
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from tsugiki.hf_load import from_pretrained
     from tsugiki.tokenizer_cache import load_tokenizer
 
     t0 = time.perf_counter()
@@ -107,7 +108,7 @@ def train_adapter(base: Path, recipe: SiblingRecipe, out: Path, *, progress: boo
     with torch_threads(recipe.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         with hf_progress_bars_off(errors_only=True):
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+            model = from_pretrained(AutoModelForCausalLM, base, dtype=torch.float32)
         config = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=0.0,
                             target_modules=list(recipe.targets), bias="none", task_type="CAUSAL_LM")
         with warnings.catch_warnings():
@@ -203,10 +204,10 @@ miniature). `tsugiki demo --rebuild-models` trains it again and checks the file 
 
 def materialise(base: Path, adapter: Path, out: Path) -> Path:
     """Write base + adapter (merged into the weights, float32) as a plain HF model dir; reused if present."""
-    from peft import PeftModel
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
+    from tsugiki.hf_load import from_pretrained, with_adapter
     from tsugiki.merging.output_dir import AtomicOutputDir
     from tsugiki.tokenizer_cache import TOKENIZER_FILES
 
@@ -214,8 +215,7 @@ def materialise(base: Path, adapter: Path, out: Path) -> Path:
         return out
     with hf_progress_bars_off(errors_only=True), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft asks transformers a deprecated question
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        model = with_adapter(from_pretrained(AutoModelForCausalLM, base, dtype=torch.float32), adapter).merge_and_unload()
     state = {k: v.contiguous() for k, v in model.state_dict().items()
              if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
     with AtomicOutputDir(out, force=True) as tmp:

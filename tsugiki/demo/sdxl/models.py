@@ -60,8 +60,10 @@ def _quiet():
 def load_pipeline(path: Path):
     from diffusers import StableDiffusionXLPipeline
 
+    from tsugiki.hf_load import from_pretrained
+
     with _quiet():
-        pipe = StableDiffusionXLPipeline.from_pretrained(str(path))
+        pipe = from_pretrained(StableDiffusionXLPipeline, str(path))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -70,9 +72,10 @@ def load_judge(path: Path):
     from transformers import CLIPModel
 
     from tsugiki.benchmarks.hps import load_clip_tokenizer
+    from tsugiki.hf_load import from_pretrained
 
     with _quiet():
-        return CLIPModel.from_pretrained(str(path)).eval().requires_grad_(False), load_clip_tokenizer(path)
+        return from_pretrained(CLIPModel, str(path)).eval().requires_grad_(False), load_clip_tokenizer(path)
 
 
 # ----------------------------------------------------------------------------- building the models

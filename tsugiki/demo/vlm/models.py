@@ -69,7 +69,9 @@ ALIGN = AlignRecipe()
 def _config(lm_dir: Path, spec: VisionSpec):
     from transformers import AutoConfig, CLIPVisionConfig, LlavaConfig
 
-    text = AutoConfig.from_pretrained(lm_dir)
+    from tsugiki.hf_load import from_pretrained
+
+    text = from_pretrained(AutoConfig, lm_dir)
     vision = CLIPVisionConfig(hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
                               num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
                               image_size=spec.image_size, patch_size=spec.patch_size, projection_dim=spec.hidden_size)
@@ -102,12 +104,14 @@ def assemble(lm_dir: Path, vision: Path | None, spec: VisionSpec = SPEC, *, seed
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
 
+    from tsugiki.hf_load import from_pretrained
+
     config = _config(lm_dir, spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config).eval()
     with hf_progress_bars_off():
-        lm = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
+        lm = from_pretrained(AutoModelForCausalLM, lm_dir, dtype=torch.float32)
     model.model.language_model.load_state_dict(lm.model.state_dict())
     model.lm_head.weight = model.model.language_model.embed_tokens.weight if config.tie_word_embeddings else lm.lm_head.weight
     if vision is not None:

@@ -54,8 +54,10 @@ EN_EVAL_SEED = 7  # held-out English scenes: another stream than the alignment's
 def _load(model_dir: Path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+    from tsugiki.hf_load import from_pretrained
+
     with hf_progress_bars_off():
-        return LlavaForConditionalGeneration.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
+        return from_pretrained(LlavaForConditionalGeneration, model_dir).eval(), from_pretrained(AutoProcessor, model_dir)
 
 
 def english_check(llava: Path, vision: Path, budget: VlmBudget, progress: bool) -> dict:
