@@ -24,9 +24,10 @@ from tsugiki.engines.hf import answer_sequences
 from tsugiki.errors import TsugikiError
 from tsugiki.hf_load import check_no_code, vllm_llm
 
-# set before vLLM is imported: in-process engine, a CPU KV cache that fits beside the models, and torch's
-# thread count left to the caller (vLLM otherwise drops torch to one thread "for serving")
-_ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "4"}
+# set before vLLM is imported: in-process engine, a CPU KV cache that fits beside the models, warnings only
+# (vLLM's INFO lines, dozens per engine start and swap, would bury tsugiki's progress; VLLM_LOGGING_LEVEL=INFO
+# brings them back), and torch's thread count left to the caller (vLLM otherwise drops torch to one thread)
+_ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "4", "VLLM_LOGGING_LEVEL": "WARNING"}
 
 
 def _import_vllm():
