@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tsugiki.demo.lm import stage as lm_stage
 from tsugiki.demo.lm import search as lm_search
+from tsugiki.demo.report import terminal_leaderboard
 from tsugiki.demo.stage import StageContext
 
 
@@ -43,12 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     result, _ = lm_stage.run_lm_stage(StageContext(out, out / "lm", quick=False, progress=True),
                                       adapters=args.adapters, budget=budget)
-    table = result.tables[0]
-    print(f"\n{table.title}  [adapters={args.adapters or 'shipped'}, fitness={args.fitness}, spaces={args.spaces}]")
-    widths = [max(len(str(x)) for x in col) for col in zip(table.header, *table.rows)]
-    for line in [table.header, *table.rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
-    print(result.verdict)
+    print(f"\n[adapters={args.adapters or 'shipped'}, fitness={args.fitness}, spaces={args.spaces}]")
+    print(terminal_leaderboard([result]), end="")
     print(f"({time.perf_counter() - t0:.0f} s)")
     return 0
 

@@ -47,7 +47,7 @@ def main() -> None:
     from tsugiki.demo.stage import StageContext
     from tsugiki.evolution.rundir import RunDir
 
-    work = args.work
+    work = args.work.resolve()  # absolute: the configs written below are resolved against their own folder
     (work / "lm").mkdir(parents=True, exist_ok=True)
     budget = dataclasses.replace(FULL, fitness_n=math.ceil(args.items / 4), test_n=args.test, fitness="teacher_forced",
                                  population=args.population, generations=args.generations)

@@ -131,7 +131,7 @@ def main() -> None:
         n_test = sum(m["group"] == "test" for m in pop["models"])
         args.fitness = pop["key"]["fitness"]
     else:
-        pop = build_population(args.work, n_items, n_cal, n_test, args.fitness)
+        pop = build_population(args.work.resolve(), n_items, n_cal, n_test, args.fitness)
     built = time.perf_counter() - t0
     full = [float(np.mean(m["scores"])) for m in pop["models"]]
     test_full = [f for f, m in zip(full, pop["models"]) if m["group"] == "test"]

@@ -77,6 +77,18 @@ def test_report_and_leaderboard_hold_the_computed_numbers(demo_run):
         assert stage["verdict"] and html.escape(stage["verdict"]) in report
 
 
+def test_report_has_one_results_table_per_stage(demo_run):
+    """Each stage's section shows its models' scores once (the ranked table, intervals and SE in it); the other
+    tables are about other things (searches, the LLaVA's English check)."""
+    run_dir, _ = demo_run
+    report = (run_dir / "report.html").read_text(encoding="utf-8")
+    sections = {s.split('"', 1)[0]: s for s in report.split('<section id="')[1:]}
+    assert set(sections) == set(_results(run_dir)["stages"])
+    for name, section in sections.items():
+        assert section.count("<th>model</th><th>role</th>") == 1, name  # samples have model, prompt
+    assert "acc_ja SE" in sections["lm"]  # the held-out SE, in the one table
+
+
 def test_lm_base_is_the_real_gemma_3_270m(demo_run):
     """The LM stage's base is google/gemma-3-270m from the GGUF package: 268,098,176 parameters in 18
     layers of hidden size 640, a 262,144-token vocabulary."""

@@ -4,6 +4,7 @@ materialise the same way every time, and materialised weights equal to W + (alph
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -139,6 +140,27 @@ def test_teacher_forced_fitness_data_are_fitness_split_prompts_with_mixed_refere
         L._common(files, 0, replace(budget, fitness="loss"), 1)
     with pytest.raises(ValueError):
         replace(L.FULL, spaces=("DFS", "PS+DFS"))  # PS+DFS starts from the PS result
+
+
+def test_search_data_written_under_a_relative_work_dir_resolve_once(tmp_path, monkeypatch):
+    """A perf script's default work dir is relative (perf-out/...): the config the search reads names its data
+    files so that resolving them against the config's own folder finds the files written (issue 31: the
+    relative dir was joined twice)."""
+    from tsugiki.demo.lm import search as L
+    from tsugiki.demo.stage import evolve_config
+    from tsugiki.evolution.data import load_pairs
+
+    monkeypatch.chdir(tmp_path)
+    budget = replace(L.QUICK, fitness="teacher_forced", fitness_n=2, validation_n=1)
+    files = L.write_data(Path("perf-out/x/lm/data"), budget)
+    for name in ("base", "ja", "math"):
+        (tmp_path / "perf-out/x/lm/sources" / name).mkdir(parents=True)
+    sources = {n: str(Path("perf-out/x/lm/sources") / n) for n in ("base", "ja", "math")}
+    config = evolve_config(L.ps_config(sources, files, 0, budget), Path("perf-out/x/lm/runs/ps-s0"))
+    for split, n in (("fitness", 2), ("validation", 1)):
+        spec = config.data[split]["data"]
+        assert Path(spec["file"]) == (tmp_path / files[split]).resolve()
+        assert len(load_pairs(spec)) == L.TF_SCALE * n
 
 
 def test_teacher_forced_exact_match_is_one_exactly_when_greedy_decoding_writes_the_reference(tiny_gemma):

@@ -40,16 +40,21 @@ def history(run):
 VLLM32 = {"name": "vllm", "dtype": "float32", "max_model_len": 128, "kv_cache_gib": 1}
 
 
+def assert_same_search(run_a, run_b, result_a, result_b, *, abs_tol):
+    """The same 8 candidates in the same order, no errors, fitness within ``abs_tol``, the same best."""
+    a, b = history(run_a), history(run_b)
+    assert len(a) == len(b) == 8 and all(h["error"] is None for h in a + b)
+    for x, y in zip(a, b):
+        assert x["x"] == y["x"]
+        assert y["fitness"] == pytest.approx(x["fitness"], abs=abs_tol)
+    assert result_b.best["params"] == result_a.best["params"]
+
+
 def test_vllm_run_equals_hf_run(tmp_path):
     vllm_or_skip()
     hf = evolve(ps_config(tmp_path), tmp_path / "hf", plots=False)
     vl = evolve(ps_config(tmp_path, VLLM32), tmp_path / "vllm", plots=False)
-    a, b = history(tmp_path / "hf"), history(tmp_path / "vllm")
-    assert len(a) == len(b) == 8 and all(h["error"] is None for h in a + b)
-    for x, y in zip(a, b):
-        assert x["x"] == y["x"]
-        assert y["fitness"] == pytest.approx(x["fitness"], abs=1e-4)
-    assert vl.best["params"] == hf.best["params"]
+    assert_same_search(tmp_path / "hf", tmp_path / "vllm", hf, vl, abs_tol=1e-4)
 
 
 @pytest.mark.parametrize("backend", ["local", "ray"])
@@ -63,12 +68,7 @@ def test_vllm_in_workers_equals_the_serial_run(tmp_path, backend):
     config = ps_config(tmp_path, VLLM32)
     serial = evolve(config, tmp_path / "serial", plots=False)
     pooled = evolve(config.with_search(workers=2, backend=backend), tmp_path / "pool", plots=False)
-    a, b = history(tmp_path / "serial"), history(tmp_path / "pool")
-    assert len(a) == len(b) == 8 and all(h["error"] is None for h in a + b)
-    for x, y in zip(a, b):
-        assert x["x"] == y["x"]
-        assert y["fitness"] == pytest.approx(x["fitness"], abs=1e-6)
-    assert pooled.best["params"] == serial.best["params"]
+    assert_same_search(tmp_path / "serial", tmp_path / "pool", serial, pooled, abs_tol=1e-6)
 
 
 def test_failed_swap_fails_only_its_candidate(tmp_path, monkeypatch):

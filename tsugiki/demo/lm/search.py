@@ -105,8 +105,10 @@ def _common(data: dict[str, Path], seed: int, budget: LMBudget, generations: int
     function, args = (("mgsm_accuracy", FITNESS_ARGS) if budget.fitness == "generated" else
                       ("teacher_forced_accuracy", TF_ARGS))
     return {
-        "fitness": {"function": function, "args": args, "data": {"file": str(data["fitness"])}},
-        "validation": {"data": {"file": str(data["validation"])}},
+        # absolute: a relative path (a perf script's relative work dir) would be resolved again against the
+        # config's own folder
+        "fitness": {"function": function, "args": args, "data": {"file": str(Path(data["fitness"]).resolve())}},
+        "validation": {"data": {"file": str(Path(data["validation"]).resolve())}},
         "search": {"seed": seed, "population": budget.population, "sigma": 0.5, "generations": generations,
                    "workers": budget.workers, "threads": 2},
     }

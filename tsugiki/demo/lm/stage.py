@@ -162,7 +162,7 @@ def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMB
 
     result = StageResult(stage="lm", headline=HEADLINE, rows=rows, title="Japanese math LM (EvoLLM-JP in miniature, Gemma 3 270M)")
     result.verdict = verdict(rows, budget.seeds)
-    result.tables = [heldout_table(rows, budget.seeds), search_table(runs)]
+    result.tables = [search_table(runs)]
     if mgsm_ja:
         paths = {name: path for name, _, path, _ in candidates}
         chosen = [r.model for r in rows if r.role == "source"]
@@ -306,18 +306,6 @@ def verdict(rows: list[Row], seeds: tuple[int, ...]) -> str:
     return head + " " + "; ".join(parts) + "."
 
 
-def heldout_table(rows: list[Row], seeds: tuple[int, ...]) -> Table:
-    """Sources and baselines once, evolved models per search seed: value ± binomial SE (percent)."""
-    def cell(r: Row, k: str) -> str:
-        return f"{r.metrics[k]:.1f} ± {r.extra['se'][k]:.1f}" if k in r.metrics else "—"
-
-    header = ["model", "role", "acc_ja (headline)", "acc", "acc_en (English problems; sources)"]
-    body = [[r.model, r.role, cell(r, "acc_ja"), cell(r, "acc"), cell(r, "acc_en")] for r in rows]
-    n = rows[0].extra["n"] if rows else 0
-    return Table(f"Held-out word problems (n = {n}; value ± binomial SE, %)", header, body,
-                 note=f"search seeds: {', '.join(map(str, seeds))}; sources and baselines do not depend on the search seed")
-
-
 def search_table(runs: list[dict[str, Any]]) -> Table:
     body = [[r["kind"], str(r["seed"]), f"{r['fitness']:.3f}" if r["fitness"] is not None else "—",
              str(r["evaluations"]), f"{r['seconds']:.0f}"] for r in runs]
@@ -350,6 +338,8 @@ def _notes(budget: LMBudget, n_test: int) -> list[str]:
         "whose numbers and templates no training and no search saw; acc_ja counts an answer only if it is correct "
         "and fastText says it is Japanese (the seed's MGSM-JA rule); acc_en asks the same numbers as English "
         "word problems (the MATH sibling's own form).",
+        f"Held-out scores: value ± binomial SE (%), n = {n_test}; evolved rows name their search seed "
+        f"({', '.join(map(str, budget.seeds))}); sources and baselines do not depend on it.",
         "Baselines use default settings (weights 1, density 0.5); the evolved models' settings come from CMA-ES "
         f"(population {budget.population}; PS {budget.generations} generations, DFS and PS+DFS "
         f"{budget.dfs_generations or budget.generations}). " + _fitness_note(budget),

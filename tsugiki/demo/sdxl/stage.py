@@ -269,7 +269,7 @@ def _run_sdxl_stage(ctx: StageContext, budget: SDXLBudget) -> StageResult:
     result = StageResult(stage="sdxl", headline=HEADLINE, rows=rows, lower_is_better=False,
                          title="Block-wise SDXL UNet merge (EvoSDXL-JP, tiny)")
     result.verdict = verdict(rows)
-    result.tables = [heldout_table(rows, budget), search_table(search, budget)]
+    result.tables = [search_table(search, budget)]
     result.figures = figures
     result.samples = samples
     result.notes = _notes(budget, calibration(paths, references))
@@ -312,24 +312,6 @@ def verdict(rows: list[Row]) -> str:
             f"{ev.metrics['fid']:.2f} vs {base.metrics['fid']:.2f} (average). One search seed.")
 
 
-def heldout_table(rows: list[Row], budget: SDXLBudget) -> Table:
-    def ci(r: Row, k: str) -> str:
-        lo, hi = r.ci[k]
-        return f"{r.metrics[k]:.1f} [{lo:.1f}, {hi:.1f}]"
-
-    header = ["model", "role", "judge acc % (headline)", "acc palette A / B %", "judge P(prompt) %", "HPS (judge)",
-              "FID (judge features, lower is better)", "fitness split P(prompt) %"]
-    body = [[r.model, r.role, ci(r, "acc"), f"{r.extra['acc_palette_a']:.0f} / {r.extra['acc_palette_b']:.0f}",
-             ci(r, "prob"), ci(r, "hps"), f"{r.metrics['fid']:.2f}", f"{r.metrics['prob_fitness']:.1f}"] for r in rows]
-    n = rows[0].extra["n_images"] if rows else 0
-    heldout = len(data.items_of(split="heldout"))
-    title = f"Held-out prompts ({heldout} prompts x {budget.eval_images} seeds = {n} images per model)"
-    return Table(title, header, body,
-                 note="[95% CI]: bootstrap over images (1000 resamples); FID has none. Palette A = red/blue/white "
-                      "prompts (source A's fine-tuning colours), B = black/brown/gold. The last column is the "
-                      "search's own number on the fitness prompts (its gap to held-out shows overfitting).")
-
-
 def search_table(search: dict[str, Any], budget: SDXLBudget) -> Table:
     best = search["best"]
     units = sorted({k.split(".weight.")[1] for k in best["params"]}, key=_block_order)
@@ -368,4 +350,8 @@ def _notes(budget: SDXLBudget, cal: dict[str, float]) -> list[str]:
         "(same noise seeds for every model).",
         "Fitness and held-out prompts are disjoint (the evolution runner checks): the search never saw a "
         "held-out prompt.",
+        f"Held-out: {len(data.items_of(split='heldout'))} prompts x {budget.eval_images} noise seeds per model; "
+        "intervals: 95% bootstrap over images (1000 resamples), FID has none. Palette A = red/blue/white prompts "
+        "(source A's fine-tuning colours), B = black/brown/gold (details: accuracy per palette). prob_fitness is "
+        "the search's own number on the fitness prompts (its gap to held-out prob shows overfitting).",
     ]

@@ -179,7 +179,7 @@ def run_vlm_stage(ctx: StageContext, *, llava_lm: Path, grafts: dict[str, tuple[
         stage="vlm", headline="rougeL_ja", rows=rows,
         title="Japanese VQA: Japanese LMs grafted into an English-aligned LLaVA (Gemma 3 270M inside)",
         verdict=verdict(rows, per_item), notes=_notes(record, len(items)) + ([ENGINE_NOTE] if ctx.engine != "hf" else []),
-        tables=[_scores_table(rows, len(items)), _english_table(record)],
+        tables=[_english_table(record)],
         samples=_samples(ctx, items, answers, record), seconds=time.perf_counter() - start,
         models={name: ctx.rel(path) for name, (_, path) in models.items()})
 
@@ -222,26 +222,6 @@ def _compare(a: Row, b: Row, b_label: str, per_item: dict[str, list[dict]]) -> s
             f"difference (under 2 SE).")
 
 
-def _scores_table(rows: list[Row], n: int) -> Table:
-    body = []
-    for r in rows:
-        lo, hi = r.ci["rougeL_ja"]
-        vs = r.extra.get("vs_llava")
-        kinds = r.extra.get("word_acc_by_kind", {})
-        body.append([r.model, r.role, f"{r.metrics['rougeL_ja']:.1f} [{lo:.1f}, {hi:.1f}]", f"{r.metrics['rougeL']:.1f}",
-                     f"{r.metrics['word_acc']:.1f}", *(f"{kinds.get(k, float('nan')):.1f}" for k in ("colour", "shape")),
-                     "—" if vs is None else f"{vs['diff']:+.1f} ± {vs['se']:.1f}"])
-    chance = chance_accuracy()
-    return Table(f"Japanese VQA on drawn shapes ({n} questions, scenes unseen in training)",
-                 ["model", "role", "rougeL_ja [95% CI]", "rougeL", "word acc %",
-                  f"colour (chance {chance['colour']:.1f})", f"shape (chance {chance['shape']:.1f})",
-                  "Δ rougeL_ja vs LLaVA ± SE"], body,
-                 note="rougeL_ja: ROUGE-L (MeCab words) against short content references (赤, 円) with non-Japanese "
-                      "answers scored 0, so a constant or empty answer scores far below a correct one; word acc "
-                      "(content accuracy, also per question kind): the answer names the right colour or shape and "
-                      "no other (another name of the same one counts: 金 for 金色).")
-
-
 def _english_table(record: dict) -> Table:
     acc, chance = record["en_accuracy"], chance_accuracy()
     body = [[k, f"{acc[k]:.1f}", f"{chance[k]:.1f}"] for k in ("colour", "shape", "all") if k in acc]
@@ -259,6 +239,11 @@ def _notes(record: dict, n: int) -> list[str]:
         "repetition penalty (the seed paper used 5 beams and penalty 1.5 on 7B models).",
         f"Chance for content accuracy: {chance_accuracy()['all']:.1f} % (uniform guess of a colour or shape word).",
         f"Intervals: 95% bootstrap of the benchmark code (1000 resamples); SE: paired per-question difference over {n} questions.",
+        "rougeL_ja: ROUGE-L (MeCab words) against short content references (赤, 円) with non-Japanese answers scored "
+        "0, so a constant or empty answer scores far below a correct one; word_acc (content accuracy; details: per "
+        f"question kind, chance {chance_accuracy()['colour']:.1f}% for a colour and {chance_accuracy()['shape']:.1f}% "
+        "for a shape): the answer names the right colour or shape and no other (another name of the same one counts: "
+        "金 for 金色); vs_llava: the rougeL_ja difference to the LLaVA and its paired SE.",
     ]
 
 
