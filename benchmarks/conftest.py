@@ -69,7 +69,7 @@ class BenchSession:
         self.default_run = not (models or opt.vlm_model or predictions)
         if self.default_run:
             self._tmp = tempfile.TemporaryDirectory(prefix="tsugiki-bench-")
-            self.embedded = Path(self._tmp.name) / planning.EMBEDDED_MODEL  # built when first needed
+            self.embedded = planning.build_embedded_model(self._tmp.name)  # a second: planning checks models exist
             models = [f"{planning.EMBEDDED_MODEL}={self.embedded}"]
             predictions = [str(FIXTURES / "sample-predictions")]
             dataset_dir = dataset_dir or FIXTURES
@@ -81,13 +81,10 @@ class BenchSession:
         self.results = []
 
     def run(self, case):
-        from tsugiki.benchmarks.plan import build_embedded_model
         from tsugiki.benchmarks.results import write_result
         from tsugiki.benchmarks.runner import evaluate
         from tsugiki.benchmarks.specs import BENCHMARKS
 
-        if self.embedded is not None and not self.embedded.exists():
-            build_embedded_model(self.embedded.parent)
         options = {"extraction": self.extraction} if self.extraction and BENCHMARKS.get(case.benchmark).metric == "mgsm" else None
         result = evaluate(case.benchmark, case.predictor(), source=case.source, limit=self.limit, metric_options=options)
         write_result(result, self.results_dir)
