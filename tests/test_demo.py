@@ -140,35 +140,50 @@ def test_evolved_models_load(demo_run):
 
 
 def test_exported_evolved_lm_is_the_searched_candidate(demo_run):
-    """The evolved model on disk (merged again from best.yaml's recipe) scores exactly the fitness the
-    search recorded for its best candidate (merged in memory)."""
+    """The evolved model on disk (merged again from best.yaml's recipe) holds, bit for bit, the weights the
+    search scored for its best candidate (merged in memory into the loaded base, as the search does); with
+    the ``hf`` engine it also scores exactly the recorded fitness. (vLLM's CPU batches are not reproducible
+    to the last bit between engine instances: a swapped-in model and a fresh engine on the same weights
+    differ in about 1 greedy answer in 50, so there only the weights are compared.)"""
     import torch
+    import yaml
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tsugiki.demo.lm.search import ENGINE_MAX_LEN, FITNESS_ARGS
-    from tsugiki.engines import EngineOptions, open_engine
+    from tsugiki.demo.lm.search import FITNESS_ARGS
+    from tsugiki.evolution.config import from_data
     from tsugiki.evolution.data import load_pairs
     from tsugiki.evolution.fitness import EvalContext, mgsm_accuracy
+    from tsugiki.evolution.problems import make_problem
+    from tsugiki.evolution.sources import search_threads
 
     run_dir, _ = demo_run
-    best = json.loads((run_dir / "lm" / "runs" / "ps-s0" / "best.json").read_text())
-    pairs = load_pairs({"file": str(run_dir / "lm" / "data" / "fitness.jsonl")})
+    search = run_dir / "lm" / "runs" / "ps-s0"
+    best = json.loads((search / "best.json").read_text())
     model_dir = run_dir / "lm" / "evolved" / "ps-s0"
-    used, ctx = _results(run_dir)["meta"]["engine"], None
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # the search evaluated candidates with search.threads = 2
-    try:
-        if used == "hf":
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-            ctx = EvalContext({}, model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir))
-        else:  # a fresh engine on the exported dir: the search swapped the same float32 weights into its own
-            ctx = EvalContext({}, engine=open_engine(used, str(model_dir), EngineOptions(max_model_len=ENGINE_MAX_LEN)))
-        fitness = mgsm_accuracy(ctx, pairs, **FITNESS_ARGS)
-    finally:
-        torch.set_num_threads(before)
-        if ctx is not None and ctx.engine is not None:
-            ctx.engine.close()
-    assert fitness == best["fitness"]  # bit for bit: exported with the search's thread count
+    data = yaml.safe_load((search / "config.yaml").read_text(encoding="utf-8"))
+    data.pop("engine", None)  # the candidate merged in memory into a transformers model, as every engine's search does
+    config = from_data(data, source_name=str(search / "config.yaml"), base_dir=search)
+    problem = make_problem(config, search)
+    problem.setup()
+    ctx = EvalContext({})
+    with search_threads(config):  # the search merged candidates with its own thread count
+        problem.prepare_candidate(best["params"], ctx)
+    merged = ctx.model.state_dict()
+    exported = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        exported.update(load_file(f))
+    assert exported and set(exported) <= set(merged)
+    for name, tensor in exported.items():
+        assert torch.equal(merged[name].to(tensor.dtype), tensor), name
+
+    if _results(run_dir)["meta"]["engine"] != "hf":
+        return
+    pairs = load_pairs({"file": str(run_dir / "lm" / "data" / "fitness.jsonl")})
+    with search_threads(config):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        rescored = EvalContext({}, model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir))
+        assert mgsm_accuracy(rescored, pairs, **FITNESS_ARGS) == best["fitness"]
 
 
 def test_report_shows_the_search_plots(demo_run):
