@@ -134,6 +134,39 @@ def test_vllm_swap_equals_fresh_engine_and_swaps_back(vllm_gemma, tiny_gemma):
     assert vllm_gemma.generate(PROMPTS, stop=STOP, max_new_tokens=24) == base
 
 
+def test_asked_narrowing_filter_by_hand():
+    """vLLM's per-tensor dtype warnings: float32 into bfloat16 / float16 (what ``auto`` asks for) are dropped;
+    any other record passes."""
+    import logging
+
+    from tsugiki.engines.vllm import _asked_narrowing
+
+    def record(msg, *args):
+        return logging.LogRecord("vllm.model_executor.models.utils", logging.WARNING, "utils.py", 1, msg, args, None)
+
+    fmt = "Attempted to load weight %s with dtype %s into parameter with dtype %s"
+    assert not _asked_narrowing(record(fmt, "layers.0.o_proj.weight", torch.float32, torch.bfloat16))
+    assert not _asked_narrowing(record(fmt, "norm.weight", torch.float32, torch.float16))
+    assert _asked_narrowing(record(fmt, "norm.weight", torch.bfloat16, torch.float16))  # not a narrowing we asked for
+    assert _asked_narrowing(record("Something else %s", "x"))
+
+
+def test_vllm_bfloat16_swap_prints_no_per_tensor_warnings(tiny_gemma, capfd):
+    """A float32 checkpoint in the default-dtype (bfloat16) engine: start and swap print none of vLLM's
+    per-tensor dtype warnings (one per tensor per swap, they flooded the demo's terminal)."""
+    vllm_or_skip()
+    capfd.readouterr()
+    engine = open_engine("vllm", str(tiny_gemma.base), EngineOptions(max_model_len=256, kv_cache_gib=1))
+    try:
+        assert engine.describe()["dtype"] == "bfloat16"
+        engine.load_weights(load_file(str(tiny_gemma.variants[0] / "model.safetensors")).items())
+        assert engine.generate(PROMPTS[:2], stop=STOP, max_new_tokens=4)
+    finally:
+        engine.close()
+    out = capfd.readouterr()
+    assert "Attempted to load weight" not in out.out + out.err
+
+
 def test_vllm_interrupted_generation_leaves_nothing_behind(vllm_gemma, monkeypatch):
     """A candidate's timeout (an exception raised between engine steps) interrupts a batch; the requests it left
     are aborted, so the next call gets its own outputs, not theirs."""

@@ -15,6 +15,7 @@ greedy generation (``../notes`` of the engine issue measured both).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -41,7 +42,17 @@ def _import_vllm():
         import vllm
     except ImportError as e:
         raise EngineError(f"the vllm engine needs vLLM (pip install 'tsugiki[vllm]'): {e}") from None
+    logging.getLogger("vllm.model_executor.models.utils").addFilter(_asked_narrowing)  # the same filter once
     return vllm
+
+
+def _asked_narrowing(record: logging.LogRecord) -> bool:
+    """False for vLLM's per-tensor warning that a float32 weight goes into a bfloat16 / float16 parameter: the
+    dtype the engine was asked for (``auto`` runs float32 checkpoints in bfloat16), one line per tensor at every
+    start and every swap (~170 per swap of Gemma 3 270M), which buried the demo's progress."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (str(record.msg).startswith("Attempted to load weight") and len(args) == 3
+                and str(args[1]) == "torch.float32" and str(args[2]) in ("torch.bfloat16", "torch.float16"))
 
 
 _LIVE: list["VLLMEngine"] = []  # engines started in this process and not closed (at most one)
