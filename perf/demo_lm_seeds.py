@@ -3,6 +3,7 @@
     python perf/demo_lm_seeds.py -o /tmp/lm-seeds                      # shipped adapters, seeds 0 1 2
     python perf/demo_lm_seeds.py -o /tmp/lm-a2 --adapters DIR          # other sibling adapters (DIR/ja, DIR/math)
     python perf/demo_lm_seeds.py -o /tmp/lm-tf --fitness teacher_forced --spaces PS   # the teacher-forced design
+    python perf/demo_lm_seeds.py -o /tmp/lm-big --spaces PS --fitness-n 100 --population 10 --generations 10 --test-n 300
 
 Runs the same code as `tsugiki demo`'s LM stage on the real Gemma 3 270M (siblings materialised from their
 adapters, baselines, PS / DFS / PS+DFS per seed, held-out MGSM-style scoring) and prints, per model,
@@ -34,17 +35,28 @@ def main(argv: list[str] | None = None) -> int:
                     help="search fitness: acc_ja of greedy answers (the demo's, the seed's) or the teacher-forced design")
     ap.add_argument("--spaces", nargs="+", choices=lm_stage.KINDS, default=list(lm_stage.FULL.spaces),
                     help="which searches to run per seed (default: the demo's)")
+    for name, what in (("population", "CMA-ES population"), ("fitness-n", "fitness problems"),
+                       ("validation-n", "validation problems"), ("test-n", "held-out problems")):
+        ap.add_argument(f"--{name}", type=int, default=None, help=f"{what} (default: the demo's)")
+    ap.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
+                    help="what scores candidates and the held-out set (auto: the fastest installed, as the demo)")
     args = ap.parse_args(argv)
 
-    budget = dataclasses.replace(lm_stage.FULL, seeds=tuple(args.seeds), fitness=args.fitness, spaces=tuple(args.spaces))
-    if args.generations:
-        budget = dataclasses.replace(budget, generations=args.generations)
+    from tsugiki.engines import fastest_available
+
+    engine = fastest_available() if args.engine == "auto" else args.engine
+    budget = dataclasses.replace(lm_stage.FULL, seeds=tuple(args.seeds), fitness=args.fitness, spaces=tuple(args.spaces),
+                                 engine=engine)
+    sizes = {"generations": args.generations, "population": args.population, "fitness_n": args.fitness_n,
+             "validation_n": args.validation_n, "test_n": args.test_n}
+    budget = dataclasses.replace(budget, **{k: v for k, v in sizes.items() if v})
     out = args.out.resolve()
     (out / "lm").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    result, _ = lm_stage.run_lm_stage(StageContext(out, out / "lm", quick=False, progress=True),
+    result, _ = lm_stage.run_lm_stage(StageContext(out, out / "lm", quick=False, progress=True, engine=engine),
                                       adapters=args.adapters, budget=budget)
-    print(f"\n[adapters={args.adapters or 'shipped'}, fitness={args.fitness}, spaces={args.spaces}]")
+    print(f"\n[adapters={args.adapters or 'shipped'}, fitness={args.fitness}, spaces={args.spaces}, engine={engine}, "
+          f"{budget}]")
     print(terminal_leaderboard([result]), end="")
     print(f"({time.perf_counter() - t0:.0f} s)")
     return 0

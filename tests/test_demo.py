@@ -58,6 +58,58 @@ def test_quick_demo_runs_every_stage(demo_run):
     assert str(run_dir / "report.html") in proc.stdout
 
 
+def test_per_seed_verdicts_are_recomputed_from_the_saved_answers(demo_run):
+    """results.json's per-seed verdicts, every margin recomputed from what the run saved: the LM's held-out
+    scores with binomial SEs, the VLM's per-question rougeL_ja and the SDXL judge's per-image readings paired."""
+    import math
+
+    from tsugiki.demo.sdxl.stage import ROW_NAMES
+
+    run_dir, _ = demo_run
+    stages = _results(run_dir)["stages"]
+
+    def binomial(name: str, other: str, rows: dict, n: int) -> float:
+        a, b = rows[name]["metrics"]["acc_ja"], rows[other]["metrics"]["acc_ja"]
+        se = math.hypot(*(math.sqrt(p * (100 - p) / n) for p in (a, b)))
+        return (a - b) / se if se else (math.inf if a > b else 0.0)
+
+    def paired(a: list[float], b: list[float]) -> float | None:
+        d = [x - y for x, y in zip(a, b, strict=True)]
+        mean = sum(d) / len(d)
+        if len(d) < 2:
+            return None  # nan: written as null
+        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+        return mean / se if se else (None if mean > 0 else 0.0)  # inf is written as null too
+
+    n_lm = len((run_dir / "lm" / "data" / "test.jsonl").read_text(encoding="utf-8").splitlines())
+    vlm_items = {r["model"]: [json.loads(line)["rougeL_ja"] for line in
+                              (run_dir / "vlm" / "answers" / f"{r['model']}.jsonl").read_text(encoding="utf-8").splitlines()]
+                 for r in stages["vlm"]["rows"]}
+    sdxl_hits = {}
+    for key, name in ROW_NAMES.items():
+        extra = json.loads((run_dir / "sdxl" / "eval" / key / "scores.json").read_text())["extra"]
+        sdxl_hits[name] = [100.0 * (t == p) for t, p in zip(extra["judge_top"], extra["prompts"])]
+    for stage_name, stage in stages.items():
+        rows = {r["model"]: r for r in stage["rows"]}
+        evolved = [m for m, r in rows.items() if r["role"] == "evolved"]
+        others = [m for m, r in rows.items() if r["role"] != "evolved"]
+        assert stage["seeds"], stage_name
+        assert stage["seeds_won"] == sum(s["won"] for s in stage["seeds"])
+        for s in stage["seeds"]:
+            assert s["model"] in evolved and set(s["margins_se"]) == set(others), (stage_name, s)
+            if stage_name != "sdxl":
+                assert f"(seed {s['seed']})" in s["model"]
+            for other, margin in s["margins_se"].items():
+                if stage_name == "lm":
+                    expected = binomial(s["model"], other, rows, n_lm)
+                else:
+                    items = vlm_items if stage_name == "vlm" else sdxl_hits
+                    expected = paired(items[s["model"]], items[other])
+                assert margin == (pytest.approx(expected) if expected is not None else None), (stage_name, other)
+            assert s["won"] == all(m is not None and m >= 2 for m in s["margins_se"].values())
+        assert f"in {stage['seeds_won']} of {len(stage['seeds'])} search seed" in stage["verdict"]
+
+
 def test_report_and_leaderboard_hold_the_computed_numbers(demo_run):
     from tsugiki.demo.stage import Row, StageResult
 
@@ -107,8 +159,10 @@ def test_lm_base_is_the_real_gemma_3_270m(demo_run):
     assert any("Gemma 3 270M" in r["model"] for r in lm["rows"] if r["role"] == "source")
 
 
-def test_lm_numbers_are_reproduced_from_the_saved_models(demo_run):
-    """Re-score two LM rows (a source and an evolved model) from their saved dirs: same acc_ja and acc."""
+def test_lm_numbers_are_reproduced_from_the_saved_models(demo_run, tmp_path):
+    """Re-score LM rows from what the run kept: a source and an evolved model from their dirs, a baseline and
+    the DFS model from their recipes, written again with ``tsugiki merge RECIPE -o DIR`` as the report
+    says: the same acc_ja and acc, and the run dir holds no model dir for them."""
     from tsugiki.demo.lm.stage import QUICK, engine_options, evaluate
     from tsugiki.engines.resident import ResidentEngine
 
@@ -119,8 +173,17 @@ def test_lm_numbers_are_reproduced_from_the_saved_models(demo_run):
     test = [json.loads(line) for line in (run_dir / "lm" / "data" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
     rows = {r["model"]: r for r in lm["rows"]}
     evolved = next(r for r in lm["rows"] if r["role"] == "evolved")
+    assert set(lm["recipes"]) == {"uniform average", "task arithmetic", "TIES", "DARE-TIES", "evolved DFS (seed 0)",
+                                  "evolved PS+DFS (seed 0)"}
+    assert not (run_dir / "lm" / "transient").exists() and not (run_dir / "lm" / "baselines" / "ties").exists()
+    rebuilt = {}
+    for name in ("TIES", "evolved DFS (seed 0)"):
+        rebuilt[name] = tmp_path / name.replace(" ", "_")
+        proc = subprocess.run([sys.executable, "-m", "tsugiki.cli", "merge", str(run_dir / lm["recipes"][name]), "-o",
+                               str(rebuilt[name])], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
     for name, path in ((evolved["model"], run_dir / lm["models"][evolved["model"]]),
-                       ("MATH sibling", run_dir / "lm" / "models" / "math")):
+                       ("MATH sibling", run_dir / "lm" / "models" / "math"), *rebuilt.items()):
         again = evaluate(path, test, batch_size=QUICK.eval_batch, english=rows[name]["role"] == "source", engine=engine)
         assert set(again["metrics"]) == set(rows[name]["metrics"]), name
         for metric, value in rows[name]["metrics"].items():

@@ -19,7 +19,7 @@ from PIL import Image
 
 import tsugiki
 from tsugiki.demo import report
-from tsugiki.demo.stage import Figure, Row, Sample, StageResult, Table
+from tsugiki.demo.stage import Figure, Row, Sample, SeedVerdict, StageResult, Table
 
 META = {"seed": 7, "quick": True, "seconds": 41.25, "machine": {"platform": "test-box", "cpus": 2}}
 THIRD = 1 / 3  # not exactly representable: JSON must round-trip its shortest repr exactly
@@ -34,7 +34,9 @@ def lm_stage() -> StageResult:
               Row("task-arith", "baseline", {"acc": 45.5, "acc_en": 20.0, "ppl": 0.1 + 0.2}, {"acc": [41.5, 49.5]}),
               Row("evolved|ps", "evolved", {"acc": 52.5, "acc_en": 18.0, "ppl": 0.25}, {"acc": [48.0, 56.1]},
                   extra={"per_seed": [52.0, 53.0]})],
-        notes=["acc is exact-match in percent"], seconds=12.34, models={"evolved|ps": "lm/evolved"})
+        notes=["acc is exact-match in percent"], seconds=12.34, models={"evolved|ps": "lm/evolved"},
+        seeds=[SeedVerdict(0, "evolved|ps", {"src-ja": 3.5, "task-arith": 2.0}, "binomial SE"),
+               SeedVerdict(1, "evolved|ps", {"src-ja": math.inf, "task-arith": 1.99}, "binomial SE")])
 
 
 def sdxl_stage() -> StageResult:
@@ -79,7 +81,8 @@ def test_results_json_round_trips_the_numbers_and_follows_the_schema(run_dir):
     assert doc["meta"] == META
     assert list(doc["stages"]) == ["lm", "sdxl"]
     for name, stage in doc["stages"].items():
-        assert set(stage) == {"headline", "lower_is_better", "title", "verdict", "notes", "seconds", "models", "rows"}
+        assert set(stage) == {"headline", "lower_is_better", "title", "verdict", "notes", "seconds", "models", "rows",
+                              "seeds", "seeds_won", "recipes"}
         for row in stage["rows"]:
             assert set(row) == {"model", "role", "metrics", "ci"} and row["role"] in ("source", "baseline", "evolved")
             assert all(len(v) == 2 for v in row["ci"].values())
@@ -95,6 +98,11 @@ def test_results_json_round_trips_the_numbers_and_follows_the_schema(run_dir):
     assert sdxl["rows"][2] == {"model": "evolved", "role": "evolved", "metrics": {"fid": 61.2, "hps": 0.3004},
                                "ci": {"fid": [58.0, 64.4], "hps": [0.29, 0.31]}}
     assert lm["models"] == {"evolved|ps": "lm/evolved"} and lm["seconds"] == 12.34
+    # per-seed verdicts: a seed wins when every margin is >= 2 SE (2.0 counts; 1.99 does not)
+    assert lm["seeds"] == [
+        {"seed": 0, "model": "evolved|ps", "won": True, "test": "binomial SE", "margins_se": {"src-ja": 3.5, "task-arith": 2.0}},
+        {"seed": 1, "model": "evolved|ps", "won": False, "test": "binomial SE", "margins_se": {"src-ja": None, "task-arith": 1.99}}]
+    assert (lm["seeds_won"], sdxl["seeds"], sdxl["seeds_won"]) == (1, [], 0)
     assert "NaN" not in path.read_text(encoding="utf-8")
 
 
@@ -262,3 +270,45 @@ def test_report_gives_standard_errors_their_own_columns_and_rounds_details(run_d
     assert page.count("<th>stages</th>") == 1 and "<th>failed</th>" not in page
     failed = report.report_html(run_dir, [stage], {**META, "failed": ["vlm"]}, created="x")
     assert "<th>failed</th><td>vlm</td>" in failed
+
+
+# ---------------------------------------------------------------- per-seed verdicts
+
+def test_paired_seed_verdicts_by_hand():
+    """Each seed's best evolved row (by mean) against every other row: mean paired difference / its SE."""
+    from tsugiki.demo.stage import paired_seed_verdicts
+
+    rows = [Row("llava", "source", {"r": 0.0}), Row("graft", "baseline", {"r": 0.0}),
+            Row("x (seed 0)", "evolved", {"r": 0.0}), Row("y (seed 0)", "evolved", {"r": 0.0}),
+            Row("z (seed 3)", "evolved", {"r": 0.0})]
+    per_item = {"llava": [0, 0, 1, 0], "graft": [1, 1, 1, 1], "x (seed 0)": [1, 0, 1, 1],
+                "y (seed 0)": [0, 0, 0, 0], "z (seed 3)": [1, 1, 1, 1]}
+    s0, s3 = paired_seed_verdicts(rows, per_item, default_seed=9)
+    # x - llava = [1, 0, 0, 1]: mean 0.5, sample sd sqrt(1/3), SE sqrt(1/3)/2
+    assert (s0.seed, s0.model, s0.test) == (0, "x (seed 0)", "paired SE")
+    assert s0.margins["llava"] == pytest.approx(0.5 / (math.sqrt(1 / 3) / 2))
+    # x - graft = [0, -1, 0, 0]: mean -0.25, SE 0.25
+    assert s0.margins["graft"] == pytest.approx(-1.0) and not s0.won
+    # z equals graft on every item (0 SE, no difference: 0) and beats llava by 3 of 4 items
+    assert s3.margins["graft"] == 0.0 and s3.margins["llava"] == pytest.approx(0.75 / (0.5 / 2)) and not s3.won
+    # a row without "(seed N)" takes the default seed; one item has no SE: nan, never a win
+    one = paired_seed_verdicts([Row("a", "source", {}), Row("b", "evolved", {})], {"a": [0], "b": [1]}, default_seed=9)
+    assert one[0].seed == 9 and math.isnan(one[0].margins["a"]) and not one[0].won
+
+
+def test_lm_seed_verdicts_use_binomial_se():
+    from tsugiki.benchmarks.stats import binomial_se
+    from tsugiki.demo.lm.stage import seed_verdicts, verdict
+
+    def row(name, role, acc, seed=None):
+        return Row(name, role, {"acc_ja": acc}, extra={"se": {"acc_ja": binomial_se(acc, 300)},
+                                                       **({"search_seed": seed} if seed is not None else {})})
+
+    rows = [row("base", "source", 2.0), row("TIES", "baseline", 5.0), row("ev PS (seed 0)", "evolved", 12.0, 0),
+            row("ev DFS (seed 0)", "evolved", 1.0, 0), row("ev PS (seed 1)", "evolved", 6.0, 1)]
+    v0, v1 = seed_verdicts(rows, (0, 1))
+    se = lambda p: math.sqrt(p * (100 - p) / 300)  # noqa: E731 - percent
+    assert v0.model == "ev PS (seed 0)" and v0.margins["TIES"] == pytest.approx((12 - 5) / math.hypot(se(12), se(5)))
+    assert v0.won and not v1.won  # 7 points = 3.1 SE; 1 point = 0.4 SE
+    assert verdict(rows, [v0, v1]).startswith("The best evolved model beats every source and baseline by ≥ 2 SE on "
+                                              "acc_ja in 1 of 2 search seeds")

@@ -11,9 +11,16 @@
     {"tsugiki_version": "0.1.0", "created": "2026-01-01T12:00:00+00:00",
      "meta": {"seed": 0, "quick": true, "seconds": 41.2, "machine": {...}, ...},
      "stages": {"lm": {"headline": "acc", "lower_is_better": false, "title": ..., "verdict": ...,
-                       "notes": [...], "seconds": ..., "models": {...},
+                       "notes": [...], "seconds": ..., "models": {...}, "recipes": {...},
                        "rows": [{"model": ..., "role": "source" | "baseline" | "evolved",
-                                 "metrics": {"acc": 52.5}, "ci": {"acc": [48.9, 56.1]}}]}}}
+                                 "metrics": {"acc": 52.5}, "ci": {"acc": [48.9, 56.1]}}],
+                       "seeds": [{"seed": 0, "model": "evolved PS (seed 0)", "won": false, "test": "binomial SE",
+                                  "margins_se": {"JA sibling": 1.4, ...}}],
+                       "seeds_won": 0}}}
+
+``models``: the model dirs the stage kept; ``recipes``: the models kept as recipe files only (``tsugiki merge
+RECIPE -o DIR`` writes one). ``seeds``: per search seed, its best evolved model's margin over every source and baseline on the headline
+in standard errors (``won``: all ≥ 2); ``seeds_won`` counts the seeds that won.
 
 Non-finite numbers (a metric that could not be computed) are written as ``null``; every file is
 written atomically (a temp file renamed over the old one), so a crash never leaves half a file.
@@ -321,6 +328,10 @@ def _stage_html(run_dir: Path, stage: StageResult) -> str:
     if stage.models:
         parts.append("<p>Models written: " + ", ".join(f'<a href="{esc(quote(d))}">{esc(m)}</a>'
                                                        for m, d in stage.models.items()) + "</p>")
+    if stage.recipes:
+        parts.append("<p>Models kept as recipes (scored, then deleted; <code>tsugiki merge RECIPE -o DIR</code> writes "
+                     "one again): " + ", ".join(f'<a href="{esc(quote(d))}">{esc(m)}</a>'
+                                                for m, d in stage.recipes.items()) + "</p>")
     parts.append(f'<p class="ci">Stage time: {stage.seconds:.1f} s</p></section>')
     return "\n".join(parts)
 

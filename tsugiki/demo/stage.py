@@ -8,6 +8,7 @@ headline metric, and whatever the report should show (tables, figures, samples, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +69,71 @@ class Sample:
 
 
 @dataclass
+class SeedVerdict:
+    """The stage's claim in one search seed: its best evolved row (``model``) against every source and
+    baseline on the headline metric, each margin in standard errors (``test`` says which: two independent
+    binomial SEs, or the SE of the per-item paired difference); ``won``: every margin is ≥ 2 SE."""
+
+    seed: int
+    model: str
+    margins: dict[str, float]  # other row's model -> margin in SE (positive: the evolved model is ahead)
+    test: str
+
+    @property
+    def won(self) -> bool:
+        return bool(self.margins) and all(m >= WIN_SE for m in self.margins.values())  # a nan margin never wins
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seed": self.seed, "model": self.model, "won": self.won, "test": self.test,
+                "margins_se": dict(self.margins)}
+
+
+WIN_SE = 2.0  # the margin (in SE) that counts as a win in every stage's verdict
+
+
+def seeds_sentence(seeds: list[SeedVerdict], headline: str) -> str:
+    """"The best evolved model beats every source and baseline by ≥ 2 SE on <headline> in k of n search seeds"."""
+    won = sum(s.won for s in seeds)
+    return (f"The best evolved model beats every source and baseline by ≥ {WIN_SE:g} SE on {headline} in {won} of "
+            f"{len(seeds)} search seed{'s' if len(seeds) != 1 else ''}")
+
+
+def seed_of(model: str) -> int | None:
+    """The search seed an evolved row's name carries (``… (seed N)``), if any."""
+    import re
+
+    m = re.search(r"\(seed (\d+)\)", model)
+    return int(m.group(1)) if m else None
+
+
+def paired_seed_verdicts(rows: list[Row], per_item: dict[str, list[float]], default_seed: int) -> list[SeedVerdict]:
+    """Per search seed, its best evolved row against every source and baseline, each margin the mean per-item
+    difference over its SE (the models answered the same items: a paired test). The seed is the one the
+    row's name carries, else ``default_seed``."""
+    from tsugiki.benchmarks.stats import paired_difference
+
+    def margin(a: str, b: str) -> float:
+        diff, se = paired_difference(per_item[a], per_item[b])
+        if math.isnan(se):  # one item: no spread to measure
+            return math.nan
+        return diff / se if se > 0 else (math.inf if diff > 0 else 0.0)
+
+    def mean(name: str) -> float:
+        return sum(per_item[name]) / len(per_item[name])
+
+    best: dict[int, Row] = {}
+    for r in rows:
+        if r.role == "evolved":
+            seed = seed_of(r.model)
+            seed = default_seed if seed is None else seed
+            if seed not in best or mean(r.model) > mean(best[seed].model):
+                best[seed] = r
+    others = [r for r in rows if r.role != "evolved"]
+    return [SeedVerdict(seed, r.model, {o.model: margin(r.model, o.model) for o in others}, "paired SE")
+            for seed, r in sorted(best.items())]
+
+
+@dataclass
 class StageResult:
     stage: str  # "lm", "vlm" or "sdxl"
     headline: str  # the metric name rows are ranked by (higher is better unless ``lower_is_better``)
@@ -81,11 +147,14 @@ class StageResult:
     samples: list[Sample] = field(default_factory=list)
     seconds: float = 0.0
     models: dict[str, str] = field(default_factory=dict)  # model name -> HF dir (relative to run dir)
+    seeds: list[SeedVerdict] = field(default_factory=list)  # the verdict per search seed
+    recipes: dict[str, str] = field(default_factory=dict)  # model name -> recipe file kept instead of its dir
 
     def to_json(self) -> dict[str, Any]:
         return {"headline": self.headline, "lower_is_better": self.lower_is_better, "title": self.title,
                 "verdict": self.verdict, "notes": list(self.notes), "seconds": round(self.seconds, 2),
-                "models": dict(self.models), "rows": [r.to_json() for r in self.rows]}
+                "models": dict(self.models), "recipes": dict(self.recipes), "rows": [r.to_json() for r in self.rows],
+                "seeds": [s.to_json() for s in self.seeds], "seeds_won": sum(s.won for s in self.seeds)}
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,14 @@ fitness split, with a validation split scored for each generation's best.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import shutil
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tsugiki.benchmarks import stats
 from tsugiki.benchmarks.results import slug
@@ -38,7 +42,17 @@ from tsugiki.demo.lm.search import (
     run_search,
     write_data,
 )
-from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table, named_sources
+from tsugiki.demo.stage import (
+    Figure,
+    Row,
+    Sample,
+    SeedVerdict,
+    StageContext,
+    StageResult,
+    Table,
+    named_sources,
+    seeds_sentence,
+)
 from tsugiki.engines import EngineOptions
 from tsugiki.engines.resident import ResidentEngine
 
@@ -74,18 +88,50 @@ def evaluate(model_dir: Path, test: list[dict], *, batch_size: int = 25, english
             "en_responses": en}
 
 
-def merge_baseline(name: str, recipe: dict[str, Any], sources: dict[str, str], out: Path) -> Path:
+def baseline_recipe(name: str, recipe: dict[str, Any], sources: dict[str, str], path: Path) -> Path:
+    """Write a baseline's recipe (sources by path, float32 like the sources) as ``path``; returns it."""
     from tsugiki.evolution.sources import recipe_with_paths
-    from tsugiki.merging.execute import MergeOptions
+    from tsugiki.fileio import atomic_write
     from tsugiki.merging.recipe import Recipe
+
+    data = {**recipe_with_paths(recipe, sources), "dtype": "float32"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, f"# the {name} baseline of the demo's LM stage; tsugiki merge {path.name} -o DIR writes it\n"
+                       + Recipe.from_dict(data, source_name=name).to_yaml())
+    return path
+
+
+def merge_recipe(recipe: Path, out: Path, sources: dict[str, str]) -> Path:
+    """The model dir of a recipe file (what ``tsugiki merge RECIPE -o OUT`` writes)."""
+    from tsugiki.merging.execute import MergeOptions
+    from tsugiki.merging.recipe import load_recipe
     from tsugiki.merging.to_disk import merge_to_disk
 
-    if (out / "config.json").exists():
-        return out
-    data = {**recipe_with_paths(recipe, sources), "dtype": "float32"}
-    merge_to_disk(Recipe.from_dict(data, source_name=name), out, MergeOptions(force=True, progress=False),
-                  named=named_sources(sources, out))
+    merge_to_disk(load_recipe(recipe), out, MergeOptions(force=True, progress=False), named=named_sources(sources, out))
     return out
+
+
+@dataclass
+class Scored:
+    """A model the stage scores: a dir kept in the run dir, or (``build`` set) a transient one, made from its
+    ``recipe`` only when it must be scored and deleted when the stage ends (the recipe stays: the run dir
+    keeps what every model is, not a GB of weights per baseline and non-PS search)."""
+
+    name: str
+    role: str
+    path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+    recipe: Path | None = None
+    build: Callable[[], Any] | None = None
+
+    def ready(self) -> Path:
+        if self.build is not None and not (self.path / "config.json").exists():
+            self.build()
+        return self.path
+
+    def discard(self) -> None:
+        if self.build is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -122,79 +168,86 @@ def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMB
     data = write_data(out / "data", budget)
     test = [json.loads(line) for line in data["test"].read_text(encoding="utf-8").splitlines()]
 
-    candidates: list[tuple[str, str, Path, dict[str, Any]]] = []  # (row name, role, dir, extra)
-    for name in ("base", "ja", "math"):
-        candidates.append((_SOURCE_NAMES[name], "source", Path(sources[name]), {}))
-    ctx.say("[lm] merging the four baselines at default settings …")
+    candidates = [Scored(_SOURCE_NAMES[name], "source", Path(sources[name])) for name in ("base", "ja", "math")]
+    transient = out / "transient"  # models built from their recipes to be scored, deleted at the end
     for name, recipe in BASELINES.items():
-        candidates.append((name, "baseline", merge_baseline(name, recipe, sources, out / "baselines" / slug(name)), {}))
+        path = baseline_recipe(name, recipe, sources, out / "baselines" / f"{slug(name)}.yaml")
+        candidates.append(Scored(name, "baseline", transient / slug(name), recipe=path,
+                                 build=functools.partial(merge_recipe, path, transient / slug(name), sources)))
 
     runs: list[dict[str, Any]] = []
     for seed in budget.seeds:
         ctx.say(f"[lm] search seed {seed}: {', '.join(budget.spaces)} (CMA-ES, population {budget.population}, "
                 f"{budget.generations} generations) …")
         done: dict[str, dict[str, Any]] = {}
+        # the PS model is kept (the VLM stage grafts it); DFS and PS+DFS models are built when scored
         if "PS" in budget.spaces:
             done["PS"] = run_search(ps_config(sources, data, seed, budget), out / "runs" / f"ps-s{seed}",
                                     out / "evolved" / f"ps-s{seed}", ctx.progress)
         if "DFS" in budget.spaces:
             done["DFS"] = run_search(dfs_config(sources, data, seed, budget), out / "runs" / f"dfs-s{seed}",
-                                     out / "evolved" / f"dfs-s{seed}", ctx.progress)
+                                     transient / f"dfs-s{seed}", ctx.progress, export=False)
         if "PS+DFS" in budget.spaces:
             done["PS+DFS"] = run_search(ps_dfs_config(sources, data, seed, budget, done["PS"]["run_dir"] / "best.yaml"),
-                                        out / "runs" / f"ps-dfs-s{seed}", out / "evolved" / f"ps-dfs-s{seed}", ctx.progress)
+                                        out / "runs" / f"ps-dfs-s{seed}", transient / f"ps-dfs-s{seed}", ctx.progress,
+                                        export=False)
         for label, run in done.items():
             run.update(kind=label, seed=seed)
             runs.append(run)
-            candidates.append((f"evolved {label} (seed {seed})", "evolved", run["model"],
-                               {"search_seed": seed, "kind": label, "fitness": run["fitness"]}))
+            candidates.append(Scored(f"evolved {label} (seed {seed})", "evolved", run["model"],
+                                     {"search_seed": seed, "kind": label, "fitness": run["fitness"]},
+                                     recipe=run["run_dir"] / "best.yaml", build=run["build"]))
 
     ctx.say(f"[lm] held-out evaluation of {len(candidates)} models on {len(test)} problems (Japanese and English, "
             f"engine {budget.engine}) …")
     rows, samples = [], []
     resident = ResidentEngine(budget.engine, engine_options(budget))
-    for name, role, path, extra in _progress(candidates, ctx.progress, "held-out"):
-        s = _cached_evaluation(path, test, out / "eval" / f"{slug(name)}.json", budget.eval_batch, role == "source",
-                               resident)
-        rows.append(Row(name, role, s["metrics"], s["ci"], {**extra, "se": s["se"], "n": s["n"]}))
+    for c in _progress(candidates, ctx.progress, "held-out"):
+        s = _cached_evaluation(c, test, out / "eval" / f"{slug(c.name)}.json", budget.eval_batch, resident)
+        rows.append(Row(c.name, c.role, s["metrics"], s["ci"], {**c.extra, "se": s["se"], "n": s["n"]}))
         for t, r in list(zip(test, s["responses"]))[:3]:
-            samples.append(Sample(name, wp.JA_PROMPT.format(q=t["question"]), r, t["answer"]))
+            samples.append(Sample(c.name, wp.JA_PROMPT.format(q=t["question"]), r, t["answer"]))
 
     result = StageResult(stage="lm", headline=HEADLINE, rows=rows, title="Japanese math LM (EvoLLM-JP in miniature, Gemma 3 270M)")
-    result.verdict = verdict(rows, budget.seeds)
+    result.seeds = seed_verdicts(rows, budget.seeds)
+    result.verdict = verdict(rows, result.seeds)
     result.tables = [search_table(runs)]
     if mgsm_ja:
-        paths = {name: path for name, _, path, _ in candidates}
+        by_name = {c.name: c for c in candidates}
         chosen = [r.model for r in rows if r.role == "source"]
         chosen += [best.model for seed in budget.seeds if (best := _best_evolved(rows, seed)) is not None]
         ctx.say(f"[lm] the real MGSM-JA (250 problems, free generation) for {len(chosen)} models (minutes each) …")
-        result.tables.append(mgsm_ja_table([(m, paths[m]) for m in chosen], out / "mgsm-ja", ctx.progress,
+        result.tables.append(mgsm_ja_table([(m, by_name[m]) for m in chosen], out / "mgsm-ja", ctx.progress,
                                            engine=resident))
     resident.close()
+    for c in candidates:
+        c.discard()
+    shutil.rmtree(transient, ignore_errors=True)
     result.figures = _figures(ctx, runs)
     result.samples = samples
     result.notes = _notes(budget, len(test))
-    result.models = {name: ctx.rel(path) for name, role, path, _ in candidates if role == "evolved"}
+    result.models = {c.name: ctx.rel(c.path) for c in candidates if c.role == "evolved" and c.build is None}
+    result.recipes = {c.name: ctx.rel(c.recipe) for c in candidates if c.build is not None}
     result.seconds = time.perf_counter() - t0
-    evolved = {name: path for name, role, path, _ in candidates if role == "evolved"}
-    return result, evolved
+    return result, {c.name: c.path for c in candidates if c.role == "evolved" and c.build is None}
 
 
 def engine_options(budget: LMBudget) -> EngineOptions:
     return EngineOptions(batch_size=budget.eval_batch, max_model_len=ENGINE_MAX_LEN if budget.engine == "vllm" else None)
 
 
-def _cached_evaluation(model_dir: Path, test: list[dict], path: Path, batch_size: int, english: bool,
+def _cached_evaluation(model: Scored, test: list[dict], path: Path, batch_size: int,
                        engine: ResidentEngine) -> dict[str, Any]:
     """:func:`evaluate`, kept in the run dir so that a resumed demo does not score a model twice (an engine other
     than ``hf`` is part of the key: its scores differ in the last digits, and vLLM's default dtype is bfloat16)."""
-    key = {"model": str(model_dir), "test": [t["id"] for t in test], "english": english,
+    english = model.role == "source"
+    key = {"model": str(model.recipe or model.path), "test": [t["id"] for t in test], "english": english,
            **({} if engine.name == "hf" else {"engine": engine.name})}
     if path.exists():
         cached = json.loads(path.read_text(encoding="utf-8"))
         if cached.get("key") == key:
             return cached["scores"]
-    scores = evaluate(model_dir, test, batch_size=batch_size, english=english, engine=engine)
+    scores = evaluate(model.ready(), test, batch_size=batch_size, english=english, engine=engine)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"key": key, "scores": scores}, ensure_ascii=False), encoding="utf-8")
@@ -208,7 +261,7 @@ MGSM_MAX_NEW_TOKENS = 256
 MGSM_BATCH = 25
 
 
-def mgsm_ja_table(models: list[tuple[str, Path]], out: Path, progress: bool = False, *,
+def mgsm_ja_table(models: list[tuple[str, Path | Scored]], out: Path, progress: bool = False, *,
                   limit: int | None = None, engine: ResidentEngine | None = None) -> Table:
     """Score each (row name, model dir) on the vendored MGSM-JA with the benchmark code (`tsugiki eval
     mgsm-ja`'s path: the seed's Japanese CoT prompt, free greedy generation, the seed's ``sakana``
@@ -220,13 +273,15 @@ def mgsm_ja_table(models: list[tuple[str, Path]], out: Path, progress: bool = Fa
     spec = get_spec("mgsm-ja")
     engine = engine or ResidentEngine("hf", EngineOptions(batch_size=MGSM_BATCH))
     body, n = [], 0
-    for name, path in models:
+    for name, model in models:
+        model = model if isinstance(model, Scored) else Scored(name, "", Path(model))
         cache = out / f"{slug(name)}.json"
-        key = {"model": str(path), "max_new_tokens": MGSM_MAX_NEW_TOKENS, "limit": limit,
+        key = {"model": str(model.recipe or model.path), "max_new_tokens": MGSM_MAX_NEW_TOKENS, "limit": limit,
                **({} if engine.name == "hf" else {"engine": engine.name})}
         record = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
         if record.get("key") != key:
             t0 = time.perf_counter()
+            path = model.ready()
             gen = text_generator(spec, path, max_new_tokens=MGSM_MAX_NEW_TOKENS, batch_size=MGSM_BATCH, name=name,
                                  threads=2, engine=engine.load(path))
             res = run_benchmark(spec, gen, limit=limit, metric_options={"extraction": "sakana"}, progress=progress)
@@ -286,24 +341,26 @@ def margin_in_se(best: Row, other: Row) -> float:
                               other.extra["se"][HEADLINE])
 
 
-def verdict(rows: list[Row], seeds: tuple[int, ...]) -> str:
+def seed_verdicts(rows: list[Row], seeds: tuple[int, ...]) -> list[SeedVerdict]:
+    """Per search seed: its best evolved model's margin over every source and baseline on the headline, in
+    units of the two held-out scores' combined binomial SE."""
+    others = [r for r in rows if r.role != "evolved"]
+    return [SeedVerdict(seed, best.model, {o.model: margin_in_se(best, o) for o in others}, "binomial SE")
+            for seed in seeds if (best := _best_evolved(rows, seed)) is not None]
+
+
+def verdict(rows: list[Row], seeds: list[SeedVerdict]) -> str:
     """Plain words: in each search seed, does the best evolved model beat every source and baseline on the
     headline metric by ≥ 2 SE (the seed paper's claim, at this scale)?"""
-    others = [r for r in rows if r.role != "evolved"]
-    best_other = max(others, key=lambda r: r.metrics[HEADLINE])
-    parts, wins = [], 0
-    for seed in seeds:
-        best = _best_evolved(rows, seed)
-        if best is None:
-            continue
-        worst_margin = min(margin_in_se(best, o) for o in others)
-        wins += worst_margin >= 2
-        parts.append(f"seed {seed}: {best.model} {best.metrics[HEADLINE]:.1f} vs best other "
-                     f"{best_other.model} {best_other.metrics[HEADLINE]:.1f} ({worst_margin:+.1f} SE)")
-    head = (f"The best evolved model beats every source and baseline by ≥ 2 SE on {HEADLINE} in {wins} of "
-            f"{len(parts)} search seeds" + (" — the seed paper's claim holds here." if wins == len(parts) else
-                                             " — the seed paper's claim does NOT fully hold at this scale."))
-    return head + " " + "; ".join(parts) + "."
+    by_model = {r.model: r for r in rows}
+    best_other = max((r for r in rows if r.role != "evolved"), key=lambda r: r.metrics[HEADLINE])
+    parts = [f"seed {s.seed}: {s.model} {by_model[s.model].metrics[HEADLINE]:.1f} vs best other "
+             f"{best_other.model} {best_other.metrics[HEADLINE]:.1f} ({min(s.margins.values(), default=math.nan):+.1f} SE)"
+             for s in seeds]
+    holds = all(s.won for s in seeds)
+    return (seeds_sentence(seeds, HEADLINE) + (" — the seed paper's claim holds here." if holds else
+                                              " — the seed paper's claim does NOT fully hold at this scale.")
+            + " " + "; ".join(parts) + ".")
 
 
 def search_table(runs: list[dict[str, Any]]) -> Table:

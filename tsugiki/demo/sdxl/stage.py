@@ -54,7 +54,18 @@ from tsugiki.demo.sdxl.models import (
     write_references,
     zoom,
 )
-from tsugiki.demo.stage import Figure, Row, Sample, StageContext, StageResult, Table, evolve_config, named_sources
+from tsugiki.demo.stage import (
+    Figure,
+    Row,
+    Sample,
+    StageContext,
+    StageResult,
+    Table,
+    evolve_config,
+    named_sources,
+    paired_seed_verdicts,
+    seeds_sentence,
+)
 from tsugiki.errors import EvolutionError
 from tsugiki.threads import torch_threads
 
@@ -245,10 +256,11 @@ def _run_sdxl_stage(ctx: StageContext, budget: SDXLBudget) -> StageResult:
     roles = {"source_a": "source", "source_b": "source", "uniform_average": "baseline", "evolved": "evolved"}
 
     ctx.say(f"[sdxl] sampling and scoring {len(models)} models on the held-out prompts …")
-    rows, figures, samples = [], [], []
+    rows, figures, samples, hits = [], [], [], {}
     for key in progress_bar(models, desc="sampling held-out", unit="model", disable=not ctx.progress, leave=False):
         s = evaluate_model(models[key], out / "eval" / key, paths["judge"], references, budget, ctx.seed)
         extra = s["extra"]
+        hits[ROW_NAMES[key]] = [100.0 * float(t == p) for t, p in zip(extra["judge_top"], extra["prompts"])]
         rows.append(Row(ROW_NAMES[key], roles[key], s["metrics"], s["ci"],
                         {k: extra[k] for k in ("n_images", "acc_palette_a", "acc_palette_b")}))
         figures.append(Figure(ctx.rel(out / "eval" / key / "grid.png"),
@@ -268,7 +280,8 @@ def _run_sdxl_stage(ctx: StageContext, budget: SDXLBudget) -> StageResult:
 
     result = StageResult(stage="sdxl", headline=HEADLINE, rows=rows, lower_is_better=False,
                          title="Block-wise SDXL UNet merge (EvoSDXL-JP, tiny)")
-    result.verdict = verdict(rows)
+    result.seeds = paired_seed_verdicts(rows, hits, ctx.seed)  # same prompts and noise seeds for every model
+    result.verdict = seeds_sentence(result.seeds, HEADLINE) + " (paired, per image). " + verdict(rows)
     result.tables = [search_table(search, budget)]
     result.figures = figures
     result.samples = samples

@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Sequence
 
 from tsugiki.benchmarks.stats import paired_difference
-from tsugiki.demo.stage import Row, Sample, StageContext, StageResult, Table, named_sources
+from tsugiki.demo.stage import (
+    Row,
+    Sample,
+    StageContext,
+    StageResult,
+    Table,
+    named_sources,
+    paired_seed_verdicts,
+    seeds_sentence,
+)
 from tsugiki.demo.vlm import scenes
 from tsugiki.demo.vlm.models import EN_TEMPLATE, JA_TEMPLATE, SHIPPED_VISION, build_llava
 from tsugiki.evolution.data import Pair
@@ -175,10 +184,12 @@ def run_vlm_stage(ctx: StageContext, *, llava_lm: Path, grafts: dict[str, tuple[
         row.extra["vs_llava"] = {"diff": diff, "se": se}
     rows[0].extra["english"] = {k: record[k] for k in ("en_accuracy", "en_items", "seconds", "steps")}
 
+    seeds = paired_seed_verdicts(rows, {k: [s["rougeL_ja"] for s in v] for k, v in per_item.items()}, ctx.seed)
     return StageResult(
-        stage="vlm", headline="rougeL_ja", rows=rows,
+        stage="vlm", headline="rougeL_ja", rows=rows, seeds=seeds,
         title="Japanese VQA: Japanese LMs grafted into an English-aligned LLaVA (Gemma 3 270M inside)",
-        verdict=verdict(rows, per_item), notes=_notes(record, len(items)) + ([ENGINE_NOTE] if ctx.engine != "hf" else []),
+        verdict=" ".join([*([seeds_sentence(seeds, "rougeL_ja") + " (paired)."] if seeds else []),
+                          verdict(rows, per_item)]), notes=_notes(record, len(items)) + ([ENGINE_NOTE] if ctx.engine != "hf" else []),
         tables=[_english_table(record)],
         samples=_samples(ctx, items, answers, record), seconds=time.perf_counter() - start,
         models={name: ctx.rel(path) for name, (_, path) in models.items()})
