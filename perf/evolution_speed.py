@@ -41,7 +41,7 @@ def rss() -> int:
 
 
 def build(hidden: int, layers: int, seed: int) -> LlamaForCausalLM:
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers, num_attention_heads=hidden // 64,
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers, num_attention_heads=max(hidden // 64, 1),
                       num_key_value_heads=hidden // 128 or 1, vocab_size=8192, max_position_embeddings=512, tie_word_embeddings=False)
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval()
