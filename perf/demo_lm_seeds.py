@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generations", type=int, default=None, help="CMA-ES generations per search (default: the demo's)")
     ap.add_argument("--fitness", choices=lm_search.FITNESS_KINDS, default=lm_stage.FULL.fitness,
                     help="search fitness: acc_ja of greedy answers (the demo's, the seed's) or the teacher-forced design")
+    ap.add_argument("--dfs-fitness", choices=lm_search.DFS_FITNESS_KINDS, default=lm_stage.FULL.dfs_fitness,
+                    help="DFS and PS+DFS fitness: as PS (generated) or the worked answer's log-likelihood (loglik)")
     ap.add_argument("--spaces", nargs="+", choices=lm_stage.KINDS, default=list(lm_stage.FULL.spaces),
                     help="which searches to run per seed (default: the demo's)")
     for name, what in (("population", "CMA-ES population"), ("fitness-n", "fitness problems"),
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = fastest_available() if args.engine == "auto" else args.engine
     budget = dataclasses.replace(lm_stage.FULL, seeds=tuple(args.seeds), fitness=args.fitness, spaces=tuple(args.spaces),
-                                 engine=engine)
+                                 engine=engine, dfs_fitness=args.dfs_fitness)
     sizes = {"generations": args.generations, "population": args.population, "fitness_n": args.fitness_n,
              "validation_n": args.validation_n, "test_n": args.test_n}
     budget = dataclasses.replace(budget, **{k: v for k, v in sizes.items() if v})

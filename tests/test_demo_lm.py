@@ -248,3 +248,25 @@ def test_answer_loss_equals_cross_entropy_of_the_full_forward(tiny_gemma, cap):
         model.config.final_logit_softcapping = None
         with torch.no_grad():
             assert not torch.allclose(S.answer_loss(model, ids, labels, pad_id=0), want, rtol=1e-4)
+
+
+def test_dfs_loglik_fitness_reads_worked_answers(tmp_path):
+    """dfs_fitness="loglik": the DFS and PS+DFS configs score the worked Japanese answer's log-likelihood on the
+    fitness problems (the same problems PS answers), PS keeps the generated acc_ja."""
+    from tsugiki.demo.lm import search as L
+
+    budget = replace(L.QUICK, fitness_n=5, validation_n=3, dfs_fitness="loglik")
+    files = L.write_data(tmp_path, budget)
+    sources = {"base": "b", "ja": "j", "math": "m"}
+    ps, dfs = L.ps_config(sources, files, 0, budget), L.dfs_config(sources, files, 0, budget)
+    ps_dfs = L.ps_dfs_config(sources, files, 0, budget, tmp_path / "ps")
+    assert ps["fitness"]["function"] == "mgsm_accuracy"
+    for config in (dfs, ps_dfs):
+        assert config["fitness"]["function"] == "answer_loglik" and config["fitness"]["args"]["append_eos"]
+        rows = [json.loads(x) for x in Path(config["fitness"]["data"]["file"]).read_text(encoding="utf-8").splitlines()]
+        assert [r["id"] for r in rows] == [json.loads(x)["id"] for x in files["fitness"].read_text(encoding="utf-8").splitlines()]
+        assert all(r["answer"] == wp.problem_of(r["id"]).mixed_answer() for r in rows)
+        assert len(Path(config["validation"]["data"]["file"]).read_text(encoding="utf-8").splitlines()) == 3
+    assert ps_dfs["sources"]["ps"] == str((tmp_path / "ps").resolve()) and ps_dfs["space"]["kind"] == "dfs"
+    with pytest.raises(ValueError, match="dfs_fitness"):
+        L.dfs_config(sources, files, 0, replace(budget, dfs_fitness="nope"))

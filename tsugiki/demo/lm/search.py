@@ -36,6 +36,7 @@ class LMBudget:
     fitness: str = "generated"  # or "teacher_forced" (see FITNESS_KINDS)
     spaces: tuple[str, ...] = ("PS", "DFS", "PS+DFS")  # which searches to run (PS+DFS needs PS)
     engine: str = "hf"  # scores PS candidates and the held-out evaluation (tsugiki.engines); DFS paths run on hf
+    dfs_fitness: str = "generated"  # DFS and PS+DFS: "generated" (as PS) or "loglik" (see DFS_FITNESS_KINDS)
 
     def __post_init__(self):
         if not set(self.spaces) <= {"PS", "DFS", "PS+DFS"} or ("PS+DFS" in self.spaces and "PS" not in self.spaces):
@@ -68,6 +69,11 @@ BASELINES: dict[str, dict[str, Any]] = {
 TF_ARGS = {"append_eos": True, "prob_weight": 0.1, "batch_size": 48}
 TF_SCALE = 4
 FITNESS_KINDS = ("generated", "teacher_forced")
+# DFS and PS+DFS with a continuous fitness (a design measured against the generated one, on which every DFS
+# path scored 0): the mean log-probability of the worked Japanese answer and EOS, teacher-forced, on the
+# fitness problems.
+LL_ARGS = {"append_eos": True, "batch_size": 48}
+DFS_FITNESS_KINDS = ("generated", "loglik")
 
 
 # ----------------------------------------------------------------------------- data files
@@ -82,13 +88,16 @@ def write_data(out: Path, budget: LMBudget) -> dict[str, Path]:
     files = {"fitness": write_jsonl(out / "fitness.jsonl", items("fitness", budget.fitness_n)),
              "validation": write_jsonl(out / "validation.jsonl", items("validation", budget.validation_n)),
              "test": write_jsonl(out / "test.jsonl", test)}
-    if budget.fitness == "teacher_forced":
-        def forced(split: str, n: int) -> list[dict]:
-            return [{"id": p.id, "prompt": wp.JA_PROMPT.format(q=p.prompt), "answer": wp.problem_of(p.id).mixed_answer()}
-                    for p in wp.target_items(split, n)]
+    def forced(split: str, n: int) -> list[dict]:
+        return [{"id": p.id, "prompt": wp.JA_PROMPT.format(q=p.prompt), "answer": wp.problem_of(p.id).mixed_answer()}
+                for p in wp.target_items(split, n)]
 
+    if budget.fitness == "teacher_forced":
         files["fitness"] = write_jsonl(out / "fitness_tf.jsonl", forced("fitness", TF_SCALE * budget.fitness_n))
         files["validation"] = write_jsonl(out / "validation_tf.jsonl", forced("validation", TF_SCALE * budget.validation_n))
+    if budget.dfs_fitness == "loglik":
+        files["dfs_fitness"] = write_jsonl(out / "fitness_ll.jsonl", forced("fitness", budget.fitness_n))
+        files["dfs_validation"] = write_jsonl(out / "validation_ll.jsonl", forced("validation", budget.validation_n))
     return files
 
 
@@ -99,11 +108,16 @@ def _en_rng(item_id: str):
 
 
 # ----------------------------------------------------------------------------- search configs
-def _common(data: dict[str, Path], seed: int, budget: LMBudget, generations: int) -> dict[str, Any]:
+def _common(data: dict[str, Path], seed: int, budget: LMBudget, generations: int, *, dfs: bool = False) -> dict[str, Any]:
     if budget.fitness not in FITNESS_KINDS:
         raise ValueError(f"fitness must be one of {FITNESS_KINDS}, not {budget.fitness!r}")
+    if budget.dfs_fitness not in DFS_FITNESS_KINDS:
+        raise ValueError(f"dfs_fitness must be one of {DFS_FITNESS_KINDS}, not {budget.dfs_fitness!r}")
     function, args = (("mgsm_accuracy", FITNESS_ARGS) if budget.fitness == "generated" else
                       ("teacher_forced_accuracy", TF_ARGS))
+    if dfs and budget.dfs_fitness == "loglik":
+        function, args = "answer_loglik", LL_ARGS
+        data = {**data, "fitness": data["dfs_fitness"], "validation": data["dfs_validation"]}
     return {
         # absolute: a relative path (a perf script's relative work dir) would be resolved again against the
         # config's own folder
@@ -140,15 +154,17 @@ def _dfs_space(models: list[str]) -> dict[str, Any]:
 def dfs_config(sources: dict[str, str], data: dict[str, Path], seed: int, budget: LMBudget) -> dict[str, Any]:
     """Which layer of which sibling runs at each step of the path, with the scaling matrix W."""
     return {"name": f"lm-dfs-s{seed}", "sources": sources, "space": {"kind": "dfs", **_dfs_space(["ja", "math"])},
-            **_common(data, seed, budget, budget.dfs_generations or budget.generations)}
+            **_common(data, seed, budget, budget.dfs_generations or budget.generations, dfs=True)}
 
 
 def ps_dfs_config(sources: dict[str, str], data: dict[str, Path], seed: int, budget: LMBudget,
-                  ps_recipe: Path) -> dict[str, Any]:
-    """DFS over the PS-evolved model and the math sibling (the seed's PS+DFS)."""
-    return {"name": f"lm-ps-dfs-s{seed}", "sources": sources,
-            "space": {"kind": "ps_dfs", "ps_recipe": str(ps_recipe), **_dfs_space(["ps", "math"])},
-            **_common(data, seed, budget, budget.dfs_generations or budget.generations)}
+                  ps_model: Path) -> dict[str, Any]:
+    """DFS over the PS-evolved model (the dir the PS search exported, which holds the weights it scored bit
+    for bit) and the math sibling: the seed's PS+DFS. (The ``ps_dfs`` space kind would merge the PS recipe
+    once more into its run dir: another GB per search seed.)"""
+    return {"name": f"lm-ps-dfs-s{seed}", "sources": {**sources, "ps": str(Path(ps_model).resolve())},
+            "space": {"kind": "dfs", **_dfs_space(["ps", "math"])},
+            **_common(data, seed, budget, budget.dfs_generations or budget.generations, dfs=True)}
 
 
 def run_search(config_data: dict[str, Any], run_dir: Path, export_to: Path, progress: bool, *,

@@ -188,7 +188,7 @@ def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMB
             done["DFS"] = run_search(dfs_config(sources, data, seed, budget), out / "runs" / f"dfs-s{seed}",
                                      transient / f"dfs-s{seed}", ctx.progress, export=False)
         if "PS+DFS" in budget.spaces:
-            done["PS+DFS"] = run_search(ps_dfs_config(sources, data, seed, budget, done["PS"]["run_dir"] / "best.yaml"),
+            done["PS+DFS"] = run_search(ps_dfs_config(sources, data, seed, budget, done["PS"]["model"]),
                                         out / "runs" / f"ps-dfs-s{seed}", transient / f"ps-dfs-s{seed}", ctx.progress,
                                         export=False)
         for label, run in done.items():
@@ -404,6 +404,13 @@ def _notes(budget: LMBudget, n_test: int) -> list[str]:
 
 
 def _fitness_note(budget: LMBudget) -> str:
+    dfs = ("" if budget.dfs_fitness != "loglik" else
+           f" DFS and PS+DFS fitness: the mean log-probability of the worked Japanese answer and EOS, teacher-forced, "
+           f"on {budget.fitness_n} fitness problems (acc_ja gives every path 0: no signal).")
+    return _ps_fitness_note(budget) + dfs
+
+
+def _ps_fitness_note(budget: LMBudget) -> str:
     if budget.fitness == "teacher_forced":
         return (f"Fitness: teacher-forced exact match (every answer token and EOS the argmax, so greedy decoding would "
                 f"write it) of the reference ` a + b = c, c - d = e。答えは e です。` on "
