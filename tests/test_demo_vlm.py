@@ -198,9 +198,10 @@ def test_row_numbers_are_rouge_ja_of_the_saved_answers(run):
 
 def test_built_llava_is_reused(run, tiny_gemma, vision):
     ctx, _ = run
-    before = (ctx.out / "llava" / "model.safetensors").stat().st_mtime_ns
+    stamp = {p.name: p.stat().st_mtime_ns for p in (ctx.out / "llava").glob("*.safetensors")}
+    assert (ctx.out / "llava" / "model.safetensors.index.json").exists()  # the shared embedding is stored once
     M.build_llava(tiny_gemma.base, ctx.out / "llava", vision)
-    assert (ctx.out / "llava" / "model.safetensors").stat().st_mtime_ns == before
+    assert {p.name: p.stat().st_mtime_ns for p in (ctx.out / "llava").glob("*.safetensors")} == stamp
 
 
 def test_alignment_is_deterministic(tiny_gemma, tmp_path):

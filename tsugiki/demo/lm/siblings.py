@@ -209,9 +209,10 @@ def materialise(base: Path, adapter: Path, out: Path) -> Path:
 
     from tsugiki.hf_load import from_pretrained, with_adapter
     from tsugiki.merging.output_dir import AtomicOutputDir
+    from tsugiki.merging.shared_tensors import has_weights
     from tsugiki.tokenizer_cache import TOKENIZER_FILES
 
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+    if (out / "config.json").exists() and has_weights(out):
         return out
     with hf_progress_bars_off(errors_only=True), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft asks transformers a deprecated question

@@ -52,6 +52,7 @@ from tsugiki.demo.stage import (
     Table,
     named_sources,
     seeds_sentence,
+    store_shared,
 )
 from tsugiki.engines import EngineOptions
 from tsugiki.engines.resident import ResidentEngine
@@ -149,8 +150,8 @@ def prepare_sources(ctx: StageContext, *, adapters: Path | None = None) -> dict[
     base = real_base(progress=ctx.progress)
     ctx.say(f"[lm] materialising the JA and MATH siblings (base + LoRA adapter from {adapters}) …")
     models = ctx.out / "models"
-    return {"base": str(base), "ja": str(materialise(base, adapters / "ja", models / "ja")),
-            "math": str(materialise(base, adapters / "math", models / "math"))}
+    return {"base": str(base), "ja": str(store_shared(materialise(base, adapters / "ja", models / "ja"), ctx.run_dir)),
+            "math": str(store_shared(materialise(base, adapters / "math", models / "math"), ctx.run_dir))}
 
 
 def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMBudget | None = None,
@@ -184,6 +185,7 @@ def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMB
         if "PS" in budget.spaces:
             done["PS"] = run_search(ps_config(sources, data, seed, budget), out / "runs" / f"ps-s{seed}",
                                     out / "evolved" / f"ps-s{seed}", ctx.progress)
+            store_shared(done["PS"]["model"], ctx.run_dir)
         if "DFS" in budget.spaces:
             done["DFS"] = run_search(dfs_config(sources, data, seed, budget), out / "runs" / f"dfs-s{seed}",
                                      transient / f"dfs-s{seed}", ctx.progress, export=False)

@@ -34,6 +34,7 @@ from tsugiki.demo.stage import (
     named_sources,
     paired_seed_verdicts,
     seeds_sentence,
+    store_shared,
 )
 from tsugiki.demo.vlm import scenes
 from tsugiki.demo.vlm.models import EN_TEMPLATE, JA_TEMPLATE, SHIPPED_VISION, build_llava
@@ -161,12 +162,12 @@ def run_vlm_stage(ctx: StageContext, *, llava_lm: Path, grafts: dict[str, tuple[
             raise ValueError(f"graft {name!r}: role must be 'baseline' or 'evolved', not {role!r}")
     ctx.say("[vlm] building the LLaVA around the base LM (shipped vision tower and projector) …")
     vision = Path(vision or SHIPPED_VISION)
-    llava = build_llava(Path(llava_lm), ctx.out / "llava", vision)
+    llava = store_shared(build_llava(Path(llava_lm), ctx.out / "llava", vision), ctx.run_dir)
     record = english_check(llava, vision, budget, ctx.progress)
     models = {SOURCE_NAME: ("source", llava)}
     ctx.say(f"[vlm] grafting {len(grafts)} Japanese LM(s) into it (vision side bit for bit) …")
     for name, (role, lm_dir) in grafts.items():
-        models[name] = (role, graft(llava, Path(lm_dir), ctx.out / "grafts" / name))
+        models[name] = (role, store_shared(graft(llava, Path(lm_dir), ctx.out / "grafts" / name), ctx.run_dir))
 
     if ctx.engine != "hf":
         ctx.say(f"[vlm] {ENGINE_NOTE}")
