@@ -150,11 +150,16 @@ def test_language_model_is_frozen_and_vision_side_trained(run, tiny_gemma, visio
     assert {n for n in trained if not trained[n].equal(before[n])} == set(trained) - unused
 
 
-def test_grafts_keep_the_vision_side_bit_for_bit_and_carry_the_grafted_lm(run, tiny_gemma):
+def test_grafts_keep_the_vision_side_bit_for_bit_and_carry_the_grafted_lm(run, tiny_gemma, tmp_path):
+    """The stage scores each graft and deletes it; written again as the stage writes it, a graft keeps the
+    LLaVA's vision side bit for bit, carries the grafted LM, and answers as the stage recorded."""
     ctx, result = run
+    assert not (ctx.out / "grafts").exists() or not any((ctx.out / "grafts").iterdir())
     llava = weights(ctx.out / "llava")
+    items = V.scenes.ja_items("test", V.QUICK.test_scenes, seed=ctx.seed)
     for name, lm_dir in (("ja", tiny_gemma.variants[0]), ("evo", tiny_gemma.variants[1])):
-        graft = weights(ctx.run_dir / result.models[name])
+        path = V.graft(ctx.out / "llava", lm_dir, tmp_path / name)
+        graft = weights(path)
         assert set(graft) == set(llava)
         for n, t in llava.items():
             if "language_model" not in n:
@@ -163,13 +168,16 @@ def test_grafts_keep_the_vision_side_bit_for_bit_and_carry_the_grafted_lm(run, t
         assert len(lm) == sum("language_model" in n for n in graft)
         for n, t in lm.items():
             assert graft[f"language_model.{n}"].equal(t), n
+        model, processor = V._load(path)
+        recorded = [json.loads(x)["answer"] for x in (ctx.out / "answers" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert V._predict(model, processor, V.JA_TEMPLATE, items, False) == recorded
 
 
 def test_rows_roles_and_files(run):
     ctx, result = run
     assert result.stage == "vlm" and result.headline == "rougeL_ja" and not result.lower_is_better
     assert [(r.model, r.role) for r in result.rows] == [("llava", "source"), ("ja", "baseline"), ("evo", "evolved")]
-    assert set(result.models) == {"llava", "ja", "evo"}
+    assert set(result.models) == {"llava"}  # the grafts were scored and deleted
     for rel in result.models.values():
         assert (ctx.run_dir / rel / "config.json").is_file()
     doc = json.loads(json.dumps(result.to_json()))

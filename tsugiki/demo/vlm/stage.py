@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,21 +166,29 @@ def run_vlm_stage(ctx: StageContext, *, llava_lm: Path, grafts: dict[str, tuple[
     llava = store_shared(build_llava(Path(llava_lm), ctx.out / "llava", vision), ctx.run_dir)
     record = english_check(llava, vision, budget, ctx.progress)
     models = {SOURCE_NAME: ("source", llava)}
-    ctx.say(f"[vlm] grafting {len(grafts)} Japanese LM(s) into it (vision side bit for bit) …")
+    # each graft is written to be scored, then deleted (`tsugiki vlm swap LLAVA LM -o DIR` writes it again):
+    # a GB per graft and search seed would not fit a laptop's run dir
     for name, (role, lm_dir) in grafts.items():
-        models[name] = (role, store_shared(graft(llava, Path(lm_dir), ctx.out / "grafts" / name), ctx.run_dir))
+        models[name] = (role, ctx.out / "grafts" / name)
 
     if ctx.engine != "hf":
         ctx.say(f"[vlm] {ENGINE_NOTE}")
     items = scenes.ja_items("test", budget.test_scenes, seed=ctx.seed)
     rows, answers, per_item = [], {}, {}
+    ctx.say(f"[vlm] grafting {len(grafts)} Japanese LM(s) into it in turn (vision side bit for bit) and asking "
+            f"{len(items)} Japanese questions …")
     for name, (role, path) in progress_bar(models.items(), desc="Japanese VQA", unit="model", disable=not ctx.progress):
+        if name in grafts:
+            graft(llava, Path(grafts[name][1]), path)
         model, processor = _load(path)
         answers[name] = _predict(model, processor, JA_TEMPLATE, items, ctx.progress)
+        del model
+        if name in grafts:
+            shutil.rmtree(path)
         metrics, ci, per_item[name] = score(answers[name], items)
         _write_answers(ctx.out / "answers" / f"{name}.jsonl", items, answers[name], per_item[name])
         by_kind = {k: word_accuracy(answers[name], items, k) for k in ("colour", "shape")}
-        rows.append(Row(name, role, metrics, ci, extra={"dir": ctx.rel(path), "word_acc_by_kind": by_kind}))
+        rows.append(Row(name, role, metrics, ci, extra={"word_acc_by_kind": by_kind}))
     for row in rows[1:]:
         diff, se = paired_difference([s["rougeL_ja"] for s in per_item[row.model]], [s["rougeL_ja"] for s in per_item[SOURCE_NAME]])
         row.extra["vs_llava"] = {"diff": diff, "se": se}
@@ -193,7 +202,7 @@ def run_vlm_stage(ctx: StageContext, *, llava_lm: Path, grafts: dict[str, tuple[
                           verdict(rows, per_item)]), notes=_notes(record, len(items)) + ([ENGINE_NOTE] if ctx.engine != "hf" else []),
         tables=[_english_table(record)],
         samples=_samples(ctx, items, answers, record), seconds=time.perf_counter() - start,
-        models={name: ctx.rel(path) for name, (_, path) in models.items()})
+        models={SOURCE_NAME: ctx.rel(llava)})
 
 
 def _write_answers(path: Path, items: Sequence[Pair], answers: Sequence[str], per_item: Sequence[dict]) -> None:
