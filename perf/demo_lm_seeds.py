@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="DFS and PS+DFS fitness: as PS (generated) or the worked answer's log-likelihood (loglik)")
     ap.add_argument("--spaces", nargs="+", choices=lm_stage.KINDS, default=list(lm_stage.FULL.spaces),
                     help="which searches to run per seed (default: the demo's)")
-    for name, what in (("population", "CMA-ES population"), ("fitness-n", "fitness problems"),
+    for name, what in (("population", "CMA-ES population"), ("dfs-generations", "DFS and PS+DFS generations"), ("fitness-n", "fitness problems"),
                        ("validation-n", "validation problems"), ("test-n", "held-out problems")):
         ap.add_argument(f"--{name}", type=int, default=None, help=f"{what} (default: the demo's)")
     ap.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = fastest_available() if args.engine == "auto" else args.engine
     budget = dataclasses.replace(lm_stage.FULL, seeds=tuple(args.seeds), fitness=args.fitness, spaces=tuple(args.spaces),
                                  engine=engine, dfs_fitness=args.dfs_fitness)
-    sizes = {"generations": args.generations, "population": args.population, "fitness_n": args.fitness_n,
+    sizes = {"generations": args.generations, "population": args.population, "dfs_generations": args.dfs_generations, "fitness_n": args.fitness_n,
              "validation_n": args.validation_n, "test_n": args.test_n}
     budget = dataclasses.replace(budget, **{k: v for k, v in sizes.items() if v})
     out = args.out.resolve()

@@ -25,13 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="The main job, offline: a Japanese and a math LoRA sibling of the real Gemma 3 270M (shipped "
                     "adapters) merged by CMA-ES in PS, DFS and PS+DFS and scored on held-out Japanese word problems "
                     "against their sources and standard merges; the Japanese and evolved LMs grafted into a LLaVA "
-                    "around the base; tiny SDXL UNets merged block-wise. Writes RUN_DIR/results.json, report.html, "
-                    "leaderboard.md and the evolved models. About 23 minutes on 2 CPU cores (measured 1364 s from an "
-                    "empty cache); the base then lives in ~/.cache/tsugiki (or $TSUGIKI_CACHE). --quick: about 4 "
-                    "minutes (measured 244 s with the base cached).")
+                    "around the base; tiny SDXL UNets merged block-wise. Writes RUN_DIR/results.json (with each "
+                    "stage's verdict per search seed), report.html, leaderboard.md, the sources and PS-evolved models "
+                    "(the other models as recipes). About 11 minutes on 2 CPU cores with vLLM installed (`tox -e demo`: "
+                    "measured 665 s, the base imported from its package included); the base then lives in "
+                    "~/.cache/tsugiki (or $TSUGIKI_CACHE). --quick: about 5 minutes (measured 325 s, base cached).")
     d.add_argument("-o", "--output", default="tsugiki-demo", metavar="RUN_DIR", help="run directory (default: ./tsugiki-demo); "
                    "rerunning with the same settings continues where it stopped")
-    d.add_argument("--quick", action="store_true", help="small budgets for every stage (CI; about 4 minutes)")
+    d.add_argument("--quick", action="store_true", help="small budgets for every stage (CI; about 5 minutes)")
     d.add_argument("--seed", type=int, default=0, help="search seed of the LM stage (perf/demo_lm_seeds.py runs three)")
     d.add_argument("--stages", default=None, help="comma-separated subset of lm,vlm,sdxl (default: all)")
     d.add_argument("--rebuild-models", action="store_true",
