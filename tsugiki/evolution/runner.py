@@ -313,7 +313,13 @@ def evolve_and_export(config: EvolveConfig | None, run_dir: str | Path, export_t
         raise EvolutionError(f"{run_dir}: no successful candidate to export")
     if keep_existing and Path(export_to).exists():
         return result, Path(export_to)
-    return result, make_problem(result.config, run_dir).export_as_evaluated(result.best["params"], export_to, force=force)
+    return result, export_best(result, run_dir, export_to, force=force)
+
+
+def export_best(result: RunResult, run_dir: str | Path, export_to: str | Path, *, force: bool = False) -> Path:
+    """Write ``result``'s best candidate as a model dir at ``export_to``, with the thread count candidates were
+    evaluated with (the evaluated weights bit for bit)."""
+    return make_problem(result.config, run_dir).export_as_evaluated(result.best["params"], export_to, force=force)
 
 
 class _Loop:

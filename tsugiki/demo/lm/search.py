@@ -173,17 +173,12 @@ def run_search(config_data: dict[str, Any], run_dir: Path, export_to: Path, prog
     ``export=False`` the export waits for the returned ``build`` (called when the model is needed)."""
     import functools
 
-    from tsugiki.evolution.runner import evolve_and_export
+    from tsugiki.evolution.runner import evolve_and_export, export_best
 
     config = evolve_config(config_data, run_dir)
     result, _ = evolve_and_export(config, run_dir, export_to if export else None, force=True, keep_existing=True,
                                   progress=progress, allow_code=True)  # the demo's own config and code
-    build = None if export else functools.partial(_export_best, result, run_dir, export_to)
+    build = None if export else functools.partial(export_best, result, run_dir, export_to, force=True)
     return {"run_dir": run_dir, "model": export_to, "fitness": result.best.get("fitness"),
             "evaluations": result.evaluations, "seconds": result.seconds, "build": build}
 
-
-def _export_best(result: Any, run_dir: Path, export_to: Path) -> Path:
-    from tsugiki.evolution.problems import make_problem
-
-    return make_problem(result.config, run_dir).export_as_evaluated(result.best["params"], export_to, force=True)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import shutil
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,10 +130,6 @@ class Scored:
             self.build()
         return self.path
 
-    def discard(self) -> None:
-        if self.build is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-
 
 # ----------------------------------------------------------------------------- the stage
 KINDS = ("PS", "DFS", "PS+DFS")
@@ -222,9 +218,7 @@ def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMB
         result.tables.append(mgsm_ja_table([(m, by_name[m]) for m in chosen], out / "mgsm-ja", ctx.progress,
                                            engine=resident))
     resident.close()
-    for c in candidates:
-        c.discard()
-    shutil.rmtree(transient, ignore_errors=True)
+    shutil.rmtree(transient, ignore_errors=True)  # every transient model was built under it
     result.figures = _figures(ctx, runs)
     result.samples = samples
     result.notes = _notes(budget, len(test))

@@ -167,7 +167,8 @@ def evaluate_model(pipeline_dir: Path, out: Path, judge_dir: Path, references: d
                           "prob_fitness": split_score(pipe, judge, tokenizer, "fitness", budget.fitness_images, seed)},
               "ci": {"acc": acc_ci, "prob": prob_ci, "hps": hps_ci},
               "extra": {"n_images": len(images), "acc_palette_a": by_palette["a"], "acc_palette_b": by_palette["b"],
-                        "prompts": prompts, "seeds": seeds, "judge_top": reading.top, "prob_per_image": reading.prob,
+                        "prompts": prompts, "seeds": seeds, "judge_top": reading.top, "hits": hits,
+                        "prob_per_image": reading.prob,
                         "hps_per_image": hps}}
     (out / "scores.json").write_text(json.dumps(scores, indent=1) + "\n")
     return scores
@@ -260,7 +261,7 @@ def _run_sdxl_stage(ctx: StageContext, budget: SDXLBudget) -> StageResult:
     for key in progress_bar(models, desc="sampling held-out", unit="model", disable=not ctx.progress, leave=False):
         s = evaluate_model(models[key], out / "eval" / key, paths["judge"], references, budget, ctx.seed)
         extra = s["extra"]
-        hits[ROW_NAMES[key]] = [100.0 * float(t == p) for t, p in zip(extra["judge_top"], extra["prompts"])]
+        hits[ROW_NAMES[key]] = [100.0 * h for h in extra["hits"]]
         rows.append(Row(ROW_NAMES[key], roles[key], s["metrics"], s["ci"],
                         {k: extra[k] for k in ("n_images", "acc_palette_a", "acc_palette_b")}))
         figures.append(Figure(ctx.rel(out / "eval" / key / "grid.png"),
