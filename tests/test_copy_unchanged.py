@@ -175,3 +175,27 @@ def test_non_finite_unchanged_tensor_fails_as_the_kernel_does(family, tmp_path):
         for s in sources.values():
             s.close()
     assert messages[0] == messages[1]
+
+
+def test_unchanged_tensor_is_written_once_across_candidates(family):
+    """In memory, an unchanged tensor that is the base's own (no -0.0 turned into +0.0) is copied into the
+    module once; later candidates leave it (its version counter stays, so an engine that swaps only edited
+    tensors skips it), and it is written again after anything else wrote to it. Every apply's result is bit
+    for bit the computed merge."""
+    merger = InMemoryMerger(AutoModelForCausalLM.from_pretrained(family["base"]), {str(p): p for p in family.values()})
+    target = merger.module.get_parameter(EMBED)
+    other = merger.module.get_parameter(f"model.layers.0.{CHANGED[0]}.weight")
+    versions = []
+    for step, sign in enumerate([-1.0, -1.0, 1.0, -1.0, -1.0, -1.0]):
+        if step == 5:
+            with torch.no_grad():
+                target.add_(1.0)  # someone else wrote to it: the next apply must write it again
+        recipe = _recipe("task_arithmetic", family, sign)  # -: the base's own tensor; +: -0.0 made +0.0, a copy
+        before = (target._version, other._version)
+        merger.apply(recipe)
+        versions.append((target._version != before[0], other._version != before[1]))
+        want = _computed(recipe)
+        assert _differing({n: t for n, t in _state(merger.module).items() if n in want}, want) == [], step
+    # written: first time; kept; +0.0 copy (not the base's tensor); base again; kept; rewritten after the edit
+    assert [w for w, _ in versions] == [True, False, True, True, False, True]
+    assert all(changed for _, changed in versions)

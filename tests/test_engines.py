@@ -242,6 +242,51 @@ def test_vllm_in_memory_merge_equals_fresh_engine_on_the_merged_dir(llama_siblin
         fresh.close()
 
 
+def test_vllm_load_model_sends_only_what_the_merge_rewrote(tiny_gemma, tmp_path):
+    """Candidates merged in place go in with load_model; after the first, only the tensors the merge wrote are
+    sent (not the embedding both sources share, as LoRA fine-tunes do), and the engine generates what the hf
+    engine (equal to a fresh vLLM engine: tests above) generates on the same candidates merged to disk."""
+    vllm_or_skip()
+    from helpers import copy_model
+    from transformers import AutoModelForCausalLM
+
+    from tsugiki.merging.execute import MergeOptions
+    from tsugiki.merging.inmemory import InMemoryMerger
+    from tsugiki.merging.recipe import Recipe
+    from tsugiki.merging.to_disk import merge_to_disk
+
+    base, embed = tiny_gemma.base, "model.embed_tokens.weight"
+    shared = load_file(str(base / "model.safetensors"))[embed]
+    tuned = copy_model(tiny_gemma.variants[0], tmp_path / "tuned", lambda t: {**t, embed: shared.clone()})
+    model = AutoModelForCausalLM.from_pretrained(str(base)).eval()
+    merger = InMemoryMerger(model, {str(base): str(base), str(tuned): str(tuned)})
+    engine = open_engine("vllm", str(base), EngineOptions(dtype="float32", max_model_len=256, kv_cache_gib=1))
+    sent, load_weights = [], engine.load_weights
+
+    def recording(weights):
+        weights = list(weights)
+        sent.append({name for name, _ in weights})
+        load_weights(weights)
+
+    engine.load_weights = recording
+    texts = []
+    try:
+        for i, weight in enumerate((0.8, 0.3)):
+            recipe = Recipe.from_dict({"merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
+                                       "models": [{"model": str(tuned), "parameters": {"weight": weight}}]})
+            merger.apply(recipe)
+            engine.load_model(model)
+            texts.append(engine.generate(PROMPTS, stop=STOP, max_new_tokens=24))
+            on_disk = merge_to_disk(recipe, tmp_path / f"merged_{i}", MergeOptions(progress=False)).out
+            assert texts[-1] == open_engine("hf", str(on_disk)).generate(PROMPTS, stop=STOP, max_new_tokens=24)
+        engine.load_model(model)  # nothing written since: nothing sent
+    finally:
+        engine.close()
+    assert texts[0] != texts[1] and len(sent) == 2
+    assert embed in sent[0] and embed not in sent[1]
+    assert {n for n in sent[0] if ".layers." in n} == {n for n in sent[1] if ".layers." in n} != set()
+
+
 def test_engines_agree_on_gemma_3_270m(real_base):
     """The real model, float32: greedy texts identical for most prompts (a near-tie may flip a token in
     another float order), and teacher-forced log-probs of the hf engine's own continuations equal within

@@ -133,6 +133,7 @@ class VLLMEngine(Engine):
     def __init__(self, llm: Any, tokenizer: Any, options: EngineOptions, ref: str, kwargs: dict[str, Any]):
         self.llm, self.tokenizer, self.options, self.ref, self._kwargs = llm, tokenizer, options, ref, kwargs
         self.shapes = checkpoint_shapes(ref)  # what a swap may write (None for a hub id: vLLM checks)
+        self._sent: tuple[int, dict[str, tuple[int, int]]] | None = None  # see load_model
 
     @classmethod
     def open(cls, model: Any, options: EngineOptions, *, tokenizer: Any = None) -> "VLLMEngine":
@@ -171,10 +172,24 @@ class VLLMEngine(Engine):
                 "device": "cpu" if on_cpu() else "cuda"}
 
     # ------------------------------------------------------------------------- weights
+    def load_model(self, model: Any) -> None:
+        """Swap in ``model``'s tensors, or, when the engine took this very model last, only those written
+        since (torch's version counters): an in-place merge rewrites what differs between candidates and
+        leaves a tensor every candidate shares alone (:class:`~tsugiki.merging.inmemory.InMemoryMerger`), so
+        a PS candidate of Gemma 3 270M swaps 100 M parameters instead of 268 M."""
+        state = model.state_dict()
+        stamps = {name: (t.data_ptr(), _version(t)) for name, t in state.items()}
+        last = self._sent[1] if self._sent is not None and self._sent[0] == id(model) else {}
+        edited = [(name, t) for name, t in state.items() if stamps[name][1] is None or last.get(name) != stamps[name]]
+        if edited:
+            self.load_weights(edited)
+        self._sent = (id(model), stamps)
+
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
         """Swap ``weights`` (HF names; all or some of the model's tensors) in. Names and shapes are checked
         against the start dir's checkpoint first; a swap that fails inside vLLM leaves its reload half done,
         so the engine is restarted from its start dir before the error is raised (the next swap works)."""
+        self._sent = None  # what the engine holds is no longer known tensor by tensor
         weights = list(weights)
         names = {name for name, _ in weights}
         if self.shapes is not None:
@@ -253,6 +268,13 @@ class VLLMEngine(Engine):
             _LIVE.remove(self)
 
 
+def _version(t) -> int | None:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor keeps no count
+        return None
+
+
 def _shared_parameters(model) -> list[list[str]]:
     groups: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
@@ -262,7 +284,9 @@ def _shared_parameters(model) -> list[list[str]]:
 
 def _retie(model, tied: list[list[str]], loaded: set[str]) -> None:
     for names in tied:
-        source = next((n for n in names if n in loaded), names[0])
+        if not loaded.intersection(names):
+            continue  # neither was swapped: they are still one tensor
+        source = next(n for n in names if n in loaded)
         param = model.get_parameter(source)
         for name in names:
             if name != source:

@@ -140,6 +140,7 @@ class InMemoryMerger:
         self.module = module
         self.copy_unchanged = copy_unchanged
         self._unchanged: dict[str, tuple[Hashable, bool]] = {}  # by output tensor name: (signature, answer)
+        self._holds: dict[str, tuple[int, int | None, int | None]] = {}  # by module tensor name: see _still_holds
         self.sources = {ref: load_into_memory(ref, s) for ref, s in sources.items()}
         # sources never change between candidates: check them for NaN/Inf once, not per apply
         for source in self.sources.values():
@@ -204,18 +205,36 @@ class InMemoryMerger:
         # entries as 1/SORT_SHARE of the merged model, so no candidate stalls the search
         self._budget.sorts_left = sum(math.prod(job.shape) for job in plan.jobs) // SORT_SHARE
         for job in plan.jobs:
-            target = self.targets[self.name_map(job.out_name)]
+            name = self.name_map(job.out_name)
+            target = self.targets[name]
             try:
+                held = None
                 if self._is_unchanged(job, plan):  # no kernel: nothing to remember or write in place
                     tensor = merge_job(job, plan, self.sources, self.device, check_inputs=False, unchanged=True)
+                    held = self._base_held(job, tensor)
+                    if held is not None and self._holds.get(name) == (*held, _version(target)):
+                        continue  # target holds it from an earlier apply; see _base_held
                 else:
                     tensor = merge_job(job, plan, self.sources, self.device, check_inputs=False, memo=self._memo(job),
                                        out=self._writable(job, target), unchanged=False)
                 if tensor.data_ptr() != target.data_ptr():  # else the kernel computed in place
                     target.copy_(tensor)
+                self._holds.pop(name, None)
+                if held is not None and None not in (*held, _version(target)):
+                    self._holds[name] = (*held, _version(target))
             finally:
                 release_inputs(job, self.sources)
         return plan
+
+    def _base_held(self, job: TensorJob, tensor: torch.Tensor) -> tuple[int, int | None] | None:
+        """An unchanged result that is the base source's own tensor (not a fresh copy) is remembered with torch's
+        version counters of it and its target once copied; while neither is written again, later applies
+        skip the copy, so the target's version stays and an engine that swaps only edited tensors leaves it
+        be (a LoRA fine-tune's embedding: 63 % of Gemma 3 270M, the same in every candidate)."""
+        ref, source_name = job.inputs[job.base_index]
+        if tensor.data_ptr() != self.sources[ref].view(source_name).data_ptr():
+            return None
+        return tensor.data_ptr(), _version(tensor)
 
     def _writable(self, job: TensorJob, target: torch.Tensor) -> torch.Tensor | None:
         """``target`` where a kernel may compute straight into it (no result copy, no temporary):
