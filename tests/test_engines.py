@@ -151,6 +151,22 @@ def test_asked_narrowing_filter_by_hand():
     assert _asked_narrowing(record("Something else %s", "x"))
 
 
+def test_partial_swap_notice_filter_by_hand():
+    """vLLM's notices that a swap left tensors out (what load_model does on purpose) are dropped, by logger."""
+    import logging
+
+    from tsugiki.engines.vllm import _partial_swap_notice
+
+    def record(logger, msg, *args):
+        return logging.LogRecord(logger, logging.WARNING, "x.py", 1, msg, args, None)
+
+    inplace, layerwise = "vllm.model_executor.model_loader.reload.inplace", "vllm.model_executor.model_loader.reload.layerwise"
+    assert not _partial_swap_notice(record(inplace, "Following weights were not loaded from checkpoint: %s", {"a"}))
+    assert not _partial_swap_notice(record(layerwise, "%s: Failed to load weights", "GemmaRMSNorm"))
+    assert _partial_swap_notice(record(layerwise, "Something else"))
+    assert _partial_swap_notice(record("vllm.other", "%s: Failed to load weights", "GemmaRMSNorm"))
+
+
 def test_vllm_bfloat16_swap_prints_no_per_tensor_warnings(tiny_gemma, capfd):
     """A float32 checkpoint in the default-dtype (bfloat16) engine: start and swap print none of vLLM's
     per-tensor dtype warnings (one per tensor per swap, they flooded the demo's terminal)."""
@@ -242,10 +258,11 @@ def test_vllm_in_memory_merge_equals_fresh_engine_on_the_merged_dir(llama_siblin
         fresh.close()
 
 
-def test_vllm_load_model_sends_only_what_the_merge_rewrote(tiny_gemma, tmp_path):
+def test_vllm_load_model_sends_only_what_the_merge_rewrote(tiny_gemma, tmp_path, capfd):
     """Candidates merged in place go in with load_model; after the first, only the tensors the merge wrote are
-    sent (not the embedding both sources share, as LoRA fine-tunes do), and the engine generates what the hf
-    engine (equal to a fresh vLLM engine: tests above) generates on the same candidates merged to disk."""
+    sent (not the embedding and norms both sources share, as LoRA fine-tunes do), vLLM keeps the others
+    without a warning, and the engine generates what the hf engine (equal to a fresh vLLM engine: tests above)
+    generates on the same candidates merged to disk."""
     vllm_or_skip()
     from helpers import copy_model
     from transformers import AutoModelForCausalLM
@@ -256,8 +273,9 @@ def test_vllm_load_model_sends_only_what_the_merge_rewrote(tiny_gemma, tmp_path)
     from tsugiki.merging.to_disk import merge_to_disk
 
     base, embed = tiny_gemma.base, "model.embed_tokens.weight"
-    shared = load_file(str(base / "model.safetensors"))[embed]
-    tuned = copy_model(tiny_gemma.variants[0], tmp_path / "tuned", lambda t: {**t, embed: shared.clone()})
+    base_tensors = load_file(str(base / "model.safetensors"))
+    kept = [n for n in base_tensors if n == embed or "norm" in n]  # as a LoRA fine-tune leaves them
+    tuned = copy_model(tiny_gemma.variants[0], tmp_path / "tuned", lambda t: {**t, **{n: base_tensors[n].clone() for n in kept}})
     model = AutoModelForCausalLM.from_pretrained(str(base)).eval()
     merger = InMemoryMerger(model, {str(base): str(base), str(tuned): str(tuned)})
     engine = open_engine("vllm", str(base), EngineOptions(dtype="float32", max_model_len=256, kv_cache_gib=1))
@@ -282,9 +300,11 @@ def test_vllm_load_model_sends_only_what_the_merge_rewrote(tiny_gemma, tmp_path)
         engine.load_model(model)  # nothing written since: nothing sent
     finally:
         engine.close()
+    out = capfd.readouterr()
+    assert "Failed to load weights" not in out.out + out.err and "were not loaded" not in out.out + out.err
     assert texts[0] != texts[1] and len(sent) == 2
-    assert embed in sent[0] and embed not in sent[1]
-    assert {n for n in sent[0] if ".layers." in n} == {n for n in sent[1] if ".layers." in n} != set()
+    assert set(kept) <= sent[0] and not set(kept) & sent[1]
+    assert {n for n in sent[0] if ".layers." in n} - set(kept) == {n for n in sent[1] if ".layers." in n} != set()
 
 
 def test_engines_agree_on_gemma_3_270m(real_base):

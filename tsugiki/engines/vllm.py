@@ -45,6 +45,8 @@ def _import_vllm():
     except ImportError as e:
         raise EngineError(f"the vllm engine needs vLLM (pip install 'tsugiki[vllm]'): {e}") from None
     logging.getLogger("vllm.model_executor.models.utils").addFilter(_asked_narrowing)  # the same filter once
+    for name in _PARTIAL_SWAP_NOTICES:
+        logging.getLogger(name).addFilter(_partial_swap_notice)
     return vllm
 
 
@@ -82,6 +84,19 @@ def _asked_narrowing(record: logging.LogRecord) -> bool:
     args = record.args if isinstance(record.args, tuple) else ()
     return not (str(record.msg).startswith("Attempted to load weight") and len(args) == 3
                 and str(args[1]) == "torch.float32" and str(args[2]) in ("torch.bfloat16", "torch.float16"))
+
+
+# vLLM's loggers that report a swap of some of the model's tensors, as load_model makes on purpose, and their
+# messages (vLLM 0.32: the tensors not sent keep their values: "place kernel tensors back as a fallback")
+_PARTIAL_SWAP_NOTICES = {"vllm.model_executor.model_loader.reload.inplace": "Following weights were not loaded",
+                         "vllm.model_executor.model_loader.reload.layerwise": "%s: Failed to load weights"}
+
+
+def _partial_swap_notice(record: logging.LogRecord) -> bool:
+    """False for vLLM's warnings that a swap left tensors out (a set of ~150 names, then one line per layer
+    that got none, ~300 lines per candidate): :meth:`VLLMEngine.load_model` sends only what changed, and
+    :meth:`VLLMEngine.load_weights` has checked the names it sends."""
+    return not str(record.msg).startswith(_PARTIAL_SWAP_NOTICES.get(record.name, "\0"))
 
 
 _LIVE: list["VLLMEngine"] = []  # engines started in this process and not closed (at most one)
