@@ -329,20 +329,34 @@ def test_engines_agree_on_gemma_3_270m(real_base):
 
 
 @pytest.mark.parametrize("name", ["hf", "vllm"])
-def test_resident_engine_swaps_same_shaped_models_and_restarts_for_others(name, tiny_gemma, llama_siblings):
+def test_resident_engine_swaps_same_shaped_models_and_restarts_for_others(name, tiny_gemma, llama_siblings, tmp_path):
     """Models with the running one's config, tokenizer and shapes are swapped in from their files (equal to a
-    fresh engine on each dir); another architecture restarts the engine."""
+    fresh engine on each dir), also when one config leaves transformers' defaults out and another spells them
+    (as the GGUF import and peft's merged models differ); another architecture, or a config that differs, restarts the engine."""
+    import json
+    import shutil
+
     from tsugiki.engines.resident import ResidentEngine
 
     if name == "vllm":
         vllm_or_skip()
+    spelled = shutil.copytree(tiny_gemma.variants[1], tmp_path / "spelled")
+    cfg = json.loads((spelled / "config.json").read_text())
+    assert "return_dict" not in cfg and "id2label" not in cfg
+    (spelled / "config.json").write_text(json.dumps({
+        **cfg, "return_dict": True, "output_attentions": False, "chunk_size_feed_forward": 0, "is_encoder_decoder": False,
+        "id2label": {"0": "LABEL_0", "1": "LABEL_1"}, "label2id": {"LABEL_0": 0, "LABEL_1": 1}}))
+    other = shutil.copytree(tiny_gemma.variants[0], tmp_path / "other")
+    (other / "config.json").write_text(json.dumps({**cfg, "rope_theta": cfg.get("rope_theta", 10000.0) * 2}))
     resident = ResidentEngine(name, EngineOptions(dtype="float32", max_model_len=128, kv_cache_gib=1))
     try:
         got = {}
-        for model_dir in (tiny_gemma.base, tiny_gemma.variants[0], tiny_gemma.variants[1], tiny_gemma.base,
-                          llama_siblings.base):
+        for model_dir in (tiny_gemma.base, tiny_gemma.variants[0], spelled, tiny_gemma.base, llama_siblings.base):
             got[model_dir] = resident.load(model_dir).generate(PROMPTS, stop=STOP, max_new_tokens=16)
         assert (resident.starts, resident.swaps) == (2, 3)
+        resident.load(tiny_gemma.base)
+        resident.load(other)
+        assert (resident.starts, resident.swaps) == (4, 3)
     finally:
         resident.close()
     for model_dir, texts in got.items():

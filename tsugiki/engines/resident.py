@@ -5,6 +5,7 @@ it. What the demo's held-out evaluation, ``--mgsm-ja`` and ``tsugiki eval`` with
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,15 @@ from tsugiki.engines.base import Engine, EngineOptions, checkpoint_shapes
 _BOOKKEEPING = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
 
 
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    """transformers' defaults for every config (``return_dict: true``, ...): a dir that writes them out and one
+    that leaves them to the default (peft's merged models do) hold the same model."""
+    from transformers import PretrainedConfig
+
+    return json.loads(PretrainedConfig().to_json_string(use_diff=False))
+
+
 def _identity(model_dir: str) -> tuple[Any, ...] | None:
     """What must match for a swap to equal a fresh start: the config, the tokenizer files, the tensor shapes."""
     from tsugiki.tokenizer_cache import fingerprint
@@ -24,7 +34,8 @@ def _identity(model_dir: str) -> tuple[Any, ...] | None:
     config = Path(model_dir) / "config.json"
     if shapes is None or not config.is_file():
         return None  # a hub id or an unusual dir: always a fresh start
-    cfg = {k: v for k, v in json.loads(config.read_text(encoding="utf-8")).items() if k not in _BOOKKEEPING}
+    cfg = {k: v for k, v in json.loads(config.read_text(encoding="utf-8")).items()
+           if k not in _BOOKKEEPING and not (k in _defaults() and _defaults()[k] == v)}
     return json.dumps(cfg, sort_keys=True), fingerprint(model_dir), tuple(sorted(shapes.items()))
 
 
