@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, what in (("population", "CMA-ES population"), ("dfs-generations", "DFS and PS+DFS generations"), ("fitness-n", "fitness problems"),
                        ("validation-n", "validation problems"), ("test-n", "held-out problems")):
         ap.add_argument(f"--{name}", type=int, default=None, help=f"{what} (default: the demo's)")
+    ap.add_argument("--estimate", default=None, metavar="METHOD:ITEMS",
+                    help="PS: score each candidate on ITEMS fitness items and estimate the rest (fitness.estimate: "
+                         "subsample, anchors or irt; e.g. anchors:20; default: the demo's)")
     ap.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
                     help="what scores candidates and the held-out set (auto: the fastest installed, as the demo)")
     args = ap.parse_args(argv)
@@ -52,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {"generations": args.generations, "population": args.population, "dfs_generations": args.dfs_generations, "fitness_n": args.fitness_n,
              "validation_n": args.validation_n, "test_n": args.test_n}
     budget = dataclasses.replace(budget, **{k: v for k, v in sizes.items() if v})
+    if args.estimate:
+        method, _, items = args.estimate.partition(":")
+        if not items.isdigit():
+            ap.error(f"--estimate: METHOD:ITEMS (e.g. anchors:20), not {args.estimate!r}")
+        budget = dataclasses.replace(budget, estimate_method=method, estimate_items=int(items))
     out = args.out.resolve()
     (out / "lm").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -63,7 +63,7 @@ def test_per_seed_verdicts_are_recomputed_from_the_saved_answers(demo_run):
     scores with binomial SEs, the VLM's per-question rougeL_ja and the SDXL judge's per-image readings paired."""
     import math
 
-    from tsugiki.demo.sdxl.stage import ROW_NAMES
+    from tsugiki.demo.sdxl.stage import ROW_NAMES, evolved_name
 
     run_dir, _ = demo_run
     stages = _results(run_dir)["stages"]
@@ -86,7 +86,9 @@ def test_per_seed_verdicts_are_recomputed_from_the_saved_answers(demo_run):
                               (run_dir / "vlm" / "answers" / f"{r['model']}.jsonl").read_text(encoding="utf-8").splitlines()]
                  for r in stages["vlm"]["rows"]}
     sdxl_hits = {}
-    for key, name in ROW_NAMES.items():
+    sdxl_names = {**ROW_NAMES, **{f"evolved-s{s['seed']}": evolved_name(s["seed"]) for s in stages["sdxl"]["seeds"]}}
+    assert set(sdxl_names.values()) == {r["model"] for r in stages["sdxl"]["rows"]}
+    for key, name in sdxl_names.items():
         extra = json.loads((run_dir / "sdxl" / "eval" / key / "scores.json").read_text())["extra"]
         sdxl_hits[name] = [100.0 * (t == p) for t, p in zip(extra["judge_top"], extra["prompts"])]
     for stage_name, stage in stages.items():
@@ -97,8 +99,7 @@ def test_per_seed_verdicts_are_recomputed_from_the_saved_answers(demo_run):
         assert stage["seeds_won"] == sum(s["won"] for s in stage["seeds"])
         for s in stage["seeds"]:
             assert s["model"] in evolved and set(s["margins_se"]) == set(others), (stage_name, s)
-            if stage_name != "sdxl":
-                assert f"(seed {s['seed']})" in s["model"]
+            assert f"(seed {s['seed']})" in s["model"]
             for other, margin in s["margins_se"].items():
                 if stage_name == "lm":
                     expected = binomial(s["model"], other, rows, n_lm)

@@ -30,15 +30,20 @@ def quick_run(tmp_path_factory):
     return ctx, result, time.perf_counter() - start
 
 
-def _row(result, role: str):
-    return next(r for r in result.rows if r.role == role)
+SEEDS = tuple(range(stage.QUICK.seeds))  # search seeds 0, 1, ... (the context's seed is 0)
+NAMES = {**stage.ROW_NAMES, **{f"evolved-s{seed}": stage.evolved_name(seed) for seed in SEEDS}}  # eval folder -> row
+
+
+def _row(result, name: str):
+    return next(r for r in result.rows if r.model == name)
 
 
 def test_quick_run_is_fast_and_complete(quick_run):
     ctx, result, seconds = quick_run
     assert seconds < QUICK_LIMIT_S
     assert result.stage == "sdxl" and result.headline == "acc" and not result.lower_is_better
-    assert sorted(r.role for r in result.rows) == ["baseline", "evolved", "source", "source"]
+    assert len(SEEDS) > 1  # the quick run exercises several search seeds
+    assert sorted(r.role for r in result.rows) == ["baseline", *["evolved"] * len(SEEDS), "source", "source"]
     for r in result.rows:
         assert set(r.metrics) == {"acc", "prob", "hps", "fid", "prob_fitness"}
         assert all(np.isfinite(v) for v in r.metrics.values())
@@ -48,11 +53,13 @@ def test_quick_run_is_fast_and_complete(quick_run):
     for f in result.figures:
         assert (ctx.run_dir / f.path).is_file(), f.path
     captions = " ".join(f.caption for f in result.figures)
-    assert "fitness" in captions and all(name in captions for name in stage.ROW_NAMES.values())
+    assert "fitness" in captions and all(name in captions for name in NAMES.values())
+    assert all(f"search seed {seed}" in captions for seed in SEEDS)
     assert all((ctx.run_dir / s.image).is_file() for s in result.samples)
     assert any("not comparable" in n for n in result.notes)
-    assert {s.model for s in result.samples} == set(stage.ROW_NAMES.values())
-    assert result.verdict and result.tables
+    assert {s.model for s in result.samples} == set(NAMES.values())
+    assert result.verdict and len(result.tables) == len(SEEDS)
+    assert [s.seed for s in result.seeds] == list(SEEDS) and f"in {sum(s.won for s in result.seeds)} of {len(SEEDS)}" in result.verdict
     json.dumps(result.to_json())  # results.json-ready
     for path in result.models.values():
         assert (ctx.run_dir / path / "model_index.json").is_file()
@@ -68,8 +75,8 @@ def test_numbers_equal_the_metric_code_on_saved_images(quick_run):
     reference = np.load(ctx.out / "references" / "heldout.npy")
     # the real set's features are the judge's features of the saved reference drawings
     np.testing.assert_array_equal(data.judge_image_features(judge, load_images(ctx.out / "references" / "heldout")), reference)
-    for key, name in stage.ROW_NAMES.items():
-        row = next(r for r in result.rows if r.model == name)
+    for key, name in NAMES.items():
+        row = _row(result, name)
         folder = ctx.out / "eval" / key
         images = load_images(folder / "images")
         saved = json.loads((folder / "scores.json").read_text())
@@ -95,8 +102,9 @@ def test_numbers_equal_the_metric_code_on_saved_images(quick_run):
 def test_evolved_fitness_split_score_is_the_searchs_best(quick_run):
     """The exported pipeline, loaded from disk, reproduces the in-memory candidate's fitness."""
     ctx, result, _ = quick_run
-    best = json.loads((ctx.out / "search" / "best.json").read_text())
-    assert _row(result, "evolved").metrics["prob_fitness"] == pytest.approx(best["fitness"], rel=1e-6)
+    for seed in SEEDS:
+        best = json.loads((ctx.out / f"search-s{seed}" / "best.json").read_text())
+        assert _row(result, stage.evolved_name(seed)).metrics["prob_fitness"] == pytest.approx(best["fitness"], rel=1e-6)
 
 
 def _files(pipeline: Path, component: str) -> dict[str, bytes]:
@@ -121,11 +129,11 @@ def test_evolved_unet_is_the_hand_computed_blockwise_task_arithmetic(quick_run):
     from tsugiki.diffusion.blocks import locate
 
     ctx, _, _ = quick_run
-    best = json.loads((ctx.out / "search" / "best.json").read_text())["params"]
+    best = json.loads((ctx.out / "search-s1" / "best.json").read_text())["params"]
     searched = set(stage.QUICK.blocks)
     unet = lambda p: load_file(p / "unet" / "diffusion_pytorch_model.safetensors")  # noqa: E731
     base, a, b = (unet(ctx.out / "models" / n) for n in ("base", "source_a", "source_b"))
-    merged = unet(ctx.out / "merged" / "evolved")
+    merged = unet(ctx.out / "merged" / "evolved-s1")
     assert set(merged) == set(base)
     for name, tensor in merged.items():
         block = locate(name)[0]

@@ -37,6 +37,10 @@ class LMBudget:
     spaces: tuple[str, ...] = ("PS", "DFS", "PS+DFS")  # which searches to run (PS+DFS needs PS)
     engine: str = "hf"  # scores PS candidates and the held-out evaluation (tsugiki.engines); DFS paths run on hf
     dfs_fitness: str = "generated"  # DFS and PS+DFS: "generated" (as PS) or "loglik" (see DFS_FITNESS_KINDS)
+    # PS: each candidate scored on this many of the fitness items and its full-set score estimated
+    # (fitness.estimate: method, full-set checks of every generation's best); 0: every item
+    estimate_items: int = 0
+    estimate_method: str = "anchors"
 
     def __post_init__(self):
         if not set(self.spaces) <= {"PS", "DFS", "PS+DFS"} or ("PS+DFS" in self.spaces and "PS" not in self.spaces):
@@ -118,10 +122,13 @@ def _common(data: dict[str, Path], seed: int, budget: LMBudget, generations: int
     if dfs and budget.dfs_fitness == "loglik":
         function, args = "answer_loglik", LL_ARGS
         data = {**data, "fitness": data["dfs_fitness"], "validation": data["dfs_validation"]}
+    estimate = ({"estimate": {"method": budget.estimate_method, "items": budget.estimate_items}}
+                if budget.estimate_items and not dfs else {})
     return {
         # absolute: a relative path (a perf script's relative work dir) would be resolved again against the
         # config's own folder
-        "fitness": {"function": function, "args": args, "data": {"file": str(Path(data["fitness"]).resolve())}},
+        "fitness": {"function": function, "args": args, "data": {"file": str(Path(data["fitness"]).resolve())},
+                    **estimate},
         "validation": {"data": {"file": str(Path(data["validation"]).resolve())}},
         "search": {"seed": seed, "population": budget.population, "sigma": 0.5, "generations": generations,
                    "workers": budget.workers, "threads": 2},

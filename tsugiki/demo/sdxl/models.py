@@ -35,6 +35,7 @@ class SDXLBudget:
     generations: int
     sigma: float  # CMA-ES step size in sigmoid space (0.5 moves a weight at 0.5 by about +-0.16)
     blocks: tuple[str, ...] | None  # searched UNet blocks (None: all 20); the others share one "rest" weight
+    seeds: int = 1  # searches, with search seeds --seed, --seed + 1, ...
 
 
 # A small space for a budget of ~50 candidates: BASE (time and pooled-prompt embeddings, conv_in/out), the
@@ -43,10 +44,12 @@ class SDXLBudget:
 # cross-attention blocks + BASE, 26 weights, overfitted the fitness split: 27.8 vs 20.3 there, 6.9% vs 19.4%
 # held-out accuracy against the uniform average, sigma 1.0.)
 SEARCHED_BLOCKS = ("BASE", "IN08", "M00", "OUT02")
-FULL = SDXLBudget(vae_steps=250, judge_steps=300, base_steps=60, unet_steps=60, fitness_images=4, eval_images=8,
-                  ref_images=8, population=8, generations=6, sigma=0.5, blocks=SEARCHED_BLOCKS)
+# Held-out: 9 prompts x 34 noise seeds = 306 images per model (what a paired per-image comparison needs to
+# separate a few points of accuracy; sampling them takes ~5 s per model).
+FULL = SDXLBudget(vae_steps=250, judge_steps=300, base_steps=60, unet_steps=60, fitness_images=4, eval_images=34,
+                  ref_images=8, population=8, generations=6, sigma=0.5, blocks=SEARCHED_BLOCKS, seeds=3)
 QUICK = SDXLBudget(vae_steps=20, judge_steps=30, base_steps=3, unet_steps=3, fitness_images=1, eval_images=2,
-                   ref_images=2, population=4, generations=2, sigma=0.5, blocks=SEARCHED_BLOCKS)
+                   ref_images=2, population=4, generations=2, sigma=0.5, blocks=SEARCHED_BLOCKS, seeds=2)
 
 
 # ----------------------------------------------------------------------------- quiet loading
@@ -96,7 +99,7 @@ def build_models(out: Path, budget: SDXLBudget, seed: int, *, progress: bool = T
     stamp_file = models / "stamp.json"
     if stamp_file.exists() and stamp_file.read_text() == stamp:
         return paths
-    for stale in (models, out / "references", out / "search", out / "merged", out / "eval"):
+    for stale in (models, out / "references", *out.glob("search*"), out / "merged", out / "eval"):
         shutil.rmtree(stale, ignore_errors=True)
     from diffusers import EulerDiscreteScheduler
 

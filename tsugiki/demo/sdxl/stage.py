@@ -73,7 +73,11 @@ HEADLINE = "acc"
 
 
 ROW_NAMES = {"source_a": "source A (red/blue/white)", "source_b": "source B (black/brown/gold)",
-             "uniform_average": "uniform average", "evolved": "evolved (block-wise TA)"}
+             "uniform_average": "uniform average"}
+
+
+def evolved_name(seed: int) -> str:
+    return f"evolved block-wise TA (seed {seed})"
 
 
 # ----------------------------------------------------------------------------- sampling and scoring
@@ -175,7 +179,11 @@ def evaluate_model(pipeline_dir: Path, out: Path, judge_dir: Path, references: d
 
 
 # ----------------------------------------------------------------------------- the search
-def search_config(paths: dict[str, Path], budget: SDXLBudget, seed: int) -> dict[str, Any]:
+def search_config(paths: dict[str, Path], budget: SDXLBudget, seed: int, data_seed: int | None = None) -> dict[str, Any]:
+    """The block search with CMA-ES seed ``seed``; its fitness images' noise seeds follow ``data_seed`` (the run's
+    ``--seed``; default ``seed``), the same for every search seed, as the LM searches share their fitness items."""
+    data_seed = seed if data_seed is None else data_seed
+
     def pairs(split: str) -> list[dict[str, str]]:
         return [{"id": f"sdxl/{i.colour}-{i.shape}", "prompt": i.prompt, "answer": f"{i.colour} {i.shape}"}
                 for i in data.items_of(split=split)]
@@ -191,7 +199,7 @@ def search_config(paths: dict[str, Path], budget: SDXLBudget, seed: int) -> dict
         "space": space,
         "fitness": {"function": "tsugiki.demo.sdxl.stage:search_fitness",
                     "args": {"base": str(paths["base"]), "judge": str(paths["judge"]),
-                             "images_per_prompt": budget.fitness_images, "seed": seed},
+                             "images_per_prompt": budget.fitness_images, "seed": data_seed},
                     "data": {"pairs": pairs("fitness")}},
         "test": {"data": {"pairs": pairs("heldout")}},  # the runner refuses a fitness split that overlaps it
         "search": {"seed": seed, "population": budget.population, "sigma": budget.sigma, "generations": budget.generations,
@@ -248,46 +256,50 @@ def _run_sdxl_stage(ctx: StageContext, budget: SDXLBudget) -> StageResult:
         "training the judge …")
     paths = build_models(out, budget, ctx.seed, progress=ctx.progress)
     references = write_references(out, paths["judge"], budget, ctx.seed)
-    ctx.say(f"[sdxl] block-wise merge search (CMA-ES, {budget.population} x {budget.generations}) …")
-    search = run_search(search_config(paths, budget, ctx.seed), out / "search", out / "merged" / "evolved",
-                        ctx.progress)
+    seeds = [ctx.seed + k for k in range(budget.seeds)]
+    ctx.say(f"[sdxl] block-wise merge search (CMA-ES, {budget.population} x {budget.generations}), search seed(s) "
+            f"{', '.join(map(str, seeds))} …")
+    searches = {seed: run_search(search_config(paths, budget, seed, ctx.seed), out / f"search-s{seed}",
+                                 out / "merged" / f"evolved-s{seed}", ctx.progress) for seed in seeds}
+    names = {**ROW_NAMES, **{f"evolved-s{seed}": evolved_name(seed) for seed in seeds}}
     models = {"source_a": paths["source_a"], "source_b": paths["source_b"],
               "uniform_average": merge_uniform_average(paths, out / "merged" / "uniform_average"),
-              "evolved": search["model"]}
-    roles = {"source_a": "source", "source_b": "source", "uniform_average": "baseline", "evolved": "evolved"}
+              **{f"evolved-s{seed}": search["model"] for seed, search in searches.items()}}
+    roles = {"source_a": "source", "source_b": "source", "uniform_average": "baseline"}
 
     ctx.say(f"[sdxl] sampling and scoring {len(models)} models on the held-out prompts …")
     rows, figures, samples, hits = [], [], [], {}
     for key in progress_bar(models, desc="sampling held-out", unit="model", disable=not ctx.progress, leave=False):
         s = evaluate_model(models[key], out / "eval" / key, paths["judge"], references, budget, ctx.seed)
         extra = s["extra"]
-        hits[ROW_NAMES[key]] = [100.0 * h for h in extra["hits"]]
-        rows.append(Row(ROW_NAMES[key], roles[key], s["metrics"], s["ci"],
+        hits[names[key]] = [100.0 * h for h in extra["hits"]]
+        rows.append(Row(names[key], roles.get(key, "evolved"), s["metrics"], s["ci"],
                         {k: extra[k] for k in ("n_images", "acc_palette_a", "acc_palette_b")}))
         figures.append(Figure(ctx.rel(out / "eval" / key / "grid.png"),
-                              f"{ROW_NAMES[key]}: held-out prompts (columns) x {budget.eval_images} seeds (rows)"))
+                              f"{names[key]}: held-out prompts (columns) x {budget.eval_images} seeds (rows)"))
         for i in range(len(data.items_of(split="heldout"))):
-            samples.append(Sample(ROW_NAMES[key], extra["prompts"][i], f"the judge reads: {extra['judge_top'][i]}",
+            samples.append(Sample(names[key], extra["prompts"][i], f"the judge reads: {extra['judge_top'][i]}",
                                   expected=extra["prompts"][i],
                                   image=ctx.rel(out / "eval" / key / "images" / f"{i:05d}.png")))
     figures.insert(0, Figure(ctx.rel(out / "references" / "heldout_grid.png"),
                              "real drawings of the held-out prompts (FID's reference set)"))
-    for name, caption in (("fitness.png", "block search: fitness (judge's probability of the right prompt, %, "
-                                          "fitness split) per candidate"),
-                          ("ps_heatmap.png", "evolved task-arithmetic weight per source and UNet block")):
-        plot = search["run_dir"] / "plots" / name
-        if plot.exists():
-            figures.append(Figure(ctx.rel(plot), caption))
+    for seed, search in searches.items():
+        for name, caption in (("fitness.png", "block search: fitness (judge's probability of the right prompt, %, "
+                                              "fitness split) per candidate"),
+                              ("ps_heatmap.png", "evolved task-arithmetic weight per source and UNet block")):
+            plot = search["run_dir"] / "plots" / name
+            if plot.exists():
+                figures.append(Figure(ctx.rel(plot), f"{caption} (search seed {seed})"))
 
     result = StageResult(stage="sdxl", headline=HEADLINE, rows=rows, lower_is_better=False,
                          title="Block-wise SDXL UNet merge (EvoSDXL-JP, tiny)")
     result.seeds = paired_seed_verdicts(rows, hits, ctx.seed)  # same prompts and noise seeds for every model
     result.verdict = seeds_sentence(result.seeds, HEADLINE) + " (paired, per image). " + verdict(rows)
-    result.tables = [search_table(search, budget)]
+    result.tables = [search_table(search, budget, seed) for seed, search in searches.items()]
     result.figures = figures
     result.samples = samples
     result.notes = _notes(budget, calibration(paths, references))
-    result.models = {ROW_NAMES[k]: ctx.rel(p) for k, p in models.items()}
+    result.models = {names[k]: ctx.rel(p) for k, p in models.items()}
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -306,34 +318,36 @@ def calibration(paths: dict[str, Path], references: dict[str, Path]) -> dict[str
 
 
 def verdict(rows: list[Row]) -> str:
-    """Plain words: is the evolved merge's held-out accuracy above the baseline's and every source's,
-    and do the bootstrap intervals separate them?"""
-    ev = next(r for r in rows if r.role == "evolved")
+    """Plain words: is the best evolved merge's held-out accuracy (over the search seeds) above the baseline's
+    and every source's, and do the bootstrap intervals separate them?"""
+    evolved = [r for r in rows if r.role == "evolved"]
+    ev = max(evolved, key=lambda r: r.metrics[HEADLINE])
     others = [r for r in rows if r.role != "evolved"]
     base = next(r for r in rows if r.role == "baseline")
     best = max(others, key=lambda r: r.metrics[HEADLINE])
     clear = ev.ci[HEADLINE][0] > max(o.ci[HEADLINE][1] for o in others)
     if ev.metrics[HEADLINE] > best.metrics[HEADLINE]:
-        head = ("The evolved block-wise merge has the highest held-out judge accuracy" +
+        head = (f"The best evolved block-wise merge ({ev.model}) has the highest held-out judge accuracy" +
                 (", with its 95% interval above every other model's." if clear else
                  ", but the 95% intervals overlap, so this run does not show it is better."))
     elif ev.metrics[HEADLINE] == best.metrics[HEADLINE]:
-        head = f"The evolved block-wise merge only ties the best other model ({best.model}) on held-out judge accuracy."
+        head = f"The best evolved block-wise merge only ties the best other model ({best.model}) on held-out judge accuracy."
     else:
-        head = f"The evolved block-wise merge does NOT have the highest held-out judge accuracy ({best.model} does)."
+        head = f"No evolved block-wise merge has the highest held-out judge accuracy ({best.model} does)."
     return (f"{head} Judge accuracy: evolved {ev.metrics[HEADLINE]:.1f}% vs {base.metrics[HEADLINE]:.1f}% for the "
             f"uniform average and {best.metrics[HEADLINE]:.1f}% for the best other model ({best.model}); FID "
-            f"{ev.metrics['fid']:.2f} vs {base.metrics['fid']:.2f} (average). One search seed.")
+            f"{ev.metrics['fid']:.2f} vs {base.metrics['fid']:.2f} (average). "
+            + (f"Best of {len(evolved)} search seeds." if len(evolved) > 1 else "One search seed."))
 
 
-def search_table(search: dict[str, Any], budget: SDXLBudget) -> Table:
+def search_table(search: dict[str, Any], budget: SDXLBudget, seed: int) -> Table:
     best = search["best"]
     units = sorted({k.split(".weight.")[1] for k in best["params"]}, key=_block_order)
     body = [[u, *(f"{best['params'][f'{m}.weight.{u}']:.3f}" for m in SOURCES)] for u in units]
     blocks = ("all 20 UNet blocks" if budget.blocks is None else
               f"blocks {', '.join(budget.blocks)}; 'rest' = every other tensor")
-    title = (f"Evolved merge: task-arithmetic weight of each source per UNet block (best of {search['evaluations']} "
-             f"candidates, fitness {best['fitness']:.2f})")
+    title = (f"Evolved merge, search seed {seed}: task-arithmetic weight of each source per UNet block (best of "
+             f"{search['evaluations']} candidates, fitness {best['fitness']:.2f})")
     return Table(title, ["block", *SOURCES], body,
                  note=f"CMA-ES, population {budget.population}, {budget.generations} generations, sigma {budget.sigma}, "
                       "weights in [0, 1.5] "
