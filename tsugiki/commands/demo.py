@@ -15,7 +15,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"engine: {engine} (scores the LM stage's PS candidates and held-out problems)", flush=True)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else STAGES
     out = run_demo(Path(args.output), quick=args.quick, seed=args.seed, force=args.force, stages=stages,
-                   rebuild_models=args.rebuild_models, mgsm_ja=args.mgsm_ja, progress=not args.quiet, engine=engine)
+                   rebuild_models=args.rebuild_models, mgsm_ja=args.mgsm_ja, progress=not args.quiet, engine=engine,
+                   dfs=args.dfs)
     return 1 if out["failed"] else 0
 
 
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("-o", "--output", default="tsugiki-demo", metavar="RUN_DIR", help="run directory (default: ./tsugiki-demo); "
                    "rerunning with the same settings continues where it stopped")
     d.add_argument("--quick", action="store_true", help="small budgets for every stage (CI; about 5 minutes)")
-    d.add_argument("--seed", type=int, default=0, help="search seed of the LM stage (perf/demo_lm_seeds.py runs three)")
+    d.add_argument("--seed", type=int, default=0, help="first search seed: the LM and SDXL stages search with seeds SEED, "
+                   "SEED+1, SEED+2 (--quick: fewer)")
     d.add_argument("--stages", default=None, help="comma-separated subset of lm,vlm,sdxl (default: all)")
     d.add_argument("--rebuild-models", action="store_true",
                    help="train the shipped LoRA adapters and the LLaVA's vision weights again (about 40 minutes), check "
@@ -41,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--mgsm-ja", action="store_true",
                    help="also score the LM sources and the best evolved LM on the real MGSM-JA (the vendored 250 "
                         "problems, free generation, at most 256 new tokens: about 20 minutes per model on 2 CPU cores, measured 118–137 s per 25 problems)")
+    d.add_argument("--dfs", action="store_true",
+                   help="the LM stage also runs the DFS and PS+DFS searches for each search seed (layer paths scored by the "
+                        "worked answer's log-likelihood with transformers; off by default: they found no working path "
+                        "at this scale and cost several minutes per seed)")
     d.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
                    help="what scores text in the LM stage: auto (vllm where installed, else hf), hf (transformers) or "
                         "vllm (pip install 'tsugiki[vllm]'); a run dir keeps the engine it was started with")

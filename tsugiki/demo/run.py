@@ -45,9 +45,10 @@ def _claim(run_dir: Path, settings: dict, force: bool) -> None:
 
 def run_demo(run_dir: Path, *, quick: bool = False, seed: int = 0, force: bool = False,
              stages: tuple[str, ...] = STAGES, rebuild_models: bool = False, mgsm_ja: bool = False,
-             progress: bool = True, engine: str = "hf") -> dict:
+             progress: bool = True, engine: str = "hf", dfs: bool = False) -> dict:
     """Run the demo (``mgsm_ja``: the LM stage also scores its sources and best evolved models on the real
-    MGSM-JA; not part of the run dir's settings, so it can be added to a finished run); returns ``{"results": path, "report": path, "leaderboard": path, "failed": [stage...]}``."""
+    MGSM-JA; not part of the run dir's settings, so it can be added to a finished run; ``dfs``: the LM stage
+    also runs the DFS and PS+DFS searches); returns ``{"results": path, "report": path, "leaderboard": path, "failed": [stage...]}``."""
     run_dir = Path(run_dir).resolve()
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -60,20 +61,20 @@ def run_demo(run_dir: Path, *, quick: bool = False, seed: int = 0, force: bool =
     lock = lock_dir(run_dir, error=DemoError, what="demo run dir")  # a second demo on it is refused at once
     try:
         return _run(run_dir, quick=quick, seed=seed, force=force, stages=stages, rebuild_models=rebuild_models,
-                    mgsm_ja=mgsm_ja, progress=progress, engine=engine)
+                    mgsm_ja=mgsm_ja, progress=progress, engine=engine, dfs=dfs)
     finally:
         unlock_dir(lock)
 
 
 def _run(run_dir: Path, *, quick: bool, seed: int, force: bool, stages: tuple[str, ...], rebuild_models: bool,
-         mgsm_ja: bool, progress: bool, engine: str) -> dict:
+         mgsm_ja: bool, progress: bool, engine: str, dfs: bool = False) -> dict:
     from tsugiki.demo.report import terminal_leaderboard, write_leaderboard, write_report, write_results
     from tsugiki.demo.stage import StageContext
 
     # the engine changes results (vLLM's default dtype is bfloat16): a run dir holds one engine's; hf is left out
     # of the settings so that run dirs made before the engines continue
-    _claim(run_dir, {"quick": quick, "seed": seed, "stages": list(stages), **({} if engine == "hf" else {"engine": engine})},
-           force)
+    _claim(run_dir, {"quick": quick, "seed": seed, "stages": list(stages), **({} if engine == "hf" else {"engine": engine}),
+                     **({"dfs": True} if dfs else {})}, force)
     t0 = time.perf_counter()
     adapters = vision = None
     if rebuild_models:
@@ -87,7 +88,8 @@ def _run(run_dir: Path, *, quick: bool, seed: int, force: bool, stages: tuple[st
             if stage == "lm":
                 from tsugiki.demo.lm.stage import run_lm_stage, search_seeds
 
-                result, evolved = run_lm_stage(ctx, adapters=adapters, seeds=search_seeds(seed, quick), mgsm_ja=mgsm_ja)
+                result, evolved = run_lm_stage(ctx, adapters=adapters, seeds=search_seeds(seed, quick), mgsm_ja=mgsm_ja,
+                                               dfs=dfs)
             elif stage == "vlm":
                 from tsugiki.demo.base_model import real_base
                 from tsugiki.demo.lm.stage import vlm_grafts

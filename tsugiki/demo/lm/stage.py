@@ -151,15 +151,18 @@ def prepare_sources(ctx: StageContext, *, adapters: Path | None = None) -> dict[
 
 
 def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMBudget | None = None,
-                 seeds: tuple[int, ...] | None = None, mgsm_ja: bool = False) -> tuple[StageResult, dict[str, Path]]:
+                 seeds: tuple[int, ...] | None = None, mgsm_ja: bool = False,
+                 dfs: bool = False) -> tuple[StageResult, dict[str, Path]]:
     """Materialise the siblings, evaluate sources and baselines, run the searches for each search seed and
     evaluate their best candidates; with ``mgsm_ja``, also score the sources and each seed's best evolved
-    model on the real MGSM-JA (:func:`mgsm_ja_table`). Returns the stage result and the evolved models'
-    dirs by row name."""
+    model on the real MGSM-JA (:func:`mgsm_ja_table`); with ``dfs``, the DFS and PS+DFS searches too (the
+    default budget runs PS only). Returns the stage result and the evolved models' dirs by row name."""
     t0 = time.perf_counter()
     budget = dataclasses.replace(budget or (QUICK if ctx.quick else FULL), engine=ctx.engine)
     if seeds is not None:
         budget = dataclasses.replace(budget, seeds=tuple(seeds))
+    if dfs:
+        budget = dataclasses.replace(budget, spaces=KINDS)
     out = ctx.out
     sources = prepare_sources(ctx, adapters=adapters)
     data = write_data(out / "data", budget)
