@@ -271,3 +271,26 @@ def test_run_dir_that_is_not_a_demo_dir_is_refused(tmp_path, capsys):
     assert (tmp_path / "other" / "keep.txt").read_text() == "mine"  # never deleted, not even with --force
     assert main(["demo", "--quick", "--stages", "lm,nope", "-o", str(tmp_path / "new")]) == 2
     assert "unknown stage" in capsys.readouterr().err
+
+
+def test_dfs_flag_reaches_the_lm_stage_and_the_run_settings(tmp_path, monkeypatch):
+    """``--dfs`` asks the LM stage for the DFS and PS+DFS searches and is one of the run dir's settings (a run
+    dir made without it is not continued with it); the LM stage gets the three search seeds from --seed."""
+    from tsugiki.cli import main
+    from tsugiki.demo.lm import stage as lm_stage
+    from tsugiki.demo.stage import StageResult
+
+    asked = []
+
+    def fake_lm_stage(ctx, **kwargs):
+        asked.append(kwargs)
+        return StageResult(stage="lm", headline="acc_ja", rows=[]), {}
+
+    monkeypatch.setattr(lm_stage, "run_lm_stage", fake_lm_stage)
+    run_dir = tmp_path / "run"
+    assert main(["demo", "--dfs", "--seed", "4", "--stages", "lm", "--engine", "hf", "-q", "-o", str(run_dir)]) == 0
+    assert asked[-1]["dfs"] is True and asked[-1]["seeds"] == (4, 5, 6)
+    assert json.loads((run_dir / "demo.json").read_text())["dfs"] is True
+    assert main(["demo", "--seed", "4", "--stages", "lm", "--engine", "hf", "-q", "-o", str(run_dir)]) == 2
+    assert main(["demo", "--seed", "4", "--stages", "lm", "--engine", "hf", "-q", "--force", "-o", str(run_dir)]) == 0
+    assert asked[-1]["dfs"] is False and "dfs" not in json.loads((run_dir / "demo.json").read_text())

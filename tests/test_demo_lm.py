@@ -270,3 +270,25 @@ def test_dfs_loglik_fitness_reads_worked_answers(tmp_path):
     assert ps_dfs["sources"]["ps"] == str((tmp_path / "ps").resolve()) and ps_dfs["space"]["kind"] == "dfs"
     with pytest.raises(ValueError, match="dfs_fitness"):
         L.dfs_config(sources, files, 0, replace(budget, dfs_fitness="nope"))
+
+
+def test_default_budget_and_the_estimate_option(tmp_path):
+    """The default run: PS in three search seeds, >= 100 fitness problems, >= 300 held-out problems, DFS and
+    PS+DFS (with --dfs) scored by log-likelihood. ``estimate_items`` puts fitness.estimate into the PS config
+    only, and the config loads (the evolve schema accepts it)."""
+    from tsugiki.demo.lm import search as L
+    from tsugiki.demo.stage import evolve_config
+
+    assert L.FULL.seeds == (0, 1, 2) and L.FULL.spaces == ("PS",) and L.FULL.dfs_fitness == "loglik"
+    assert L.FULL.fitness_n >= 100 and L.FULL.test_n >= 300
+    budget = replace(L.QUICK, fitness_n=6, validation_n=2, estimate_items=3, estimate_method="subsample")
+    files = L.write_data(tmp_path / "data", budget)
+    sources = {n: str(tmp_path / n) for n in ("base", "ja", "math")}
+    for n in sources.values():
+        Path(n).mkdir()
+    ps = L.ps_config(sources, files, 0, budget)
+    assert ps["fitness"]["estimate"] == {"method": "subsample", "items": 3}
+    assert "estimate" not in L.dfs_config(sources, files, 0, budget)["fitness"]
+    assert "estimate" not in L.ps_config(sources, files, 0, replace(budget, estimate_items=0))["fitness"]
+    config = evolve_config(ps, tmp_path / "run")
+    assert config.spec.fitness.estimate.items == 3 and config.spec.fitness.estimate.method == "subsample"
