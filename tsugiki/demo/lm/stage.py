@@ -397,13 +397,18 @@ def _notes(budget: LMBudget, n_test: int) -> list[str]:
         f"Held-out scores: value ± binomial SE (%), n = {n_test}; evolved rows name their search seed "
         f"({', '.join(map(str, budget.seeds))}); sources and baselines do not depend on it.",
         "Baselines use default settings (weights 1, density 0.5); the evolved models' settings come from CMA-ES "
-        f"(population {budget.population}; PS {budget.generations} generations, DFS and PS+DFS "
-        f"{budget.dfs_generations or budget.generations}). " + _fitness_note(budget),
-    ]
+        f"(population {budget.population}; PS {budget.generations} generations"
+        + (f", DFS and PS+DFS {budget.dfs_generations or budget.generations}). " if "DFS" in budget.spaces else "). ")
+        + _fitness_note(budget),
+    ] + ([] if "DFS" in budget.spaces else [
+        "DFS and PS+DFS are not searched in this run (tsugiki demo --dfs adds them): at this scale no layer path "
+        "measured so far answers these problems (acc_ja 0 for every path with acc_ja as fitness; with the worked "
+        "answer's log-likelihood as fitness, 30 paths, none above the JA sibling's own: 1.0 % held out), and they run "
+        "on transformers."])
 
 
 def _fitness_note(budget: LMBudget) -> str:
-    dfs = ("" if budget.dfs_fitness != "loglik" else
+    dfs = ("" if budget.dfs_fitness != "loglik" or "DFS" not in budget.spaces else
            f" DFS and PS+DFS fitness: the mean log-probability of the worked Japanese answer and EOS, teacher-forced, "
            f"on {budget.fitness_n} fitness problems (acc_ja gives every path 0: no signal).")
     return _ps_fitness_note(budget) + dfs
