@@ -222,3 +222,38 @@ def test_edited_config_yaml_is_refused(tmp_path):
     with pytest.raises(EvolutionError, match="differs from the config the run was started with"):
         evolve(None, run, plots=False)
     assert _files(run) == before
+
+
+def test_kept_problem_serves_search_seeds_and_changes_no_result(tiny_siblings, tmp_path, monkeypatch):
+    """Runs whose configs differ only in name and search seed share one set-up problem (KeptProblem): the
+    models load once, and every history is the one a fresh problem writes; any other difference gets a new
+    problem, and the old one is closed."""
+    from tsugiki.evolution import KeptProblem, evolve, from_data
+    from tsugiki.evolution.kinds.ps import PSProblem
+
+    def config(seed: int, method: str = "dare_ties") -> dict:
+        return {"name": f"ps-s{seed}", "sources": {"base": str(tiny_siblings.base), "a": str(tiny_siblings.variants[0]),
+                                                   "b": str(tiny_siblings.variants[1])},
+                "space": {"kind": "ps", "method": method, "base_model": "base", "models": ["a", "b"], "merge_seed": 0},
+                "fitness": {"function": "answer_loglik", "data": {"generator": ["arithmetic"], "split": "fitness", "n": 4, "seed": 0}},
+                "search": {"seed": seed, "population": 3, "generations": 2}}
+
+    setups, closes = [], []
+    real_setup, real_close = PSProblem.setup, PSProblem.close
+    monkeypatch.setattr(PSProblem, "setup", lambda self: (setups.append(self), real_setup(self))[1])
+    monkeypatch.setattr(PSProblem, "close", lambda self: (closes.append(self), real_close(self))[1])
+    for seed in (0, 1):
+        evolve(from_data(config(seed), base_dir=tmp_path), tmp_path / f"fresh-{seed}")
+    assert len(setups) == 2
+    setups.clear()
+    with KeptProblem() as kept:
+        for seed in (0, 1):
+            evolve(from_data(config(seed), base_dir=tmp_path), tmp_path / f"kept-{seed}", keep=kept)
+        assert len(setups) == 1 and kept.problem is setups[0] and kept.problem not in closes
+        evolve(from_data(config(2, method="ties"), base_dir=tmp_path), tmp_path / "other", keep=kept)
+        assert len(setups) == 2 and setups[0] in closes and kept.problem is setups[1]
+    assert setups[1] in closes and kept.problem is None
+    for seed in (0, 1):
+        assert history(tmp_path / f"kept-{seed}") == history(tmp_path / f"fresh-{seed}")
+        assert json.loads((tmp_path / f"kept-{seed}" / "best.json").read_text()) == \
+            json.loads((tmp_path / f"fresh-{seed}" / "best.json").read_text())

@@ -18,14 +18,14 @@ import tsugiki.evolution.kinds  # noqa: F401 - registers every space kind before
 from tsugiki.evolution.config import EvolveConfig, from_data, load_config
 from tsugiki.evolution.dfs import DFSPath, DFSSpace
 from tsugiki.evolution.fitness import FITNESS, EvalContext, FitnessSpec, resolve_fitness
-from tsugiki.evolution.problems import Problem, make_problem
+from tsugiki.evolution.problems import KeptProblem, Problem, make_problem
 from tsugiki.evolution.ps import PSSpace
 from tsugiki.evolution.report import summary, write_plots
 from tsugiki.evolution.runner import RunResult, evolve
 from tsugiki.evolution.space import Param, SearchSpace
 
 __all__ = [
-    "DFSPath", "DFSSpace", "EvalContext", "EvolveConfig", "FITNESS", "FitnessSpec", "Param", "PSSpace", "Problem",
+    "DFSPath", "DFSSpace", "EvalContext", "EvolveConfig", "FITNESS", "FitnessSpec", "KeptProblem", "Param", "PSSpace", "Problem",
     "RunResult", "SearchSpace", "evolve", "from_data", "load_config", "make_problem", "resolve_fitness", "summary",
     "write_plots",
 ]

@@ -123,15 +123,16 @@ class SerialBackend:
 
     name = "serial"
 
-    def __init__(self, problem, *, timeout: float | None = None, threads: int = 1):
-        self.problem, self.timeout, self.threads = problem, timeout, threads
+    def __init__(self, problem, *, timeout: float | None = None, threads: int = 1, keep_problem: bool = False):
+        self.problem, self.timeout, self.threads, self.keep_problem = problem, timeout, threads, keep_problem
 
     def map(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, Result]]:
         for t in tasks:
             yield t, evaluate_task(self.problem, t, timeout=self.timeout, threads=self.threads)
 
     def close(self) -> None:
-        self.problem.close()  # a resident engine (vLLM's KV cache: GBs) goes when the run ends
+        if not self.keep_problem:  # see evolve(keep=...)
+            self.problem.close()  # a resident engine (vLLM's KV cache: GBs) goes when the run ends
 
 
 # ------------------------------------------------------------------------------ local processes
@@ -251,11 +252,12 @@ class RayBackend:
             self.ray.shutdown()
 
 
-def make_backend(name: str, problem, config, run_dir: Path, *, workers: int, timeout: float | None, threads: int):
+def make_backend(name: str, problem, config, run_dir: Path, *, workers: int, timeout: float | None, threads: int,
+                 keep_problem: bool = False):
     if name == "ray":
         return RayBackend(config, run_dir, workers=workers, timeout=timeout, threads=threads)
     if name != "local":
         raise EvolutionError(f"unknown backend {name!r} (local, ray)")
     if workers <= 1:
-        return SerialBackend(problem, timeout=timeout, threads=threads)
+        return SerialBackend(problem, timeout=timeout, threads=threads, keep_problem=keep_problem)
     return ProcessBackend(config, run_dir, workers=workers, timeout=timeout, threads=threads)

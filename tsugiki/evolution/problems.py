@@ -197,3 +197,49 @@ def make_problem(config: EvolveConfig, run_dir: str | Path) -> Problem:
     problem.check_engine()
     problem.named = source_names(config, Path(run_dir))  # how exports name their sources
     return problem
+
+
+class KeptProblem:
+    """One problem kept set up (its models loaded, its engine started) from one run to the next, for runs whose
+    configs differ only in ``name`` and ``search.seed`` (search seeds of one experiment: the demo's three PS
+    searches save a model load and a vLLM start each). ``evolve(..., keep=kept)`` takes the problem from here
+    and leaves it set up; a config that differs in anything else gets a new problem (the old one is closed).
+    Close it (or leave its ``with`` block) before starting another engine in this process."""
+
+    def __init__(self):
+        self.problem: Problem | None = None
+        self._key: str | None = None
+
+    @staticmethod
+    def _key_of(config: EvolveConfig, run_dir: Path) -> str:
+        import copy
+        import hashlib
+        import json
+
+        data = copy.deepcopy(dict(config.data))
+        for key in ("name", "named_as"):
+            data.pop(key, None)
+        data["search"] = {k: v for k, v in data.get("search", {}).items() if k != "seed"}
+        data["paths"] = source_paths(config, run_dir)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+    def get(self, config: EvolveConfig, run_dir: str | Path) -> Problem:
+        key = self._key_of(config, Path(run_dir))
+        if self.problem is not None and key == self._key:
+            self.problem.config = config
+            self.problem.named = source_names(config, Path(run_dir))
+            return self.problem
+        self.close()
+        self.problem, self._key = make_problem(config, run_dir), key
+        return self.problem
+
+    def close(self) -> None:
+        if self.problem is not None:
+            self.problem.close()
+        self.problem, self._key = None, None
+
+    def __enter__(self) -> "KeptProblem":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

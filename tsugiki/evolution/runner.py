@@ -38,7 +38,7 @@ from tsugiki.evolution.calibrate import Estimation, calibrate, check_estimate
 from tsugiki.evolution.config import EvolveConfig, load_config
 from tsugiki.evolution.fitness import code_refs
 from tsugiki.evolution.plan import check_config
-from tsugiki.evolution.problems import Problem, make_problem
+from tsugiki.evolution.problems import KeptProblem, Problem, make_problem
 from tsugiki.evolution.report import write_plots
 from tsugiki.evolution.rundir import RunDir, json_line
 from tsugiki.evolution.sources import prepare_sources
@@ -253,9 +253,11 @@ def check_runnable(config: EvolveConfig, run_dir: Path, allow_code: bool) -> Non
 
 
 def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool = False,
-           on_generation: Callable[[dict], None] | None = None, plots: bool = True, allow_code: bool = False) -> RunResult:
+           on_generation: Callable[[dict], None] | None = None, plots: bool = True, allow_code: bool = False,
+           keep: KeptProblem | None = None) -> RunResult:
     """Run (or continue) an evolution in ``run_dir``; ``config=None`` resumes the run dir's own.
-    A config naming code as its fitness runs only with ``allow_code=True``."""
+    A config naming code as its fitness runs only with ``allow_code=True``. ``keep``: take the problem from it
+    and leave it set up for the next run (:class:`~tsugiki.evolution.problems.KeptProblem`)."""
     rd = RunDir(run_dir)
     resume = config is None
     if not resume:
@@ -271,7 +273,7 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
         if meta is None:  # first, so that a run killed while it prepares sources can be resumed
             atomic_write(rd.config_file, config.to_yaml())
         prepare_sources(config, rd.path)
-        problem = make_problem(config, rd.path)
+        problem = keep.get(config, rd.path) if keep is not None else make_problem(config, rd.path)
         problem.check()
         check_estimate(config, problem)
         if meta is not None and meta.get("fingerprint") != config.fingerprint():
@@ -285,7 +287,8 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
         for name in ("generations.jsonl", "history.jsonl"):
             rd.truncate(name, state.pop(name.replace(".jsonl", "_bytes")))
         s = config.spec.search
-        backend = make_backend(s.backend, problem, config, rd.path, workers=s.workers, timeout=s.timeout, threads=s.threads)
+        backend = make_backend(s.backend, problem, config, rd.path, workers=s.workers, timeout=s.timeout, threads=s.threads,
+                               keep_problem=keep is not None)
         estimation = calibrate(config, problem, rd, backend, progress=progress) if config.spec.fitness.estimate else None
         loop = _Loop(config, rd, problem, backend, state, on_generation, estimation)
         loop.sync_best()
@@ -294,6 +297,10 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
             write_plots(rd.path, problem)
         return RunResult(rd.path, state["generation"], state["evaluations"], state["failures"], state["best"], reason,
                          state["seconds"], config)
+    except BaseException:
+        if keep is not None:
+            keep.close()  # a run that failed half-way: its problem's state is not vouched for
+        raise
     finally:
         if backend is not None:
             backend.close()

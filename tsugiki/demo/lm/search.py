@@ -180,16 +180,17 @@ def ps_dfs_config(sources: dict[str, str], data: dict[str, Path], seed: int, bud
 
 
 def run_search(config_data: dict[str, Any], run_dir: Path, export_to: Path, progress: bool, *,
-               export: bool = True) -> dict[str, Any]:
+               export: bool = True, keep=None) -> dict[str, Any]:
     """Run (or resume) one search and export its best candidate as a HF model dir at ``export_to``; with
-    ``export=False`` the export waits for the returned ``build`` (called when the model is needed)."""
+    ``export=False`` the export waits for the returned ``build`` (called when the model is needed); ``keep``: a
+    :class:`~tsugiki.evolution.problems.KeptProblem` shared by the search seeds."""
     import functools
 
     from tsugiki.evolution.runner import evolve_and_export, export_best
 
     config = evolve_config(config_data, run_dir)
     result, _ = evolve_and_export(config, run_dir, export_to if export else None, force=True, keep_existing=True,
-                                  progress=progress, allow_code=True)  # the demo's own config and code
+                                  progress=progress, allow_code=True, keep=keep)  # the demo's own config and code
     build = None if export else functools.partial(export_best, result, run_dir, export_to, force=True)
     return {"run_dir": run_dir, "model": export_to, "fitness": result.best.get("fitness"),
             "evaluations": result.evaluations, "seconds": result.seconds, "build": build}

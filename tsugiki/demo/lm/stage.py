@@ -56,6 +56,7 @@ from tsugiki.demo.stage import (
 )
 from tsugiki.engines import EngineOptions
 from tsugiki.engines.resident import ResidentEngine
+from tsugiki.evolution.problems import KeptProblem
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -176,28 +177,31 @@ def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMB
                                  build=functools.partial(merge_recipe, path, transient / slug(name), sources)))
 
     runs: list[dict[str, Any]] = []
-    for seed in budget.seeds:
-        ctx.say(f"[lm] search seed {seed}: {', '.join(budget.spaces)} (CMA-ES, population {budget.population}, "
-                f"{budget.generations} generations) …")
-        done: dict[str, dict[str, Any]] = {}
-        # the PS model is kept (the VLM stage grafts it); DFS and PS+DFS models are built when scored
-        if "PS" in budget.spaces:
-            done["PS"] = run_search(ps_config(sources, data, seed, budget), out / "runs" / f"ps-s{seed}",
-                                    out / "evolved" / f"ps-s{seed}", ctx.progress)
-            store_shared(done["PS"]["model"], ctx.run_dir)
-        if "DFS" in budget.spaces:
-            done["DFS"] = run_search(dfs_config(sources, data, seed, budget), out / "runs" / f"dfs-s{seed}",
-                                     transient / f"dfs-s{seed}", ctx.progress, export=False)
-        if "PS+DFS" in budget.spaces:
-            done["PS+DFS"] = run_search(ps_dfs_config(sources, data, seed, budget, done["PS"]["model"]),
-                                        out / "runs" / f"ps-dfs-s{seed}", transient / f"ps-dfs-s{seed}", ctx.progress,
-                                        export=False)
-        for label, run in done.items():
-            run.update(kind=label, seed=seed)
-            runs.append(run)
-            candidates.append(Scored(f"evolved {label} (seed {seed})", "evolved", run["model"],
-                                     {"search_seed": seed, "kind": label, "fitness": run["fitness"]},
-                                     recipe=run["run_dir"] / "best.yaml", build=run["build"]))
+    with KeptProblem() as kept:  # the PS searches of every seed share one loaded problem (models, engine)
+        for seed in budget.seeds:
+            ctx.say(f"[lm] search seed {seed}: {', '.join(budget.spaces)} (CMA-ES, population {budget.population}, "
+                    f"{budget.generations} generations) …")
+            done: dict[str, dict[str, Any]] = {}
+            # the PS model is kept (the VLM stage grafts it); DFS and PS+DFS models are built when scored
+            if "PS" in budget.spaces:
+                done["PS"] = run_search(ps_config(sources, data, seed, budget), out / "runs" / f"ps-s{seed}",
+                                        out / "evolved" / f"ps-s{seed}", ctx.progress, keep=kept)
+                if "DFS" in budget.spaces:
+                    kept.close()  # the DFS searches load models of their own
+                store_shared(done["PS"]["model"], ctx.run_dir)
+            if "DFS" in budget.spaces:
+                done["DFS"] = run_search(dfs_config(sources, data, seed, budget), out / "runs" / f"dfs-s{seed}",
+                                         transient / f"dfs-s{seed}", ctx.progress, export=False)
+            if "PS+DFS" in budget.spaces:
+                done["PS+DFS"] = run_search(ps_dfs_config(sources, data, seed, budget, done["PS"]["model"]),
+                                            out / "runs" / f"ps-dfs-s{seed}", transient / f"ps-dfs-s{seed}", ctx.progress,
+                                            export=False)
+            for label, run in done.items():
+                run.update(kind=label, seed=seed)
+                runs.append(run)
+                candidates.append(Scored(f"evolved {label} (seed {seed})", "evolved", run["model"],
+                                         {"search_seed": seed, "kind": label, "fitness": run["fitness"]},
+                                         recipe=run["run_dir"] / "best.yaml", build=run["build"]))
 
     ctx.say(f"[lm] held-out evaluation of {len(candidates)} models on {len(test)} problems (Japanese and English, "
             f"engine {budget.engine}) …")
