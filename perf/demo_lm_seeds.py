@@ -1,14 +1,16 @@
 """The demo's LM experiment over three search seeds, printed as the held-out table (not a CI test).
 
-    python perf/demo_lm_seeds.py -o /tmp/lm-seeds                      # shipped adapters, seeds 0 1 2
+    python perf/demo_lm_seeds.py -o /tmp/lm-seeds                      # the demo's budget: PS, seeds 0 1 2
     python perf/demo_lm_seeds.py -o /tmp/lm-a2 --adapters DIR          # other sibling adapters (DIR/ja, DIR/math)
-    python perf/demo_lm_seeds.py -o /tmp/lm-tf --fitness teacher_forced --spaces PS   # the teacher-forced design
-    python perf/demo_lm_seeds.py -o /tmp/lm-big --spaces PS --fitness-n 100 --population 10 --generations 10 --test-n 300
+    python perf/demo_lm_seeds.py -o /tmp/lm-tf --fitness teacher_forced   # the teacher-forced design
+    python perf/demo_lm_seeds.py -o /tmp/lm-big --population 10 --generations 10   # 100 candidates per search
+    python perf/demo_lm_seeds.py -o /tmp/lm-dfs --spaces PS DFS PS+DFS --dfs-fitness loglik
+    python perf/demo_lm_seeds.py -o /tmp/lm-est --estimate anchors:20   # estimated fitness (20 of the 100 problems)
 
 Runs the same code as `tsugiki demo`'s LM stage on the real Gemma 3 270M (siblings materialised from their
-adapters, baselines, PS / DFS / PS+DFS per seed, held-out MGSM-style scoring) and prints, per model,
+adapters, baselines, the searches asked for per seed, held-out MGSM-style scoring) and prints, per model,
 acc_ja ± binomial SE and whether the best evolved model of each seed beats every source and baseline by
-≥ 2 SE. Sources and baselines are scored once; each seed adds three searches and three evaluations.
+≥ 2 SE. Sources and baselines are scored once; each seed adds its searches and their evaluations.
 """
 
 from __future__ import annotations
