@@ -47,12 +47,12 @@ class LMBudget:
             raise ValueError(f"spaces: a subset of PS, DFS, PS+DFS (PS+DFS needs PS), not {self.spaces}")
 
 
-# The default run: three search seeds of PS, each 40 candidates scored on 100 fitness problems, and 300 held-out
-# problems. A candidate costs ~5 s on vLLM (merge 0.7 s, swap 0.15 s, ~32 greedy decoding steps for the batch:
-# about 2.4 s whatever the number of problems, +0.027 s per problem), so fewer problems buy few more candidates.
-# DFS and PS+DFS (hf engine: paths are not models vLLM holds) run with --dfs, scored by the worked answer's
-# log-likelihood: generated acc_ja scored every path 0 in every design measured.
-FULL = LMBudget(fitness_n=100, validation_n=12, test_n=300, population=8, generations=5, dfs_generations=2,
+# The default run: three search seeds of PS, each 32 candidates scored on 100 fitness problems, and 300 held-out
+# problems. A candidate costs ~6 s on vLLM (merge 0.7 s, swap 0.15 s, ~32 greedy decoding steps for the batch:
+# ~2.4 s whatever the number of problems, +0.03 s per problem), so fewer problems buy few more candidates; 40
+# candidates per seed took the demo past 25 minutes (1540 s). DFS and PS+DFS (hf engine: paths are not models
+# vLLM holds) run with --dfs, scored by the worked answer's log-likelihood: generated acc_ja scored every path 0.
+FULL = LMBudget(fitness_n=100, validation_n=12, test_n=300, population=8, generations=4, dfs_generations=2,
                 seeds=(0, 1, 2), eval_batch=50, spaces=("PS",), dfs_fitness="loglik")
 QUICK = LMBudget(fitness_n=2, validation_n=2, test_n=4, population=2, generations=1, seeds=(0,), eval_batch=4)
 
