@@ -24,13 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
         "demo", help="evolve merges of Gemma 3 270M siblings, graft them into a LLaVA, merge tiny SDXL UNets; report (offline)",
         description="The main job, offline: a Japanese and a math LoRA sibling of the real Gemma 3 270M (shipped "
-                    "adapters) merged by CMA-ES in PS, DFS and PS+DFS and scored on held-out Japanese word problems "
-                    "against their sources and standard merges; the Japanese and evolved LMs grafted into a LLaVA "
-                    "around the base; tiny SDXL UNets merged block-wise. Writes RUN_DIR/results.json (with each "
-                    "stage's verdict per search seed), report.html, leaderboard.md, the sources and PS-evolved models "
-                    "(the other models as recipes). About 11 minutes on 2 CPU cores with vLLM installed (`tox -e demo`: "
-                    "measured 665 s, the base imported from its package included); the base then lives in "
-                    "~/.cache/tsugiki (or $TSUGIKI_CACHE). --quick: about 5 minutes (measured 325 s, base cached).")
+                    "adapters) merged by CMA-ES in PS (three search seeds; --dfs adds DFS and PS+DFS) and scored on 300 "
+                    "held-out Japanese word problems against their sources and standard merges; the Japanese and evolved "
+                    "LMs grafted into a LLaVA around the base; tiny SDXL UNets merged block-wise (three search seeds). "
+                    "Writes RUN_DIR/results.json (with each stage's verdict per search seed), report.html, "
+                    "leaderboard.md, the sources and PS-evolved models (the other models as recipes). About 20 minutes "
+                    "on 2 CPU cores with vLLM installed (`tox -e demo` from a fresh clone: measured 1208 s, the base "
+                    "imported from its package included, 1301 s with the install); the base then lives in "
+                    "~/.cache/tsugiki (or $TSUGIKI_CACHE). --quick: about 4 minutes (measured 213 s, base cached).")
     d.add_argument("-o", "--output", default="tsugiki-demo", metavar="RUN_DIR", help="run directory (default: ./tsugiki-demo); "
                    "rerunning with the same settings continues where it stopped")
     d.add_argument("--quick", action="store_true", help="small budgets for every stage (CI; about 5 minutes)")
