@@ -34,8 +34,9 @@ def _identity(model_dir: str) -> tuple[Any, ...] | None:
     config = Path(model_dir) / "config.json"
     if shapes is None or not config.is_file():
         return None  # a hub id or an unusual dir: always a fresh start
+    defaults = _defaults()
     cfg = {k: v for k, v in json.loads(config.read_text(encoding="utf-8")).items()
-           if k not in _BOOKKEEPING and not (k in _defaults() and _defaults()[k] == v)}
+           if k not in _BOOKKEEPING and not (k in defaults and defaults[k] == v)}
     return json.dumps(cfg, sort_keys=True), fingerprint(model_dir), tuple(sorted(shapes.items()))
 
 

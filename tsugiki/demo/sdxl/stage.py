@@ -179,11 +179,9 @@ def evaluate_model(pipeline_dir: Path, out: Path, judge_dir: Path, references: d
 
 
 # ----------------------------------------------------------------------------- the search
-def search_config(paths: dict[str, Path], budget: SDXLBudget, seed: int, data_seed: int | None = None) -> dict[str, Any]:
+def search_config(paths: dict[str, Path], budget: SDXLBudget, seed: int, data_seed: int) -> dict[str, Any]:
     """The block search with CMA-ES seed ``seed``; its fitness images' noise seeds follow ``data_seed`` (the run's
-    ``--seed``; default ``seed``), the same for every search seed, as the LM searches share their fitness items."""
-    data_seed = seed if data_seed is None else data_seed
-
+    ``--seed``), the same for every search seed, as the LM searches share their fitness items."""
     def pairs(split: str) -> list[dict[str, str]]:
         return [{"id": f"sdxl/{i.colour}-{i.shape}", "prompt": i.prompt, "answer": f"{i.colour} {i.shape}"}
                 for i in data.items_of(split=split)]
