@@ -42,7 +42,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the search seed of both searches")
     args = ap.parse_args()
 
-    from tsugiki.demo.lm.search import FULL, ps_config, run_search, write_data
+    from tsugiki.demo.lm.search import FULL, ps_config, write_data
+    from tsugiki.demo.stage import run_search
     from tsugiki.demo.lm.stage import evaluate, prepare_sources
     from tsugiki.demo.stage import StageContext
     from tsugiki.evolution.rundir import RunDir

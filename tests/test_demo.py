@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tsugiki.benchmarks.results import slug
 from tsugiki.demo.report import _decimals, _fmt
 
 ROLES = {"source", "baseline", "evolved"}
@@ -83,7 +84,7 @@ def test_per_seed_verdicts_are_recomputed_from_the_saved_answers(demo_run):
 
     n_lm = len((run_dir / "lm" / "data" / "test.jsonl").read_text(encoding="utf-8").splitlines())
     vlm_items = {r["model"]: [json.loads(line)["rougeL_ja"] for line in
-                              (run_dir / "vlm" / "answers" / f"{r['model']}.jsonl").read_text(encoding="utf-8").splitlines()]
+                              (run_dir / "vlm" / "answers" / f"{slug(r['model'])}.jsonl").read_text(encoding="utf-8").splitlines()]
                  for r in stages["vlm"]["rows"]}
     sdxl_hits = {}
     sdxl_names = {**ROW_NAMES, **{f"evolved-s{s['seed']}": evolved_name(s["seed"]) for s in stages["sdxl"]["seeds"]}}

@@ -159,6 +159,13 @@ def test_rouge_l_ja_fitness_equals_rouge_of_independent_predictions(vlm_run):
     got = fn(ctx(), data, **args)
     assert got == pytest.approx(rouge_ja([p.answer for p in data], answers).rougeL_ja / 100)
     assert 0 <= got <= 1 and fn(ctx(), data, **args) == got
+    # stop: each answer cut before the first stop string it holds, by hand
+    stop = [answers[0][1:3], "\n"]
+    cut = [a[:min([i for s in stop if (i := a.find(s)) >= 0], default=len(a))].strip() for a in answers]
+    assert cut[0] == answers[0][:1].strip()
+    assert fn(ctx(), data, stop=stop, **args) == pytest.approx(rouge_ja([p.answer for p in data], cut).rougeL_ja / 100)
+    cut_refs = [Pair(p.prompt, a, p.id, p.image) for p, a in zip(data, cut)]
+    assert fn(ctx(), cut_refs, language_filter=False, stop=stop, **args) == pytest.approx(1.0)
     with pytest.raises(EvolutionError, match="processor"):
         fn(EvalContext({}, model=pred.model), data, **args)
 

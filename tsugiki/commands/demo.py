@@ -22,24 +22,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
-        "demo", help="evolve merges of Gemma 3 270M siblings, graft them into a LLaVA, merge tiny SDXL UNets; report (offline)",
+        "demo", help="evolve merges of Gemma 3 270M siblings, of a LLaVA's LM with a Japanese LM, of tiny SDXL UNets; report (offline)",
         description="The main job, offline: a Japanese and a math LoRA sibling of the real Gemma 3 270M (shipped "
                     "adapters) merged by CMA-ES in PS (three search seeds; --dfs adds DFS and PS+DFS) and scored on 300 "
-                    "held-out Japanese word problems against their sources and standard merges; the Japanese and evolved "
-                    "LMs grafted into a LLaVA around the base; tiny SDXL UNets merged block-wise (three search seeds). "
-                    "Writes RUN_DIR/results.json (with each stage's verdict per search seed), report.html, "
-                    "leaderboard.md, the sources and PS-evolved models (the other models as recipes). About 20 minutes "
+                    "held-out Japanese word problems against their sources and standard merges; a LLaVA around the base "
+                    "(shipped vision side and LM LoRA) whose LM is merged with the Japanese sibling by CMA-ES in PS, vision "
+                    "fixed (three search seeds), scored on 216 Japanese questions about unseen pictures; tiny SDXL UNets "
+                    "merged block-wise (three search seeds). Writes RUN_DIR/results.json (with each stage's verdict per "
+                    "search seed), report.html, leaderboard.md, the sources and the LLaVA (merged models as recipes). About 20 minutes "
                     "on 2 CPU cores with vLLM installed (`tox -e demo` from a fresh clone: measured 1208 s, the base "
                     "imported from its package included, 1301 s with the install); the base then lives in "
                     "~/.cache/tsugiki (or $TSUGIKI_CACHE). --quick: about 4 minutes (measured 213 s, base cached).")
     d.add_argument("-o", "--output", default="tsugiki-demo", metavar="RUN_DIR", help="run directory (default: ./tsugiki-demo); "
                    "rerunning with the same settings continues where it stopped")
     d.add_argument("--quick", action="store_true", help="small budgets for every stage (CI; about 5 minutes)")
-    d.add_argument("--seed", type=int, default=0, help="first search seed: the LM and SDXL stages search with seeds SEED, "
+    d.add_argument("--seed", type=int, default=0, help="first search seed: every stage searches with seeds SEED, "
                    "SEED+1, SEED+2 (--quick: fewer)")
     d.add_argument("--stages", default=None, help="comma-separated subset of lm,vlm,sdxl (default: all)")
     d.add_argument("--rebuild-models", action="store_true",
-                   help="train the shipped LoRA adapters and the LLaVA's vision weights again (about 40 minutes), check "
+                   help="train the shipped LoRA adapters and the LLaVA's weights again (about 36 minutes), check "
                         "each is bit-for-bit the shipped file and use them")
     d.add_argument("--mgsm-ja", action="store_true",
                    help="also score the LM sources and the best evolved LM on the real MGSM-JA (the vendored 250 "

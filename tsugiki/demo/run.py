@@ -76,11 +76,11 @@ def _run(run_dir: Path, *, quick: bool, seed: int, force: bool, stages: tuple[st
     _claim(run_dir, {"quick": quick, "seed": seed, "stages": list(stages), **({} if engine == "hf" else {"engine": engine}),
                      **({"dfs": True} if dfs else {})}, force)
     t0 = time.perf_counter()
-    adapters = vision = None
+    adapters = llava = None
     if rebuild_models:
-        adapters, vision = rebuild_models_into(run_dir / "rebuilt", progress=progress)
+        adapters, llava = rebuild_models_into(run_dir / "rebuilt", progress=progress)
 
-    results, failed, evolved = [], [], {}
+    results, failed = [], []
     for stage in stages:
         ctx = StageContext(run_dir, run_dir / stage, quick=quick, seed=seed, progress=progress, engine=engine)
         ctx.out.mkdir(parents=True, exist_ok=True)
@@ -88,15 +88,17 @@ def _run(run_dir: Path, *, quick: bool, seed: int, force: bool, stages: tuple[st
             if stage == "lm":
                 from tsugiki.demo.lm.stage import run_lm_stage, search_seeds
 
-                result, evolved = run_lm_stage(ctx, adapters=adapters, seeds=search_seeds(seed, quick), mgsm_ja=mgsm_ja,
+                result, _ = run_lm_stage(ctx, adapters=adapters, seeds=search_seeds(seed, quick), mgsm_ja=mgsm_ja,
                                                dfs=dfs)
             elif stage == "vlm":
-                from tsugiki.demo.base_model import real_base
-                from tsugiki.demo.lm.stage import vlm_grafts
-                from tsugiki.demo.vlm.stage import run_vlm_stage
+                from tsugiki.demo.lm.stage import prepare_sources
+                from tsugiki.demo.vlm.stage import run_vlm_stage, search_seeds
 
-                result = run_vlm_stage(ctx, llava_lm=real_base(progress=progress),
-                                       grafts=vlm_grafts(run_dir / "lm", evolved), vision=vision)
+                # the JA sibling the LM stage materialised (or materialises now, in the same place)
+                lm_ctx = StageContext(run_dir, run_dir / "lm", quick=quick, seed=seed, progress=progress, engine=engine)
+                sources = prepare_sources(lm_ctx, adapters=adapters, names=("ja",))
+                result = run_vlm_stage(ctx, base=Path(sources["base"]), ja=Path(sources["ja"]), weights=llava,
+                                       seeds=search_seeds(seed, quick))
             else:
                 from tsugiki.demo.sdxl.stage import run_sdxl_stage
 
@@ -125,11 +127,12 @@ def _run(run_dir: Path, *, quick: bool, seed: int, force: bool, stages: tuple[st
 
 
 def rebuild_models_into(out: Path, *, progress: bool = True) -> tuple[Path, Path]:
-    """Train the shipped adapters (JA, MATH) and the LLaVA's vision weights again into ``out`` and say
-    whether each is bit-for-bit the shipped file. Returns (adapters dir, vision dir) for the run to use."""
+    """Train the shipped adapters (JA, MATH) and the LLaVA's weights (vision side and LM LoRA) again into ``out``
+    and say whether each is bit-for-bit the shipped file. Returns (adapters dir, LLaVA weights dir) for the run
+    to use."""
     from tsugiki.demo.base_model import real_base
     from tsugiki.demo.lm.siblings import RECIPES, SHIPPED_ADAPTERS, train_adapter
-    from tsugiki.demo.vlm.models import SHIPPED_VISION, train_vision
+    from tsugiki.demo.vlm.models import ADAPTER, SHIPPED_LLAVA, train_llava
 
     base = real_base(progress=progress)
     for name, recipe in RECIPES.items():
@@ -138,12 +141,13 @@ def rebuild_models_into(out: Path, *, progress: bool = True) -> tuple[Path, Path
             print(f"[models] training the {name} sibling's LoRA adapter ({recipe.steps} steps; minutes) …", flush=True)
             train_adapter(base, recipe, target, progress=progress)
         _say_same(target / "adapter_model.safetensors", SHIPPED_ADAPTERS / name / "adapter_model.safetensors")
-    vision = out / "vision"
-    if not (vision / "model.safetensors").exists():
-        print("[models] aligning the LLaVA's vision tower and projector (about 10 minutes) …", flush=True)
-        train_vision(base, vision, progress=progress)
-    _say_same(vision / "model.safetensors", SHIPPED_VISION / "model.safetensors")
-    return out / "adapters", vision
+    llava = out / "llava"
+    if not (llava / "model.safetensors").exists():
+        print("[models] training the LLaVA's vision tower, projector and LM LoRA (minutes) …", flush=True)
+        train_llava(base, llava, progress=progress)
+    _say_same(llava / "model.safetensors", SHIPPED_LLAVA / "model.safetensors")
+    _say_same(llava / ADAPTER / "adapter_model.safetensors", SHIPPED_LLAVA / ADAPTER / "adapter_model.safetensors")
+    return out / "adapters", llava
 
 
 def _say_same(new: Path, shipped: Path) -> None:

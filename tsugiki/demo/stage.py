@@ -197,6 +197,49 @@ def evolve_config(config_data: dict[str, Any], run_dir: Path):
     return from_data({**config_data, "sources": sources}, source_name=config_data["name"], base_dir=base)
 
 
+def run_search(config_data: dict[str, Any], run_dir: Path, export_to: Path, progress: bool, *,
+               export: bool = True, keep=None) -> dict[str, Any]:
+    """Run (or resume) one search and export its best candidate as a HF model dir at ``export_to``; with
+    ``export=False`` the export waits for the returned ``build`` (called when the model is needed); ``keep``: a
+    :class:`~tsugiki.evolution.problems.KeptProblem` shared by the search seeds."""
+    import functools
+
+    from tsugiki.evolution.runner import evolve_and_export, export_best
+
+    config = evolve_config(config_data, run_dir)
+    result, _ = evolve_and_export(config, run_dir, export_to if export else None, force=True, keep_existing=True,
+                                  progress=progress, allow_code=True, keep=keep)  # the demo's own config and code
+    build = None if export else functools.partial(export_best, result, run_dir, export_to, force=True)
+    return {"run_dir": run_dir, "model": export_to, "fitness": result.best.get("fitness"),
+            "evaluations": result.evaluations, "seconds": result.seconds, "build": build}
+
+
+def baseline_recipe(name: str, recipe: dict[str, Any], sources: dict[str, str], path: Path) -> Path:
+    """Write a baseline's recipe (sources by path, float32 like the sources) as ``path``; returns it."""
+    from tsugiki.evolution.sources import recipe_with_paths
+    from tsugiki.fileio import atomic_write
+    from tsugiki.merging.recipe import Recipe
+
+    data = {**recipe_with_paths(recipe, sources), "dtype": "float32"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, f"# the {name} baseline of tsugiki demo; tsugiki merge {path.name} -o DIR writes it\n"
+                       + Recipe.from_dict(data, source_name=name).to_yaml())
+    return path
+
+
+def merge_recipe(recipe: Path, out: Path, sources: dict[str, str]) -> Path:
+    """The model dir of a recipe file (what ``tsugiki merge RECIPE -o OUT`` writes: a LLaVA dir when a source is one)."""
+    from tsugiki.merging.execute import MergeOptions
+    from tsugiki.merging.recipe import load_recipe
+    from tsugiki.merging.to_disk import merge_to_disk
+    from tsugiki.vlm.merge import is_vlm_recipe, merge_vlm_to_disk
+
+    loaded = load_recipe(recipe)
+    merge = merge_vlm_to_disk if is_vlm_recipe(loaded, recipe.parent) else merge_to_disk
+    merge(loaded, out, MergeOptions(force=True, progress=False), named=named_sources(sources, out))
+    return out
+
+
 # the tied embedding of Gemma 3 270M (168 M of its 268 M parameters) as a causal LM and inside a LLaVA: no
 # fine-tune and no merge of the demo changes it, so every model dir of a run holds it bit for bit
 SHARED_TENSORS = ("model.embed_tokens.weight", "language_model.model.embed_tokens.weight")

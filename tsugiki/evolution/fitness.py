@@ -32,7 +32,8 @@ the loader keeps disjoint by id and text from the config's ``test`` set):
   (robust | sakana), ``max_new_tokens``, ``template`` (ja | en | "{input}" string), ``stop``,
   ``batch_size``, ``metric`` (acc | acc_ja).
 - ``rougeL_ja``: Japanese ROUGE-L (0..1) of a VLM's VQA answers; args ``template``,
-  ``max_new_tokens``, ``num_beams``, ``repetition_penalty``, ``batch_size``, ``language_filter``.
+  ``max_new_tokens``, ``num_beams``, ``repetition_penalty``, ``batch_size``, ``language_filter``, ``stop`` (cut
+  each answer at the first of these strings).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import torch
 from tsugiki.benchmarks import mgsm
 from tsugiki.benchmarks.rouge import rouge_ja
 from tsugiki.engines import Engine
-from tsugiki.engines.hf import HFEngine
+from tsugiki.engines.hf import HFEngine, truncate_at_stop
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.data import Pair
 from tsugiki.registry import Registry
@@ -241,27 +242,30 @@ def _mgsm_scored(ctx: EvalContext, data: Sequence[Pair], extraction: str, max_ne
 
 def rougeL_ja(ctx: EvalContext, data: Sequence[Pair], *, template: str = "ja-shisa-vqa", max_new_tokens: int = 64,
               num_beams: int = 1, repetition_penalty: float = 1.0, batch_size: int = 4,
-              language_filter: bool = True) -> float:
+              language_filter: bool = True, stop: Sequence[str] = ()) -> float:
     """Japanese ROUGE-L in [0, 1] of the candidate VLM's answers on VQA items (``{question, answer,
     image}``), scored by :func:`tsugiki.benchmarks.rouge.rouge_ja` (``rougeL_ja``: a pair counts only
     when the answer is Japanese; ``language_filter: false`` gives plain ``rougeL``). Answers come from
     :class:`tsugiki.vlm.generate.VQAPredictor` with ``template`` and the given generation settings
-    (the seed used 5 beams, repetition penalty 1.5, 512 tokens; the defaults here are cheaper)."""
+    (the seed used 5 beams, repetition penalty 1.5, 512 tokens; the defaults here are cheaper), each cut at
+    the first of the ``stop`` strings it contains."""
 
-    result = _rouge_scored(ctx, data, template, max_new_tokens, num_beams, repetition_penalty, batch_size, language_filter)
+    result = _rouge_scored(ctx, data, template, max_new_tokens, num_beams, repetition_penalty, batch_size, language_filter,
+                           stop)
     return (result.rougeL_ja if language_filter else result.rougeL) / 100.0
 
 
 def rougeL_ja_items(ctx: EvalContext, data: Sequence[Pair], *, template: str = "ja-shisa-vqa", max_new_tokens: int = 64,
                     num_beams: int = 1, repetition_penalty: float = 1.0, batch_size: int = 4,
-                    language_filter: bool = True) -> list[float]:
+                    language_filter: bool = True, stop: Sequence[str] = ()) -> list[float]:
     """Per item: its ROUGE-L F in [0, 1] (0 where ``language_filter`` drops a non-Japanese answer)."""
-    result = _rouge_scored(ctx, data, template, max_new_tokens, num_beams, repetition_penalty, batch_size, language_filter)
+    result = _rouge_scored(ctx, data, template, max_new_tokens, num_beams, repetition_penalty, batch_size, language_filter,
+                           stop)
     return [item["rougeL_ja" if language_filter else "rougeL"] / 100.0 for item in result.per_item]
 
 
 def _rouge_scored(ctx: EvalContext, data: Sequence[Pair], template: str, max_new_tokens: int, num_beams: int,
-                  repetition_penalty: float, batch_size: int, language_filter: bool):
+                  repetition_penalty: float, batch_size: int, language_filter: bool, stop: Sequence[str] = ()):
     if not data:
         raise EvolutionError("rougeL_ja: no items to score")
     processor = ctx.extra.get("processor")
@@ -271,7 +275,7 @@ def _rouge_scored(ctx: EvalContext, data: Sequence[Pair], template: str, max_new
                                   max_new_tokens=int(max_new_tokens), do_sample=False)
     predictor = VQAPredictor(ctx.model, processor, template=template, batch_size=int(batch_size), settings=settings,
                              progress=False)
-    answers = predictor.predict([p.load_image() for p in data], [p.prompt for p in data])
+    answers = [truncate_at_stop(a, list(stop)).strip() for a in predictor.predict([p.load_image() for p in data], [p.prompt for p in data])]
     ctx.extra["responses"] = answers
     return rouge_ja([p.answer for p in data], answers, language_filter=language_filter)
 

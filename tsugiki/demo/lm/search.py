@@ -10,7 +10,6 @@ from typing import Any
 
 from tsugiki.benchmarks.jsonl import write_jsonl
 from tsugiki.demo.lm import word_problems as wp
-from tsugiki.demo.stage import evolve_config
 
 HEADLINE = "acc_ja"
 JA_TEMPLATE = wp.JA_PROMPT.replace("{q}", "{input}")
@@ -177,21 +176,3 @@ def ps_dfs_config(sources: dict[str, str], data: dict[str, Path], seed: int, bud
     return {"name": f"lm-ps-dfs-s{seed}", "sources": {**sources, "ps": str(Path(ps_model).resolve())},
             "space": {"kind": "dfs", **_dfs_space(["ps", "math"])},
             **_common(data, seed, budget, budget.dfs_generations or budget.generations, dfs=True)}
-
-
-def run_search(config_data: dict[str, Any], run_dir: Path, export_to: Path, progress: bool, *,
-               export: bool = True, keep=None) -> dict[str, Any]:
-    """Run (or resume) one search and export its best candidate as a HF model dir at ``export_to``; with
-    ``export=False`` the export waits for the returned ``build`` (called when the model is needed); ``keep``: a
-    :class:`~tsugiki.evolution.problems.KeptProblem` shared by the search seeds."""
-    import functools
-
-    from tsugiki.evolution.runner import evolve_and_export, export_best
-
-    config = evolve_config(config_data, run_dir)
-    result, _ = evolve_and_export(config, run_dir, export_to if export else None, force=True, keep_existing=True,
-                                  progress=progress, allow_code=True, keep=keep)  # the demo's own config and code
-    build = None if export else functools.partial(export_best, result, run_dir, export_to, force=True)
-    return {"run_dir": run_dir, "model": export_to, "fitness": result.best.get("fitness"),
-            "evaluations": result.evaluations, "seconds": result.seconds, "build": build}
-

@@ -145,22 +145,28 @@ def _lr(recipe: SiblingRecipe, step: int) -> float:
 
 
 def save_adapter(model, recipe: SiblingRecipe, log: TrainLog, out: Path) -> Path:
-    """peft's adapter files with the LoRA weights in bfloat16 (half the size; materialisation reads them
-    back into float32 the same way every time), written to a temp dir and renamed."""
+    """The adapter (:func:`write_adapter`) with its model card and training record, written to a temp dir and
+    renamed."""
     from tsugiki.merging.output_dir import AtomicOutputDir
 
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.to(torch.bfloat16)
     with AtomicOutputDir(out, force=True) as tmp:
-        model.save_pretrained(tmp)
-        config = json.loads((tmp / "adapter_config.json").read_text())
-        config["base_model_name_or_path"] = HUB_ID  # not the local dir it was trained from
-        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_adapter(model, tmp)
         (tmp / "README.md").write_text(adapter_card(recipe, log), encoding="utf-8")
         (tmp / "training.json").write_text(json.dumps({"recipe": asdict(recipe), "seconds": round(log.seconds, 1),
                                                        "losses": [round(x, 4) for x in log.losses]}, indent=1) + "\n")
     return out
+
+
+def write_adapter(model, out: Path) -> None:
+    """peft's adapter files of a trained peft ``model`` with the LoRA weights in bfloat16 (half the size;
+    materialisation reads them back into float32 the same way every time), naming the base by its hub id."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
+    model.save_pretrained(out)
+    config = json.loads((out / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = HUB_ID  # not the local dir it was trained from
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 _WHAT = {

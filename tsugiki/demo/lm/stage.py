@@ -39,7 +39,6 @@ from tsugiki.demo.lm.search import (
     dfs_config,
     ps_config,
     ps_dfs_config,
-    run_search,
     write_data,
 )
 from tsugiki.demo.stage import (
@@ -50,7 +49,9 @@ from tsugiki.demo.stage import (
     StageContext,
     StageResult,
     Table,
-    named_sources,
+    baseline_recipe,
+    merge_recipe,
+    run_search,
     seeds_sentence,
     store_shared,
 )
@@ -90,29 +91,6 @@ def evaluate(model_dir: Path, test: list[dict], *, batch_size: int = 25, english
             "en_responses": en}
 
 
-def baseline_recipe(name: str, recipe: dict[str, Any], sources: dict[str, str], path: Path) -> Path:
-    """Write a baseline's recipe (sources by path, float32 like the sources) as ``path``; returns it."""
-    from tsugiki.evolution.sources import recipe_with_paths
-    from tsugiki.fileio import atomic_write
-    from tsugiki.merging.recipe import Recipe
-
-    data = {**recipe_with_paths(recipe, sources), "dtype": "float32"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, f"# the {name} baseline of the demo's LM stage; tsugiki merge {path.name} -o DIR writes it\n"
-                       + Recipe.from_dict(data, source_name=name).to_yaml())
-    return path
-
-
-def merge_recipe(recipe: Path, out: Path, sources: dict[str, str]) -> Path:
-    """The model dir of a recipe file (what ``tsugiki merge RECIPE -o OUT`` writes)."""
-    from tsugiki.merging.execute import MergeOptions
-    from tsugiki.merging.recipe import load_recipe
-    from tsugiki.merging.to_disk import merge_to_disk
-
-    merge_to_disk(load_recipe(recipe), out, MergeOptions(force=True, progress=False), named=named_sources(sources, out))
-    return out
-
-
 @dataclass
 class Scored:
     """A model the stage scores: a dir kept in the run dir, or (``build`` set) a transient one, made from its
@@ -136,19 +114,22 @@ class Scored:
 KINDS = ("PS", "DFS", "PS+DFS")
 
 
-def prepare_sources(ctx: StageContext, *, adapters: Path | None = None) -> dict[str, str]:
-    """The real base (imported from the GGUF package once) and the two siblings materialised from their
-    adapters (the shipped ones, or those ``--rebuild-models`` trained again) as plain HF dirs."""
+def prepare_sources(ctx: StageContext, *, adapters: Path | None = None,
+                    names: tuple[str, ...] = ("ja", "math")) -> dict[str, str]:
+    """The real base (imported from the GGUF package once) and the siblings ``names`` materialised from their
+    adapters (the shipped ones, or those ``--rebuild-models`` trained again) as plain HF dirs in
+    ``ctx.out/models`` (reused when there)."""
     from tsugiki.demo.base_model import real_base
     from tsugiki.demo.lm.siblings import SHIPPED_ADAPTERS, materialise
 
     adapters = Path(adapters or SHIPPED_ADAPTERS)
     ctx.say("[lm] the real base: Gemma 3 270M from its GGUF package (imported once, then cached) …")
     base = real_base(progress=ctx.progress)
-    ctx.say(f"[lm] materialising the JA and MATH siblings (base + LoRA adapter from {adapters}) …")
+    ctx.say(f"[lm] materialising the {' and '.join(n.upper() for n in names)} sibling(s) (base + LoRA adapter from "
+            f"{adapters}) …")
     models = ctx.out / "models"
-    return {"base": str(base), "ja": str(store_shared(materialise(base, adapters / "ja", models / "ja"), ctx.run_dir)),
-            "math": str(store_shared(materialise(base, adapters / "math", models / "math"), ctx.run_dir))}
+    return {"base": str(base), **{n: str(store_shared(materialise(base, adapters / n, models / n), ctx.run_dir))
+                                  for n in names}}
 
 
 def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMBudget | None = None,
@@ -182,13 +163,17 @@ def run_lm_stage(ctx: StageContext, *, adapters: Path | None = None, budget: LMB
             ctx.say(f"[lm] search seed {seed}: {', '.join(budget.spaces)} (CMA-ES, population {budget.population}, "
                     f"{budget.generations} generations) …")
             done: dict[str, dict[str, Any]] = {}
-            # the PS model is kept (the VLM stage grafts it); DFS and PS+DFS models are built when scored
+            # models are built from their recipes when scored, and deleted after; the PS model is kept when the
+            # PS+DFS search reads it
             if "PS" in budget.spaces:
+                keep_ps = "PS+DFS" in budget.spaces
                 done["PS"] = run_search(ps_config(sources, data, seed, budget), out / "runs" / f"ps-s{seed}",
-                                        out / "evolved" / f"ps-s{seed}", ctx.progress, keep=kept)
+                                        (out / "evolved" if keep_ps else transient) / f"ps-s{seed}", ctx.progress,
+                                        keep=kept, export=keep_ps)
                 if "DFS" in budget.spaces:
                     kept.close()  # the DFS searches load models of their own
-                store_shared(done["PS"]["model"], ctx.run_dir)
+                if keep_ps:
+                    store_shared(done["PS"]["model"], ctx.run_dir)
             if "DFS" in budget.spaces:
                 done["DFS"] = run_search(dfs_config(sources, data, seed, budget), out / "runs" / f"dfs-s{seed}",
                                          transient / f"dfs-s{seed}", ctx.progress, export=False)
@@ -308,20 +293,6 @@ def mgsm_ja_table(models: list[tuple[str, Path | Scored]], out: Path, progress: 
 def search_seeds(seed: int, quick: bool) -> tuple[int, ...]:
     """The search seeds of a demo run with ``--seed seed``: as many as the budget has, starting at ``seed``."""
     return tuple(range(seed, seed + len((QUICK if quick else FULL).seeds)))
-
-
-def vlm_grafts(lm_out: Path, evolved: dict[str, Path]) -> dict[str, tuple[str, Path]]:
-    """What the VLM stage grafts into its LLaVA (built around the base LM): the Japanese sibling as the
-    baseline graft and every PS-evolved LM (same shapes as the base; DFS models have other layer counts)
-    as an evolved one."""
-    grafts: dict[str, tuple[str, Path]] = {}
-    ja = lm_out / "models" / "ja"
-    if (ja / "config.json").exists():
-        grafts["LLaVA + JA sibling"] = ("baseline", ja)
-    for name, path in evolved.items():
-        if name.startswith("evolved PS ("):
-            grafts[f"LLaVA + {name}"] = ("evolved", path)
-    return grafts
 
 
 _SOURCE_NAMES = {"base": "base (Gemma 3 270M)", "ja": "JA sibling", "math": "MATH sibling"}

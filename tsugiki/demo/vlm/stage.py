@@ -1,30 +1,34 @@
 """The demo's VLM stage: the seed paper's EvoVLM-JP experiment (Akiba et al. 2024, arXiv:2403.13187,
 §4.2) in miniature, on the real Gemma 3 270M, offline.
 
-The seed took LLaVA (a vision tower and projector aligned to an English LM) and grafted a Japanese LM
-in place of the English one; Japanese VQA (ROUGE-L on Japanese answers) improved. Here:
+The seed took LLaVA-1.6-Mistral (a vision tower and projector aligned to Mistral, whose weights LLaVA tuned as
+it learned to see) and merged its language model with a Japanese Mistral inside the LLaVA, evolving the merge
+on Japanese VQA; the result answered Japanese questions about images better than either. Here:
 
-1. a LLaVA is built around the base LM with the shipped vision tower and projector, which were aligned to
-   the frozen base on English questions about Pillow-drawn shapes (:mod:`tsugiki.demo.vlm.models`);
-2. each given Japanese LM (the JA sibling, the PS-evolved LMs of the LM stage) is swapped in with
-   `tsugiki vlm swap`'s code (``swap_language_model``): vision side bit for bit, language model replaced;
-3. the LLaVA and every graft answer Japanese questions about unseen scenes
-   (``問題: <image>\nこの図形は何色ですか？\n答え:``), scored with the benchmarks' ``rouge_ja``
-   (``rougeL_ja``: a non-Japanese answer scores 0) against short content references (``赤``, ``円``), and
-   with a content accuracy (``word_acc``: the answer names the right colour or shape and no other), so a
-   reader sees whether a model looks at the picture.
+1. a LLaVA is built around the base LM with the shipped weights: vision tower, projector and the LoRA its
+   language model learned with them, on English questions about Pillow-drawn shapes
+   (:mod:`tsugiki.demo.vlm.models`);
+2. baselines: the JA sibling grafted in place of the LLaVA's LM (`tsugiki vlm swap`: vision side bit for bit),
+   and task arithmetic of the two language models inside the LLaVA;
+3. the evolved models: the PS search (:mod:`tsugiki.demo.vlm.search`) in each search seed;
+4. every model answers Japanese questions about unseen scenes (``問題: <image>\nこの図形は何色ですか？\n答え:``),
+   scored with the benchmarks' ``rouge_ja`` (``rougeL_ja``: a non-Japanese answer scores 0) against short
+   content references (``赤``, ``円``), and with a content accuracy (``word_acc``: the answer names the right
+   colour or shape and no other), so a reader sees whether a model looks at the picture.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
+from tsugiki.benchmarks.results import slug
 from tsugiki.benchmarks.stats import paired_difference
 from tsugiki.demo.stage import (
     Row,
@@ -32,33 +36,24 @@ from tsugiki.demo.stage import (
     StageContext,
     StageResult,
     Table,
+    baseline_recipe,
+    merge_recipe,
     named_sources,
     paired_seed_verdicts,
+    run_search,
     seeds_sentence,
     store_shared,
 )
 from tsugiki.demo.vlm import scenes
-from tsugiki.demo.vlm.models import EN_TEMPLATE, JA_TEMPLATE, SHIPPED_VISION, build_llava
+from tsugiki.demo.vlm.models import EN_TEMPLATE, JA_TEMPLATE, SHIPPED_LLAVA, build_llava
+from tsugiki.demo.vlm.search import BASELINES, DEFAULT, GENERATION, QUICK, VlmBudget, ps_config, write_data
 from tsugiki.evolution.data import Pair
+from tsugiki.evolution.problems import KeptProblem
 from tsugiki.hf_quiet import hf_progress_bars_off
 from tsugiki.progress import progress_bar
-from tsugiki.vlm.generate import GenerationSettings, VQAPredictor
+from tsugiki.vlm.generate import VQAPredictor
 
-# Greedy and no repetition penalty (the seed: 5 beams, penalty 1.5, on 7B models and long answers).
-GENERATION = GenerationSettings(num_beams=1, repetition_penalty=1.0, max_new_tokens=8, do_sample=False)
 META_FILE = "tsugiki_vlm_stage.json"
-
-
-@dataclass(frozen=True)
-class VlmBudget:
-    """How much the stage scores. Scenes give two questions each (colour, shape)."""
-
-    en_eval_scenes: int  # held-out English scenes: does the LLaVA see colour and shape?
-    test_scenes: int  # Japanese test scenes (ja_items("test"): 108 in all)
-
-
-QUICK = VlmBudget(en_eval_scenes=4, test_scenes=4)
-DEFAULT = VlmBudget(en_eval_scenes=40, test_scenes=108)
 EN_EVAL_SEED = 7  # held-out English scenes: another stream than the alignment's (seed 0)
 
 
@@ -144,51 +139,80 @@ def score(answers: Sequence[str], items: Sequence[Pair]):
 
 # ----------------------------------------------------------------------------- the stage
 SOURCE_NAME = "llava"
+JA_GRAFT = "LLaVA + JA sibling (graft)"
 # said where the demo's other stages score with vLLM: its LLaVA needs torchvision, which tsugiki does not depend on
 ENGINE_NOTE = ("The LLaVAs are scored with transformers (engine hf) whatever --engine says: vLLM's LLaVA needs "
                "torchvision, which tsugiki does not depend on (no CPU build of it loads on every machine).")
 
 
-def run_vlm_stage(ctx: StageContext, *, llava_lm: Path, grafts: dict[str, tuple[str, Path]],
-                  vision: Path | None = None) -> StageResult:
-    """Build the LLaVA around `llava_lm` with the shipped (or given) vision weights, graft each LM of
-    `grafts` (name -> (role, LM dir)) into it, score them all on Japanese VQA. Writes under ``ctx.out``:
-    ``llava/``, ``grafts/<name>/``, ``answers/<name>.jsonl``, ``scenes/*.png``."""
+@dataclass
+class Candidate:
+    """A model the stage scores: the LLaVA itself, or a LLaVA dir ``build`` writes at ``path`` when it is scored
+    and that is deleted right after (its recipe or search run stays in the run dir: a GB per model would not
+    fit a laptop's run dir)."""
+
+    name: str
+    role: str
+    path: Path
+    build: Callable[[], Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    recipe: Path | None = None
+
+
+def run_vlm_stage(ctx: StageContext, *, base: Path, ja: Path, weights: Path | None = None,
+                  budget: VlmBudget | None = None, seeds: tuple[int, ...] | None = None) -> StageResult:
+    """Build the LLaVA around ``base`` with the shipped (or given) LLaVA weights, run the PS search of its
+    language model with the JA sibling ``ja`` in each search seed, and score the LLaVA, the baselines and the
+    evolved models on Japanese VQA. Writes under ``ctx.out``: ``llava/``, ``data/``, ``runs/ps-s<seed>/``,
+    ``baselines/*.yaml``, ``answers/<name>.jsonl``, ``scenes/*.png``."""
     start = time.perf_counter()
-    budget = QUICK if ctx.quick else DEFAULT
-    if SOURCE_NAME in grafts:
-        raise ValueError(f"graft name {SOURCE_NAME!r} is taken by the LLaVA itself")
-    for name, (role, _) in grafts.items():
-        if role not in ("baseline", "evolved"):  # checked before minutes of training, not after
-            raise ValueError(f"graft {name!r}: role must be 'baseline' or 'evolved', not {role!r}")
-    ctx.say("[vlm] building the LLaVA around the base LM (shipped vision tower and projector) …")
-    vision = Path(vision or SHIPPED_VISION)
-    llava = store_shared(build_llava(Path(llava_lm), ctx.out / "llava", vision), ctx.run_dir)
-    record = english_check(llava, vision, budget, ctx.progress)
-    models = {SOURCE_NAME: ("source", llava)}
-    # each graft is written to be scored, then deleted (`tsugiki vlm swap LLAVA LM -o DIR` writes it again):
-    # a GB per graft and search seed would not fit a laptop's run dir
-    for name, (role, lm_dir) in grafts.items():
-        models[name] = (role, ctx.out / "grafts" / name)
+    budget = budget or (QUICK if ctx.quick else DEFAULT)
+    if seeds is not None:
+        budget = replace(budget, seeds=tuple(seeds))
+    weights = Path(weights or SHIPPED_LLAVA)
+    ctx.say("[vlm] building the LLaVA around the base LM (shipped vision tower, projector and LM LoRA) …")
+    llava = store_shared(build_llava(Path(base), ctx.out / "llava", weights), ctx.run_dir)
+    record = english_check(llava, weights, budget, ctx.progress)
+    sources = {"llava": str(llava), "ja": str(ja), "base": str(base)}
+    transient = ctx.out / "transient"  # LLaVA dirs built to be scored, deleted at the end
+    models = [Candidate(SOURCE_NAME, "source", llava),
+              Candidate(JA_GRAFT, "baseline", transient / "ja-graft",
+                        functools.partial(graft, llava, Path(ja), transient / "ja-graft"))]
+    for name, recipe in BASELINES.items():
+        path = baseline_recipe(name, recipe, sources, ctx.out / "baselines" / f"{slug(name)}.yaml")
+        models.append(Candidate(name, "baseline", transient / slug(name),
+                                functools.partial(merge_recipe, path, transient / slug(name), sources), recipe=path))
+
+    data = write_data(ctx.out / "data", budget)
+    with KeptProblem() as kept:  # the searches of every seed share one loaded LLaVA and its sources
+        for seed in budget.seeds:
+            ctx.say(f"[vlm] search seed {seed}: PS of the LLaVA's LM with the JA sibling (CMA-ES, population "
+                    f"{budget.population}, {budget.generations} generations, {2 * budget.fitness_scenes} fitness questions) …")
+            run = run_search(ps_config(sources, data, seed, budget), ctx.out / "runs" / f"ps-s{seed}",
+                             transient / f"ps-s{seed}", ctx.progress, export=False, keep=kept)
+            models.append(Candidate(f"evolved PS (seed {seed})", "evolved", run["model"], run["build"],
+                                    {"search_seed": seed, "fitness": run["fitness"], "evaluations": run["evaluations"],
+                                     "search_seconds": round(run["seconds"], 1)}, recipe=run["run_dir"] / "best.yaml"))
 
     if ctx.engine != "hf":
         ctx.say(f"[vlm] {ENGINE_NOTE}")
     items = scenes.ja_items("test", budget.test_scenes, seed=ctx.seed)
     rows, answers, per_item = [], {}, {}
-    ctx.say(f"[vlm] grafting {len(grafts)} Japanese LM(s) into it in turn (vision side bit for bit) and asking "
-            f"{len(items)} Japanese questions …")
-    for name, (role, path) in progress_bar(models.items(), desc="Japanese VQA", unit="model", disable=not ctx.progress):
-        if name in grafts:
-            graft(llava, Path(grafts[name][1]), path)
-        model, processor = _load(path)
-        answers[name] = _predict(model, processor, JA_TEMPLATE, items, ctx.progress)
+    ctx.say(f"[vlm] asking {len(models)} LLaVAs {len(items)} Japanese questions about unseen pictures …")
+    for c in progress_bar(models, desc="Japanese VQA", unit="model", disable=not ctx.progress):
+        if c.build is not None:
+            c.build()
+        model, processor = _load(c.path)
+        answers[c.name] = _predict(model, processor, JA_TEMPLATE, items, ctx.progress)
         del model
-        if name in grafts:
-            shutil.rmtree(path)
-        metrics, ci, per_item[name] = score(answers[name], items)
-        _write_answers(ctx.out / "answers" / f"{name}.jsonl", items, answers[name], per_item[name])
-        by_kind = {k: word_accuracy(answers[name], items, k) for k in ("colour", "shape")}
-        rows.append(Row(name, role, metrics, ci, extra={"word_acc_by_kind": by_kind}))
+        if c.build is not None:
+            shutil.rmtree(c.path)
+        metrics, ci, per_item[c.name] = score(answers[c.name], items)
+        _write_answers(ctx.out / "answers" / f"{slug(c.name)}.jsonl", items, answers[c.name], per_item[c.name])
+        by_kind = {k: word_accuracy(answers[c.name], items, k) for k in ("colour", "shape")}
+        rows.append(Row(c.name, c.role, metrics, ci, extra={**c.extra, "word_acc_by_kind": by_kind,
+                                                            "content_vs_chance": content_vs_chance(answers[c.name], items)}))
+    shutil.rmtree(transient, ignore_errors=True)
     for row in rows[1:]:
         diff, se = paired_difference([s["rougeL_ja"] for s in per_item[row.model]], [s["rougeL_ja"] for s in per_item[SOURCE_NAME]])
         row.extra["vs_llava"] = {"diff": diff, "se": se}
@@ -197,12 +221,33 @@ def run_vlm_stage(ctx: StageContext, *, llava_lm: Path, grafts: dict[str, tuple[
     seeds = paired_seed_verdicts(rows, {k: [s["rougeL_ja"] for s in v] for k, v in per_item.items()}, ctx.seed)
     return StageResult(
         stage="vlm", headline="rougeL_ja", rows=rows, seeds=seeds,
-        title="Japanese VQA: Japanese LMs grafted into an English-aligned LLaVA (Gemma 3 270M inside)",
+        title="Japanese VQA: an English-aligned LLaVA's LM merged with a Japanese LM (Gemma 3 270M inside)",
         verdict=" ".join([*([seeds_sentence(seeds, "rougeL_ja") + " (paired)."] if seeds else []),
-                          verdict(rows, per_item)]), notes=_notes(record, len(items)) + ([ENGINE_NOTE] if ctx.engine != "hf" else []),
-        tables=[_english_table(record)],
+                          verdict(rows, per_item)]),
+        notes=_notes(record, len(items), budget) + ([ENGINE_NOTE] if ctx.engine != "hf" else []),
+        tables=[_english_table(record), _content_table(rows)],
         samples=_samples(ctx, items, answers, record), seconds=time.perf_counter() - start,
-        models={SOURCE_NAME: ctx.rel(llava)})
+        models={SOURCE_NAME: ctx.rel(llava)},
+        recipes={c.name: ctx.rel(c.recipe) for c in models if c.recipe is not None})
+
+
+def search_seeds(seed: int, quick: bool) -> tuple[int, ...]:
+    """The search seeds of a demo run with ``--seed seed``: as many as the budget has, starting at ``seed``."""
+    return tuple(range(seed, seed + len((QUICK if quick else DEFAULT).seeds)))
+
+
+def content_vs_chance(answers: Sequence[str], items: Sequence[Pair]) -> dict[str, dict[str, float]]:
+    """Per question kind: content accuracy, chance, and the margin in standard errors of the accuracy
+    (binomial, ``sqrt(p (1 - p) / n)`` at chance ``p``): how clearly a model reads that property off the picture."""
+    chance = chance_accuracy()
+    out = {}
+    for kind in ("colour", "shape"):
+        n = sum(scenes.question_kind(p) == kind for p in items)
+        if not n:
+            continue
+        acc, p = word_accuracy(answers, items, kind), chance[kind] / 100.0
+        out[kind] = {"acc": acc, "chance": chance[kind], "se_above_chance": (acc / 100.0 - p) / math.sqrt(p * (1 - p) / n)}
+    return out
 
 
 def _write_answers(path: Path, items: Sequence[Pair], answers: Sequence[str], per_item: Sequence[dict]) -> None:
@@ -213,17 +258,22 @@ def _write_answers(path: Path, items: Sequence[Pair], answers: Sequence[str], pe
 
 
 def verdict(rows: list[Row], per_item: dict[str, list[dict]]) -> str:
-    """One or two plain sentences: did the best evolved graft (else the baseline) beat the LLaVA, and
-    the best evolved graft the baseline, by how many standard errors of the paired per-item difference."""
+    """Plain sentences: did the best evolved model (else the best baseline) beat the LLaVA and the JA graft, by
+    how many standard errors of the paired per-item difference, and does it read colour and shape off the
+    picture (content accuracy against chance)."""
     source = rows[0]
     contenders = [r for r in rows if r.role == "evolved"] or [r for r in rows if r.role == "baseline"]
     if not contenders:
-        return "Only the LLaVA was scored: nothing was grafted."
+        return "Only the LLaVA was scored: nothing was merged or grafted."
     best = max(contenders, key=lambda r: r.metrics["rougeL_ja"])
     out = [_compare(best, source, "the LLaVA", per_item)]
-    baseline = next((r for r in rows if r.role == "baseline"), None)
-    if best.role == "evolved" and baseline is not None:
-        out.append(_compare(best, baseline, f"the plain Japanese graft ({baseline.model})", per_item))
+    graft_row = next((r for r in rows if r.model == JA_GRAFT), None)
+    if graft_row is not None and graft_row is not best:
+        out.append(_compare(best, graft_row, f"the plain Japanese graft ({graft_row.model})", per_item))
+    content = best.extra.get("content_vs_chance", {})
+    if content:
+        out.append(f"{best.model}'s content accuracy: " + "; ".join(
+            f"{k} {v['acc']:.1f} % vs chance {v['chance']:.1f} % ({v['se_above_chance']:+.1f} SE)" for k, v in content.items()) + ".")
     return " ".join(out)
 
 
@@ -251,20 +301,36 @@ def _english_table(record: dict) -> Table:
                  ["question", "accuracy %", "chance %"], body)
 
 
-def _notes(record: dict, n: int) -> list[str]:
+def _content_table(rows: list[Row]) -> Table:
+    body = []
+    for r in rows:
+        c = r.extra.get("content_vs_chance", {})
+        body.append([r.model, *(f"{c[k]['acc']:.1f} ({c[k]['se_above_chance']:+.1f} SE)" if k in c else "–"
+                                for k in ("colour", "shape"))])
+    chance = chance_accuracy()
+    return Table(f"Content accuracy on the Japanese questions, % (chance: colour {chance['colour']:.1f}, shape "
+                 f"{chance['shape']:.1f}; margin over chance in binomial SE)", ["model", "colour", "shape"], body)
+
+
+def _notes(record: dict, n: int, budget: VlmBudget) -> list[str]:
     return [
-        "The vision tower and projector were trained on English questions only, the base language model frozen "
-        "(shipped weights; `tsugiki demo --rebuild-models` trains them again); the grafts keep them bit for bit "
-        "and never saw a Japanese question about an image.",
+        "The LLaVA (shipped weights; `tsugiki demo --rebuild-models` trains them again) learned English questions "
+        "only: the vision tower and projector, and a LoRA on its language model, trained together. Every model here "
+        "keeps that vision side bit for bit and none saw a Japanese question about an image, except the searches' "
+        f"fitness: rougeL_ja on {2 * budget.fitness_scenes} Japanese questions about fitness scenes (drawn apart "
+        "from the test scenes).",
+        f"Search (each seed): DARE-TIES of the LLaVA's LM and the JA sibling over the base, weight and density per "
+        f"model and layer group ({budget.layer_groups} group(s)), CMA-ES population {budget.population}, {budget.generations} generations.",
         f"Generation: greedy, at most {GENERATION.max_new_tokens} new tokens, cut at the first newline, no "
         "repetition penalty (the seed paper used 5 beams and penalty 1.5 on 7B models).",
-        f"Chance for content accuracy: {chance_accuracy()['all']:.1f} % (uniform guess of a colour or shape word).",
         f"Intervals: 95% bootstrap of the benchmark code (1000 resamples); SE: paired per-question difference over {n} questions.",
         "rougeL_ja: ROUGE-L (MeCab words) against short content references (赤, 円) with non-Japanese answers scored "
         "0, so a constant or empty answer scores far below a correct one; word_acc (content accuracy; details: per "
         f"question kind, chance {chance_accuracy()['colour']:.1f}% for a colour and {chance_accuracy()['shape']:.1f}% "
         "for a shape): the answer names the right colour or shape and no other (another name of the same one counts: "
         "金 for 金色); vs_llava: the rougeL_ja difference to the LLaVA and its paired SE.",
+        "Kept in the run dir: the LLaVA, each baseline's recipe and each search's run (best.yaml); "
+        "`tsugiki merge RECIPE -o DIR` writes any of them as a LLaVA dir.",
     ]
 
 
@@ -282,7 +348,7 @@ def _samples(ctx: StageContext, items: list[Pair], answers: dict[str, list[str]]
         image = _scene_png(ctx, p)
         prompt = JA_TEMPLATE.format(input=f"<image>\n{p.prompt}")
         out += [Sample(name, prompt, a[i], p.answer, image) for name, a in answers.items()]
-    held_out = scenes.english_items((QUICK if ctx.quick else DEFAULT).en_eval_scenes, EN_EVAL_SEED, prefix="shapes_en_eval")
+    held_out = scenes.english_items(record["en_items"] // 2, EN_EVAL_SEED, prefix="shapes_en_eval")
     by_id = {p.id: p for p in held_out}
     for item_id, question, answer, expected in record["en_samples"][:2 * n_scenes]:
         if item_id in by_id:
