@@ -187,14 +187,16 @@ def test_without_a_lora_the_language_model_stays_frozen(tiny_gemma, tmp_path):
         assert llava[f"language_model.{name}"].equal(t), name
 
 
-def test_ja_graft_keeps_the_vision_side_bit_for_bit_and_carries_the_ja_lm(run, tiny_gemma, tmp_path):
-    """The stage scores the graft and deletes it; written again as the stage writes it, the graft keeps the
-    LLaVA's vision side bit for bit, carries the JA LM, and answers as the stage recorded."""
+def test_ja_graft_row_answers_as_the_graft_tsugiki_vlm_swap_writes(run, tiny_gemma, tmp_path):
+    """The stage merges the JA graft in place into its loaded LLaVA; `tsugiki vlm swap LLAVA JA -o DIR` writes a
+    graft that keeps the LLaVA's vision side bit for bit, carries the JA LM, and answers as the stage recorded."""
+    from tsugiki.cli import main
+
     ctx, result = run
-    assert not (ctx.out / "transient").exists()
     llava = weights(ctx.out / "llava")
     items = V.scenes.ja_items("test", S.QUICK.test_scenes, seed=ctx.seed)
-    path = V.graft(ctx.out / "llava", tiny_gemma.variants[0], tmp_path / "ja")
+    path = tmp_path / "ja"
+    assert main(["vlm", "swap", str(ctx.out / "llava"), str(tiny_gemma.variants[0]), "-o", str(path)]) == 0
     graft = weights(path)
     assert set(graft) == set(llava)
     for n, t in llava.items():
@@ -218,8 +220,9 @@ def _answers(path, items) -> list[str]:
 
 
 def test_merged_rows_answer_as_their_kept_recipes_merged_by_the_cli(run, tmp_path):
-    """The task-arithmetic baseline and the evolved model are kept as recipes; `tsugiki merge RECIPE -o DIR`
-    writes LLaVA dirs that keep the vision side bit for bit and answer exactly as the stage recorded."""
+    """The task-arithmetic baseline and the evolved model, merged in place into the stage's loaded LLaVA, are
+    kept as recipes; `tsugiki merge RECIPE -o DIR` writes LLaVA dirs that keep the vision side bit for bit and
+    answer exactly as the stage recorded."""
     from tsugiki.cli import main
 
     ctx, result = run
@@ -241,11 +244,11 @@ def test_rows_roles_and_files(run):
     assert result.stage == "vlm" and result.headline == "rougeL_ja" and not result.lower_is_better
     names = ["llava", V.JA_GRAFT, *S.BASELINES, "evolved PS (seed 0)"]
     assert [(r.model, r.role) for r in result.rows] == list(zip(names, ["source", "baseline", "baseline", "evolved"]))
-    assert set(result.models) == {"llava"}  # the others were scored and deleted; their recipes stay
+    assert set(result.models) == {"llava"}  # the others were merged in place to be scored; their recipes stay
     for rel in result.models.values():
         assert (ctx.run_dir / rel / "config.json").is_file()
     assert all((ctx.run_dir / rel).is_file() for rel in result.recipes.values())
-    assert (ctx.out / "runs" / "ps-s0" / "best.yaml").is_file() and not (ctx.out / "transient").exists()
+    assert (ctx.out / "runs" / "ps-s0" / "best.yaml").is_file() and not (ctx.out / "runs" / "ps-s0" / "model").exists()
     doc = json.loads(json.dumps(result.to_json()))
     assert [r["model"] for r in doc["rows"]] == names
     assert all(set(r["metrics"]) == {"rougeL_ja", "rougeL", "word_acc"} for r in doc["rows"])

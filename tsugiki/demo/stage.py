@@ -228,15 +228,12 @@ def baseline_recipe(name: str, recipe: dict[str, Any], sources: dict[str, str], 
 
 
 def merge_recipe(recipe: Path, out: Path, sources: dict[str, str]) -> Path:
-    """The model dir of a recipe file (what ``tsugiki merge RECIPE -o OUT`` writes: a LLaVA dir when a source is one)."""
+    """The model dir of a recipe file (what ``tsugiki merge RECIPE -o OUT`` writes)."""
     from tsugiki.merging.execute import MergeOptions
     from tsugiki.merging.recipe import load_recipe
     from tsugiki.merging.to_disk import merge_to_disk
-    from tsugiki.vlm.merge import is_vlm_recipe, merge_vlm_to_disk
 
-    loaded = load_recipe(recipe)
-    merge = merge_vlm_to_disk if is_vlm_recipe(loaded, recipe.parent) else merge_to_disk
-    merge(loaded, out, MergeOptions(force=True, progress=False), named=named_sources(sources, out))
+    merge_to_disk(load_recipe(recipe), out, MergeOptions(force=True, progress=False), named=named_sources(sources, out))
     return out
 
 

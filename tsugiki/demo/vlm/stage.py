@@ -19,14 +19,12 @@ on Japanese VQA; the result answered Japanese questions about images better than
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from tsugiki.benchmarks.results import slug
 from tsugiki.benchmarks.stats import paired_difference
@@ -37,8 +35,6 @@ from tsugiki.demo.stage import (
     StageResult,
     Table,
     baseline_recipe,
-    merge_recipe,
-    named_sources,
     paired_seed_verdicts,
     run_search,
     seeds_sentence,
@@ -46,12 +42,13 @@ from tsugiki.demo.stage import (
 )
 from tsugiki.demo.vlm import scenes
 from tsugiki.demo.vlm.models import EN_TEMPLATE, JA_TEMPLATE, SHIPPED_LLAVA, build_llava
-from tsugiki.demo.vlm.search import BASELINES, DEFAULT, GENERATION, QUICK, VlmBudget, ps_config, write_data
+from tsugiki.demo.vlm.search import BASELINES, BATCH, DEFAULT, GENERATION, QUICK, VlmBudget, ps_config, write_data
 from tsugiki.evolution.data import Pair
 from tsugiki.evolution.problems import KeptProblem
 from tsugiki.hf_quiet import hf_progress_bars_off
 from tsugiki.progress import progress_bar
 from tsugiki.vlm.generate import VQAPredictor
+from tsugiki.vlm.inmemory import VlmLanguageModelMerger
 
 META_FILE = "tsugiki_vlm_stage.json"
 EN_EVAL_SEED = 7  # held-out English scenes: another stream than the alignment's (seed 0)
@@ -103,18 +100,9 @@ def chance_accuracy() -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- grafting and scoring
-def graft(llava: Path, lm_dir: Path, out: Path) -> Path:
-    """`tsugiki vlm swap LLAVA LM -o OUT`: LLaVA's vision tower and projector, `lm_dir` as language model."""
-    from tsugiki.merging.execute import MergeOptions
-    from tsugiki.vlm.merge import swap_language_model
-
-    return swap_language_model(llava, lm_dir, out, MergeOptions(force=True, progress=False),
-                               named=named_sources({"LLaVA": llava, "language model": lm_dir}, out)).out
-
-
 def _predict(model, processor, template: str, items: Sequence[Pair], progress: bool) -> list[str]:
     """Greedy answers, cut at the first newline (the prompts are one-line Q/A pairs)."""
-    predictor = VQAPredictor(model, processor, template=template, batch_size=16, settings=GENERATION, progress=progress)
+    predictor = VQAPredictor(model, processor, template=template, batch_size=BATCH, settings=GENERATION, progress=progress)
     return [a.split("\n")[0].strip() for a in predictor.predict([p.image for p in items], [p.prompt for p in items])]
 
 
@@ -147,16 +135,18 @@ ENGINE_NOTE = ("The LLaVAs are scored with transformers (engine hf) whatever --e
 
 @dataclass
 class Candidate:
-    """A model the stage scores: the LLaVA itself, or a LLaVA dir ``build`` writes at ``path`` when it is scored
-    and that is deleted right after (its recipe or search run stays in the run dir: a GB per model would not
-    fit a laptop's run dir)."""
+    """A model the stage scores: the LLaVA itself (``recipe`` None), or a merge recipe of its language model
+    (``llava``, ``ja``, ``base``: a dict, or a recipe file naming them by path) that is merged into the loaded
+    LLaVA in place to be scored; its file stays in the run dir (a GB per model would not fit a laptop's)."""
 
     name: str
     role: str
-    path: Path
-    build: Callable[[], Any] | None = None
+    recipe: dict[str, Any] | Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    recipe: Path | None = None
+
+
+# the JA sibling in place of the LLaVA's language model: what `tsugiki vlm swap LLAVA JA -o DIR` writes
+JA_GRAFT_RECIPE = {"merge_method": "linear", "models": [{"model": "ja", "parameters": {"weight": 1.0}}]}
 
 
 def run_vlm_stage(ctx: StageContext, *, base: Path, ja: Path, weights: Path | None = None,
@@ -174,14 +164,9 @@ def run_vlm_stage(ctx: StageContext, *, base: Path, ja: Path, weights: Path | No
     llava = store_shared(build_llava(Path(base), ctx.out / "llava", weights), ctx.run_dir)
     record = english_check(llava, weights, budget, ctx.progress)
     sources = {"llava": str(llava), "ja": str(ja), "base": str(base)}
-    transient = ctx.out / "transient"  # LLaVA dirs built to be scored, deleted at the end
-    models = [Candidate(SOURCE_NAME, "source", llava),
-              Candidate(JA_GRAFT, "baseline", transient / "ja-graft",
-                        functools.partial(graft, llava, Path(ja), transient / "ja-graft"))]
+    models = [Candidate(SOURCE_NAME, "source"), Candidate(JA_GRAFT, "baseline", JA_GRAFT_RECIPE)]
     for name, recipe in BASELINES.items():
-        path = baseline_recipe(name, recipe, sources, ctx.out / "baselines" / f"{slug(name)}.yaml")
-        models.append(Candidate(name, "baseline", transient / slug(name),
-                                functools.partial(merge_recipe, path, transient / slug(name), sources), recipe=path))
+        models.append(Candidate(name, "baseline", baseline_recipe(name, recipe, sources, ctx.out / "baselines" / f"{slug(name)}.yaml")))
 
     data = write_data(ctx.out / "data", budget)
     with KeptProblem() as kept:  # the searches of every seed share one loaded LLaVA and its sources
@@ -189,30 +174,29 @@ def run_vlm_stage(ctx: StageContext, *, base: Path, ja: Path, weights: Path | No
             ctx.say(f"[vlm] search seed {seed}: PS of the LLaVA's LM with the JA sibling (CMA-ES, population "
                     f"{budget.population}, {budget.generations} generations, {2 * budget.fitness_scenes} fitness questions) …")
             run = run_search(ps_config(sources, data, seed, budget), ctx.out / "runs" / f"ps-s{seed}",
-                             transient / f"ps-s{seed}", ctx.progress, export=False, keep=kept)
-            models.append(Candidate(f"evolved PS (seed {seed})", "evolved", run["model"], run["build"],
+                             ctx.out / "runs" / f"ps-s{seed}" / "model", ctx.progress, export=False, keep=kept)
+            models.append(Candidate(f"evolved PS (seed {seed})", "evolved", run["run_dir"] / "best.yaml",
                                     {"search_seed": seed, "fitness": run["fitness"], "evaluations": run["evaluations"],
-                                     "search_seconds": round(run["seconds"], 1)}, recipe=run["run_dir"] / "best.yaml"))
+                                     "search_seconds": round(run["seconds"], 1)}))
 
     if ctx.engine != "hf":
         ctx.say(f"[vlm] {ENGINE_NOTE}")
     items = scenes.ja_items("test", budget.test_scenes, seed=ctx.seed)
     rows, answers, per_item = [], {}, {}
-    ctx.say(f"[vlm] asking {len(models)} LLaVAs {len(items)} Japanese questions about unseen pictures …")
+    ctx.say(f"[vlm] asking {len(models)} LLaVAs {len(items)} Japanese questions about unseen pictures (each merge "
+            "made in place in one loaded LLaVA) …")
+    model, processor = _load(llava)
+    merger = VlmLanguageModelMerger(model, sources)
     for c in progress_bar(models, desc="Japanese VQA", unit="model", disable=not ctx.progress):
-        if c.build is not None:
-            c.build()
-        model, processor = _load(c.path)
+        if c.recipe is not None:
+            merger.apply(_short_names(c.recipe, sources))
         answers[c.name] = _predict(model, processor, JA_TEMPLATE, items, ctx.progress)
-        del model
-        if c.build is not None:
-            shutil.rmtree(c.path)
         metrics, ci, per_item[c.name] = score(answers[c.name], items)
         _write_answers(ctx.out / "answers" / f"{slug(c.name)}.jsonl", items, answers[c.name], per_item[c.name])
         by_kind = {k: word_accuracy(answers[c.name], items, k) for k in ("colour", "shape")}
         rows.append(Row(c.name, c.role, metrics, ci, extra={**c.extra, "word_acc_by_kind": by_kind,
                                                             "content_vs_chance": content_vs_chance(answers[c.name], items)}))
-    shutil.rmtree(transient, ignore_errors=True)
+    del model, merger
     for row in rows[1:]:
         diff, se = paired_difference([s["rougeL_ja"] for s in per_item[row.model]], [s["rougeL_ja"] for s in per_item[SOURCE_NAME]])
         row.extra["vs_llava"] = {"diff": diff, "se": se}
@@ -228,7 +212,19 @@ def run_vlm_stage(ctx: StageContext, *, base: Path, ja: Path, weights: Path | No
         tables=[_english_table(record), _content_table(rows)],
         samples=_samples(ctx, items, answers, record), seconds=time.perf_counter() - start,
         models={SOURCE_NAME: ctx.rel(llava)},
-        recipes={c.name: ctx.rel(c.recipe) for c in models if c.recipe is not None})
+        recipes={c.name: ctx.rel(c.recipe) for c in models if isinstance(c.recipe, Path)})
+
+
+def _short_names(recipe: dict[str, Any] | Path, sources: dict[str, str]):
+    """``recipe`` (a dict in short names, or a file naming the sources by path) with the short names the
+    merger knows its sources by."""
+    from tsugiki.merging.checkpoint import resolve_model_ref
+    from tsugiki.merging.recipe import Recipe, load_recipe
+
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe, source_name="VLM stage")
+    names = {Path(p).resolve(): name for name, p in sources.items()}
+    return load_recipe(recipe).map_refs(lambda ref: names[Path(resolve_model_ref(ref, base_dir=recipe.parent)).resolve()])
 
 
 def search_seeds(seed: int, quick: bool) -> tuple[int, ...]:
