@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "held-out Japanese word problems against their sources and standard merges; a LLaVA around the base "
                     "(shipped vision side and LM LoRA) whose LM is merged with the Japanese sibling by CMA-ES in PS, vision "
                     "fixed (three search seeds), scored on 216 Japanese questions about unseen pictures; tiny SDXL UNets "
-                    "merged block-wise (three search seeds). Writes RUN_DIR/results.json (with each stage's verdict per "
+                    "merged block-wise (two search seeds). Writes RUN_DIR/results.json (with each stage's verdict per "
                     "search seed), report.html, leaderboard.md, the sources and the LLaVA (merged models as recipes). About 20 minutes "
                     "on 2 CPU cores with vLLM installed (`tox -e demo` from a fresh clone: measured 1208 s, the base "
                     "imported from its package included, 1301 s with the install); the base then lives in "
@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("-o", "--output", default="tsugiki-demo", metavar="RUN_DIR", help="run directory (default: ./tsugiki-demo); "
                    "rerunning with the same settings continues where it stopped")
     d.add_argument("--quick", action="store_true", help="small budgets for every stage (CI; about 5 minutes)")
-    d.add_argument("--seed", type=int, default=0, help="first search seed: every stage searches with seeds SEED, "
-                   "SEED+1, SEED+2 (--quick: fewer)")
+    d.add_argument("--seed", type=int, default=0, help="first search seed: the LM and VLM stages search with seeds SEED, "
+                   "SEED+1, SEED+2, the SDXL stage with SEED, SEED+1 (--quick: fewer)")
     d.add_argument("--stages", default=None, help="comma-separated subset of lm,vlm,sdxl (default: all)")
     d.add_argument("--rebuild-models", action="store_true",
                    help="train the shipped LoRA adapters and the LLaVA's weights again (about 36 minutes), check "
