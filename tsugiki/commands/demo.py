@@ -29,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(shipped vision side and LM LoRA) whose LM is merged with the Japanese sibling by CMA-ES in PS, vision "
                     "fixed (three search seeds), scored on 216 Japanese questions about unseen pictures; tiny SDXL UNets "
                     "merged block-wise (two search seeds). Writes RUN_DIR/results.json (with each stage's verdict per "
-                    "search seed), report.html, leaderboard.md, the sources and the LLaVA (merged models as recipes). About 20 minutes "
-                    "on 2 CPU cores with vLLM installed (`tox -e demo` from a fresh clone: measured 1208 s, the base "
-                    "imported from its package included, 1301 s with the install); the base then lives in "
-                    "~/.cache/tsugiki (or $TSUGIKI_CACHE). --quick: about 4 minutes (measured 213 s, base cached).")
+                    "search seed), report.html, leaderboard.md, the sources and the LLaVA (merged models as recipes). About 22 minutes "
+                    "on 2 CPU cores with vLLM installed (`tox -e demo` from a fresh clone: measured 1328 s, the base "
+                    "imported from its package included, 1425 s with the install); the base then lives in "
+                    "~/.cache/tsugiki (or $TSUGIKI_CACHE). --quick: about 4 minutes (measured 220 s, base cached).")
     d.add_argument("-o", "--output", default="tsugiki-demo", metavar="RUN_DIR", help="run directory (default: ./tsugiki-demo); "
                    "rerunning with the same settings continues where it stopped")
     d.add_argument("--quick", action="store_true", help="small budgets for every stage (CI; about 5 minutes)")
