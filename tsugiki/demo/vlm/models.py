@@ -251,8 +251,7 @@ def _add_lora(model, lm_dir: Path, recipe: AlignRecipe):
     LoRA trains inside the LLaVA and saves as an ordinary adapter for the standalone LM."""
     from peft import LoraConfig, get_peft_model
 
-    lm = _causal_lm(lm_dir)
-    lm.model.load_state_dict(model.model.language_model.state_dict())
+    lm = _causal_lm(lm_dir)  # the same weights assemble() put into the LLaVA
     config = LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=0.0,
                         target_modules=list(recipe.lora_targets), bias="none", task_type="CAUSAL_LM")
     with warnings.catch_warnings():

@@ -63,16 +63,16 @@ def _load(model_dir: Path):
         return from_pretrained(LlavaForConditionalGeneration, model_dir).eval(), from_pretrained(AutoProcessor, model_dir)
 
 
-def english_check(llava: Path, vision: Path, budget: VlmBudget, progress: bool) -> dict:
+def english_check(llava: Path, vision: Path, budget: VlmBudget, progress: bool, loaded=None) -> dict:
     """The LLaVA's own English accuracy on held-out scenes (cached in the LLaVA dir), with how its
-    vision side (``vision``) was trained."""
+    vision side (``vision``) was trained; ``loaded``: the LLaVA's (model, processor) when already in memory."""
     meta = llava / META_FILE
     if meta.is_file():
         record = json.loads(meta.read_text())
         if record.get("en_items") == 2 * budget.en_eval_scenes:
             return record
     held_out = scenes.english_items(budget.en_eval_scenes, EN_EVAL_SEED, prefix="shapes_en_eval")
-    model, processor = _load(llava)
+    model, processor = loaded or _load(llava)
     answers = _predict(model, processor, EN_TEMPLATE, held_out, progress)
     vision = json.loads((vision / "training.json").read_text())
     record = {"en_items": len(held_out), "en_accuracy": english_accuracy(answers, held_out),
@@ -162,7 +162,6 @@ def run_vlm_stage(ctx: StageContext, *, base: Path, ja: Path, weights: Path | No
     weights = Path(weights or SHIPPED_LLAVA)
     ctx.say("[vlm] building the LLaVA around the base LM (shipped vision tower, projector and LM LoRA) …")
     llava = store_shared(build_llava(Path(base), ctx.out / "llava", weights), ctx.run_dir)
-    record = english_check(llava, weights, budget, ctx.progress)
     sources = {"llava": str(llava), "ja": str(ja), "base": str(base)}
     models = [Candidate(SOURCE_NAME, "source"), Candidate(JA_GRAFT, "baseline", JA_GRAFT_RECIPE)]
     for name, recipe in BASELINES.items():
@@ -186,6 +185,7 @@ def run_vlm_stage(ctx: StageContext, *, base: Path, ja: Path, weights: Path | No
     ctx.say(f"[vlm] asking {len(models)} LLaVAs {len(items)} Japanese questions about unseen pictures (each merge "
             "made in place in one loaded LLaVA) …")
     model, processor = _load(llava)
+    record = english_check(llava, weights, budget, ctx.progress, loaded=(model, processor))  # before any merge
     merger = VlmLanguageModelMerger(model, sources)
     for c in progress_bar(models, desc="Japanese VQA", unit="model", disable=not ctx.progress):
         if c.recipe is not None:
@@ -193,9 +193,8 @@ def run_vlm_stage(ctx: StageContext, *, base: Path, ja: Path, weights: Path | No
         answers[c.name] = _predict(model, processor, JA_TEMPLATE, items, ctx.progress)
         metrics, ci, per_item[c.name] = score(answers[c.name], items)
         _write_answers(ctx.out / "answers" / f"{slug(c.name)}.jsonl", items, answers[c.name], per_item[c.name])
-        by_kind = {k: word_accuracy(answers[c.name], items, k) for k in ("colour", "shape")}
-        rows.append(Row(c.name, c.role, metrics, ci, extra={**c.extra, "word_acc_by_kind": by_kind,
-                                                            "content_vs_chance": content_vs_chance(answers[c.name], items)}))
+        rows.append(Row(c.name, c.role, metrics, ci,
+                        extra={**c.extra, "content_vs_chance": content_vs_chance(answers[c.name], items)}))
     del model, merger
     for row in rows[1:]:
         diff, se = paired_difference([s["rougeL_ja"] for s in per_item[row.model]], [s["rougeL_ja"] for s in per_item[SOURCE_NAME]])
