@@ -1,12 +1,14 @@
 """`pytest benchmarks/`: one test per (model, benchmark); a score under its threshold fails.
 
 Without options it evaluates the embedded default model (a tiny random Llama built offline, on
-the text benchmarks) and the sample predictions in tests/data/benchmarks/sample-predictions/ (on
-every benchmark), with the VQA sets read from the fixtures in tests/data/benchmarks/. Thresholds
+the text benchmarks and, where lm-eval is installed, two sample lm-eval tasks written as local YAML + JSONL)
+and the sample predictions in tests/data/benchmarks/sample-predictions/ (on every benchmark), with the VQA
+sets read from the fixtures in tests/data/benchmarks/. Thresholds
 default to none ("runs and reports"). Options point it at real models, data and thresholds:
 
     pytest benchmarks/ --model evollm=path/to/llm --vlm-model path/to/vlm \
         --predictions other=preds/ --dataset-dir data/ --min-score mgsm-ja=40 --results-dir out/
+    pytest benchmarks/ --model path/to/llm --bench lm-eval:arc_easy --bench lm-eval:my_task --lm-eval-include tasks/
 
 Results: <results-dir>/<model>/<benchmark>.json (scores, 95% intervals) and .items.jsonl
 (per-item predictions), leaderboard.md / leaderboard.html, and junit.xml (unless --junitxml).
@@ -14,6 +16,7 @@ Results: <results-dir>/<model>/<benchmark>.json (scores, 95% intervals) and .ite
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from pathlib import Path
 
@@ -40,7 +43,9 @@ def pytest_addoption(parser):
     g.addoption("--results-dir", default="bench-results", metavar="DIR", help="where results go (bench-results)")
     g.addoption("--min-score", action="append", default=[], metavar="BENCH[.SCORE]=VALUE",
                 help="fail a benchmark whose (primary) score is below VALUE; repeatable")
-    g.addoption("--bench", action="append", default=[], metavar="NAME", help="only these benchmarks; repeatable")
+    g.addoption("--bench", action="append", default=[], metavar="NAME",
+                help="only these benchmarks (lm-eval:TASK: a task of lm-evaluation-harness); repeatable")
+    g.addoption("--lm-eval-include", metavar="DIR", help="folder of lm-eval task YAMLs for --bench lm-eval:TASK")
     g.addoption("--limit", type=int, metavar="N", help="only the first N items of each benchmark")
     g.addoption("--max-new-tokens", type=int, metavar="N", help="generation length (default: the benchmark's)")
     g.addoption("--batch-size", type=int, default=8, metavar="N", help="generation batch size (8)")
@@ -63,12 +68,19 @@ class BenchSession:
         self.thresholds = planning.parse_min_scores(opt.min_score)
         self.extraction, self.limit, self.baseline = opt.extraction, opt.limit, opt.baseline
         models, predictions, dataset_dir = list(opt.model), list(opt.predictions), opt.dataset_dir
+        benches, include = list(opt.bench) or None, opt.lm_eval_include
         gen = planning.GenerationOptions(max_new_tokens=opt.max_new_tokens, batch_size=opt.batch_size,
                                          device=opt.device, threads=opt.threads, engine=opt.engine, dtype=opt.dtype)
         self.embedded: Path | None = None
         self.default_run = not (models or opt.vlm_model or predictions)
         if self.default_run:
             self._tmp = tempfile.TemporaryDirectory(prefix="tsugiki-bench-")
+            if importlib.util.find_spec("lm_eval") is not None and benches is None and include is None:
+                from tsugiki.benchmarks.samples import SAMPLE_TASKS, write_sample_tasks
+                from tsugiki.benchmarks.specs import BENCHMARKS
+
+                include = str(write_sample_tasks(Path(self._tmp.name) / "lm-eval-tasks"))
+                benches = BENCHMARKS.names() + [f"lm-eval:{t}" for t in SAMPLE_TASKS]
             self.embedded = planning.build_embedded_model(self._tmp.name)  # a second: planning checks models exist
             models = [f"{planning.EMBEDDED_MODEL}={self.embedded}"]
             predictions = [str(FIXTURES / "sample-predictions")]
@@ -76,17 +88,14 @@ class BenchSession:
             gen.max_new_tokens = gen.max_new_tokens or EMBEDDED_MAX_NEW_TOKENS
             gen.batch_size = max(gen.batch_size, 32)
             gen.threads = gen.threads or 1  # a tiny model gains nothing from more, and loses much on a busy machine
-        self.cases = planning.plan(opt.bench or None, models=models, vlm_models=opt.vlm_model, predictions=predictions,
-                                   dataset_dir=dataset_dir, limit=opt.limit, generation=gen)
+        self.cases = planning.plan(benches, models=models, vlm_models=opt.vlm_model, predictions=predictions,
+                                   dataset_dir=dataset_dir, limit=opt.limit, generation=gen, lm_eval_include=include)
         self.results = []
 
     def run(self, case):
         from tsugiki.benchmarks.results import write_result
-        from tsugiki.benchmarks.runner import evaluate
-        from tsugiki.benchmarks.specs import BENCHMARKS
 
-        options = {"extraction": self.extraction} if self.extraction and BENCHMARKS.get(case.benchmark).metric == "mgsm" else None
-        result = evaluate(case.benchmark, case.predictor(), source=case.source, limit=self.limit, metric_options=options)
+        result = case.evaluate(limit=self.limit, extraction=self.extraction)
         write_result(result, self.results_dir)
         self.results.append(result)
         return result

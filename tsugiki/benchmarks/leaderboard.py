@@ -39,13 +39,19 @@ class Leaderboard:
         v = self.value(model, col)
         if v is None:
             return "—", False, ""
-        text = f"{v:.1f}"
+        d = _digits(self.cells[(model, col)])
+        text = f"{v:.{d}f}"
         if self.baseline and model != self.baseline:
             b = self.value(self.baseline, col)
             if b is not None:
-                text += f" ({v - b:+.1f})"
+                text += f" ({v - b:+.{d}f})"
         est = self.cells[(model, col)].scores[col[1]]
-        return text, round(v, 6) == round(self.best(col), 6), f"95% CI {est.low:.1f}–{est.high:.1f}"
+        return text, round(v, 6) == round(self.best(col), 6), f"95% CI {est.low:.{d}f}–{est.high:.{d}f}"
+
+
+def _digits(result: BenchmarkResult) -> int:
+    """Decimals shown: tsugiki's scores are percentages (1); lm-eval's keep lm-eval's scale, mostly fractions (3)."""
+    return 3 if result.metric == "lm-eval" else 1
 
 
 def build(results: list[BenchmarkResult], baseline: str | None = None) -> Leaderboard:
@@ -91,7 +97,8 @@ def _table(lb: Leaderboard) -> Table:
 
 def to_markdown(lb: Leaderboard) -> str:
     details = Table(["Model", "Benchmark", "Score", "Value", "95% CI", "n"], [
-        [m, r.title, name, f"{est.value:.2f}", f"{est.low:.2f}–{est.high:.2f}", str(r.n)]
+        [m, r.title, name, f"{est.value:.{_digits(r) + 1}f}", f"{est.low:.{_digits(r) + 1}f}–{est.high:.{_digits(r) + 1}f}",
+         str(r.n)]
         for (m, _), r in sorted(lb.cells.items(), key=lambda kv: (lb.models.index(kv[0][0]), lb.columns.index(kv[0][1])))
         for name, est in r.scores.items()])
     lines = [markdown(_table(lb)), "", "<details><summary>Scores with 95% bootstrap intervals</summary>", "",

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from tsugiki.benchmarks import harness
 from tsugiki.benchmarks.predictors import PredictionsFile, Predictor, TextGenerator, vlm_predictor
-from tsugiki.benchmarks.runner import resolve_source, text_generator
+from tsugiki.benchmarks.results import BenchmarkResult
+from tsugiki.benchmarks.runner import evaluate, resolve_source, text_generator
 from tsugiki.benchmarks.specs import BENCHMARKS, BenchmarkSpec
 from tsugiki.engines import EngineError, EngineOptions
 from tsugiki.engines.resident import ResidentEngine
@@ -26,14 +28,27 @@ EMBEDDED_MODEL = "tiny-llama"  # the label of the tiny random LM the default run
 
 @dataclass(frozen=True)
 class Case:
+    """One model on one benchmark: a built-in one scored from a predictor's answers, or an lm-eval task
+    (``lm-eval:TASK``) that lm-eval runs with the model's engine (``harness_run``)."""
+
     model: str
     benchmark: str
     source: Path | None
-    predictor: Callable[[], Predictor] = field(compare=False, repr=False)  # built on first use
+    predictor: Callable[[], Predictor] | None = field(default=None, compare=False, repr=False)  # built on first use
+    harness_run: Callable[[int | None], BenchmarkResult] | None = field(default=None, compare=False, repr=False)
 
     @property
     def id(self) -> str:
         return f"{self.model}-{self.benchmark}"
+
+    def evaluate(self, *, limit: int | None = None, extraction: str | None = None,
+                 progress: bool = False) -> BenchmarkResult:
+        """Score the case (``extraction``: MGSM's answer extraction, for the benchmarks that use it)."""
+        if self.harness_run is not None:
+            return self.harness_run(limit)
+        options = {"extraction": extraction} if extraction and BENCHMARKS.get(self.benchmark).metric == "mgsm" else None
+        return evaluate(self.benchmark, self.predictor(), source=self.source, limit=limit, metric_options=options,
+                        progress=progress)
 
 
 def labelled(value: str) -> tuple[str, Path]:
@@ -75,22 +90,44 @@ class _LazyGenerators:
         self.resident = ResidentEngine(gen.engine, EngineOptions(dtype=gen.dtype, device=gen.device,
                                                                  batch_size=gen.batch_size))
 
-    def get(self, spec: BenchmarkSpec, path: Path, label: str) -> TextGenerator:
+    def engine(self, path: Path):
         try:
-            engine = self.resident.load(path)
+            return self.resident.load(path)
         except EngineError as e:
             raise BenchmarkError(str(e)) from None
+
+    def get(self, spec: BenchmarkSpec, path: Path, label: str) -> TextGenerator:
         return text_generator(spec, path, max_new_tokens=self.gen.max_new_tokens, batch_size=self.gen.batch_size,
-                              name=label, threads=self.gen.threads, engine=engine)
+                              name=label, threads=self.gen.threads, engine=self.engine(path))
+
+    def harness(self, task: str, path: Path, label: str, include_path: str | None, limit: int | None) -> BenchmarkResult:
+        """lm-eval's run of ``task`` with the model at ``path`` in the resident engine."""
+        from tsugiki.threads import torch_threads
+
+        engine = self.engine(path)
+        with torch_threads(self.gen.threads):
+            out = harness.evaluate_tasks(engine, [task], include_path=include_path, limit=limit,
+                                         batch_size=self.gen.batch_size)
+        settings = {"limit": limit, "include_path": include_path, "generation": engine.describe()}
+        results = harness.to_results(out, label, settings)
+        return next(r for r in results if r.benchmark == harness.PREFIX + task)
 
 
 def plan(benchmarks: Sequence[str] | None = None, *, models: Sequence[str] = (), vlm_models: Sequence[str] = (),
          predictions: Sequence[str] = (), dataset_dir: str | Path | None = None, limit: int | None = None,
-         generation: GenerationOptions | None = None) -> list[Case]:
+         generation: GenerationOptions | None = None, lm_eval_include: str | Path | None = None) -> list[Case]:
     """All cases: every model on every selected benchmark of its kind, every predictions folder on
-    the selected benchmarks it has a file for (all of them when ``benchmarks`` names them)."""
+    the selected benchmarks it has a file for (all of them when ``benchmarks`` names them); every causal LM
+    on every ``lm-eval:TASK`` named (lm-eval's registry, or the YAMLs in ``lm_eval_include``)."""
     explicit = benchmarks is not None and len(benchmarks) > 0
-    specs = [BENCHMARKS.get(b) for b in benchmarks] if explicit else [BENCHMARKS.get(b) for b in BENCHMARKS.names()]
+    tasks = [harness.task_name(b) for b in benchmarks or () if harness.is_task(b)]
+    builtin = [b for b in benchmarks or () if not harness.is_task(b)]
+    specs = [BENCHMARKS.get(b) for b in builtin] if explicit else [BENCHMARKS.get(b) for b in BENCHMARKS.names()]
+    include = str(Path(lm_eval_include).resolve()) if lm_eval_include is not None else None
+    if include is not None and not Path(include).is_dir():
+        raise BenchmarkError(f"--lm-eval-include {lm_eval_include}: not a folder")
+    if tasks:
+        harness.check_tasks(tasks, include)  # a misnamed task fails before any model loads
     if not (models or vlm_models or predictions):
         raise BenchmarkError("nothing to evaluate: give --model, --vlm-model or --predictions")
     sources = {}
@@ -111,13 +148,17 @@ def plan(benchmarks: Sequence[str] | None = None, *, models: Sequence[str] = (),
         check_no_code(path)  # before anything is evaluated
         for spec in (s for s in specs if s.kind == "math"):
             cases.append(Case(label, spec.name, source(spec), lambda s=spec, p=path, l=label: generators.get(s, p, l)))
+        for task in tasks:
+            cases.append(Case(label, harness.PREFIX + task, None, harness_run=lambda n, t=task, p=path, l=label:
+                              generators.harness(t, p, l, include, n)))
     if vlm_models and gen.engine != "hf":  # vLLM's LLaVA needs torchvision, which does not load on every machine
         print(f"note: VLMs are scored with transformers (engine hf); --engine {gen.engine} applies to the causal LMs",
               file=sys.stderr)
     for label, path in vlms:
         check_no_code(path)
         for spec in (s for s in specs if s.kind == "vqa"):
-            cases.append(Case(label, spec.name, source(spec), lambda p=path, l=label: vlm_predictor(p, **vlm_options, name=l)))
+            cases.append(Case(label, spec.name, source(spec),
+                              lambda p=path, l=label: vlm_predictor(p, **vlm_options, name=l)))
     for value in predictions:
         label, path = labelled(value)
         if path.is_file():
@@ -162,8 +203,8 @@ def parse_min_scores(values: Sequence[str]) -> dict[tuple[str, str | None], floa
         bench, _, score = key.strip().partition(".")
         if not sep or not bench:
             raise BenchmarkError(f"--min-score {value!r}: expected BENCHMARK=VALUE or BENCHMARK.SCORE=VALUE")
-        spec = BENCHMARKS.get(bench)
-        if score:
+        spec = None if harness.is_task(bench) else BENCHMARKS.get(bench)  # an lm-eval task's scores are lm-eval's
+        if score and spec is not None:
             from tsugiki.benchmarks.specs import METRICS
 
             if score not in METRICS.get(spec.metric).scores:

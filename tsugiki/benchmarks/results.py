@@ -1,7 +1,8 @@
 """Benchmark results on disk: one JSON per (model, benchmark) with scores and intervals, and a
 JSONL of per-item predictions and scores beside it.
 
-Layout under a results folder: ``<model>/<benchmark>.json`` and ``<model>/<benchmark>.items.jsonl``.
+Layout under a results folder: ``<model>/<benchmark>.json`` and ``<model>/<benchmark>.items.jsonl`` (model and
+benchmark names made file-name safe: ``lm-eval:arc_easy`` -> ``lm-eval_arc_easy``).
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def slug(name: str) -> str:
 def write_result(result: BenchmarkResult, results_dir: str | Path) -> Path:
     """Write ``<model>/<benchmark>.json`` and ``.items.jsonl``; returns the JSON's path."""
     folder = Path(results_dir) / slug(result.model)
-    path = folder / f"{result.benchmark}.json"
-    data = result.to_json() | {"items_file": f"{result.benchmark}.items.jsonl"}
+    path = folder / f"{slug(result.benchmark)}.json"
+    data = result.to_json() | {"items_file": f"{slug(result.benchmark)}.items.jsonl"}
     try:
         write_jsonl(folder / data["items_file"], result.items)
         atomic_write(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")

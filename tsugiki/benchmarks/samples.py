@@ -140,3 +140,41 @@ def write_samples(folder: str | Path) -> Path:
     write_jsonl_with_images(ja_vlm_wild_rows(), folder / "ja-vlm-wild" / "test.jsonl")
     write_sample_predictions(folder / "sample-predictions")
     return folder
+
+
+# lm-eval tasks in lm-eval's own YAML format over local JSONL: a multiple-choice (loglikelihood) and a
+# generation (generate_until + exact_match) task, what `pytest benchmarks/` and `tsugiki eval --samples` run
+# as lm-eval:ja-sample-mc and lm-eval:ja-sample-gen
+SAMPLE_TASKS = ("ja-sample-mc", "ja-sample-gen")
+_CAPITALS = [("日本", "東京"), ("フランス", "パリ"), ("イギリス", "ロンドン"), ("イタリア", "ローマ"),
+             ("ドイツ", "ベルリン"), ("スペイン", "マドリード"), ("ロシア", "モスクワ"), ("エジプト", "カイロ")]
+
+
+def write_sample_tasks(folder: str | Path) -> Path:
+    """The two sample lm-eval tasks (YAML + JSONL; the YAMLs name their JSONL by absolute path, as lm-eval
+    reads ``data_files`` from the working folder) in ``folder``, for ``--lm-eval-include``."""
+    import yaml
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cities = [c for _, c in _CAPITALS]
+    mc = [{"question": f"{country}の首都はどこですか。", "choices": [city, cities[(i + 1) % 8], cities[(i + 3) % 8]],
+           "label": 0} for i, (country, city) in enumerate(_CAPITALS)]
+    gen = [{"question": f"{a}たす{b}はいくつですか。", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (2, 5), (6, 1),
+                                                                                  (4, 4), (5, 3), (2, 2), (7, 1)]]
+    common = {"dataset_path": "json", "test_split": "test", "metadata": {"version": 1.0}}
+    specs = {
+        "ja-sample-mc": (mc, {"output_type": "multiple_choice", "doc_to_text": "質問: {{question}}\n答え:",
+                              "doc_to_choice": "choices", "doc_to_target": "label",
+                              "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}),
+        "ja-sample-gen": (gen, {"output_type": "generate_until", "doc_to_text": "質問: {{question}}\n答え:",
+                                "doc_to_target": "answer",
+                                "generation_kwargs": {"until": ["\n"], "max_gen_toks": 8, "do_sample": False},
+                                "metric_list": [{"metric": "exact_match", "aggregation": "mean",
+                                                 "higher_is_better": True}]}),
+    }
+    for name, (rows, spec) in specs.items():
+        data = write_jsonl(folder / f"{name}.jsonl", rows)
+        doc = {"task": name, **common, "dataset_kwargs": {"data_files": {"test": str(data.resolve())}}, **spec}
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return folder

@@ -129,7 +129,6 @@ def _write_leaderboard(results, folder: Path, baseline: str | None) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tsugiki.benchmarks import plan as planning
     from tsugiki.benchmarks.results import write_result
-    from tsugiki.benchmarks.runner import evaluate
     from tsugiki.benchmarks.specs import BENCHMARKS
     from tsugiki.fileio import check_writable_dir
 
@@ -150,17 +149,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             samples = write_samples(Path(tmp) / "samples")
             dataset_dir = dataset_dir or samples
             predictions.append(str(samples / "sample-predictions"))
+            if args.lm_eval_include is None and any(b.startswith("lm-eval:") for b in args.benchmarks):
+                from tsugiki.benchmarks.samples import write_sample_tasks
+
+                args.lm_eval_include = str(write_sample_tasks(Path(tmp) / "lm-eval-tasks"))
             models.append(f"{planning.EMBEDDED_MODEL}={planning.build_embedded_model(tmp)}")
             gen.max_new_tokens = gen.max_new_tokens or 16
             gen.threads = gen.threads or 1
         cases = planning.plan(args.benchmarks, models=models, vlm_models=args.vlm_model, predictions=predictions,
-                              dataset_dir=dataset_dir, limit=args.limit, generation=gen)
+                              dataset_dir=dataset_dir, limit=args.limit, generation=gen,
+                              lm_eval_include=args.lm_eval_include)
         results, failures = [], []
         for case in cases:
-            result = evaluate(case.benchmark, case.predictor(), source=case.source, limit=args.limit,
-                              metric_options={"extraction": args.extraction} if args.extraction and
-                              BENCHMARKS.get(case.benchmark).metric == "mgsm" else None,
-                              progress=not args.quiet)
+            result = case.evaluate(limit=args.limit, extraction=args.extraction, progress=not args.quiet)
             path = write_result(result, args.results_dir)
             est = result.scores[result.primary]
             print(f"{case.model} / {case.benchmark}: {result.primary} = {est.value:.2f} "
@@ -214,17 +215,22 @@ def register(sub: argparse._SubParsersAction,
                        description="Evaluate models or prediction files on benchmarks; writes per-item JSONL, "
                                    "per-benchmark JSON and a Markdown + HTML leaderboard to --results-dir. "
                                    "Text-to-image evaluation (FID, HPSv2) is `tsugiki eval t2i`.")
-    e.add_argument("benchmarks", nargs="*", metavar="BENCHMARK", help="benchmarks to run (default: all that apply)")
+    e.add_argument("benchmarks", nargs="*", metavar="BENCHMARK",
+                   help="benchmarks to run (default: all built-in ones that apply); lm-eval:TASK runs a task of "
+                        "lm-evaluation-harness (its registry, or --lm-eval-include's YAMLs) on each --model")
     e.add_argument("--model", action="append", default=[], metavar="[LABEL=]PATH",
                    help="causal LM (folder or hub id) for the text benchmarks; repeatable")
     e.add_argument("--vlm-model", action="append", default=[], metavar="[LABEL=]PATH",
                    help="vision-language model for the VQA benchmarks; repeatable")
     e.add_argument("--predictions", action="append", default=[], metavar="[LABEL=]PATH",
                    help="folder of <benchmark>.jsonl files ({id, prediction} lines), or one such file; repeatable")
+    e.add_argument("--lm-eval-include", metavar="DIR",
+                   help="folder of lm-eval task YAMLs for lm-eval:TASK (pip install 'tsugiki[lm-eval]')")
     e.add_argument("--dataset-dir", help="folder with local copies (<benchmark>/ subfolders); default: the hub")
     e.add_argument("--results-dir", default="bench-results", help="where results go (default: bench-results)")
     e.add_argument("--samples", action="store_true",
-                   help="add the built-in sample sets, sample predictions and an embedded tiny LM (offline demo)")
+                   help="add the built-in sample sets, sample predictions and an embedded tiny LM (offline demo); "
+                        "with lm-eval:ja-sample-mc / lm-eval:ja-sample-gen, two sample lm-eval tasks")
     e.add_argument("--limit", type=_positive, help="only the first N items of each benchmark")
     e.add_argument("--max-new-tokens", type=_positive, help="generation length (default: the benchmark's, 1024 for MGSM)")
     e.add_argument("--engine", choices=engine_names(), default="hf",

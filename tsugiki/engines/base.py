@@ -48,6 +48,14 @@ class Engine:
 
     def answer_logprobs(self, pairs: Sequence[tuple[str, str]], *, append_eos: bool = False,
                         batch_size: int | None = None) -> list[AnswerScores]:
+        seqs, starts = answer_sequences(self.tokenizer, pairs, append_eos=append_eos)
+        return self.sequence_logprobs(seqs, starts, batch_size=batch_size)
+
+    def sequence_logprobs(self, seqs: Sequence[Sequence[int]], starts: Sequence[int], *,
+                          batch_size: int | None = None) -> list[AnswerScores]:
+        """Teacher-forced scores of token ids: for each sequence, the log-probability of every token from
+        ``starts[i]`` on given the tokens before it, and whether it is the greedy choice (what
+        :meth:`answer_logprobs` scores once it has tokenized, and what lm-eval's loglikelihood asks)."""
         raise NotImplementedError
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
@@ -63,6 +71,34 @@ class Engine:
 
     def close(self) -> None:
         """Free the engine's memory (its model, caches); it cannot be used afterwards."""
+
+
+def check_sequences(seqs: Sequence[Sequence[int]], starts: Sequence[int]) -> None:
+    """Refuse sequences with nothing to score (each needs a token before its first scored one)."""
+    if len(seqs) != len(starts):
+        raise EngineError(f"{len(seqs)} sequences but {len(starts)} start positions")
+    for s, st in zip(seqs, starts):
+        if not 0 < st < len(s):
+            raise EngineError(f"a sequence of {len(s)} tokens cannot be scored from position {st}")
+
+
+def answer_sequences(tokenizer, pairs: Sequence[tuple[str, str]], *, append_eos: bool = False
+                     ) -> tuple[list[list[int]], list[int]]:
+    """Token ids of ``prompt + answer`` per pair (the prompt with the tokenizer's special tokens, the answer
+    without, EOS appended with ``append_eos``) and where each answer starts: what every engine scores."""
+    if not pairs:
+        raise EngineError("no (prompt, answer) pairs to score")
+    seqs, starts = [], []
+    for prompt_text, answer_text in pairs:
+        prompt = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
+        answer = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+        if append_eos and tokenizer.eos_token_id is not None:
+            answer = answer + [tokenizer.eos_token_id]
+        if not answer:
+            raise EngineError(f"answer {answer_text!r} has no tokens")
+        seqs.append(list(prompt) + list(answer))
+        starts.append(len(prompt))
+    return seqs, starts
 
 
 def checkpoint_shapes(ref: str) -> dict[str, tuple[int, ...]] | None:

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from tsugiki.engines.base import AnswerScores, Engine, EngineError, EngineOptions
+from tsugiki.engines.base import AnswerScores, Engine, EngineError, EngineOptions, check_sequences
 
 
 class HFEngine(Engine):
@@ -127,9 +127,9 @@ class HFEngine(Engine):
 
     # ------------------------------------------------------------------------- teacher forcing
     @torch.no_grad()
-    def answer_logprobs(self, pairs: Sequence[tuple[str, str]], *, append_eos: bool = False,
-                        batch_size: int | None = None) -> list[AnswerScores]:
-        seqs, starts = answer_sequences(self.tokenizer, pairs, append_eos=append_eos)
+    def sequence_logprobs(self, seqs: Sequence[Sequence[int]], starts: Sequence[int], *,
+                          batch_size: int | None = None) -> list[AnswerScores]:
+        check_sequences(seqs, starts)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out = []
         size = max(int(batch_size or 64), 1)
@@ -152,25 +152,6 @@ class HFEngine(Engine):
                 out.append((logp[k:k + n].gather(1, target[:, None])[:, 0], logits[k:k + n].argmax(-1) == target))
                 k += n
         return out
-
-
-def answer_sequences(tokenizer, pairs: Sequence[tuple[str, str]], *, append_eos: bool = False
-                     ) -> tuple[list[list[int]], list[int]]:
-    """Token ids of ``prompt + answer`` per pair (the prompt with the tokenizer's special tokens, the answer
-    without, EOS appended with ``append_eos``) and where each answer starts: what every engine scores."""
-    if not pairs:
-        raise EngineError("no (prompt, answer) pairs to score")
-    seqs, starts = [], []
-    for prompt_text, answer_text in pairs:
-        prompt = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
-        answer = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
-        if append_eos and tokenizer.eos_token_id is not None:
-            answer = answer + [tokenizer.eos_token_id]
-        if not answer:
-            raise EngineError(f"answer {answer_text!r} has no tokens")
-        seqs.append(list(prompt) + list(answer))
-        starts.append(len(prompt))
-    return seqs, starts
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:

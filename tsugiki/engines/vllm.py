@@ -20,8 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from tsugiki.engines.base import AnswerScores, Engine, EngineError, EngineOptions, checkpoint_shapes
-from tsugiki.engines.hf import answer_sequences
+from tsugiki.engines.base import AnswerScores, Engine, EngineError, EngineOptions, check_sequences, checkpoint_shapes
 from tsugiki.errors import TsugikiError
 from tsugiki.hf_load import check_no_code, vllm_llm
 
@@ -256,15 +255,15 @@ class VLLMEngine(Engine):
                 engine.abort_request(left, internal=True)
             raise
 
-    def answer_logprobs(self, pairs: Sequence[tuple[str, str]], *, append_eos: bool = False,
-                        batch_size: int | None = None) -> list[AnswerScores]:
+    def sequence_logprobs(self, seqs: Sequence[Sequence[int]], starts: Sequence[int], *,
+                          batch_size: int | None = None) -> list[AnswerScores]:
         import torch
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        seqs, starts = answer_sequences(self.tokenizer, pairs, append_eos=append_eos)
+        check_sequences(seqs, starts)
         params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
-        outs = self._generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params)
+        outs = self._generate([TokensPrompt(prompt_token_ids=list(s)) for s in seqs], params)
         scored = []
         for seq, start, out in zip(seqs, starts, outs):
             lps, hits = [], []
