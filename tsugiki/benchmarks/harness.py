@@ -17,6 +17,7 @@ standard error.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from datetime import datetime, timezone
@@ -191,12 +192,95 @@ def evaluate_tasks(engine: Engine, tasks: Sequence[str], *, include_path: str | 
     lm_eval = require()
     check_tasks(tasks, include_path)
     kwargs: dict[str, Any] = {"samples": samples} if samples is not None else {"limit": limit}
-    out = lm_eval.simple_evaluate(model=engine_lm(engine, batch_size=batch_size), tasks=list(tasks),
-                                  num_fewshot=num_fewshot, task_manager=task_manager(include_path), log_samples=True,
-                                  verbosity="INFO" if verbose else "ERROR", **kwargs)
+    with _global_rng_kept():
+        out = lm_eval.simple_evaluate(model=engine_lm(engine, batch_size=batch_size), tasks=list(tasks),
+                                      num_fewshot=num_fewshot, task_manager=task_manager(include_path), log_samples=True,
+                                      verbosity="INFO" if verbose else "ERROR", **kwargs)
     if out is None:
         raise BenchmarkError("lm-eval returned no results")
     return out
+
+
+@contextlib.contextmanager
+def _global_rng_kept():
+    """lm-eval seeds Python's, numpy's and torch's global generators on every call: put them back afterwards,
+    so scoring a candidate changes nothing else in the process."""
+    import random
+
+    import numpy as np
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+
+
+# ------------------------------------------------------------------------------------ per-document scores
+@functools.lru_cache(maxsize=8)
+def task_docs(tasks: tuple[str, ...], include_path: str | None = None,
+              limit: int | None = None) -> tuple[tuple[str, int, str, str], ...]:
+    """``(task, doc index, prompt text, target text)`` of the docs lm-eval scores for ``tasks`` (group tasks
+    expanded; the first ``limit`` of each), in lm-eval's order: the items of an lm-eval fitness."""
+    require()
+    check_tasks(tasks, include_path)
+    out = []
+    for name, task in _leaf_tasks(tasks, include_path).items():
+        for i, doc in enumerate(task.eval_docs):
+            if limit is not None and i >= limit:
+                break
+            target = task.doc_to_target(doc)
+            if task.OUTPUT_TYPE == "multiple_choice" and isinstance(target, int):
+                target = task.doc_to_choice(doc)[target]
+            out.append((name, i, str(task.doc_to_text(doc)), str(target)))
+    return tuple(out)
+
+
+def task_fewshot(tasks: tuple[str, ...], include_path: str | None, num_fewshot: int | None) -> int:
+    """The largest number of few-shot examples any of ``tasks`` puts before a doc (``num_fewshot`` overrides)."""
+    if num_fewshot is not None:
+        return num_fewshot
+    return max((task.config.num_fewshot or 0 for task in _leaf_tasks(tasks, include_path).values()), default=0)
+
+
+def _leaf_tasks(tasks: Sequence[str], include_path: str | None) -> dict[str, Any]:
+    """Task name -> lm-eval Task, groups expanded to their tasks."""
+    return task_manager(include_path).load(list(tasks))["tasks"]
+
+
+def doc_scores(engine: Engine, docs: dict[str, list[int]], *, metric: str | None = None, include_path: str | None = None,
+               num_fewshot: int | None = None, batch_size: int = 8) -> dict[tuple[str, int], float]:
+    """Each listed doc's score (``metric``: a score name as :func:`score_name` gives it, default each task's
+    first) from one lm-eval run over just those docs. Refused where the metric is not a mean over docs (a
+    corpus-level BLEU, say): per-doc scores would not add up to the task's."""
+    out = evaluate_tasks(engine, list(docs), include_path=include_path, num_fewshot=num_fewshot,
+                         samples={t: sorted(ids) for t, ids in docs.items()}, batch_size=batch_size)
+    scores: dict[tuple[str, int], float] = {}
+    for task in docs:
+        row = out["results"].get(task, {})
+        names = [n for k in row if (n := score_name(k))]
+        name = metric or (names[0] if names else None)
+        if name not in names:
+            raise BenchmarkError(f"lm-eval task {task!r} has no score {name!r} (has {', '.join(names) or 'none'})")
+        key, filt = (name, "none") if "," not in name else name.split(",", 1)
+        per_doc = {}
+        for sample in out["samples"][task]:
+            value = sample.get(key)
+            if sample.get("filter", "none") != filt:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BenchmarkError(f"lm-eval task {task!r}: {name} is not a number per doc ({value!r}); "
+                                     f"use a metric that averages over docs")
+            per_doc[int(sample["doc_id"])] = float(value)
+        total = row[key + "," + filt]
+        if per_doc and not math.isclose(math.fsum(per_doc.values()) / len(per_doc), total, rel_tol=1e-9, abs_tol=1e-12):
+            raise BenchmarkError(f"lm-eval task {task!r}: {name} = {total} is not the mean of its per-doc scores; "
+                                 f"use a metric that averages over docs")
+        scores.update({(task, i): v for i, v in per_doc.items()})
+    return scores
 
 
 def score_name(key: str) -> str | None:

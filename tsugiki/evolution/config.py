@@ -58,6 +58,7 @@ from tsugiki.evolution.space_kind import SPACE_KINDS, SpaceKind
 from tsugiki.merging.recipe_yaml import parse_yaml
 
 RESUMABLE_CHANGES = ("workers", "backend", "generations", "max_evaluations")
+BRINGS_ITEMS = ("lm_eval",)  # fitness functions whose items come from their args (no data: needed)
 
 
 class TinyModels(Section):
@@ -179,6 +180,12 @@ class Estimate(Section):
     full_every: NonNegative = 1
 
 
+def _lm_eval_paths(function: Any, args: Any, info: ValidationInfo) -> Any:
+    """An ``lm_eval`` function's ``include_path``, relative to the config file like every path in it."""
+    ok = function == "lm_eval" and isinstance(args, Mapping) and isinstance(args.get("include_path"), str)
+    return dict(args, include_path=resolve_path(args["include_path"], info)) if ok else args
+
+
 class Fitness(Section):
     """``fitness:``: a registered name, ``module:function`` or ``file.py:function`` (code named by a
     path runs only with ``--allow-code``), its keyword ``args``, its ``data`` and, optionally, how a
@@ -192,7 +199,7 @@ class Fitness(Section):
     @classmethod
     def _check(cls, d: dict, info: ValidationInfo) -> dict:
         cls._required(d)
-        d["args"] = d.get("args") or {}
+        d["args"] = _lm_eval_paths(d.get("function"), d.get("args") or {}, info)
         return d
 
     @classmethod
@@ -202,21 +209,28 @@ class Fitness(Section):
 
 
 class Validation(Fitness):
-    """``validation:``: scored on the best candidates only, never searched on; ``function`` and
-    ``args`` default to the fitness's."""
+    """``validation:``: scored on the best candidates only, never searched on; ``function`` and ``args`` default to
+    the fitness's; ``data`` is required unless the function brings its items (``lm_eval``: its tasks' docs)."""
 
     @classmethod
     def _required(cls, d: dict) -> None:
-        if d.get("data") is None:
-            raise ValueError("missing required key 'data'")
         if "estimate" in d:
             raise at("estimate", "only the fitness is estimated; validation scores its whole set")
 
 
 class Test(Section):
-    """``test:``: the evaluation set; fitness and validation items sharing an id or text with it are an error."""
+    """``test:``: the evaluation set (``data``, or ``function: lm_eval`` and ``args``), disjoint from the others."""
 
-    data: Data
+    data: Optional[Data] = None
+    function: Optional[str] = None
+    args: Mapping_ = {}
+
+    @classmethod
+    def _check(cls, d: dict, info: ValidationInfo) -> dict:
+        if ("data" in d) == ("function" in d):
+            raise ValueError("expected 'data' or a 'function' that brings its items (lm_eval), not both")
+        d["args"] = _lm_eval_paths(d.get("function"), d.get("args") or {}, info)
+        return d
 
 
 def _device(v: Any) -> str:
@@ -327,6 +341,11 @@ class ConfigModel(Section):
                         raise at(("named_as", k), "expected {given, where}")
                     named[k] = {"given": str(x.get("given")), "where": str(x.get("where"))}
             d["named_as"] = named
+        val, fit = d.get("validation"), d["fitness"]
+        if isinstance(val, Mapping) and val.get("data") is None:  # code may bring items: checked as it loads
+            fn = val.get("function") or (fit.get("function") if isinstance(fit, Mapping) else None)
+            if not (fn in BRINGS_ITEMS or (isinstance(fn, str) and ":" in fn)):
+                raise at("validation", "missing required key 'data'")
         if "tiny_sdxl" in d and ("tiny_models" in d or "tiny_vlm" in d):
             raise at("tiny_sdxl", "use only one of tiny_models, tiny_vlm, tiny_sdxl")
         if "tiny_vlm" in d and "tiny_models" in d:

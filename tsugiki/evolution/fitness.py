@@ -31,6 +31,9 @@ the loader keeps disjoint by id and text from the config's ``test`` set):
 - ``mgsm_accuracy``: MGSM-style accuracy (0..1) of greedy generations; args ``extraction``
   (robust | sakana), ``max_new_tokens``, ``template`` (ja | en | "{input}" string), ``stop``,
   ``batch_size``, ``metric`` (acc | acc_ja).
+- ``lm_eval``: an lm-evaluation-harness task's score, per doc (:mod:`tsugiki.benchmarks.harness`); args ``tasks``,
+  ``include_path`` (a folder of task YAMLs), ``metric``, ``num_fewshot``, ``limit``, ``batch_size``; its items are
+  the tasks' docs (``FitnessSpec.pairs``), so it needs no ``data:``.
 - ``rougeL_ja``: Japanese ROUGE-L (0..1) of a VLM's VQA answers; args ``template``,
   ``max_new_tokens``, ``num_beams``, ``repetition_penalty``, ``batch_size``, ``language_filter``, ``stop`` (cut
   each answer at the first of these strings).
@@ -83,6 +86,7 @@ class FitnessSpec:
     doc: str = ""
     items: Callable[..., list[float]] | None = None
     item_range: Callable[[Mapping[str, Any]], tuple[float, float] | None] | None = None
+    pairs: Callable[[Mapping[str, Any]], list[Pair]] | None = None  # its own items from its args (no ``data:``)
 
 
 FITNESS: Registry[FitnessSpec] = Registry("fitness function")
@@ -280,6 +284,67 @@ def _rouge_scored(ctx: EvalContext, data: Sequence[Pair], template: str, max_new
     return rouge_ja([p.answer for p in data], answers, language_filter=language_filter)
 
 
+# ------------------------------------------------------------------------------ lm-evaluation-harness
+def lm_eval(ctx: EvalContext, data: Sequence[Pair], *, tasks: Sequence[str] | str, include_path: str | None = None,
+            metric: str | None = None, num_fewshot: int | None = None, limit: int | None = None,
+            batch_size: int = 8) -> float:
+    """The mean per-doc score of lm-eval ``tasks`` (its registry, or the YAMLs in ``include_path``) answered by
+    the candidate in the run's engine: lm-eval's own requests and metric (``metric``, a score name as
+    ``tsugiki eval`` reports it, default each task's first; it must average over docs). The items are the tasks'
+    docs (the first ``limit`` of each), ids ``lm-eval:TASK/INDEX``; with several tasks, every doc weighs the same."""
+    return math.fsum(lm_eval_items(ctx, data, tasks=tasks, include_path=include_path, metric=metric,
+                                   num_fewshot=num_fewshot, limit=limit, batch_size=batch_size)) / len(data)
+
+
+def lm_eval_items(ctx: EvalContext, data: Sequence[Pair], *, tasks: Sequence[str] | str, include_path: str | None = None,
+                  metric: str | None = None, num_fewshot: int | None = None, limit: int | None = None,
+                  batch_size: int = 8) -> list[float]:
+    """Per doc of ``data`` (items of :func:`lm_eval_pairs`): its score, from one lm-eval run over just those docs."""
+    from tsugiki.benchmarks import harness
+
+    names = _task_names(tasks)
+    if not data:
+        raise EvolutionError("lm_eval: no items to score")
+    wanted: dict[str, list[int]] = {}
+    keys = []
+    for p in data:
+        task, _, index = (p.id or "").removeprefix(harness.PREFIX).rpartition("/")
+        if task not in names or not index.isdigit():
+            raise EvolutionError(f"lm_eval: item {p.id!r} is not a doc of {', '.join(names)}")
+        wanted.setdefault(task, []).append(int(index))
+        keys.append((task, int(index)))
+    every = harness.task_docs(names, include_path, limit)
+    if len(data) < len(every) and harness.task_fewshot(names, include_path, num_fewshot):
+        raise EvolutionError("lm_eval: few-shot tasks score only on all their docs (lm-eval draws each doc's examples "
+                             "from one stream per task, so a subset would change them): no fitness.estimate here")
+    scores = harness.doc_scores(engine_of(ctx), wanted, metric=metric, include_path=include_path,
+                                num_fewshot=num_fewshot, batch_size=int(batch_size))
+    return [scores[k] for k in keys]
+
+
+def lm_eval_pairs(args: Mapping[str, Any]) -> list[Pair]:
+    """The docs an ``lm_eval`` fitness scores, as items (prompt: lm-eval's text of the doc, answer: its target)."""
+    from tsugiki.benchmarks import harness
+
+    docs = harness.task_docs(_task_names(args.get("tasks")), args.get("include_path"), args.get("limit"))
+    return [Pair(text, target, f"{harness.PREFIX}{task}/{i}") for task, i, text, target in docs]
+
+
+def _task_names(tasks: Any) -> tuple[str, ...]:
+    names = (tasks,) if isinstance(tasks, str) else tuple(tasks) if isinstance(tasks, (list, tuple)) else ()
+    if not names or not all(isinstance(t, str) and t for t in names):
+        raise EvolutionError(f"lm_eval: tasks must be a task name or a list of them, not {tasks!r}")
+    return tuple(t.removeprefix("lm-eval:") for t in names)
+
+
+_LM_EVAL_UNIT = ("acc", "acc_norm", "exact_match")  # lm-eval metrics whose per-doc scores lie in [0, 1]
+
+
+def _lm_eval_range(args: Mapping[str, Any]) -> tuple[float, float] | None:
+    metric = str(args.get("metric") or "").partition(",")[0]
+    return (0.0, 1.0) if metric in _LM_EVAL_UNIT else None
+
+
 def _unit(args: Mapping[str, Any]) -> tuple[float, float]:
     return 0.0, 1.0
 
@@ -295,6 +360,8 @@ FITNESS.register("exact_match", FitnessSpec(exact_match, True, "greedy continuat
                                             exact_match_items, _unit))
 FITNESS.register("answer_loglik", FitnessSpec(answer_loglik, True, "mean log-probability of the answer tokens",
                                               answer_loglik_items, None))
+FITNESS.register("lm_eval", FitnessSpec(lm_eval, True, "an lm-evaluation-harness task's per-doc mean score",
+                                        lm_eval_items, _lm_eval_range, pairs=lm_eval_pairs))
 FITNESS.register("neg_sphere", FitnessSpec(neg_sphere, False, "-sum((x - center)^2); no model"))
 FITNESS.register("weighted_sum", FitnessSpec(weighted_sum, True, "weighted sum of other fitness functions",
                                              weighted_sum_items, _weighted_sum_range))
@@ -354,7 +421,8 @@ def resolve_fitness(name: str) -> FitnessSpec:
     if not callable(fn):
         raise EvolutionError(f"fitness function {name!r}: {target!r} has no callable {attr!r}")
     return FitnessSpec(fn, needs_model=getattr(fn, "needs_model", True), doc=(fn.__doc__ or "").strip(),
-                       items=getattr(fn, "items", None), item_range=getattr(fn, "item_range", None))
+                       items=getattr(fn, "items", None), item_range=getattr(fn, "item_range", None),
+                       pairs=getattr(fn, "pairs", None))
 
 
 def as_fitness(value: Any) -> float:

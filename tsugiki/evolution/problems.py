@@ -60,22 +60,36 @@ class Problem:
         self.fitness: FitnessSpec = self._resolve("fitness", fit.function)
         self.fitness_args = dict(fit.args)
         _check_args(self.fitness, self.fitness_args, config.where("fitness.args"))
-        self.data: dict[str, list[Pair] | None] = {"fitness": load_pairs(fit.data.to_data(), config.where("fitness.data")) if fit.data else None}
+        self.data: dict[str, list[Pair] | None] = {"fitness": self._items("fitness", fit.data, self.fitness, self.fitness_args)}
         if val is not None:
             self.val_fitness = self._resolve("validation", val.function) if val.function else self.fitness
             self.val_args = dict(val.args) if val.function or val.args else self.fitness_args
             _check_args(self.val_fitness, self.val_args, config.where("validation.args"))
-            self.data["validation"] = load_pairs(val.data.to_data(), config.where("validation.data"))
+            self.data["validation"] = self._items("validation", val.data, self.val_fitness, self.val_args)
+            if self.data["validation"] is None:
+                raise EvolutionError(f"{config.where('validation')}missing required key 'data'")
             if self.data["fitness"] is not None:
                 check_disjoint(self.data["fitness"], self.data["validation"], "validation", config.where("validation.data"))
         if test is not None:  # the evaluation set: never scored here, only kept apart
-            test = load_pairs(test.data.to_data(), config.where("test.data"))
+            test_fn = self._resolve("test", test.function) if test.function else None
+            test = self._items("test", test.data, test_fn, dict(test.args))
             for split in ("fitness", "validation"):
                 if self.data.get(split) is not None:
                     check_disjoint(test, self.data[split], split, config.where(f"{split}.data"), against="test")
         config.spec.space.check_sources(config, self.paths)  # every source the space names is known
         self.engine: Engine | None = None  # started by setup where the kind scores text through one
         self._ready = False
+
+    def _items(self, section: str, data: Any, spec: FitnessSpec | None, args: Mapping[str, Any]) -> list[Pair] | None:
+        """A section's items: its ``data:``, else those its function brings (an ``lm_eval`` fitness: its tasks' docs)."""
+        if data is not None:
+            return load_pairs(data.to_data(), self.config.where(f"{section}.data"))
+        if spec is None or spec.pairs is None:
+            return None
+        try:
+            return spec.pairs(args)
+        except TsugikiError as e:
+            raise EvolutionError(f"{self.config.where(section + '.args')}{e}") from None
 
     engines: tuple[str, ...] = ("hf",)  # the engines (config ``engine.name``) this kind can score with
 
