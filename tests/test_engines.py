@@ -183,6 +183,26 @@ def test_vllm_bfloat16_swap_prints_no_per_tensor_warnings(tiny_gemma, capfd):
     assert "Attempted to load weight" not in out.out + out.err
 
 
+def test_lm_eval_tasks_score_alike_on_both_engines(vllm_gemma, tiny_gemma, tmp_path):
+    """The lm-eval wrapper serves both engines: the sample multiple-choice and generation tasks give the same
+    per-doc answers on vLLM as on hf (float32; log-likelihoods within 1e-3, the same greedy text)."""
+    pytest.importorskip("lm_eval")
+    from tsugiki.benchmarks import harness
+    from tsugiki.benchmarks.samples import SAMPLE_TASKS, write_sample_tasks
+
+    include = str(write_sample_tasks(tmp_path))
+    hf = open_engine("hf", str(tiny_gemma.base))
+    for task in SAMPLE_TASKS:
+        a = harness.evaluate_tasks(hf, [task], include_path=include)["samples"][task]
+        b = harness.evaluate_tasks(vllm_gemma, [task], include_path=include)["samples"][task]
+        for x, y in zip(a, b, strict=True):
+            if task.endswith("gen"):
+                assert x["filtered_resps"] == y["filtered_resps"]
+            else:
+                for (lx, gx), (ly, gy) in zip(x["filtered_resps"], y["filtered_resps"], strict=True):
+                    assert lx == pytest.approx(ly, abs=1e-3) and gx == gy
+
+
 def test_vllm_interrupted_generation_leaves_nothing_behind(vllm_gemma, monkeypatch):
     """A candidate's timeout (an exception raised between engine steps) interrupts a batch; the requests it left
     are aborted, so the next call gets its own outputs, not theirs."""

@@ -193,9 +193,12 @@ def evaluate_tasks(engine: Engine, tasks: Sequence[str], *, include_path: str | 
     check_tasks(tasks, include_path)
     kwargs: dict[str, Any] = {"samples": samples} if samples is not None else {"limit": limit}
     with _global_rng_kept():
-        out = lm_eval.simple_evaluate(model=engine_lm(engine, batch_size=batch_size), tasks=list(tasks),
-                                      num_fewshot=num_fewshot, task_manager=task_manager(include_path), log_samples=True,
-                                      verbosity="INFO" if verbose else "ERROR", **kwargs)
+        try:
+            out = lm_eval.simple_evaluate(model=engine_lm(engine, batch_size=batch_size), tasks=list(tasks),
+                                          num_fewshot=num_fewshot, task_manager=task_manager(include_path),
+                                          log_samples=True, verbosity="INFO" if verbose else "ERROR", **kwargs)
+        except OSError as e:  # its data: a hub dataset while offline, a data file that is not there
+            raise BenchmarkError(f"lm-eval task {', '.join(tasks)}: {e}") from None
     if out is None:
         raise BenchmarkError("lm-eval returned no results")
     return out
