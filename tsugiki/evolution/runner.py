@@ -36,6 +36,7 @@ from tsugiki.evolution.backends import Result, Task, in_index_order, make_backen
 from tsugiki.evolution.calibrate import Estimation, calibrate, check_estimate
 from tsugiki.evolution.config import EvolveConfig, load_config
 from tsugiki.evolution.fitness import names_code
+from tsugiki.evolution.front import choose
 from tsugiki.evolution.plan import check_config, config_function_refs
 from tsugiki.evolution.problems import KeptProblem, Problem, make_problem
 from tsugiki.evolution.replay import by_full_set, costs, front_add, improves, replay, stop_reason, tally, vec
@@ -153,11 +154,14 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
 
 
 def evolve_and_export(config: EvolveConfig | None, run_dir: str | Path, export_to: str | Path | None, *,
-                      force: bool = False, keep_existing: bool = False, **options: Any) -> tuple[RunResult, Path | None]:
+                      force: bool = False, keep_existing: bool = False, front_index: int | None = None,
+                      front_weights: list[float] | None = None, **options: Any) -> tuple[RunResult, Path | None]:
     """:func:`evolve` (``options`` are its keywords), then write the best candidate as a model dir at
     ``export_to`` with the thread count candidates were evaluated with, so the exported weights are the
     evaluated ones bit for bit. ``keep_existing``: an ``export_to`` already there (an earlier export of
-    this run; outputs are written atomically) is kept, not replaced. Returns the result and the dir."""
+    this run; outputs are written atomically) is kept, not replaced. A multi-objective run exports the point
+    of its front at ``front_index`` or the one ``front_weights`` pick (:func:`~tsugiki.evolution.front.choose`)
+    where given. Returns the result and the dir."""
     result = evolve(config, run_dir, **options)
     if export_to is None:
         return result, None
@@ -165,13 +169,18 @@ def evolve_and_export(config: EvolveConfig | None, run_dir: str | Path, export_t
         raise EvolutionError(f"{run_dir}: no successful candidate to export")
     if keep_existing and Path(export_to).exists():
         return result, Path(export_to)
-    return result, export_best(result, run_dir, export_to, force=force)
+    params = None
+    if front_index is not None or front_weights is not None:
+        params = choose(run_dir, index=front_index, weights=front_weights)["params"]
+    return result, export_best(result, run_dir, export_to, force=force, params=params)
 
 
-def export_best(result: RunResult, run_dir: str | Path, export_to: str | Path, *, force: bool = False) -> Path:
-    """Write ``result``'s best candidate as a model dir at ``export_to``, with the thread count candidates were
-    evaluated with (the evaluated weights bit for bit)."""
-    return make_problem(result.config, run_dir).export_as_evaluated(result.best["params"], export_to, force=force)
+def export_best(result: RunResult, run_dir: str | Path, export_to: str | Path, *, force: bool = False,
+                params: dict | None = None) -> Path:
+    """Write ``result``'s best candidate (or the candidate of ``params``) as a model dir at ``export_to``, with the
+    thread count candidates were evaluated with (the evaluated weights bit for bit)."""
+    values = result.best["params"] if params is None else params
+    return make_problem(result.config, run_dir).export_as_evaluated(values, export_to, force=force)
 
 
 class _Loop:
