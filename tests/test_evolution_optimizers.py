@@ -295,3 +295,32 @@ def test_front_flags_need_a_multi_objective_config(tmp_path, capsys):
     assert main(["evolve", str(tmp_path / "c.yaml"), "-o", str(tmp_path / "run"), "--export", str(tmp_path / "o"),
                  "-q", "--front-index", "0"]) == 2
     assert "has one fitness, no front" in capsys.readouterr().err
+
+
+def test_two_objectives_on_a_merge_space(tiny_siblings, tmp_path):
+    """A PS space with two answer_loglik objectives on different data: each candidate is merged once and
+    scored on both (the same values as a one-fitness run of each objective scores it), then validated."""
+    def ps(fitness, **extra):
+        return {"name": "ps-mo", "sources": {"base": str(tiny_siblings.base), "a": str(tiny_siblings.variants[0]),
+                                             "b": str(tiny_siblings.variants[1])},
+                "space": {"kind": "ps", "method": "dare_ties", "base_model": "base", "models": ["a", "b"], "merge_seed": 0},
+                "fitness": fitness, "search": {"seed": 0, "population": 3, "generations": 2, **extra.pop("search", {})}, **extra}
+
+    def data(generator, split="fitness"):
+        return {"generator": [generator], "split": split, "n": 4, "seed": 0}
+
+    objectives = [{"function": "answer_loglik", "name": "arith", "data": data("arithmetic")},
+                  {"function": "answer_loglik", "name": "ja", "data": data("ja_sentences")}]
+    validation = [{"data": data("arithmetic", "validation")}, {"data": data("ja_sentences", "validation")}]
+    evolve(from_data(ps(objectives, validation=validation, search={"optimizer": "random"}), base_dir=tmp_path), tmp_path / "mo")
+    hist = RunDir(tmp_path / "mo").read_jsonl("history.jsonl")
+    assert len(hist) == 6 and all(h["fitness"] is not None for h in hist)
+    for name, obj in (("arith", objectives[0]), ("ja", objectives[1])):  # each objective alone, on the same vectors
+        from tsugiki.evolution import make_problem
+
+        one = make_problem(from_data(ps({k: v for k, v in obj.items() if k != "name"}), base_dir=tmp_path), tmp_path / "mo")
+        for h in hist[:2]:
+            assert one.evaluate(one.space.decode(h["x"]), "fitness", h["seed"]) == pytest.approx(h["objectives"][name], abs=1e-6)
+    front = json.loads((tmp_path / "mo" / "front.json").read_text())["front"]
+    assert front and all(set(p["validation"]) == {"arith", "ja"} for p in front)
+    assert (tmp_path / "mo" / "plots" / "pareto.png").exists() and (tmp_path / "mo" / "best.yaml").exists()
