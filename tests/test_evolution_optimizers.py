@@ -324,3 +324,34 @@ def test_two_objectives_on_a_merge_space(tiny_siblings, tmp_path):
     front = json.loads((tmp_path / "mo" / "front.json").read_text())["front"]
     assert front and all(set(p["validation"]) == {"arith", "ja"} for p in front)
     assert (tmp_path / "mo" / "plots" / "pareto.png").exists() and (tmp_path / "mo" / "best.yaml").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["nsga2", "random"])
+def test_one_fitness_with_a_box_optimizer_searches_and_resumes(tmp_path, optimizer):
+    cfg = {"name": "s", "space": {"kind": "box", "params": {"x": [-5, 5], "y": {"bounds": [-1, 3], "transform": "clip"}}},
+           "fitness": {"function": "neg_sphere", "args": {"center": 0.5}},
+           "search": {"optimizer": optimizer, "seed": 5, "generations": 30}}
+    result = evolve(from_data(cfg), tmp_path / "ref", plots=False)
+    assert result.evaluations == 30 * 6  # the default population for 2 dims: 4 + floor(3 ln 2)
+    assert result.best["fitness"] > (-0.01 if optimizer == "nsga2" else -0.5)  # measured: -0.0005 and -0.08
+    assert "sigma" not in gens(tmp_path / "ref")[0] and "objectives" not in history(tmp_path / "ref")[0]
+    run = tmp_path / "run"
+    evolve(from_data(dict(cfg, search=dict(cfg["search"], generations=3))), run, plots=False)
+    ref_lines = (tmp_path / "ref" / "history.jsonl").read_bytes().splitlines(keepends=True)
+    with open(run / "history.jsonl", "ab") as f:
+        f.write(b"".join(ref_lines[18:20]) + ref_lines[20][:10])
+    evolve(from_data(cfg), run, plots=False)
+    assert history(run) == history(tmp_path / "ref") and gens(run) == gens(tmp_path / "ref")
+    assert (run / "best.json").read_text() == (tmp_path / "ref" / "best.json").read_text()
+
+
+def test_box_optimizers_map_the_unit_cube_per_transform():
+    from tsugiki.evolution.optimizers import BoxOptimizer
+    from tsugiki.evolution.space import Param, SearchSpace
+
+    space = SearchSpace.of([Param("c", 2, 4, transform="clip"), Param("s", 2, 4), Param("n", transform="none")])
+    opt = BoxOptimizer(from_data(CMA_BOX), space, ["maximize"])
+    for u in ([0.0, 0.0, 0.0], [0.25, 0.25, 0.25], [1.0, 1.0, 1.0]):
+        values = space.decode(opt.to_x(u))
+        assert values["c"] == pytest.approx(2 + 2 * u[0]) and values["n"] == pytest.approx(2 * u[2] - 1)
+        assert values["s"] == pytest.approx(min(max(2 + 2 * u[1], 2 + 2e-4), 4 - 2e-4), abs=1e-9)  # 1e-4 inside
