@@ -11,7 +11,7 @@ from tsugiki.evolution.config import load_config
 from tsugiki.evolution.data import check_disjoint, generate, load_pairs
 from tsugiki.evolution.dfs import DFSSpace
 from tsugiki.evolution.ps import PSSpace
-from tsugiki.evolution.runner import failure_costs
+from tsugiki.evolution.optimizers import failure_costs
 from tsugiki.evolution.space import Param, SearchSpace
 
 

@@ -119,3 +119,23 @@ def test_bad_lm_eval_fitness_is_one_line(tiny_siblings, tasks, tmp_path):
     cfg["fitness"]["args"] = {"tasks": "sums", "include_path": "tasks-here"}
     data = from_data(cfg, base_dir=tmp_path).data
     assert data["fitness"]["args"]["include_path"] == str(tmp_path / "tasks-here")  # relative to the config
+
+
+def test_lm_eval_objectives_of_a_multi_objective_search(tiny_siblings, tasks, tmp_path):
+    """Two lm-eval objectives (and lm-eval validation) in one NSGA-II search: each recorded objective is what the
+    one-fitness lm_eval scores on the same candidate."""
+    cfg = _config(tiny_siblings, tasks)
+    one = cfg.pop("fitness")
+    cfg["fitness"] = [dict(one, name="sums"),
+                      {"function": "lm_eval", "name": "fewshot", "args": {"tasks": ["sums-fewshot"],
+                                                                          "include_path": str(tasks)}}]
+    held_out = {"tasks": ["sums-held-out"], "include_path": str(tasks)}
+    cfg["validation"] = [{"args": held_out}, {"args": dict(held_out, limit=4)}]
+    cfg["search"] = {"seed": 0, "population": 2, "generations": 1, "optimizer": "nsga2"}
+    evolve(from_data(cfg), tmp_path / "run", plots=False)
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    single = make_problem(from_data(_config(tiny_siblings, tasks)), tmp_path / "single")
+    for line in history:
+        assert line["objectives"]["sums"] == single.evaluate(line["params"])
+    front = json.loads((tmp_path / "run" / "front.json").read_text())["front"]
+    assert front and all(set(p["validation"]) == {"sums", "fewshot"} for p in front)

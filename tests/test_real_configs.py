@@ -216,7 +216,7 @@ def offline_hub(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name, dims", [("evollm-jp-ps", 6), ("evollm-jp-dfs", 196), ("evovlm-jp", 4),
-                                        ("evosdxl-jp-style", 40)])
+                                        ("evosdxl-jp-style", 40), ("evollm-jp-mo", 6)])
 def test_cli_plan_reads_only_config_files(offline_hub, capsys, name, dims):
     from tsugiki.cli import main
 
@@ -224,6 +224,20 @@ def test_cli_plan_reads_only_config_files(offline_hub, capsys, name, dims):
     out = capsys.readouterr().out
     assert f"{dims} dimensions" in out
     assert "evaluations" in out
+
+
+def test_multi_objective_config_searches_the_ps_space_with_nsga2(offline_hub, capsys):
+    """configs/evollm-jp-mo.yaml: evollm-jp-ps's merge, two maximised MGSM objectives, NSGA-II."""
+    from tsugiki.cli import main
+
+    config = load("evollm-jp-mo")
+    assert [(o.name, o.direction, o.args["metric"], o.data.mgsm) for o in config.spec.objectives] == [
+        ("acc_ja", "maximize", "acc_ja", "ja"), ("acc_en", "maximize", "acc", "en")]
+    assert config.data["space"] == load("evollm-jp-ps").data["space"]
+    assert main(["evolve", str(CONFIGS / "evollm-jp-mo.yaml"), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "budget: population 20, 1000 evaluations" in out
+    assert "optimizer nsga2 over 2 objectives (acc_ja: maximize, acc_en: maximize)" in out
 
 
 def test_cli_plan_says_which_source_config_is_missing(offline_hub, capsys, tmp_path):

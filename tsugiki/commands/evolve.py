@@ -32,15 +32,43 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         config = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
         if config is None:
             raise EvolutionError(f"{run_dir}: not a run dir (no config.yaml) to resume")
+    front = _front_choice(args, config)
     changes = {k: getattr(args, k) for k in ("workers", "backend", "generations", "max_evaluations") if getattr(args, k) is not None}
     if changes:
         config = config.with_search(**changes)
     result, out = evolve_and_export(config, run_dir, args.export, force=args.force, progress=not args.quiet,
-                                    allow_code=args.allow_code)
+                                    allow_code=args.allow_code, **front)
     if out is not None:
-        print(f"exported the best candidate → {out}")
+        print(f"exported {'the chosen front point' if front else 'the best candidate'} → {out}")
     print(summary(run_dir, stop_reason=result.stop_reason))
     return 0
+
+
+def _front_choice(args: argparse.Namespace, config) -> dict:
+    """``--front-index`` / ``--front-weights`` as evolve_and_export's keywords, refused up front when they do
+    not fit the config (one objective, a weight per objective, non-negative, not all 0)."""
+    if args.front_index is None and args.front_weights is None:
+        return {}
+    flag = "--front-index" if args.front_index is not None else "--front-weights"
+    if args.front_index is not None and args.front_weights is not None:
+        raise EvolutionError("give --front-index or --front-weights, not both")
+    if args.export is None:
+        raise EvolutionError(f"{flag} chooses what --export writes; give --export DIR")
+    names = [o.name for o in config.spec.objectives]
+    if not names:
+        raise EvolutionError(f"{flag}: {config.source_name} has one fitness, no front (a list of objectives has one)")
+    if args.front_index is not None:
+        if args.front_index < 0:
+            raise EvolutionError(f"--front-index {args.front_index}: expected a position in front.json (0, 1, ...)")
+        return {"front_index": args.front_index}
+    try:
+        weights = [float(w) for w in args.front_weights.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != len(names) or any(not 0 <= w < float("inf") for w in weights) or not any(weights):
+        raise EvolutionError(f"--front-weights {args.front_weights!r}: expected {len(names)} non-negative numbers, not "
+                             f"all 0, separated by commas (one per objective: {', '.join(names)})")
+    return {"front_weights": weights}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,6 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--generations", type=int, help="total generations (may be raised to extend a run)")
     e.add_argument("--max-evaluations", dest="max_evaluations", type=int, help="total evaluation budget")
     e.add_argument("--export", metavar="DIR", help="write the best candidate as a merged model dir at the end")
+    e.add_argument("--front-index", dest="front_index", type=int, metavar="K",
+                   help="multi-objective run: --export the point at position K of RUN_DIR/front.json (default: the best)")
+    e.add_argument("--front-weights", dest="front_weights", metavar="W1,W2,...",
+                   help="multi-objective run: --export the front point with the highest weighted sum of min-max "
+                        "normalised objectives (one weight per objective, in the config's order)")
     e.add_argument("--force", action="store_true", help="replace the --export DIR if it exists")
     e.add_argument("--plan", action="store_true",
                    help="print the search space (dimensions by part) and the evaluation budget, then exit; needs no "

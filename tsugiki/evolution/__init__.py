@@ -1,4 +1,4 @@
-"""Evolutionary search over merge recipes (PS, DFS, PS+DFS) with CMA-ES.
+"""Evolutionary search over merge recipes (PS, DFS, PS+DFS) with CMA-ES, NSGA-II or random search.
 
 After Akiba et al. 2024, "Evolutionary Optimization of Model Merging Recipes" (arXiv:2403.13187).
 
@@ -10,8 +10,9 @@ Modules: ``space`` (bounded parameters <-> vectors), ``ps`` / ``dfs`` / ``sdxl``
 ``assemble`` (no-copy DFS candidates), ``fitness`` / ``data`` (scoring), ``config`` and ``schema`` (the
 typed YAML config), ``space_kind`` and ``kinds`` (each ``space.kind``: its keys, problem and plan),
 ``problems`` (space + scoring + export), ``sources`` (paths, tiny models, loading), ``plan`` (weight-free
-``--plan``), ``backends`` (serial, processes, Ray), ``runner`` (the CMA-ES loop), ``rundir`` (files,
-lock, atomic checkpoints), ``report`` (plots, summary).
+``--plan``), ``backends`` (serial, processes, Ray), ``optimizers`` (cma, nsga2, random), ``runner`` (the
+search loop), ``replay`` (resume from the logs), ``front`` (multi-objective runs' Pareto front), ``rundir``
+(files, lock, atomic checkpoints), ``report`` (plots, summary).
 """
 
 import tsugiki.evolution.kinds  # noqa: F401 - registers every space kind before a config is read

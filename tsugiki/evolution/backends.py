@@ -30,6 +30,7 @@ import torch
 
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.config import from_data
+from tsugiki.evolution.front import summary
 from tsugiki.evolution.problems import SetupError, make_problem
 from tsugiki.threads import torch_threads
 
@@ -55,6 +56,7 @@ class Result:
     seconds: float
     fatal: bool = False  # the problem itself cannot be set up (models do not load): the run stops
     scores: tuple[float, ...] | None = None  # per-item scores of a per_item task; fitness is their mean
+    objectives: tuple[float, ...] | None = None  # a multi-objective fitness's values; fitness: their summary
 
 
 class CandidateTimeout(Exception):
@@ -88,6 +90,9 @@ def evaluate_task(problem, task: Task, *, timeout: float | None, threads: int) -
     try:
         with torch_threads(threads), _time_limit(timeout):
             values = problem.space.decode(task.x) if task.source is None else {}
+            if not task.per_item and problem.objective_names:
+                objs = problem.evaluate_objectives(values, task.split, task.seed)
+                return Result(summary(objs, problem.directions), None, time.perf_counter() - start, objectives=tuple(objs))
             if not task.per_item:
                 return Result(problem.evaluate(values, task.split, task.seed), None, time.perf_counter() - start)
             scores = problem.evaluate_items(values, task.split, task.seed, items=task.items, source=task.source)

@@ -38,7 +38,7 @@ from tsugiki.progress import progress_bar
 
 def check_estimate(config: Any, problem: Problem) -> None:
     """Refuse, before anything runs, an ``estimate`` its fitness function or data cannot serve."""
-    est = config.spec.fitness.estimate
+    est = config.spec.estimate
     if est is None:
         return
     where = config.where("fitness.estimate")
@@ -63,7 +63,7 @@ def score_range(problem: Problem) -> tuple[float, float] | None:
 
 def calibration_tasks(config: Any, problem: Problem) -> list[tuple[str, Task]]:
     """(label, task) of every calibration model, in order; each scores all fitness items."""
-    est, search = config.spec.fitness.estimate, config.spec.search
+    est, search = config.spec.estimate, config.spec.search
     out = []
     if est.sources:
         for name in problem.scorable_sources():
@@ -95,7 +95,7 @@ class Estimation:
 
 def calibrate(config: Any, problem: Problem, rd: RunDir, backend, *, progress: bool = False) -> Estimation:
     """Run (or finish) the calibration pass in ``rd`` and fit (or read back) the estimator."""
-    est = config.spec.fitness.estimate
+    est = config.spec.estimate
     n = len(problem.data["fitness"])
     tasks = calibration_tasks(config, problem) if est.method != "subsample" else []  # a subset needs no calibration
     lines = list(rd.lines_after(CALIBRATION, 0))

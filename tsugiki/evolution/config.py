@@ -8,16 +8,17 @@ sdxl_blocks; each kind's class lists its keys). Paths are relative to the config
     tiny_models | tiny_vlm | tiny_sdxl: {...}   tiny factory models built offline into RUN_DIR/models
     space: {kind: ..., ...}                     the search space (tsugiki.evolution.kinds)
     fitness: {function: NAME | module:function | file.py:function, args: {...}, data: DATA}
-    validation: {data: DATA, function, args}    optional, never searched on
+             or a list of objectives, each also with {name, direction: maximize | minimize}
+    validation: {data: DATA, function, args}    optional, never searched on (a list, one per objective)
     test: {data: DATA}                          optional: the evaluation set, kept disjoint
-    search: {seed, population, sigma, generations, max_evaluations, timeout, workers, backend, threads,
-             device, cma_options}               (:class:`Search`)
+    search: {seed, optimizer, population, sigma, generations, max_evaluations, timeout, workers, backend,
+             threads, device, cma_options}      (:mod:`tsugiki.evolution.search_config`)
     engine: {name: hf | vllm, dtype, ...}       optional: what scores text (:class:`EngineSection`)
 
 DATA is described in :mod:`tsugiki.evolution.data`. ``workers``, ``backend``, ``generations`` and
 ``max_evaluations`` may change when a run is resumed; any other change makes the config incompatible
 with the run dir (see :meth:`EvolveConfig.fingerprint`, kept in the run dir's ``run.json``). A resume
-rebuilds the CMA-ES state by replaying the run's logs under this config (no pickle; see
+rebuilds the optimiser's state by replaying the run's logs under this config (no pickle; see
 :mod:`tsugiki.evolution.rundir`). A run dir's ``config.yaml`` also carries ``named_as``: the sources as
 the user wrote them, which outputs name them by.
 """
@@ -34,62 +35,29 @@ from pathlib import Path
 from typing import Annotated, Any, Mapping, Optional, Union
 
 import yaml
-from pydantic import PlainValidator, StrictBool, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import PlainValidator, StrictBool, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tsugiki.errors import EvolutionError, RecipeError
 from tsugiki.evolution.schema import (
     Count,
     Mapping_,
     NonNegative,
-    NonNegativeNumber,
-    Number,
     PathStr,
     Section,
     at,
     config_error,
-    integer,
-    number_value,
     one_of,
     resolve_path,
     where,
 )
 from tsugiki.evolution.engine_config import EngineSection
+from tsugiki.evolution.search_config import Search
+from tsugiki.evolution.tiny_config import TinyModels, TinySdxl, TinyVlm
 from tsugiki.evolution.space_kind import SPACE_KINDS, SpaceKind
 from tsugiki.merging.recipe_yaml import parse_yaml
 
 RESUMABLE_CHANGES = ("workers", "backend", "generations", "max_evaluations")
 BRINGS_ITEMS = ("lm_eval",)  # fitness functions whose items come from their args (no data: needed)
-
-
-class TinyModels(Section):
-    """Tiny factory LM siblings (tsugiki.factory.lm), sources ``base``, ``variant_0``, ..."""
-
-    arch: Annotated[str, one_of("llama", "mistral", "qwen2")] = "llama"
-    n: NonNegative = 2
-    kind: Annotated[str, one_of("finetuned", "perturbed")] = "finetuned"
-    seed: NonNegative = 0
-    steps: NonNegative = 20
-    hidden_size: Optional[NonNegative] = None
-    num_layers: Optional[NonNegative] = None
-
-
-class TinyVlm(Section):
-    """A tiny graft set (tsugiki.factory.vlm.build_graft_set): sources ``llava`` (the VLM), ``base``,
-    ``variant_0``, ... (mistral LLMs)."""
-
-    kind: Annotated[str, one_of("llava", "llava_next")] = "llava"
-    n: Count = 2
-    seed: NonNegative = 0
-    hidden_size: Optional[NonNegative] = None
-    num_layers: Optional[NonNegative] = None
-    lm_delta: NonNegativeNumber = 0.02
-
-
-class TinySdxl(Section):
-    """Tiny SDXL pipelines ``base``, ``variant_0``, ... (same text encoders and VAE, different UNets)."""
-
-    n: Count = 2
-    seed: NonNegative = 0
 
 
 def _generator(v: Any) -> Union[str, list]:
@@ -218,6 +186,47 @@ class Validation(Fitness):
             raise at("estimate", "only the fitness is estimated; validation scores its whole set")
 
 
+def _default_name(d: dict) -> None:
+    if "name" not in d and isinstance(d.get("function"), str):
+        d["name"] = d["function"].rpartition(":")[2]  # a registered name, or the function of module:function
+    if "name" in d and (not isinstance(d["name"], str) or not d["name"]):
+        raise at("name", f"expected a non-empty string, got {d['name']!r}")
+
+
+class Objective(Fitness):
+    """One objective of a multi-objective ``fitness:`` (a list of these): a fitness plus its ``name``
+    (default: the function's name; unique) and ``direction`` (maximize or minimize)."""
+
+    name: Optional[str] = None
+    direction: Annotated[str, one_of("maximize", "minimize")] = "maximize"
+
+    @classmethod
+    def _check(cls, d: dict, info: ValidationInfo) -> dict:
+        d = super()._check(d, info)
+        if "estimate" in d:
+            raise at("estimate", "a multi-objective fitness is not estimated (score every item, or search one fitness)")
+        _default_name(d)
+        return d
+
+
+class ValidationObjective(Validation):
+    """One entry of a multi-objective ``validation:`` list: the objective ``name`` it validates (default:
+    the objective at the same position), whose ``function``, ``args`` and direction it takes by default."""
+
+    name: Optional[str] = None
+
+
+def _sections(kind: type[Section], what: str):
+    def check(v: Any, info: ValidationInfo) -> Any:
+        if not isinstance(v, list):
+            return (Validation if kind is ValidationObjective else Fitness).model_validate(v, context=info.context)
+        if len(v) < 2:
+            raise ValueError(f"a list of {what} needs two or more (one {what[:-1]} is a mapping)")
+        return tuple(TypeAdapter(list[kind]).validate_python(v, context=info.context))
+
+    return PlainValidator(check)
+
+
 class Test(Section):
     """``test:``: the evaluation set (``data``, or ``function: lm_eval`` and ``args``), disjoint from the others."""
 
@@ -231,52 +240,6 @@ class Test(Section):
             raise ValueError("expected 'data' or a 'function' that brings its items (lm_eval), not both")
         d["args"] = _lm_eval_paths(d.get("function"), d.get("args") or {}, info)
         return d
-
-
-def _device(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError("expected a device name (cpu, cuda, cuda:1, ...)")
-    return v
-
-
-def _sigma(v: Any) -> float:
-    v = number_value(v)
-    if v <= 0:
-        raise ValueError("must be > 0")
-    return v
-
-
-class Search(Section):
-    """``search:``: CMA-ES and how candidates are evaluated. ``threads``: torch threads per evaluation,
-    the same on every backend; ``device``: where models live and merge (cpu, cuda, ...); ``timeout``: s
-    per candidate. With ``max_evaluations`` alone, that is the budget."""
-
-    seed: NonNegative = 0
-    population: Optional[Annotated[int, integer(2)]] = None
-    sigma: Annotated[float, PlainValidator(_sigma)] = 0.5
-    generations: Optional[Count] = 10
-    max_evaluations: Optional[Count] = None
-    timeout: Optional[Number] = None
-    workers: Count = 1
-    backend: Annotated[str, one_of("local", "ray")] = "local"
-    threads: Count = 1
-    device: Annotated[str, PlainValidator(_device)] = "cpu"
-    cma_options: Mapping_ = {}
-
-    @classmethod
-    def _check(cls, d: dict, info: ValidationInfo) -> dict:
-        if d.get("max_evaluations") is not None and "generations" not in d:
-            d["generations"] = None  # the evaluation budget alone
-        return d
-
-    @model_validator(mode="after")
-    def _some_budget(self) -> "Search":
-        if self.generations is None and self.max_evaluations is None:
-            raise ValueError("set generations or max_evaluations")
-        return self
-
-    def to_data(self) -> dict[str, Any]:
-        return {k: copy.deepcopy(getattr(self, k)) for k in type(self).model_fields}  # every key, defaults too
 
 
 def _space(v: Any, info: ValidationInfo) -> SpaceKind:
@@ -312,8 +275,8 @@ class ConfigModel(Section):
     tiny_vlm: Optional[TinyVlm] = None
     tiny_sdxl: Optional[TinySdxl] = None
     space: Annotated[SpaceKind, PlainValidator(_space)]
-    fitness: Fitness
-    validation: Optional[Validation] = None
+    fitness: Annotated[Union[Fitness, tuple[Objective, ...]], _sections(Objective, "objectives")]
+    validation: Annotated[Optional[Union[Validation, tuple[ValidationObjective, ...]]], _sections(ValidationObjective, "validations")] = None
     test: Optional[Test] = None
     search: Search = Search()
     engine: Optional[EngineSection] = None
@@ -351,6 +314,40 @@ class ConfigModel(Section):
         if "tiny_vlm" in d and "tiny_models" in d:
             raise at("tiny_vlm", "use either tiny_models or tiny_vlm, not both")
         return d
+
+    @model_validator(mode="after")
+    def _objectives_agree(self) -> "ConfigModel":
+        objs, val = self.objectives, self.validation
+        names = [o.name for o in objs]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise at(("fitness", i, "name"), f"objective name {name!r} is used twice; give each objective a unique name")
+        if objs and self.search.optimizer == "cma":
+            raise at(("search", "optimizer"), f"cma optimises one fitness, not {len(objs)} objectives; use optimizer: "
+                                              f"nsga2 or random (or one weighted_sum fitness)")
+        if objs and isinstance(val, Validation):
+            raise at("validation", f"a multi-objective run validates each objective: give a list of validation "
+                                   f"sections, one per objective ({', '.join(names)})")
+        if not objs and isinstance(val, tuple):
+            raise at("validation", "a list of validations goes with a list of objectives; this fitness is one")
+        if isinstance(val, tuple):
+            if len(val) != len(objs):
+                raise at("validation", f"{len(val)} validations for {len(objs)} objectives ({', '.join(names)})")
+            for i, (v, o) in enumerate(zip(val, objs)):
+                if v.name is not None and v.name != o.name:
+                    raise at(("validation", i, "name"), f"{v.name!r}: validation {i} validates objective {o.name!r} "
+                                                        f"(same order as fitness)")
+        return self
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        """The objectives of a multi-objective fitness; () for one fitness."""
+        return self.fitness if isinstance(self.fitness, tuple) else ()
+
+    @property
+    def estimate(self) -> Optional[Estimate]:
+        """``fitness.estimate`` (a multi-objective fitness is never estimated)."""
+        return None if self.objectives else self.fitness.estimate
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,12 @@ def plan_space(config: EvolveConfig, model_configs: Mapping[str, Mapping[str, An
     planned = kind.plan(config, paths, configs)
     search = config.spec.search
     population = search.population or cma_population(planned.space.dim)
+    if search.optimizer != "cma":
+        objectives = config.spec.objectives
+        notes = (*notes, f"optimizer {search.optimizer}" + (f" over {len(objectives)} objectives ("
+                 + ", ".join(f"{o.name}: {o.direction}" for o in objectives) + ")" if objectives else ""))
     budgets = [b for b in (search.generations and search.generations * population, search.max_evaluations) if b]
-    est = config.spec.fitness.estimate
+    est = config.spec.estimate
     if est is not None:
         calibration = ("" if est.method == "subsample" else
                        f"; first a calibration pass scores {'the sources and ' if est.sources else ''}{est.calibration} "
@@ -87,10 +91,35 @@ def plan_space(config: EvolveConfig, model_configs: Mapping[str, Mapping[str, An
     return SpacePlan(kind.kind, planned.space, planned.parts, population, min(budgets), (*notes, *planned.notes))
 
 
+def config_function_refs(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """:func:`~tsugiki.evolution.fitness.function_refs` of a config's data, whose fitness may be a list
+    of objectives (and its validation a list, one per objective): keys as ``fitness[1].function``."""
+    fit, val = data.get("fitness"), data.get("validation")
+    if not isinstance(fit, list):
+        return function_refs(data)
+    out = []
+    for i, obj in enumerate(fit):
+        view = {"fitness": obj, **({"validation": val[i]} if isinstance(val, list) and i < len(val) else {})}
+        out += [(key.replace("fitness", f"fitness[{i}]", 1) if key.startswith("fitness") else
+                 key.replace("validation", f"validation[{i}]", 1), name) for key, name in function_refs(view)]
+    return out
+
+
+def data_sections(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(dotted key, DATA) of every data section a config's data names (fitness, validation, test; per objective)."""
+    out = []
+    for section in ("fitness", "validation", "test"):
+        d = data.get(section) or {}
+        for key, part in ([(f"{section}[{i}]", x) for i, x in enumerate(d)] if isinstance(d, list) else [(section, d)]):
+            if part.get("data") is not None:
+                out.append((f"{key}.data", part["data"]))
+    return out
+
+
 def check_names(config: EvolveConfig, paths: Mapping[str, str]) -> None:
     """Refuse a fitness function (a registered name; code is not imported, a ``file.py`` must exist) or a
     model the space names that is not there (``paths``: the sources), at the config's ``FILE:LINE: key``."""
-    for key, name in function_refs(config.data):
+    for key, name in config_function_refs(config.data):
         target = name.rpartition(":")[0]
         try:
             if not names_code(name):
@@ -118,10 +147,8 @@ def check_config(config: EvolveConfig, run_dir: str | Path) -> None:
     it builds or writes anything."""
     check_source_paths(config)
     check_names(config, source_paths(config, Path(run_dir)))
-    for section in ("fitness", "validation", "test"):
-        data = (config.data.get(section) or {}).get("data")
-        if data is not None:
-            check_data(data, config.where(section + ".data"))
+    for key, data in data_sections(config.data):
+        check_data(data, config.where(key))
 
 
 def plan_from_sources(config: EvolveConfig, run_dir: str | Path = ".") -> SpacePlan:

@@ -57,6 +57,17 @@ class Problem:
         self.paths = dict(paths)
         self.named: dict[str, Named] = {}  # source path -> how the user named it (make_problem sets it)
         fit, val, test = config.spec.fitness, config.spec.validation, config.spec.test
+        self.objective_names: list[str] = [o.name for o in config.spec.objectives]  # [] for one fitness
+        self.directions: list[str] = [o.direction for o in config.spec.objectives] or ["maximize"]
+        if self.objective_names:
+            self._objectives(config, test)
+        else:
+            self._one_fitness(config, fit, val, test)
+        config.spec.space.check_sources(config, self.paths)  # every source the space names is known
+        self.engine: Engine | None = None  # started by setup where the kind scores text through one
+        self._ready = False
+
+    def _one_fitness(self, config: EvolveConfig, fit: Any, val: Any, test: Any) -> None:
         self.fitness: FitnessSpec = self._resolve("fitness", fit.function)
         self.fitness_args = dict(fit.args)
         _check_args(self.fitness, self.fitness_args, config.where("fitness.args"))
@@ -71,14 +82,49 @@ class Problem:
             if self.data["fitness"] is not None:
                 check_disjoint(self.data["fitness"], self.data["validation"], "validation", config.where("validation.data"))
         if test is not None:  # the evaluation set: never scored here, only kept apart
-            test_fn = self._resolve("test", test.function) if test.function else None
-            test = self._items("test", test.data, test_fn, dict(test.args))
+            test = self._test_items(test)
             for split in ("fitness", "validation"):
                 if self.data.get(split) is not None:
                     check_disjoint(test, self.data[split], split, config.where(f"{split}.data"), against="test")
-        config.spec.space.check_sources(config, self.paths)  # every source the space names is known
-        self.engine: Engine | None = None  # started by setup where the kind scores text through one
-        self._ready = False
+
+    def _objectives(self, config: EvolveConfig, test: Any) -> None:
+        """A multi-objective fitness: per split, per objective (function, args, data) in ``self.scorers``."""
+        test = self._test_items(test) if test is not None else None
+        self.scorers: dict[str, list[tuple[FitnessSpec, dict, list[Pair] | None]]] = {"fitness": []}
+        self.data = {"fitness": None}  # per objective, in scorers
+        vals = config.spec.validation or ()
+        if vals:
+            self.scorers["validation"], self.data["validation"] = [], None
+        for i, o in enumerate(config.spec.objectives):
+            spec, args = self._resolve(f"fitness[{i}]", o.function), dict(o.args)
+            _check_args(spec, args, config.where(f"fitness[{i}].args"))
+            pairs = self._items(f"fitness[{i}]", o.data, spec, args)
+            self.scorers["fitness"].append((spec, args, pairs))
+            checks = [(pairs, f"fitness[{i}]")]
+            if vals:
+                v = vals[i]
+                vspec = self._resolve(f"validation[{i}]", v.function) if v.function else spec
+                vargs = dict(v.args) if v.function or v.args else args
+                _check_args(vspec, vargs, config.where(f"validation[{i}].args"))
+                vpairs = self._items(f"validation[{i}]", v.data, vspec, vargs)
+                if vpairs is None:
+                    raise EvolutionError(f"{config.where(f'validation[{i}]')}missing required key 'data'")
+                self.scorers["validation"].append((vspec, vargs, vpairs))
+                if pairs is not None:
+                    check_disjoint(pairs, vpairs, "validation", config.where(f"validation[{i}].data"))
+                checks.append((vpairs, f"validation[{i}]"))
+            for split_pairs, key in checks if test is not None else ():
+                if split_pairs is not None:
+                    check_disjoint(test, split_pairs, key.partition("[")[0], config.where(f"{key}.data"), against="test")
+
+    def evaluate_objectives(self, values: Mapping[str, float], split: str = "fitness", seed: int = 0) -> list[float]:
+        """A candidate's objectives on ``split`` (a multi-objective fitness), its model prepared once."""
+        ctx = self._context(values, split, seed)
+        return [as_fitness(spec.fn(ctx, pairs, **args)) for spec, args, pairs in self.scorers[split]]
+
+    def _test_items(self, test: Any) -> list[Pair]:
+        return self._items("test", test.data, self._resolve("test", test.function) if test.function else None,
+                           dict(test.args))
 
     def _items(self, section: str, data: Any, spec: FitnessSpec | None, args: Mapping[str, Any]) -> list[Pair] | None:
         """A section's items: its ``data:``, else those its function brings (an ``lm_eval`` fitness: its tasks' docs)."""
@@ -121,7 +167,7 @@ class Problem:
         except EngineError as e:
             raise EvolutionError(f"{self.config.where('engine.name')}{e}") from None
 
-    def _resolve(self, section: str, name: str) -> FitnessSpec:
+    def _resolve(self, section: str, name: str | None) -> FitnessSpec:
         try:
             return resolve_fitness(name)
         except TsugikiError as e:

@@ -5,6 +5,8 @@
   set, which the toy runs measured at 2-5x).
 - ``plots/ps_heatmap.png``: the best PS candidate's parameters per model and layer group (as in Fig. 3
   of Akiba et al. 2024, arXiv:2403.13187).
+- ``plots/pareto.png`` (a multi-objective run): every candidate in the first two objectives, the Pareto
+  front of the evaluated ones, and the validated front points on the validation split.
 - ``plots/dfs_path.png``: the best DFS inference path (source layer per path position, coloured by
   model) and the scaling matrix W (as in the paper's Fig. 4).
 
@@ -122,6 +124,39 @@ def plot_dfs(details: dict, out: Path) -> Path:
     return out
 
 
+def plot_pareto(history: list[dict], front: dict, out: Path) -> Path:
+    """Every evaluated candidate in the first two objectives, the front highlighted; beside it, the validated
+    front points' validation objectives (a multi-objective run; more than two objectives: the first two)."""
+    names = [o["name"] for o in front["objectives"]][:2]
+    label = [f"{o['name']} ({'higher' if o['direction'] == 'maximize' else 'lower'} is better)" for o in front["objectives"][:2]]
+    validated = [p for p in front["front"] if p.get("validation")]
+    fig = _figure(12 if validated else 6.5, 5)
+    ax = fig.add_subplot(1, 2 if validated else 1, 1)
+    pts = [[h["objectives"][n] for n in names] for h in history if h.get("objectives")]
+    if pts:
+        ax.scatter(*zip(*pts), s=8, alpha=0.35, color="tab:gray", label="evaluated candidate")
+    fr = sorted([p["objectives"][n] for n in names] for p in front["front"])
+    if fr:
+        ax.plot(*zip(*fr), "o-", ms=4, color="tab:blue", label=f"front ({len(fr)} points, fitness split)")
+    ax.set_xlabel(label[0])
+    ax.set_ylabel(label[1])
+    ax.set_title("fitness split")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if validated:
+        ax2 = fig.add_subplot(1, 2, 2)
+        ax2.scatter(*zip(*[[p["objectives"][n] for n in names] for p in validated]), s=14, color="tab:blue", label="fitness split")
+        ax2.scatter(*zip(*[[p["validation"][n] for n in names] for p in validated if None not in p["validation"].values()]),
+                    s=14, marker="s", color="tab:orange", label="validation split")
+        ax2.set_xlabel(label[0])
+        ax2.set_ylabel(label[1])
+        ax2.set_title("front points: fitness vs validation")
+        ax2.legend(fontsize=8)
+        ax2.grid(alpha=0.3)
+    fig.savefig(out)
+    return out
+
+
 def write_plots(run_dir: str | Path, problem=None) -> list[Path]:
     """Write the run's PNG plots; none (with a warning) when matplotlib is not installed."""
     try:
@@ -138,6 +173,9 @@ def write_plots(run_dir: str | Path, problem=None) -> list[Path]:
     out = rd.file("plots")
     out.mkdir(exist_ok=True)
     files = [plot_fitness(history, generations, out / "fitness.png")]
+    front = _front(rd)
+    if front is not None:
+        files.append(plot_pareto(history, front, out / "pareto.png"))
     best = _best(rd)
     if problem is not None and best is not None:
         details = problem.details(best["params"])
@@ -153,7 +191,9 @@ _CAPTIONS = {"fitness.png": "Fitness over evaluations: every candidate, the best
                             "on the fitness and validation splits (the gap shows overfitting); in an estimated run "
                             "also its score on the full fitness set (the gap shows the estimate's error).",
              "ps_heatmap.png": "Best candidate's merge parameters per model and layer group / UNet block.",
-             "dfs_path.png": "Best DFS inference path (source layer per position) and scaling matrix W."}
+             "dfs_path.png": "Best DFS inference path (source layer per position) and scaling matrix W.",
+             "pareto.png": "Every evaluated candidate in the first two objectives with the Pareto front of the evaluated "
+                           "ones (front.json); beside it, the validated front points on the validation split."}
 
 
 def write_html(run_dir: str | Path) -> Path:
@@ -178,13 +218,23 @@ def write_html(run_dir: str | Path) -> Path:
                  ("best found at", f"generation {best['generation']}, candidate {best['index']}")]
     parts = [f"<h1>{esc(name)}</h1><h2>Summary</h2>", to_html(Table((), rows, key_value=True))]
     plots = rd.file("plots")
-    for png in ("fitness.png", "ps_heatmap.png", "dfs_path.png"):
+    for png in ("fitness.png", "pareto.png", "ps_heatmap.png", "dfs_path.png"):
         if (plots / png).exists():
             parts.append(f"<figure><img src=\"plots/{png}\" alt=\"{png}\"><figcaption>{esc(_CAPTIONS[png])}</figcaption></figure>")
     if best:
         params = [[k, Cell(f"{v:.4g}", numeric=True)] for k, v in best["params"].items()]
         parts += ["<h2>Best candidate</h2>", to_html(Table(["parameter", "value"], params)),
                   "<p>Recipe: <a href=\"best.yaml\">best.yaml</a></p>"]
+    front = _front(rd)
+    if front is not None:
+        names = [o["name"] for o in front["objectives"]]
+        head = ["#", "generation", "index", *names, *[f"{n} (validation)" for n in names]]
+        rows = [[Cell(str(c), numeric=True) for c in (k, p["generation"], p["index"], *[_f(p["objectives"][n]) for n in names],
+                                                      *[_f((p.get("validation") or {}).get(n)) for n in names])]
+                for k, p in enumerate(front["front"])]
+        parts += ["<h2>Pareto front</h2><p>Non-dominated evaluated candidates (<a href=\"front.json\">front.json</a>; "
+                  + ", ".join(f"{o['name']}: {o['direction']}" for o in front["objectives"])
+                  + "); <code>--front-index #</code> exports one.</p>", to_html(Table(head, rows))]
     if generations:
         estimated = any("best_full_fitness" in g for g in generations)
         counted = any("items_scored" in g for g in generations)  # runs with fitness data
@@ -209,6 +259,11 @@ def _best(rd: RunDir) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def _front(rd: RunDir) -> dict | None:
+    p = rd.file("front.json")
+    return json.loads(p.read_text()) if p.exists() else None
+
+
 def _f(v: Any) -> str:
     return "-" if v is None else f"{v:.4g}"
 
@@ -228,6 +283,9 @@ def summary(run_dir: str | Path, *, stop_reason: str = "", max_params: int = 12)
     if best:
         lines.append(f"best         fitness {_f(best['fitness'])}, validation {_f(best.get('validation'))} "
                      f"(generation {best['generation']}, candidate {best['index']})")
+        if "objectives" in best:
+            lines.append("objectives   " + ", ".join(f"{k} {_f(v)}" for k, v in best["objectives"].items())
+                         + " (best: the front's equal-weight choice; front.json holds the front)")
         checked = [g for g in generations if g.get("best_full_fitness") is not None]
         if checked:
             errors = [abs(g["best_fitness"] - g["best_full_fitness"]) for g in checked]
@@ -243,7 +301,7 @@ def summary(run_dir: str | Path, *, stop_reason: str = "", max_params: int = 12)
                      + (f" ... ({len(others) - max_params} more)" if len(others) > max_params else ""))
     if failed:
         lines.append(f"first error  gen {failed[0]['generation']} #{failed[0]['index']}: {str(failed[0]['error'])[:100]}")
-    files = [f for f in ("best.yaml", "best.json", "history.jsonl", "generations.jsonl", CALIBRATION, ESTIMATOR,
+    files = [f for f in ("best.yaml", "best.json", "front.json", "history.jsonl", "generations.jsonl", CALIBRATION, ESTIMATOR,
                          "report.html") if rd.file(f).exists()]
     plots = sorted(p.name for p in rd.file("plots").glob("*.png")) if rd.file("plots").exists() else []
     lines.append("files        " + ", ".join(files + [f"plots/{p}" for p in plots]))

@@ -10,6 +10,7 @@ Layout::
     generations.jsonl  one line per finished generation (best, mean, validation of its best, ...)
     best.yaml          the best candidate so far (a tsugiki/mergekit recipe where the space has one)
     best.json          its generation, index, fitness, validation score and parameters
+    front.json         a multi-objective run's Pareto front of evaluated candidates (tsugiki.evolution.front)
     calibration.jsonl  with fitness.estimate (anchors, irt): per-item scores of the calibration models
     estimator.json     with fitness.estimate: the fitted estimator, read back on resume
     plots/*.png        fitness curve, PS heatmap or DFS path and scales (at the end of a run)
@@ -19,7 +20,7 @@ Every file is text (YAML / JSON); nothing in a run dir is unpickled. (A fitness 
 config.yaml names as code, a module or a ``.py`` file, runs on resume only with ``--allow-code``.) A
 generation's line in ``generations.jsonl`` is its commit point: history lines are appended (and
 fsynced) as candidates finish, in index order, then the generation line. Resuming rebuilds the
-CMA-ES state by replaying the committed generations (see :func:`tsugiki.evolution.runner.replay`):
+optimiser's state by replaying the committed generations (see :func:`tsugiki.evolution.replay.replay`):
 a fresh optimiser from the config asks, the asked vectors must equal the recorded ``x`` exactly, and
 it is told the recorded costs. History lines of the interrupted generation are reused when they
 match the re-asked candidates exactly; a partly written last line (a kill mid-write) is cut off, so

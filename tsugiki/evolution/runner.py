@@ -1,18 +1,19 @@
-"""The CMA-ES loop: ask, evaluate (any backend), log, tell, checkpoint; resumable after SIGKILL.
+"""The search loop: ask, evaluate (any backend), log, tell, checkpoint; resumable after SIGKILL.
 
-CMA-ES (Hansen's ``cma``) as the optimiser of merge recipes follows Akiba et al. 2024
-(arXiv:2403.13187). Fitness is maximised; CMA-ES minimises ``-fitness``. A failed candidate (exception,
-timeout, NaN) is logged with its error and told to CMA-ES as worse than every successful candidate of
-its generation (cost = worst successful cost + 1 + the generation's cost spread; 0 for all when none
-succeeded), so the search goes on.
+The optimiser is the config's ``search.optimizer`` (:mod:`tsugiki.evolution.optimizers`): CMA-ES (Hansen's
+``cma``; as the optimiser of merge recipes after Akiba et al. 2024, arXiv:2403.13187), NSGA-II or random
+search. Fitness is maximised; the optimiser minimises costs (``-fitness``; per objective for a
+multi-objective fitness, :mod:`tsugiki.evolution.front`). A failed candidate (exception, timeout, NaN) is
+logged with its error and costs more than every successful candidate of its generation (worst successful
+cost + 1 + the generation's cost spread; 0 for all when none succeeded), so the search goes on.
 
-Determinism: CMA-ES draws its normal samples from its own ``numpy`` generator seeded by
-``search.seed`` (never the global one, never a ``cma_signals.in`` file); each candidate gets a seed
-derived from (run seed, generation, index); evaluation uses ``search.threads`` torch threads on
-every backend. Nothing is pickled: on resume :func:`replay` rebuilds the optimiser and its generator
-from the config and the logs alone (ask, check the asked vectors equal the recorded ones exactly,
-tell the recorded costs; no model is evaluated), so an interrupted run resumed from its run dir ends
-with the same history (all but the ``seconds`` field) and best as an uninterrupted one. See
+Determinism: every optimiser draws from its own ``numpy`` generator seeded by ``search.seed`` (never the
+global one, never a ``cma_signals.in`` file); each candidate gets a seed derived from (run seed,
+generation, index); evaluation uses ``search.threads`` torch threads on every backend. Nothing is
+pickled: on resume :func:`~tsugiki.evolution.replay.replay` rebuilds the optimiser and its generator from
+the config and the logs alone (ask, check the asked vectors equal the recorded ones exactly, tell the
+recorded costs; no model is evaluated), so an interrupted run resumed from its run dir ends with the
+same history (all but the ``seconds`` field) and best as an uninterrupted one. See
 :mod:`tsugiki.evolution.rundir` for how the files are committed. With ``fitness.estimate`` a calibration
 pass runs before the first generation and candidates are scored on a few items
 (:mod:`tsugiki.evolution.calibrate`).
@@ -30,37 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.backends import Result, Task, in_index_order, make_backend
 from tsugiki.evolution.calibrate import Estimation, calibrate, check_estimate
 from tsugiki.evolution.config import EvolveConfig, load_config
-from tsugiki.evolution.fitness import code_refs
-from tsugiki.evolution.plan import check_config
+from tsugiki.evolution.fitness import names_code
+from tsugiki.evolution.front import choose
+from tsugiki.evolution.plan import check_config, config_function_refs
 from tsugiki.evolution.problems import KeptProblem, Problem, make_problem
+from tsugiki.evolution.replay import by_full_set, costs, front_add, improves, replay, stop_reason, tally, vec
 from tsugiki.evolution.report import write_plots
 from tsugiki.evolution.rundir import RunDir, json_line
 from tsugiki.evolution.sources import prepare_sources
 from tsugiki.fileio import atomic_write
 from tsugiki.progress import progress_bar
-
-# cma termination rules that would end a merge search on flat fitness (exact-match scores are flat
-# often); a config's search.cma_options overrides them
-CMA_DEFAULTS = {"tolflatfitness": 10**9, "tolfun": 0, "tolfunhist": 0, "tolstagnation": 10**9}
-_OWN_OPTIONS = ("seed", "randn", "popsize", "verbose", "verb_log", "verb_disp", "verb_filenameprefix", "maxfevals", "maxiter")
-
-
-class GaussianSource:
-    """``randn(*shape)`` for cma from a private PCG64 generator; a resume reconstructs its stream by
-    replaying the run's ask() calls (:func:`replay`)."""
-
-    def __init__(self, seed: int):
-        self.rng = np.random.Generator(np.random.PCG64(seed))
-
-    def __call__(self, *shape: int) -> np.ndarray:
-        return self.rng.standard_normal(shape)
-
 
 def candidate_seed(seed: int, generation: int, index: int) -> int:
     digest = hashlib.blake2b(f"{seed}/{generation}/{index}".encode(), digest_size=8).digest()
@@ -77,134 +61,6 @@ class RunResult:
     stop_reason: str
     seconds: float
     config: EvolveConfig  # the config the run dir holds: what was evaluated
-
-
-def new_strategy(config: EvolveConfig, problem: Problem):
-    import cma  # cma imports in ~0.5 s: only when a search starts
-
-    s = config.spec.search
-    opts: dict[str, Any] = dict(CMA_DEFAULTS)
-    for k, v in s.cma_options.items():
-        if k in _OWN_OPTIONS:
-            raise EvolutionError(f"{config.where('search.cma_options.' + k)}set through search: (seed, population, ...), not cma_options")
-        opts[k] = v
-    opts.update(seed=np.nan, randn=GaussianSource(s.seed), verbose=-9, verb_log=0, verb_disp=0, signals_filename="")
-    if s.population:
-        opts["popsize"] = s.population
-    try:
-        return cma.CMAEvolutionStrategy(problem.space.x0(), s.sigma, opts)
-    except (ValueError, TypeError, KeyError) as e:
-        raise EvolutionError(f"{config.where('search.cma_options')}cma refused the options: {e}") from None
-
-
-def failure_costs(fitness: list[float | None]) -> list[float]:
-    costs = [-f for f in fitness if f is not None]
-    if not costs:
-        return [0.0] * len(fitness)
-    penalty = max(costs) + 1.0 + (max(costs) - min(costs))
-    return [-f if f is not None else penalty for f in fitness]
-
-
-def _vec(x) -> list[float]:
-    """A CMA-ES vector as the JSON numbers history.jsonl records (float repr round-trips exactly)."""
-    return [float(v) for v in x]
-
-
-def _tally(st: dict, X: list, fitness: list[float | None]) -> tuple[float, int] | None:
-    """Count a generation into ``st``; its best (fitness, index), lowest index on ties, or None."""
-    ok = [(f, i) for i, f in enumerate(fitness) if f is not None]
-    st["evaluations"] += len(X)
-    st["failures"] += len(X) - len(ok)
-    return max(ok, key=lambda t: (t[0], -t[1])) if ok else None
-
-
-def _by_full_set(config: EvolveConfig) -> bool:
-    """Whether the run's best is chosen by full-set scores: an estimated run that checks generation bests."""
-    est = config.spec.fitness.estimate
-    return bool(est and est.full_every)
-
-
-def _improves(st: dict, gen: int, X: list, top: tuple[float, int], row: dict, problem: Problem, by_full: bool) -> bool:
-    """Whether generation ``gen``'s best (``top``) is the run's new best. With ``by_full``, only generation
-    bests scored on the full set compete, by that score (an estimate can stray most where a search selects
-    it: on its highest values); the estimate is kept beside it."""
-    best_f, best_i = top
-    score = row.get("best_full_fitness") if by_full else best_f
-    if score is None or (st["best"] is not None and not score > st["best"]["fitness"]):
-        return False
-    st["best"] = {"generation": gen, "index": best_i, "fitness": score, "validation": row.get("validation"),
-                  "params": problem.space.decode(X[best_i]), "x": _vec(X[best_i]),
-                  **({"estimate": best_f} if by_full else {})}
-    return True
-
-
-def replay(config: EvolveConfig, problem: Problem, rd: RunDir) -> dict:
-    """The run state after the generations committed in ``rd`` (none for a new run), rebuilt from the
-    config and the logs: a fresh optimiser asks, the asked vectors must equal the recorded ``x``
-    exactly, and it is told the recorded costs, generation by generation (CMA-ES arithmetic only, no
-    evaluation). History lines of an interrupted generation are checked against its re-asked
-    candidates and handed to the loop (``st["asked"]``). Reads only; refuses (EvolutionError naming
-    the run dir) anything that does not replay, before any file is changed."""
-    es = new_strategy(config, problem)
-    st: dict[str, Any] = {"es": es, "generation": 0, "evaluations": 0, "failures": 0, "best": None, "seconds": 0.0}
-
-    def refuse(what: str) -> EvolutionError:
-        return EvolutionError(f"{rd.path}: cannot resume: {what}; the run dir does not replay from its config.yaml "
-                              f"(edited by hand, or written with another cma/numpy version?); nothing was changed")
-
-    def check_line(obj: dict, gen: int, i: int, x) -> None:
-        if obj.get("generation") != gen or obj.get("index") != i:
-            raise refuse(f"history.jsonl has generation {obj.get('generation')!r} candidate {obj.get('index')!r} "
-                         f"where generation {gen} candidate {i} belongs")
-        if obj.get("x") != _vec(x):
-            raise refuse(f"generation {gen} candidate {i} in history.jsonl is not the vector CMA-ES asks for")
-        f = obj.get("fitness")
-        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float))):
-            raise refuse(f"generation {gen} candidate {i} in history.jsonl has fitness {f!r}")
-
-    rows = list(rd.lines_after("generations.jsonl", 0))
-    st["generations_bytes"] = rows[-1][1] if rows else 0
-    rd.check_tail("generations.jsonl", st["generations_bytes"])
-    lines = list(rd.lines_after("history.jsonl", 0))
-    st["history_bytes"] = lines[-1][1] if lines else 0  # only a partly written last line is cut
-    rd.check_tail("history.jsonl", st["history_bytes"])
-    at = 0
-    for gen, (row, _) in enumerate(rows):
-        if row.get("generation") != gen:
-            raise refuse(f"generations.jsonl line {gen + 1} is generation {row.get('generation')!r}")
-        es.stop()  # as the loop does before each generation (cma caches one check per iteration)
-        X = es.ask()
-        if row.get("population") != len(X) or len(lines) - at < len(X):
-            raise refuse(f"generation {gen} has {row.get('population')!r} candidates in generations.jsonl and "
-                         f"{min(len(X), len(lines) - at)} in history.jsonl; CMA-ES asks for {len(X)}")
-        fitness = []
-        for i in range(len(X)):
-            obj = lines[at + i][0]
-            check_line(obj, gen, i, X[i])
-            fitness.append(None if obj.get("fitness") is None else float(obj["fitness"]))
-        at += len(X)
-        es.tell(X, failure_costs(fitness))
-        top = _tally(st, X, fitness)
-        if (top or (None, None)) != (row.get("best_fitness"), row.get("best_index")):
-            raise refuse(f"generation {gen}'s best in generations.jsonl is not the best of its history lines")
-        if top:
-            _improves(st, gen, X, top, row, problem, _by_full_set(config))
-        st["seconds"] += float(row.get("seconds") or 0.0)
-        st["generation"] = gen + 1
-    pending = [obj for obj, _ in lines[at:]]
-    for i, obj in enumerate(pending):
-        if obj.get("generation") != st["generation"] or obj.get("index") != i:
-            raise refuse(f"history.jsonl has generation {obj.get('generation')!r} candidate {obj.get('index')!r} "
-                         f"past the last finished generation ({st['generation'] - 1})")
-    if pending and not _stop_reason(config, st):  # the loop runs this generation next: ask it now
-        X = es.ask()
-        if len(pending) > len(X):
-            raise refuse(f"generation {st['generation']} has {len(pending)} history lines; CMA-ES asks for {len(X)}")
-        for i, obj in enumerate(pending):
-            check_line(obj, st["generation"], i, X[i])
-        st["asked"] = (X, {i: Result(obj.get("fitness"), obj.get("error"), obj.get("seconds") or 0.0)
-                           for i, obj in enumerate(pending)})
-    return st
 
 
 def _reconcile(rd: RunDir, config: EvolveConfig | None, *, started: bool) -> EvolveConfig:
@@ -226,20 +82,10 @@ def _reconcile(rd: RunDir, config: EvolveConfig | None, *, started: bool) -> Evo
     return config  # a new run: RunDir.check_usable refused a folder holding anything else
 
 
-def _stop_reason(config: EvolveConfig, state: dict) -> str:
-    s = config.spec.search
-    if s.generations is not None and state["generation"] >= s.generations:
-        return f"{s.generations} generations"
-    if s.max_evaluations is not None and state["evaluations"] >= s.max_evaluations:
-        return f"{state['evaluations']} evaluations (budget {s.max_evaluations})"
-    stop = {k: v for k, v in state["es"].stop().items() if k not in ("maxiter", "maxfevals")}
-    return "cma: " + ", ".join(stop) if stop else ""
-
-
 def check_code(config: EvolveConfig, allow_code: bool) -> None:
     """Refuse a config that names code (a fitness function as ``file.py:function`` or
     ``module:function``) unless the user allowed it: a config is data a user may have been handed."""
-    refs = code_refs(config.data)
+    refs = [(key, name) for key, name in config_function_refs(config.data) if names_code(name)]
     if refs and not allow_code:
         key, name = refs[0]
         raise EvolutionError(f"{config.where(key)}{name!r} is code named by the config; it runs only with "
@@ -289,7 +135,7 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
         s = config.spec.search
         backend = make_backend(s.backend, problem, config, rd.path, workers=s.workers, timeout=s.timeout, threads=s.threads,
                                keep_problem=keep is not None)
-        estimation = calibrate(config, problem, rd, backend, progress=progress) if config.spec.fitness.estimate else None
+        estimation = calibrate(config, problem, rd, backend, progress=progress) if config.spec.estimate else None
         loop = _Loop(config, rd, problem, backend, state, on_generation, estimation)
         loop.sync_best()
         reason = loop.run(progress)
@@ -308,11 +154,14 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
 
 
 def evolve_and_export(config: EvolveConfig | None, run_dir: str | Path, export_to: str | Path | None, *,
-                      force: bool = False, keep_existing: bool = False, **options: Any) -> tuple[RunResult, Path | None]:
+                      force: bool = False, keep_existing: bool = False, front_index: int | None = None,
+                      front_weights: list[float] | None = None, **options: Any) -> tuple[RunResult, Path | None]:
     """:func:`evolve` (``options`` are its keywords), then write the best candidate as a model dir at
     ``export_to`` with the thread count candidates were evaluated with, so the exported weights are the
     evaluated ones bit for bit. ``keep_existing``: an ``export_to`` already there (an earlier export of
-    this run; outputs are written atomically) is kept, not replaced. Returns the result and the dir."""
+    this run; outputs are written atomically) is kept, not replaced. A multi-objective run exports the point
+    of its front at ``front_index`` or the one ``front_weights`` pick (:func:`~tsugiki.evolution.front.choose`)
+    where given. Returns the result and the dir."""
     result = evolve(config, run_dir, **options)
     if export_to is None:
         return result, None
@@ -320,13 +169,18 @@ def evolve_and_export(config: EvolveConfig | None, run_dir: str | Path, export_t
         raise EvolutionError(f"{run_dir}: no successful candidate to export")
     if keep_existing and Path(export_to).exists():
         return result, Path(export_to)
-    return result, export_best(result, run_dir, export_to, force=force)
+    params = None
+    if front_index is not None or front_weights is not None:
+        params = choose(run_dir, index=front_index, weights=front_weights)["params"]
+    return result, export_best(result, run_dir, export_to, force=force, params=params)
 
 
-def export_best(result: RunResult, run_dir: str | Path, export_to: str | Path, *, force: bool = False) -> Path:
-    """Write ``result``'s best candidate as a model dir at ``export_to``, with the thread count candidates were
-    evaluated with (the evaluated weights bit for bit)."""
-    return make_problem(result.config, run_dir).export_as_evaluated(result.best["params"], export_to, force=force)
+def export_best(result: RunResult, run_dir: str | Path, export_to: str | Path, *, force: bool = False,
+                params: dict | None = None) -> Path:
+    """Write ``result``'s best candidate (or the candidate of ``params``) as a model dir at ``export_to``, with the
+    thread count candidates were evaluated with (the evaluated weights bit for bit)."""
+    values = result.best["params"] if params is None else params
+    return make_problem(result.config, run_dir).export_as_evaluated(values, export_to, force=force)
 
 
 class _Loop:
@@ -340,7 +194,7 @@ class _Loop:
         bar = progress_bar(total=s.generations, initial=st["generation"], desc=f"evolve {self.config.name}", unit="gen",
                    disable=not progress, leave=True)
         try:
-            while not (reason := _stop_reason(self.config, st)):
+            while not (reason := stop_reason(self.config, st)):
                 row = self.generation()
                 bar.update(1)
                 bar.set_postfix(best=_fmt(row["best_so_far"]), mean=_fmt(row["mean_fitness"]),
@@ -352,49 +206,77 @@ class _Loop:
         return reason
 
     def generation(self) -> dict:
-        st, rd, space = self.state, self.rd, self.problem.space
+        st, rd, space, problem = self.state, self.rd, self.problem.space, self.problem
         gen, seed = st["generation"], self.config.spec.search.seed
         started = time.perf_counter()
-        es = st["es"]
-        X, results = st.pop("asked", None) or (es.ask(), {})  # asked by replay(): the interrupted generation
+        opt = st["opt"]
+        X, results = st.pop("asked", None) or (opt.ask(), {})  # asked by replay(): the interrupted generation
         est = self.estimation
         make_task = est.task if est else (lambda i, x, s: Task(i, x, "fitness", s))
-        tasks = [make_task(i, tuple(_vec(X[i])), candidate_seed(seed, gen, i)) for i in range(len(X)) if i not in results]
+        tasks = [make_task(i, tuple(vec(X[i])), candidate_seed(seed, gen, i)) for i in range(len(X)) if i not in results]
+        names = problem.objective_names
         for task, res in in_index_order(self.backend.map(tasks), len(results)):
             i = task.index
             results[i] = r = _estimated(est, res)
+            objs = {"objectives": None if r.objectives is None else dict(zip(names, r.objectives))} if names else {}
             rd.append("history.jsonl", {"generation": gen, "index": i, "params": space.decode(X[i]), "fitness": r.fitness,
-                                        "error": r.error, "seconds": r.seconds, "seed": candidate_seed(seed, gen, i),
-                                        "x": _vec(X[i]), **({"item_scores": r.scores} if est else {})})
-        fitness = [results[i].fitness for i in range(len(X))]
-        es.tell(X, failure_costs(fitness))
-        top = _tally(st, X, fitness)
+                                        **objs, "error": r.error, "seconds": r.seconds, "seed": candidate_seed(seed, gen, i),
+                                        "x": vec(X[i]), **({"item_scores": r.scores} if est else {})})
+        ordered = [results[i] for i in range(len(X))]
+        opt.tell(X, costs(problem, ordered))
+        fitness = [r.fitness for r in ordered]
+        top = tally(st, X, fitness)
         ok = [f for f in fitness if f is not None]
         row: dict[str, Any] = {"generation": gen, "evaluations": st["evaluations"], "population": len(X),
                                "failures": len(X) - len(ok), "best_index": None, "best_fitness": None,
                                "mean_fitness": sum(ok) / len(ok) if ok else None, "validation": None}
-        data = self.problem.data.get("fitness")
+        data = problem.data.get("fitness")
         if data is not None:  # the fitness compute: items scored
             row["items_scored"] = len(X) * (len(est.items) if est else len(data))
         if top:
             best_f, best_i = top
             row.update(best_index=best_i, best_fitness=best_f)
-            best_task = Task(best_i, tuple(_vec(X[best_i])), "validation", candidate_seed(seed, gen, best_i))
-            if self.problem.has_validation:
+        if names:
+            self.front_generation(gen, X, ordered, row)
+        elif top:
+            best_task = Task(best_i, tuple(vec(X[best_i])), "validation", candidate_seed(seed, gen, best_i))
+            if problem.has_validation:
                 row["validation"] = self.score(best_task, row, "validation_error")
-            every = est and self.config.spec.fitness.estimate.full_every
+            every = est and self.config.spec.estimate.full_every
             if every and gen % every == 0:  # how far the estimate strays from the full set
                 row["best_full_fitness"] = self.score(dataclasses.replace(best_task, split="fitness"), row, "best_full_error")
                 row["items_scored"] += len(data)
-            if _improves(st, gen, X, top, row, self.problem, _by_full_set(self.config)):
+            if improves(st, gen, X, top, row, problem, by_full_set(self.config)):
                 self.write_best()
         row["best_so_far"] = st["best"]["fitness"] if st["best"] else None
-        row["sigma"] = float(es.sigma)
+        row.update(opt.row())
         row["seconds"] = time.perf_counter() - started
         st["seconds"] += row["seconds"]
         rd.append("generations.jsonl", row)  # the commit point of the generation
         st["generation"] = gen + 1
         return row
+
+    def front_generation(self, gen: int, X: list, results: list[Result], row: dict) -> None:
+        """A multi-objective generation: its candidates into the front, the new front points validated
+        (:mod:`tsugiki.evolution.front`), the best and front.json rewritten."""
+        st, seed, names = self.state, self.config.spec.search.seed, self.problem.objective_names
+        new = front_add(st, self.problem, gen, X, results)
+        if self.problem.has_validation:
+            tasks = [Task(i, tuple(vec(X[i])), "validation", candidate_seed(seed, gen, i)) for i in new]
+            row["validated"] = []
+            for task, r in self.backend.map(tasks):  # any order: sorted below
+                if r.fatal:
+                    raise EvolutionError(r.error)
+                row["validated"].append({"index": task.index, "objectives": None if r.objectives is None else
+                                         dict(zip(names, r.objectives)), **({"error": r.error} if r.error else {})})
+            row["validated"].sort(key=lambda v: v["index"])
+            for v in row["validated"]:
+                st["front"].set_validation(gen, v["index"], v["objectives"])
+        row["front_size"] = len(st["front"].entries)
+        before, st["best"] = st["best"], st["front"].best()
+        if st["best"] != before:
+            self.write_best()
+        st["front"].write(self.rd.path)
 
     def score(self, task: Task, row: dict, error_key: str) -> float | None:
         (_, r), = list(self.backend.map([task]))
@@ -418,12 +300,17 @@ class _Loop:
                     self.rd.file(name).unlink(missing_ok=True)
         elif not isinstance(on_disk, dict) or (on_disk.get("generation"), on_disk.get("index")) != (b["generation"], b["index"]):
             self.write_best()
+        if "front" in self.state:
+            self.state["front"].write(self.rd.path)
 
     def write_best(self) -> None:
         b = self.state["best"]
         header = (f"# best candidate of run {self.config.name!r}: generation {b['generation']}, index {b['index']}, "
                   f"fitness {b['fitness']:.6g}" + (f" (full set; estimate {b['estimate']:.6g})" if "estimate" in b else "")
-                  + (f", validation {b['validation']:.6g}" if b["validation"] is not None else "") + "\n")
+                  + (f", validation {b['validation']:.6g}" if b["validation"] is not None else "")
+                  + (" (mean of the signed objectives; " + ", ".join(f"{k} {v:.6g}" for k, v in b["objectives"].items())
+                     + "; the front point with the highest equal-weight sum of normalised objectives: front.json)"
+                     if "objectives" in b else "") + "\n")
         try:
             text = self.problem.document(b["params"], header)
         except Exception as e:  # noqa: BLE001 - the best must always be recorded, even without a recipe
