@@ -227,12 +227,16 @@ def test_cli_plan_reads_only_config_files(offline_hub, capsys, name, dims):
 
 
 def test_multi_objective_config_searches_the_ps_space_with_nsga2(offline_hub, capsys):
-    """configs/evollm-jp-mo.yaml: evollm-jp-ps's merge, two maximised MGSM objectives, NSGA-II."""
+    """configs/evollm-jp-mo.yaml: evollm-jp-ps's merge, two maximised objectives (MGSM-JA; lm-eval's gsm8k),
+    NSGA-II."""
     from tsugiki.cli import main
 
     config = load("evollm-jp-mo")
-    assert [(o.name, o.direction, o.args["metric"], o.data.mgsm) for o in config.spec.objectives] == [
-        ("acc_ja", "maximize", "acc_ja", "ja"), ("acc_en", "maximize", "acc", "en")]
+    ja, en = config.spec.objectives
+    assert (ja.name, ja.direction, ja.function, ja.args["metric"], ja.data.mgsm) == (
+        "acc_ja", "maximize", "mgsm_accuracy", "acc_ja", "ja")
+    assert (en.name, en.direction, en.function, en.args["tasks"], en.data) == (
+        "acc_en", "maximize", "lm_eval", ["gsm8k"], None)
     assert config.data["space"] == load("evollm-jp-ps").data["space"]
     assert main(["evolve", str(CONFIGS / "evollm-jp-mo.yaml"), "--plan"]) == 0
     out = capsys.readouterr().out
