@@ -80,3 +80,17 @@ def evolve_and_kill(args, watched, lines: int) -> bool:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def write_lm_eval_task(folder, name, rows, spec, version=1.0):
+    """An lm-eval task YAML ``folder/name.yaml`` over a local JSONL of ``rows`` (named by absolute path, as
+    lm-eval reads data_files from the working folder); ``spec``: the task's other keys."""
+    import json
+
+    import yaml
+
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    doc = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data.resolve())}},
+           "test_split": "test", "metadata": {"version": version}, **spec}
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")

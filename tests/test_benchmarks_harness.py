@@ -8,10 +8,10 @@ import json
 import math
 
 import pytest
-import yaml
 
 pytest.importorskip("lm_eval")
 
+from helpers import write_lm_eval_task  # noqa: E402
 from tsugiki.benchmarks import harness  # noqa: E402
 from tsugiki.benchmarks.results import read_result  # noqa: E402
 from tsugiki.benchmarks.samples import write_sample_tasks  # noqa: E402
@@ -19,14 +19,6 @@ from tsugiki.cli import main  # noqa: E402
 from tsugiki.errors import BenchmarkError  # noqa: E402
 
 PROMPTS = [f"質問: {a}たす{b}は？\n答え:" for a, b in [(1, 2), (3, 4), (2, 5), (6, 1), (4, 4), (5, 3)]]
-
-
-def _task(folder, name, rows, spec):
-    data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    doc = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
-           "test_split": "test", "metadata": {"version": 2.0}, **spec}
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +32,11 @@ def tasks(tiny_siblings, tmp_path_factory):
     engine = open_engine("hf", tiny_siblings.base, EngineOptions(dtype="float32"))
     answers = engine.generate(PROMPTS, stop=["\n"], max_new_tokens=6)
     rows = [{"question": p, "answer": a if i % 2 == 0 else a + "x"} for i, (p, a) in enumerate(zip(PROMPTS, answers))]
-    _task(folder, "own-answers", rows, {
+    write_lm_eval_task(folder, "own-answers", rows, version=2.0, spec={
         "output_type": "generate_until", "doc_to_text": "{{question}}", "doc_to_target": "answer",
         "generation_kwargs": {"until": ["\n"], "max_gen_toks": 6, "do_sample": False},
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]})
-    _task(folder, "rolling", [{"text": p + " 日本語の文です。"} for p in PROMPTS], {
+    write_lm_eval_task(folder, "rolling", [{"text": p + " 日本語の文です。"} for p in PROMPTS], version=2.0, spec={
         "output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "{{text}}",
         "metric_list": [{"metric": "word_perplexity"}, {"metric": "bits_per_byte"}]})
     return folder
@@ -100,7 +92,7 @@ def test_unknown_task_is_one_line_with_lm_evals_nearest_names(tiny_siblings, tas
 def test_sampling_task_is_refused(tiny_siblings, tasks, tmp_path):
     from tsugiki.engines import open_engine
 
-    _task(tmp_path, "sampled", [{"q": "a", "a": "b"}], {
+    write_lm_eval_task(tmp_path, "sampled", [{"q": "a", "a": "b"}], {
         "output_type": "generate_until", "doc_to_text": "{{q}}", "doc_to_target": "a",
         "generation_kwargs": {"until": ["\n"], "do_sample": True, "temperature": 0.7},
         "metric_list": [{"metric": "exact_match"}]})

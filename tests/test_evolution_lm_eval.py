@@ -7,24 +7,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
 pytest.importorskip("lm_eval")
 
+from helpers import write_lm_eval_task  # noqa: E402
 from tsugiki.benchmarks import harness  # noqa: E402
 from tsugiki.errors import EvolutionError  # noqa: E402
 from tsugiki.evolution import evolve, from_data, make_problem  # noqa: E402
 from tsugiki.evolution.data import generate  # noqa: E402
 
 VALUES = {"variant_0.weight": 0.6, "variant_0.density": 0.5, "variant_1.weight": 0.4, "variant_1.density": 0.8}
-
-
-def _write_task(folder, name, rows, spec):
-    data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    doc = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
-           "test_split": "test", "metadata": {"version": 1.0}, **spec}
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +28,8 @@ def tasks(tmp_path_factory):
     for name, split in (("sums", "fitness"), ("sums-held-out", "validation")):
         rows = [{"question": p.prompt, "choices": [p.answer, str(int(p.answer) + 1), str(int(p.answer) + 2)], "label": 0}
                 for p in generate(["arithmetic"], split, 10, 0)]
-        _write_task(folder, name, rows, mc)
-    _write_task(folder, "sums-fewshot", [{"question": f"{a}+{b}=", "choices": [str(a + b), "0"], "label": 0}
+        write_lm_eval_task(folder, name, rows, mc)
+    write_lm_eval_task(folder, "sums-fewshot", [{"question": f"{a}+{b}=", "choices": [str(a + b), "0"], "label": 0}
                                          for a, b in [(1, 2), (3, 4), (2, 2), (5, 1)]], {**mc, "num_fewshot": 1,
                                                                                        "fewshot_split": "test"})
     return folder
