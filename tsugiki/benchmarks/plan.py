@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tsugiki.benchmarks import harness
+from tsugiki.benchmarks import harness, runner
 from tsugiki.benchmarks.predictors import PredictionsFile, Predictor, TextGenerator, vlm_predictor
 from tsugiki.benchmarks.results import BenchmarkResult
-from tsugiki.benchmarks.runner import evaluate, resolve_source, text_generator
+from tsugiki.benchmarks.runner import resolve_source, text_generator
 from tsugiki.benchmarks.specs import BENCHMARKS, BenchmarkSpec
 from tsugiki.engines import EngineError, EngineOptions
 from tsugiki.engines.resident import ResidentEngine
@@ -47,8 +47,8 @@ class Case:
         if self.harness_run is not None:
             return self.harness_run(limit)
         options = {"extraction": extraction} if extraction and BENCHMARKS.get(self.benchmark).metric == "mgsm" else None
-        return evaluate(self.benchmark, self.predictor(), source=self.source, limit=limit, metric_options=options,
-                        progress=progress)
+        return runner.evaluate(self.benchmark, self.predictor(), source=self.source, limit=limit,
+                               metric_options=options, progress=progress)
 
 
 def labelled(value: str) -> tuple[str, Path]:
