@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
-from tsugiki.errors import CheckpointError, MergeError, OutputExistsError, TsugikiError
+from tsugiki.errors import CheckpointError, MergeError, OutputExistsError, RecipeError, TsugikiError
 from tsugiki.factory import TinyLMSpec, build_mismatched
 from tsugiki.factory.vlm import IMAGE_TOKEN, TinyVLMSpec, build_graft_set, build_tiny_vlm
 from tsugiki.merging.execute import MergeOptions
@@ -283,6 +283,14 @@ def test_tokenizer_without_image_token_is_refused(world, tmp_path):
                                      f"tokenizer_source: {llm}\n"))
     with pytest.raises(MergeError, match="tokenizer has no '<image>' token at id 702"):
         merge_vlm_to_disk(recipe, tmp_path / "out", QUIET)
+
+
+def test_union_tokenizer_is_refused_for_a_llava(world, tmp_path):
+    recipe = load_recipe(recipe_text("linear", None, [(world.llava, "{weight: 0.5}"), (world.llms.base, "{weight: 0.5}")],
+                                     "tokenizer_source: union\n"))
+    with pytest.raises(RecipeError, match="a LLaVA merge takes one model's tokenizer"):
+        merge_vlm_to_disk(recipe, tmp_path / "out", QUIET)
+    assert not (tmp_path / "out").exists()
 
 
 def test_output_contract_matches_merge_to_disk(world, tmp_path):

@@ -119,6 +119,9 @@ def merge_sdxl_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = 
     ``named`` as for :func:`tsugiki.merging.to_disk.merge_to_disk`."""
     start = time.perf_counter()
     refs = recipe.model_refs()
+    if recipe.tokenizer_source == "union" or recipe.tokenizer is not None:
+        raise RecipeError("an SDXL merge takes its text encoders and tokenizers from one pipeline "
+                          "(tokenizer_source: base or a pipeline); union and token rules are for causal-LM merges")
     text_ref = recipe.base_model if recipe.tokenizer_source == "base" else recipe.tokenizer_source
     donor_ref = components_from or recipe.base_model or refs[0]
     extra = [r for r in (donor_ref, text_ref) if r is not None and r not in refs]

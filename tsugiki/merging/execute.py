@@ -140,6 +140,8 @@ def merge_job(job: TensorJob, plan: MergePlan, sources: Mapping[str, TensorSourc
     the result (see `MergeInputs.out`; a NaN/Inf result is reported after it was written there).
     ``unchanged``: `inputs_unchanged` for this job if the caller knows it (None: found out here;
     False: always run the kernel); where true, the base is copied (`unchanged_result`)."""
+    if job.vocabulary and plan.vocab is not None:
+        unchanged = False  # the rows move: the inputs are not the output's layout
     if unchanged is None:
         unchanged = inputs_unchanged(job, plan, sources)
     if unchanged:
@@ -153,6 +155,11 @@ def merge_job(job: TensorJob, plan: MergePlan, sources: Mapping[str, TensorSourc
         if check_inputs:
             warn_if_not_finite(t, sources[ref], name)
         tensors.append(t)
+    if job.vocabulary and plan.vocab is not None:
+        refs = [ref for ref, _ in job.inputs]
+        base = refs[job.base_index] if job.base_index is not None else None
+        laid = plan.vocab.layout(dict(zip(refs, tensors)), base, job.out_name)
+        tensors = [laid[ref] for ref in refs]
     # a CPU generator whatever the device: the same seed draws the same masks on CPU and GPU
     generator = torch.Generator().manual_seed(job.seed) if job.seed is not None else None
     inputs = MergeInputs(tensors, job.base_index, job.model_params, generator, job.out_name, memo, out)

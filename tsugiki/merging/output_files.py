@@ -29,6 +29,8 @@ def merged_config(plan: MergePlan, configs: Mapping[str, dict | None], out_dtype
     for key in plan.arch.per_layer_config_keys:
         if isinstance(config.get(key), list):
             config[key] = [(configs[ref] or {})[key][layer] for ref, layer in plan.layer_sources]
+    if plan.vocab is not None:  # the rows of the output vocabulary (mergekit sets vocab_size so too)
+        config["vocab_size"] = plan.vocab.size
     if out_dtype is not None and out_dtype in DTYPE_NAMES:
         keys = [k for k in ("dtype", "torch_dtype") if k in config] or ["dtype"]
         for k in keys:
@@ -50,11 +52,14 @@ def tokenizer_donor(recipe: Recipe, plan: MergePlan) -> str:
 def copy_side_files(model_dirs: Mapping[str, Path], recipe: Recipe, plan: MergePlan, out: Path) -> list[str]:
     """Copy tokenizer and generation config from their donors; returns the names copied."""
     copied = []
-    tok_dir = model_dirs[tokenizer_donor(recipe, plan)]
-    for name in TOKENIZER_FILES:
-        if (tok_dir / name).exists():
-            shutil.copy2(tok_dir / name, out / name)
-            copied.append(name)
+    if plan.vocab is not None:  # the output tokenizer, as built (tsugiki.merging.vocab)
+        copied += [name for name in plan.vocab.save(out) if name in TOKENIZER_FILES]
+    else:
+        tok_dir = model_dirs[tokenizer_donor(recipe, plan)]
+        for name in TOKENIZER_FILES:
+            if (tok_dir / name).exists():
+                shutil.copy2(tok_dir / name, out / name)
+                copied.append(name)
     gen = model_dirs[plan.donor] / "generation_config.json"
     if gen.exists():
         shutil.copy2(gen, out / "generation_config.json")

@@ -7,6 +7,7 @@ written. Both the streaming executor and the in-memory merger run the same plan.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -31,6 +32,7 @@ class TensorJob:
     shape: tuple[int, ...]
     in_dtype: torch.dtype
     seed: int | None
+    vocabulary: bool = False  # rows are tokens: laid out in the output vocabulary first (plan.vocab)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class MergePlan:
     num_layers: int
     layer_sources: tuple[tuple[str, int], ...]  # output layer i comes from (model ref, source layer)
     donor: str  # model whose config/tokenizer files the output starts from
+    vocab: Any = None  # tsugiki.merging.vocab.Vocabulary where the recipe names a tokenizer
 
     @property
     def refs(self) -> list[str]:
@@ -63,7 +66,10 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def plan_merge(recipe: Recipe, sources: Mapping[str, TensorSource], *, seed: int | None = None) -> MergePlan:
+def plan_merge(recipe: Recipe, sources: Mapping[str, TensorSource], *, seed: int | None = None,
+               vocab: Any = None) -> MergePlan:
+    """One job per output tensor; ``vocab`` (:func:`tsugiki.merging.vocab.recipe_vocabulary`): the output
+    vocabulary its vocabulary tensors (embeddings, LM head) are laid out in, rows in any number per source."""
     method = get_method(recipe.merge_method)
     refs = recipe.model_refs()
     missing = [r for r in refs if r not in sources]
@@ -75,9 +81,9 @@ def plan_merge(recipe: Recipe, sources: Mapping[str, TensorSource], *, seed: int
     _check_architectures(refs, configs)
     arch = architecture_for(configs[donor], names[donor], sources[donor].label)
     seed = recipe.seed if seed is None else seed
-    if recipe.slices:
-        return _plan_slices(recipe, method, arch, sources, names, configs, donor, seed)
-    return _plan_models(recipe, method, arch, sources, names, configs, donor, seed)
+    plan = (_plan_slices if recipe.slices else _plan_models)(recipe, method, arch, sources, names, configs, donor, seed,
+                                                              vocab)
+    return dataclasses.replace(plan, vocab=vocab) if vocab is not None else plan
 
 
 def _config(source: TensorSource) -> dict | None:
@@ -99,12 +105,14 @@ def _check_architectures(refs: list[str], configs: dict[str, dict | None]) -> No
 
 
 def _job(recipe: Recipe, method: MergeMethod, sources: Mapping[str, TensorSource], out_name: str,
-         inputs: list[tuple[_Source, str]], slice_index: int | None, t: float, seed: int | None) -> TensorJob:
+         inputs: list[tuple[_Source, str]], slice_index: int | None, t: float, seed: int | None,
+         vocab: Any = None, arch: ArchitectureSpec | None = None) -> TensorJob:
     first_ref, first_name = inputs[0][0].ref, inputs[0][1]
     info = sources[first_ref].info(first_name)
+    tokens = vocab is not None and arch is not None and arch.role_of(out_name) in ("embedding", "lm_head")
     for src, name in inputs[1:]:
         other = sources[src.ref].info(name)
-        if other.shape != info.shape:
+        if other.shape[tokens:] != info.shape[tokens:]:
             raise MergeError(
                 f"{out_name}: shape {list(other.shape)} in {src.ref} ({name}) differs from {list(info.shape)} in {first_ref}"
             )
@@ -128,13 +136,14 @@ def _job(recipe: Recipe, method: MergeMethod, sources: Mapping[str, TensorSource
         base_index=base_index,
         global_params=global_params,
         model_params=tuple(model_params),
-        shape=info.shape,
+        shape=(vocab.size, *info.shape[1:]) if tokens else info.shape,
         in_dtype=info.dtype,
         seed=tensor_seed(seed or 0, out_name) if method.randomized else None,
+        vocabulary=tokens,
     )
 
 
-def _plan_models(recipe, method, arch, sources, names, configs, donor, seed) -> MergePlan:
+def _plan_models(recipe, method, arch, sources, names, configs, donor, seed, vocab=None) -> MergePlan:
     srcs = [_Source(m.model, None, m.parameters) for m in recipe.models]
     # as mergekit does: an unlisted base model is still an input (methods that ignore a base weight it)
     if recipe.base_model and recipe.base_model not in [s.ref for s in srcs]:
@@ -158,11 +167,11 @@ def _plan_models(recipe, method, arch, sources, names, configs, donor, seed) -> 
         layer = arch.layer_of(name)
         # gradients run over the layers; pre/post weights take the first value (t=0), as mergekit does
         t = (layer[0] / (num_layers - 1) if num_layers > 1 else 1.0) if layer else 0.0
-        jobs.append(_job(recipe, method, sources, name, [(s, name) for s in srcs], None, t, seed))
+        jobs.append(_job(recipe, method, sources, name, [(s, name) for s in srcs], None, t, seed, vocab, arch))
     return MergePlan(method, tuple(jobs), arch, num_layers, tuple((donor, i) for i in range(num_layers)), donor)
 
 
-def _plan_slices(recipe, method, arch, sources, names, configs, donor, seed) -> MergePlan:
+def _plan_slices(recipe, method, arch, sources, names, configs, donor, seed, vocab=None) -> MergePlan:
     slices = [[_Source(s.model, tuple(s.layer_range), s.parameters) for s in sl.sources] for sl in recipe.slices]
     layer_suffixes: dict[tuple[str, int], list[str]] = {}
     for ref in {s.ref for sl in slices for s in sl}:
@@ -176,7 +185,7 @@ def _plan_slices(recipe, method, arch, sources, names, configs, donor, seed) -> 
     jobs: list[TensorJob] = []
     first, last = slices[0], slices[-1]
     for name in non_layer(first[0].ref, pre=True):
-        jobs.append(_job(recipe, method, sources, name, [(s, name) for s in first], 0, 0.0, seed))
+        jobs.append(_job(recipe, method, sources, name, [(s, name) for s in first], 0, 0.0, seed, vocab, arch))
     out_layer = 0
     layer_sources: list[tuple[str, int]] = []
     for k, sl in enumerate(slices):
@@ -197,5 +206,6 @@ def _plan_slices(recipe, method, arch, sources, names, configs, donor, seed) -> 
             layer_sources.append((sl[0].ref, src_layers[0]))
             out_layer += 1
     for name in non_layer(last[0].ref, pre=False):
-        jobs.append(_job(recipe, method, sources, name, [(s, name) for s in last], len(slices) - 1, 0.0, seed))
+        jobs.append(_job(recipe, method, sources, name, [(s, name) for s in last], len(slices) - 1, 0.0, seed, vocab,
+                         arch))
     return MergePlan(method, tuple(jobs), arch, out_layer, tuple(layer_sources), donor)

@@ -12,17 +12,15 @@ A recipe is a YAML mapping with these top-level keys (mergekit's, with its meani
   gradients and ``{filter, value}`` conditionals, and for the precedence of scopes).
 - ``dtype``, ``out_dtype``: ``bfloat16``, ``float16``, ``float32``, ``float64`` or ``int64``
   (a ``torch.`` prefix is accepted and dropped).
-- ``tokenizer_source``: ``base`` or a model reference. ``tokenizer: {source: ...}`` with nothing but
-  a ``source`` is accepted as a spelling of ``tokenizer_source``.
+- ``tokenizer_source``: ``base``, ``union`` or a model reference; or ``tokenizer: {source, tokens,
+  pad_to_multiple_of}`` (token surgery; ``source`` defaults to ``union``): see :mod:`tsugiki.merging.vocab`.
 - ``chat_template``, ``name``: strings.
 
 tsugiki extras:
 
 - ``seed``: an int in [0, 2**64) seeding the randomized methods (DARE, DELLA).
 
-Rejected with a RecipeError as not supported (yet): ``modules``, ``tokenizer_source: union``,
-``tokenizer:`` token surgery (``tokens``, ``pad_to_multiple_of``, a union source), LoRA references
-(``model+lora``), ``override_architecture``, a slice's ``residual_weight`` (which mergekit ignores),
+Rejected with a RecipeError as not supported (yet): ``modules``, LoRA references (``model+lora``), ``override_architecture``, a slice's ``residual_weight`` (which mergekit ignores),
 YAML merge keys (``<<``) and non-standard tags.
 
 Also refused, as mergekit refuses them: a model listed twice in ``models`` or in one slice's sources,
@@ -62,6 +60,7 @@ from tsugiki.errors import RecipeError
 from tsugiki.merging.parameters import Conditional, Setting, resolve_param
 from tsugiki.merging.recipe_check import RecipeChecker
 from tsugiki.merging.recipe_schema import DTYPES, MethodLookup, ModelEntry, Params, RecipeWarning, Slice, SliceSource
+from tsugiki.merging.recipe_tokenizer import TokenizerSpec, tokenizer_data
 from tsugiki.merging.recipe_yaml import nearest_line, parse_yaml
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,7 +96,8 @@ class Recipe:
     parameters: Params = field(default_factory=dict)
     dtype: Optional[str] = None
     out_dtype: Optional[str] = None
-    tokenizer_source: Optional[str] = None  # "base" or a model reference
+    tokenizer_source: Optional[str] = None  # "base", "union" or a model reference
+    tokenizer: Optional[TokenizerSpec] = None  # token rules and padding (the `tokenizer:` form)
     chat_template: Optional[str] = None
     name: Optional[str] = None
     seed: Optional[int] = None
@@ -131,7 +131,9 @@ class Recipe:
             d["parameters"] = _params_data(self.parameters)
         for key in ("dtype", "out_dtype", "tokenizer_source", "chat_template", "name", "seed"):
             value = getattr(self, key)
-            if value is not None:
+            if key == "tokenizer_source":
+                d.update(tokenizer_data(value, self.tokenizer))
+            elif value is not None:
                 d[key] = value
         return d
 
@@ -152,8 +154,12 @@ class Recipe:
                 s["base_model"] = fn(s["base_model"])
             for src in s["sources"]:
                 src["model"] = fn(src["model"])
-        if d.get("tokenizer_source") not in (None, "base"):
-            d["tokenizer_source"] = fn(d["tokenizer_source"])
+        source, spec = self.tokenizer_source, self.tokenizer
+        if source not in (None, "base", "union"):
+            source = fn(source)
+        if spec is not None:
+            spec = TokenizerSpec(tuple((t, rule.mapped(fn)) for t, rule in spec.tokens), spec.pad_to_multiple_of)
+        d.update(tokenizer_data(source, spec))
         return Recipe.from_dict(d, source_name=self.source_name or "<dict>")
 
     def validate(self, *, methods: MethodLookup = None) -> "Recipe":
@@ -178,7 +184,7 @@ class Recipe:
             add(s.base_model)
             for src in s.sources:
                 add(src.model)
-        if include_tokenizer and self.tokenizer_source not in (None, "base"):
+        if include_tokenizer and self.tokenizer_source not in (None, "base", "union"):
             add(self.tokenizer_source)
         return refs
 

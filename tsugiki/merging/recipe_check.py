@@ -27,6 +27,7 @@ from tsugiki.merging.recipe_schema import (
     SliceSource,
 )
 from tsugiki.merging.recipe_yaml import dotted_path, nearest_line
+from tsugiki.merging.recipe_tokenizer import check_tokenizer
 from tsugiki.registry import Registry
 
 # the Recipe class (tsugiki.merging.recipe) is handed to the checker, which does not import it
@@ -146,7 +147,9 @@ class RecipeChecker:
 
         dtype = self.dtype(d.get("dtype"), ("dtype",))
         out_dtype = self.dtype(d.get("out_dtype"), ("out_dtype",))
-        tok = self.tokenizer(d, base)
+        refs = [base, *(m.model for m in models or ())]
+        refs += [x for sl in slices or () for x in (sl.base_model, *(src.model for src in sl.sources))]
+        tok, tok_spec = check_tokenizer(self, d, base, [r for r in refs if r is not None])
         chat_template = self.string(d.get("chat_template"), ("chat_template",))
         name = self.string(d.get("name"), ("name",))
         seed = d.get("seed")
@@ -165,6 +168,7 @@ class RecipeChecker:
             dtype=dtype,
             out_dtype=out_dtype,
             tokenizer_source=tok,
+            tokenizer=tok_spec,
             chat_template=chat_template,
             name=name,
             seed=seed,
@@ -290,30 +294,6 @@ class RecipeChecker:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise self.err(path, f"unknown dtype {v!r}{hint} (known: {', '.join(DTYPES)})")
         return name
-
-    def tokenizer(self, d: Mapping[str, Any], base: Optional[str]) -> Optional[str]:
-        ts = d.get("tokenizer_source")
-        tk = d.get("tokenizer")
-        if ts is not None and tk is not None:
-            raise self.err(("tokenizer",), "give either 'tokenizer_source' or 'tokenizer', not both", key=True)
-        path: tuple = ("tokenizer_source",)
-        if tk is not None:
-            t = self.mapping(tk, ("tokenizer",), ("source", "tokens", "pad_to_multiple_of"), "'tokenizer'")
-            for k in ("tokens", "pad_to_multiple_of"):
-                if t.get(k) is not None:
-                    raise self.err(("tokenizer", k), f"tokenizer '{k}' (token surgery) is not supported yet", key=True)
-            if t.get("source") is None:
-                raise self.err(("tokenizer",), "a tokenizer built as the union of the models' vocabularies (mergekit's default source) is not supported yet")
-            ts, path = t["source"], ("tokenizer", "source")
-        if ts is None:
-            return None
-        if ts == "union":
-            raise self.err(path, "tokenizer source 'union' is not supported yet; use 'base' or a model reference")
-        if ts == "base":
-            if base is None:
-                raise self.err(path, "tokenizer source 'base' needs a top-level 'base_model'")
-            return "base"
-        return self.model_ref(ts, path)
 
     # -- parameters --
     def params(self, value: Any, path: tuple, *, per_model_scope: bool) -> dict[str, Setting]:

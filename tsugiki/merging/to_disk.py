@@ -15,6 +15,7 @@ from tsugiki.merging.output_files import copy_side_files, merged_config, model_c
 from tsugiki.merging.plan import plan_merge
 from tsugiki.merging.provenance import Named
 from tsugiki.merging.recipe import Recipe
+from tsugiki.merging.vocab import recipe_vocabulary
 from tsugiki.merging.writer import OutputTensor
 
 log = logging.getLogger("tsugiki.merge")
@@ -27,7 +28,7 @@ def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = Merge
     start = time.perf_counter()
     sources = open_sources(recipe.model_refs(), base_dir=base_dir, allow_pickle=options.allow_pickle)
     try:
-        plan = plan_merge(recipe, sources, seed=options.seed)
+        plan = plan_merge(recipe, sources, seed=options.seed, vocab=recipe_vocabulary(recipe, sources, base_dir))
         if plan.arch.inferred:
             log.warning("%s: architecture not known to tsugiki; per-layer tensors inferred from key patterns (%s…)",
                         plan.donor, plan.arch.layer_prefix)
