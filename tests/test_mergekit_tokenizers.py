@@ -108,3 +108,31 @@ def test_bad_token_rules_are_one_line_with_file_and_line(yaml_text, message):
     with pytest.raises(RecipeError, match=r"^r\.yaml:4: " + message.replace("(", r"\(").replace(")", r"\)")) as e:
         load_recipe(text, source_name="r.yaml")
     assert "\n" not in str(e.value)
+
+
+def test_ps_search_over_models_whose_tokenizers_differ(tmp_path):
+    """A PS space with tokenizer_source: union merges each candidate in memory into a model resized to the union
+    vocabulary; the candidate equals its export (tsugiki merge's path), tokenizer included."""
+    import torch
+
+    from tsugiki.evolution import from_data, make_problem
+
+    models = DATA / "models"
+    config = from_data({
+        "sources": {"base": str(models / "base"), "m1": str(models / "m1"), "m2": str(models / "m2")},
+        "space": {"kind": "ps", "method": "task_arithmetic", "base_model": "base", "models": ["m1", "m2"],
+                  "params": {"weight": [0, 1]}, "tokenizer_source": "union"},
+        "fitness": {"function": "answer_loglik", "data": {"pairs": [{"prompt": "a b", "answer": "c"},
+                                                                    {"prompt": "x y", "answer": "z"}]}},
+        "search": {"seed": 0, "population": 2, "generations": 1}})
+    problem = make_problem(config, tmp_path)
+    values = {"m1.weight": 0.3, "m2.weight": 0.6}
+    fitness = problem.evaluate(values)
+    out = problem.export_as_evaluated(values, tmp_path / "best")
+    on_disk = weights(out)
+    for name, tensor in problem.model.state_dict().items():
+        assert torch.equal(tensor, on_disk[name]), name
+    assert problem.tokenizer.get_vocab() == AutoTokenizer.from_pretrained(str(out)).get_vocab()
+    assert on_disk["model.embed_tokens.weight"].shape[0] == 15 and fitness < 0
+    with pytest.raises(Exception, match="tokenizer_source: expected base, union or a source name"):
+        make_problem(from_data({**config.data, "space": {**config.data["space"], "tokenizer_source": "m9"}}), tmp_path)

@@ -52,6 +52,7 @@ class PSSpace:
     fixed: Mapping[str, Any] = field(default_factory=dict)  # method-level parameters, not searched
     merge_seed: int | None = 0
     dtype: str | None = None
+    tokenizer_source: str | None = None  # base, union or a source name (tsugiki.merging.vocab)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -97,8 +98,12 @@ class PSSpace:
             params = {pname: self.setting(values, model, pname) for pname in self.bounds if not self.is_global(pname)}
             entries.append({"model": self.paths[model], "parameters": params})
         fixed = {**self.fixed, **{pname: self.setting(values, None, pname) for pname in self.bounds if self.is_global(pname)}}
-        return recipe_data(self.method, entries, self.paths[self.base_model] if self.base_model is not None else None,
+        data = recipe_data(self.method, entries, self.paths[self.base_model] if self.base_model is not None else None,
                            fixed, self.merge_seed, self.dtype)
+        if self.tokenizer_source is not None:
+            ts = self.tokenizer_source
+            data["tokenizer_source"] = ts if ts in ("base", "union") else self.paths[ts]
+        return data
 
     def setting(self, values: Mapping[str, float], model: str | None, pname: str) -> Any:
         """One parameter's recipe value: a number, or per-layer conditionals with layer groups."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Hashable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 import torch
 from torch import nn
@@ -136,8 +136,8 @@ class InMemoryMerger:
 
     def __init__(self, module: nn.Module, sources: Mapping[str, SourceLike], *,
                  name_map: Callable[[str], str] | None = None, device: str | torch.device | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, copy_unchanged: bool = True):
-        self.module = module
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, copy_unchanged: bool = True, vocab: Any = None):
+        self.module, self.vocab = module, vocab  # vocab: the output vocabulary (tsugiki.merging.vocab), if any
         self.copy_unchanged = copy_unchanged
         self._unchanged: dict[str, tuple[Hashable, bool]] = {}  # by output tensor name: (signature, answer)
         self._holds: dict[str, tuple[int, int | None, int | None]] = {}  # by module tensor name: see _still_holds
@@ -165,7 +165,7 @@ class InMemoryMerger:
 
     def _is_unchanged(self, job: TensorJob, plan: MergePlan) -> bool:
         """`inputs_unchanged`, remembered while the job's input tensors stay the same."""
-        if not self.copy_unchanged:
+        if not self.copy_unchanged or (job.vocabulary and plan.vocab is not None):
             return False
         signature = (plan.method.name, self._signature(job))
         known = self._unchanged.get(job.out_name)
@@ -187,7 +187,7 @@ class InMemoryMerger:
         return memo
 
     def plan(self, recipe: Recipe, *, seed: int | None = None) -> MergePlan:
-        plan = plan_merge(recipe, self.sources, seed=seed)
+        plan = plan_merge(recipe, self.sources, seed=seed, vocab=self.vocab)
         for job in plan.jobs:
             target = self.targets.get(self.name_map(job.out_name))
             if target is None:

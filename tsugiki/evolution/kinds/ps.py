@@ -23,6 +23,7 @@ from tsugiki.merging.inmemory import InMemoryMerger
 from tsugiki.merging.plan import plan_merge
 from tsugiki.merging.recipe import Recipe
 from tsugiki.merging.to_disk import merge_to_disk
+from tsugiki.merging.vocab import recipe_vocabulary
 from tsugiki.vlm.inmemory import VlmLanguageModelMerger
 from tsugiki.vlm.merge import merge_vlm_to_disk
 from tsugiki.vlm.sources import is_multimodal_config
@@ -66,7 +67,9 @@ class PSKind(SpaceKind):
     """Keys: ``method`` (any merge method; its real-valued parameters may be searched), ``base_model``,
     ``models``, ``layer_groups`` (values per model: that many layer groups plus the rest; 1: one value),
     ``params`` ({NAME: [low, high] or {bounds, init, transform}}: per model, or once for a method-level
-    parameter), ``fixed`` (method-level parameters not searched), ``merge_seed``, ``dtype``."""
+    parameter), ``fixed`` (method-level parameters not searched), ``merge_seed``, ``dtype``, ``tokenizer_source``
+    (base, union or a source name: models whose tokenizers differ, laid out in one vocabulary as
+    ``tsugiki merge`` does; the candidate is that vocabulary's size, scored with the hf engine)."""
 
     kind: str = "ps"
     method: str = "dare_ties"
@@ -77,8 +80,16 @@ class PSKind(SpaceKind):
     fixed: Mapping_ = {}
     merge_seed: NonNegative = 0
     dtype: Optional[str] = None
+    tokenizer_source: Optional[str] = None
 
     source_keys = ("models", "base_model")
+
+    def check_sources(self, config: Any, paths: Mapping[str, str]) -> None:
+        super().check_sources(config, paths)
+        ts = self.tokenizer_source
+        if ts is not None and ts not in ("base", "union") and ts not in paths:
+            raise EvolutionError(f"{config.where('space.tokenizer_source')}expected base, union or a source name, "
+                                 f"got {ts!r} (known: {', '.join(paths)})")
 
     def members(self) -> list[str]:
         return [*([self.base_model] if self.base_model else []), *self.models]
@@ -93,7 +104,7 @@ class PSKind(SpaceKind):
             num_layers=num_layers, layer_prefix=prefix, layer_groups=self.layer_groups,
             bounds={k: v.bounds for k, v in params.items()},
             init={k: v.init for k, v in params.items() if v.init is not None}, transform=self.transform,
-            fixed=self.fixed, merge_seed=self.merge_seed, dtype=self.dtype)
+            fixed=self.fixed, merge_seed=self.merge_seed, dtype=self.dtype, tokenizer_source=self.tokenizer_source)
 
     def problem(self, config: Any, paths: Mapping[str, str]) -> "PSProblem":
         return PSProblem(config, paths)
@@ -120,7 +131,7 @@ class PSProblem(Problem):
 
     @property
     def engines(self) -> tuple[str, ...]:  # type: ignore[override]
-        return ("hf",) if self.vlm is not None else ("hf", "vllm")
+        return ("hf",) if self.vlm is not None or self.ps.tokenizer_source is not None else ("hf", "vllm")
 
     def engine_note(self) -> str:
         return "the language model inside a LLaVA is scored with transformers"
@@ -149,7 +160,7 @@ class PSProblem(Problem):
         recipe = self.ps.recipe(self.space.decode(self.space.x0()))
         sources = open_sources(recipe.model_refs())
         try:
-            plan_merge(recipe, sources)  # MergeError names the tensor, model and shape at fault
+            plan_merge(recipe, sources, vocab=recipe_vocabulary(recipe, sources))  # MergeError names the tensor at fault
         finally:
             for src in sources.values():
                 src.close()
@@ -165,8 +176,24 @@ class PSProblem(Problem):
             return
         ref = self.ps.base_model or self.ps.models[0]
         self.model, self.tokenizer = load_causal_lm(self.paths[ref], device)
-        self.merger = InMemoryMerger(self.model, {r: r for r in sorted(refs)})
+        vocab = self._vocabulary()
+        if vocab is not None:  # the candidate has the output vocabulary's rows and tokenizer
+            self.model.resize_token_embeddings(vocab.size, mean_resizing=False)
+            self.tokenizer = vocab.tokenizer
+        self.merger = InMemoryMerger(self.model, {r: r for r in sorted(refs)}, vocab=vocab)
         self.engine = self.start_engine(self.model, self.tokenizer, self.paths[ref])
+
+    def _vocabulary(self):
+        """The output vocabulary every candidate shares (None without ``tokenizer_source``)."""
+        recipe = self.ps.recipe(self.space.decode(self.space.x0()))
+        if recipe.tokenizer_source is None:
+            return None
+        sources = open_sources(recipe.model_refs())
+        try:
+            return recipe_vocabulary(recipe, sources)
+        finally:
+            for src in sources.values():
+                src.close()
 
     def prepare_candidate(self, values, ctx) -> None:
         self._merge_into(ctx, self.ps.recipe(values))
