@@ -24,7 +24,8 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_every_perf_script_is_covered():
     assert set(SCRIPTS) == {"demo_lm_seeds.py", "engine_speed.py", "estimated_search.py", "evolution_speed.py",
-                            "fid_speed.py", "fitness_estimate.py", "merge_speed.py", "scoring_speed.py"}
+                            "fid_speed.py", "fitness_estimate.py", "lm_eval_overhead.py", "merge_speed.py",
+                            "scoring_speed.py"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -47,6 +48,8 @@ def test_merge_speed_relative_workdir(tmp_path):
     (["fid_speed.py", "--n", "64", "--dim", "8", "--repeat", "1"], "tsugiki (chol+eigvalsh)"),
     (["scoring_speed.py", "--pairs", "4", "--repeat", "1"], "equal numbers: yes"),
     (["evolution_speed.py", "--hidden", "32", "--layers", "2", "--candidates", "2", "--repeats", "1"], "dare_ties"),
+    (["lm_eval_overhead.py", "--model", "tiny", "--engine", "hf", "--docs", "4", "--max-new-tokens", "4"],
+     "agree=100.0%"),
 ])
 def test_tiny_runs_from_another_folder(args, expect, tmp_path):
     proc = run([str(PERF / args[0]), *args[1:]], tmp_path)
