@@ -22,6 +22,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from tsugiki.merging.execute import MergeOptions, parse_dtype
     from tsugiki.merging.output_dir import check_output
     from tsugiki.merging.recipe import load_recipe
+    from tsugiki.merging.refs import split_lora_ref
     from tsugiki.merging.to_disk import merge_to_disk
 
     from tsugiki.commands.vlm import VOCAB_CHOICES
@@ -33,7 +34,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
                            force=args.force, max_shard_bytes=args.max_shard_size, seed=args.seed,
                            progress=not args.quiet)
     base_dir = Path(args.recipe).resolve().parent
-    local = [p for p in (local_path(r, base_dir=base_dir) for r in recipe.model_refs()) if p]
+    parts = [part for r in recipe.model_refs() for part in split_lora_ref(r) if part]  # a model and its adapter
+    local = [p for p in (local_path(r, base_dir=base_dir) for r in parts) if p]
     check_output(args.output, force=args.force, sources=local)  # before any source is opened or downloaded
     # the recipe's sources decide the family: a LLaVA source means the LM inside it is merged,
     # an SDXL pipeline/UNet source means UNets are merged and the rest of the pipeline copied
