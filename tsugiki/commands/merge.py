@@ -62,6 +62,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract_lora(args: argparse.Namespace) -> int:
+    from tsugiki.merging.extract_lora import ERRORS_FILE, extract_lora_to_disk
+    from tsugiki.tables import Table, terminal
+
+    errors = extract_lora_to_disk(args.model, args.base, args.rank, args.output, embeddings=args.embeddings,
+                                  force=args.force, allow_pickle=args.allow_pickle)
+    rows = [[e.module, e.kind, e.rank or "", f"{e.rel_error:.3e}", f"{e.max_abs_error:.3e}"] for e in errors]
+    lines, _ = terminal(Table(["module", "kind", "rank", "rel. error (Frobenius)", "max abs error"], rows), 160, first_width=48)
+    print("\n".join(lines))
+    worst = max((e.rel_error for e in errors), default=0.0)
+    print(f"rank {args.rank} LoRA of {args.model} from {args.base} → {args.output} (worst relative error {worst:.3e}; "
+          f"per module: {ERRORS_FILE})")
+    return 0
+
+
 def cmd_tiny_models(args: argparse.Namespace) -> int:
     from tsugiki.factory.lm import TinyLMSpec, build_siblings
     from tsugiki.fileio import check_writable_dir
@@ -99,6 +114,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("model", help="model directory, weights file or hub id")
     i.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) checkpoints")
     i.set_defaults(func=cmd_inspect)
+
+    x = sub.add_parser("extract-lora", help="extract a LoRA adapter from a fine-tune and its base (mergekit-extract-lora)",
+                       description="Write a peft LoRA adapter of rank RANK that turns BASE into (approximately) MODEL: "
+                                   "a truncated SVD of each linear layer's task vector; embeddings, the LM head and "
+                                   "norms are stored whole unless --embeddings. Prints each module's reconstruction "
+                                   "error and writes them to OUTPUT/extract_lora_errors.json.")
+    x.add_argument("--model", required=True, help="the fine-tuned model (dir, hub id, or MODEL+ADAPTER)")
+    x.add_argument("--base", required=True, help="its base model")
+    x.add_argument("--rank", type=int, required=True, help="the adapter's rank (mergekit's --max-rank)")
+    x.add_argument("-o", "--output", required=True, help="the adapter folder to write")
+    x.add_argument("--embeddings", action="store_true",
+                   help="extract embeddings and the LM head as LoRA too (mergekit's --embed-lora)")
+    x.add_argument("--force", action="store_true", help="replace OUTPUT if it exists (one tsugiki wrote)")
+    x.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) checkpoints")
+    x.set_defaults(func=cmd_extract_lora)
 
     t = sub.add_parser("tiny-models", help="build tiny mergeable sibling LMs (real HF format) offline",
                        description="Build a tiny base LM and N siblings that share every tensor name and shape, in the "

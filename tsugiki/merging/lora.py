@@ -102,8 +102,10 @@ class LoraAdapter:
     def _read_config(self, where: str, revision: str | None):
         from peft import PeftConfig  # peft imports transformers (seconds): only for a recipe with an adapter
 
+        from tsugiki.hf_load import from_pretrained
+
         try:
-            config = PeftConfig.from_pretrained(where, **({"revision": revision} if revision else {}))
+            config = from_pretrained(PeftConfig, where, **({"revision": revision} if revision else {}))
         except Exception as e:  # peft raises ValueError, OSError, hub errors, TypeError for unknown keys
             if self.local is None:  # offline, unknown repo, auth: reported as for a model
                 raise CheckpointError(f"adapter {self.ref}: not a local folder and could not be fetched from the hub "
