@@ -123,3 +123,37 @@ def test_unsupported_adapters_are_refused(tmp_path, key, value, words):
         merge_to_disk(recipe, tmp_path / "out", MergeOptions(progress=False))
     assert str(ei.value).startswith("r.yaml:3: models[0].model: adapter ")
     assert not (tmp_path / "out").exists()
+
+
+def test_in_memory_merge_of_lora_sources_equals_the_disk_merge(tmp_path):
+    """The evolution's merger (tsugiki.merging.inmemory) reads MODEL+ADAPTER sources the same way."""
+    from transformers import AutoModelForCausalLM
+
+    from tsugiki.merging.inmemory import InMemoryMerger
+
+    path = DATA / "ties_lora.yaml"
+    recipe = recipe_of(path)
+    model = AutoModelForCausalLM.from_pretrained(str(DATA / "models" / "base"))  # noqa: remote-code (a local tiny Llama)
+    merger = InMemoryMerger(model, {r: r for r in recipe.model_refs()})
+    merger.apply(recipe)
+    want = load_file(str(path.with_suffix(".safetensors")))
+    got = model.state_dict()
+    assert max((got[k] - want[k]).abs().max().item() for k in want) <= 1e-6
+
+
+def test_evolve_sources_may_name_an_adapter(tmp_path):
+    from types import SimpleNamespace
+
+    from tsugiki.errors import EvolutionError
+    from tsugiki.evolution.plan import check_source_paths
+    from tsugiki.evolution.sources import local_dir, read_source_config
+
+    ok = f"{DATA}/models/a+{DATA}/adapters/q_a"
+    bad = f"{DATA}/models/a+{tmp_path}/nope"
+    spec = SimpleNamespace(sources={"ja": ok}, named_as={})
+    config = SimpleNamespace(spec=spec, where=lambda key: f"evolve.yaml:3: {key}: ")
+    check_source_paths(config)
+    assert local_dir(ok) == DATA / "models" / "a" and read_source_config(ok)["model_type"] == "llama"
+    spec.sources = {"ja": bad}
+    with pytest.raises(EvolutionError, match=re.escape(f"evolve.yaml:3: sources.ja: {bad}: {tmp_path}/nope: no such file")):
+        check_source_paths(config)
