@@ -118,7 +118,7 @@ def test_write_with_wait_has_read_the_tensor_when_it_returns(tmp_path):
 
 
 def test_passthrough_result_is_its_mapped_input(tmp_path):
-    from tsugiki.merging.checkpoint import open_sources
+    from tsugiki.merging.sources import open_sources
     from tsugiki.merging.execute import aliases_input, iter_merged
     from tsugiki.merging.plan import plan_merge
     from tsugiki.merging.recipe import Recipe

@@ -273,7 +273,10 @@ def test_resolve_params_int_gradient_error():
         ("merge_method: linear\nmodels:\n  - model: a\n    parameters:\n      weight: yes-please\n", 5, "weight"),
         ("merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\nmodels: []\n", 5, "duplicate key 'models'"),
         ("merge_method: linear\nmodels:\n  - model: [a\n", 4, "invalid YAML"),
-        ("merge_method: linear\nmodels:\n  - model: a+lora/x\n    parameters: {weight: 1}\n", 3, "LoRA references are not supported"),
+        ("merge_method: linear\nmodels:\n  - model: a+l/x+l/y\n    parameters: {weight: 1}\n", 3, "more than one '+'"),
+        ("merge_method: linear\nmodels:\n  - model: a+\n    parameters: {weight: 1}\n", 3, "empty model or adapter"),
+        ("merge_method: linear\nmodels:\n  - model: {model: a, lora: b+c}\n    parameters: {weight: 1}\n", 3,
+         "give the adapter in 'lora' alone"),
         ("merge_method: linear\nmodules:\n  text: {}\n", 2, "'modules'"),
         ("merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\ntokenizer_source: [union]\n", 5,
          "a model reference must be a string"),
@@ -368,8 +371,11 @@ tokenizer: {source: base}
     _, per = resolve_params(M("linear"), r, None, "w", 0.5)
     assert per == [{"weight": 0.1}, {"weight": 1.5}]
     assert load(r.to_yaml()) == r
-    with pytest.raises(RecipeError, match="LoRA references are not supported"):
-        load("merge_method: linear\nbase_model: {model: a, lora: b}\nmodels: [{model: a, parameters: {weight: 1}}]\n")
+    # LoRA references, both spellings, normalised to mergekit's MODEL+ADAPTER string
+    r = load("merge_method: task_arithmetic\nbase_model: {model: a, lora: {path: org/ad, revision: v2}}\n"
+             "models: [{model: a+b@v1, parameters: {weight: 1}}]\n")
+    assert r.base_model == "a+org/ad@v2" and r.models[0].model == "a+b@v1"
+    assert load(r.to_yaml()) == r
 
 
 def test_programmatic_recipes():

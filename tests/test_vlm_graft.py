@@ -317,3 +317,30 @@ def test_graft_with_each_newer_method_merges_like_standalone(method, world, tmp_
     got, want = weights(tmp_path / "out"), weights(tmp_path / "std")
     assert {k for k in got if k.startswith(LM_PREFIX)} == {LM_PREFIX + k for k in want}
     assert all(torch.equal(got[LM_PREFIX + k], v) for k, v in want.items())
+
+
+def test_graft_of_an_llm_with_a_lora_adapter_merges_like_standalone(world, tmp_path):
+    """An LLM source written MODEL+ADAPTER: its LM enters the graft with the adapter merged in, tensor for
+    tensor as in the ordinary merge (tests/test_lora_sources.py checks that one against mergekit)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    other = world.llms.variants[1]
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(other), LoraConfig(r=2, target_modules=["q_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    source = f"{other}+{tmp_path / 'adapter'}"
+    recipe = load_recipe(recipe_text("linear", world.llava, [(world.llava, "{weight: 0.6}"), (source, "{weight: 0.4}")]))
+    assert is_vlm_recipe(recipe)
+    merge_vlm_to_disk(recipe, tmp_path / "out", QUIET)
+    assert_vision_identical(world.llava, tmp_path / "out")
+    lm = standalone_lm(world.llava, world.llms.variants[0], tmp_path / "lm")
+    merge_to_disk(load_recipe(recipe_text("linear", lm, [(lm, "{weight: 0.6}"), (source, "{weight: 0.4}")])), tmp_path / "std", QUIET)
+    merge_to_disk(load_recipe(recipe_text("linear", lm, [(lm, "{weight: 0.6}"), (other, "{weight: 0.4}")])), tmp_path / "plain", QUIET)
+    got, want, plain = weights(tmp_path / "out"), weights(tmp_path / "std"), weights(tmp_path / "plain")
+    assert all(torch.equal(got[LM_PREFIX + k], v) for k, v in want.items())
+    assert not torch.equal(want["model.layers.0.self_attn.q_proj.weight"], plain["model.layers.0.self_attn.q_proj.weight"])

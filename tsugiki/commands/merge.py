@@ -22,6 +22,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from tsugiki.merging.execute import MergeOptions, parse_dtype
     from tsugiki.merging.output_dir import check_output
     from tsugiki.merging.recipe import load_recipe
+    from tsugiki.merging.refs import split_lora_ref
     from tsugiki.merging.to_disk import merge_to_disk
 
     from tsugiki.commands.vlm import VOCAB_CHOICES
@@ -33,7 +34,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
                            force=args.force, max_shard_bytes=args.max_shard_size, seed=args.seed,
                            progress=not args.quiet)
     base_dir = Path(args.recipe).resolve().parent
-    local = [p for p in (local_path(r, base_dir=base_dir) for r in recipe.model_refs()) if p]
+    parts = [part for r in recipe.model_refs() for part in split_lora_ref(r) if part]  # a model and its adapter
+    local = [p for p in (local_path(r, base_dir=base_dir) for r in parts) if p]
     check_output(args.output, force=args.force, sources=local)  # before any source is opened or downloaded
     # the recipe's sources decide the family: a LLaVA source means the LM inside it is merged,
     # an SDXL pipeline/UNet source means UNets are merged and the rest of the pipeline copied
@@ -57,6 +59,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         config = ckpt.config()
         print(f"{args.model}")
         print(describe(architecture_for(config, names, args.model), names, config))
+    return 0
+
+
+def cmd_extract_lora(args: argparse.Namespace) -> int:
+    from tsugiki.merging.extract_lora import ERRORS_FILE, extract_lora_to_disk
+    from tsugiki.tables import Table, terminal
+
+    errors = extract_lora_to_disk(args.model, args.base, args.rank, args.output, embeddings=args.embeddings,
+                                  force=args.force, allow_pickle=args.allow_pickle)
+    rows = [[e.module, e.kind, e.rank or "", f"{e.rel_error:.3e}", f"{e.max_abs_error:.3e}"] for e in errors]
+    lines, _ = terminal(Table(["module", "kind", "rank", "rel. error (Frobenius)", "max abs error"], rows), 160, first_width=48)
+    print("\n".join(lines))
+    worst = max((e.rel_error for e in errors), default=0.0)
+    print(f"rank {args.rank} LoRA of {args.model} from {args.base} → {args.output} (worst relative error {worst:.3e}; "
+          f"per module: {ERRORS_FILE})")
     return 0
 
 
@@ -97,6 +114,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("model", help="model directory, weights file or hub id")
     i.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) checkpoints")
     i.set_defaults(func=cmd_inspect)
+
+    x = sub.add_parser("extract-lora", help="extract a LoRA adapter from a fine-tune and its base (mergekit-extract-lora)",
+                       description="Write a peft LoRA adapter of rank RANK that turns BASE into (approximately) MODEL: "
+                                   "a truncated SVD of each linear layer's task vector; embeddings, the LM head and "
+                                   "norms are stored whole unless --embeddings. Prints each module's reconstruction "
+                                   "error and writes them to OUTPUT/extract_lora_errors.json.")
+    x.add_argument("--model", required=True, help="the fine-tuned model (dir, hub id, or MODEL+ADAPTER)")
+    x.add_argument("--base", required=True, help="its base model")
+    x.add_argument("--rank", type=int, required=True, help="the adapter's rank (mergekit's --max-rank)")
+    x.add_argument("-o", "--output", required=True, help="the adapter folder to write")
+    x.add_argument("--embeddings", action="store_true",
+                   help="extract embeddings and the LM head as LoRA too (mergekit's --embed-lora)")
+    x.add_argument("--force", action="store_true", help="replace OUTPUT if it exists (one tsugiki wrote)")
+    x.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) checkpoints")
+    x.set_defaults(func=cmd_extract_lora)
 
     t = sub.add_parser("tiny-models", help="build tiny mergeable sibling LMs (real HF format) offline",
                        description="Build a tiny base LM and N siblings that share every tensor name and shape, in the "

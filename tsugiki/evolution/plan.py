@@ -17,6 +17,7 @@ from tsugiki.evolution.sources import read_source_config, source_paths, tiny_con
 from tsugiki.evolution.space import SearchSpace
 from tsugiki.hf_load import code_named
 from tsugiki.merging.checkpoint import HUB_ID
+from tsugiki.merging.refs import split_lora_ref
 
 
 @dataclass(frozen=True)
@@ -133,12 +134,14 @@ def check_names(config: EvolveConfig, paths: Mapping[str, str]) -> None:
 
 def check_source_paths(config: EvolveConfig) -> None:
     """Refuse a source that is neither a local path that exists nor a hub id, at its ``FILE:LINE: sources.NAME``."""
-    for name, ref in config.spec.sources.items():
-        if not Path(ref).exists() and not HUB_ID.match(ref):
-            given = (config.spec.named_as.get(name) or {}).get("given", ref)
-            raise EvolutionError(f"{config.where('sources.' + name)}{given}: no such file or folder (and not a hub id)")
-        if why := code_named(ref):  # a folder that names its own code (tsugiki.hf_load)
-            raise EvolutionError(f"{config.where('sources.' + name)}{why}")
+    for name, whole in config.spec.sources.items():
+        for ref in filter(None, split_lora_ref(whole)):  # MODEL+ADAPTER: each part
+            if not Path(ref).exists() and not HUB_ID.match(ref):
+                given = (config.spec.named_as.get(name) or {}).get("given", whole)
+                what = given if ref == whole else f"{given}: {ref}"
+                raise EvolutionError(f"{config.where('sources.' + name)}{what}: no such file or folder (and not a hub id)")
+            if why := code_named(ref):  # a folder that names its own code (tsugiki.hf_load)
+                raise EvolutionError(f"{config.where('sources.' + name)}{why}")
 
 
 def check_config(config: EvolveConfig, run_dir: str | Path) -> None:

@@ -14,8 +14,10 @@ from tsugiki.errors import EvolutionError, TsugikiError
 from tsugiki.evolution.config import EvolveConfig
 from tsugiki.hf_load import from_pretrained
 from tsugiki.hf_quiet import hf_progress_bars_off
-from tsugiki.merging.checkpoint import HUB_ID, Checkpoint, resolve_model_ref
+from tsugiki.merging.checkpoint import HUB_ID, resolve_model_ref
 from tsugiki.merging.provenance import Named
+from tsugiki.merging.refs import split_lora_ref
+from tsugiki.merging.sources import open_checkpoint
 from tsugiki.threads import torch_threads
 from tsugiki.tokenizer_cache import load_tokenizer
 from tsugiki.vlm.merge import is_vlm_source
@@ -137,15 +139,17 @@ def search_threads(config: EvolveConfig):
 
 def model_config(path: str) -> tuple[dict, list[str]]:
     try:
-        with Checkpoint(resolve_model_ref(path)) as ckpt:
+        with open_checkpoint(path) as ckpt:
             return ckpt.config() or {}, ckpt.names()
     except TsugikiError as e:
         raise EvolutionError(f"source {path}: {e}") from None
 
 
 def local_dir(ref: str) -> Path | None:
-    """A source's local folder: the path itself, or a hub id's snapshot (fetched like any merge source)."""
+    """A source's local folder: the path itself, or a hub id's snapshot (fetched like any merge source);
+    a ``MODEL+ADAPTER`` source's MODEL's (its config, tokenizer and processor are MODEL's)."""
 
+    ref = split_lora_ref(ref)[0]
     p = Path(ref)
     if p.exists():
         return p if p.is_dir() else None
@@ -172,8 +176,9 @@ def read_json_config(ref: str) -> dict:
 
 def read_source_config(ref: str) -> dict:
     """A source's config.json alone: a local folder's, or a hub id's (that one small file is fetched, or
-    read from the Hugging Face cache when offline); never any weights."""
+    read from the Hugging Face cache when offline); never any weights. A ``MODEL+ADAPTER`` source: MODEL's."""
 
+    ref = split_lora_ref(ref)[0]
     p = Path(ref)
     if p.is_dir():
         for candidate in (p / "config.json", p / "unet" / "config.json"):
@@ -191,8 +196,11 @@ def read_source_config(ref: str) -> dict:
 
 
 def load_causal_lm(path: str, device: str = "cpu"):
+    """The model (float32, eval mode) and tokenizer of ``path``; of a ``MODEL+ADAPTER`` source, MODEL's: the
+    in-memory merger writes every merged tensor into it (the adapter's included)."""
     from transformers import AutoModelForCausalLM  # transformers loads in seconds: only when a model loads
 
+    path = split_lora_ref(path)[0]
     with hf_progress_bars_off():
         model = from_pretrained(AutoModelForCausalLM, path, dtype="float32").to(device)
     return model.eval(), load_tokenizer(path)

@@ -16,11 +16,12 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 
 from tsugiki.errors import CheckpointError
+from tsugiki.merging.refs import split_lora_ref
 from tsugiki.merging.tensors import SAFETENSORS_DTYPES, TensorInfo, element_size
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors spec's own limit
@@ -28,7 +29,7 @@ PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "mod
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def _stamp(f: Path) -> tuple[int, int, int]:
+def file_stamp(f: Path) -> tuple[int, int, int]:
     st = os.stat(f)
     return st.st_size, st.st_mtime_ns, st.st_ino
 
@@ -119,7 +120,7 @@ class Checkpoint:
         self._infos = dict(sorted(found.items(), key=lambda kv: (str(kv[1].file), kv[1].offset)))
         if not self._infos:
             raise CheckpointError(f"{self.path}: checkpoint holds no tensors")
-        self._stamps = {f: _stamp(f) for f in sorted({i.file for i in self._infos.values()})}
+        self._stamps = {f: file_stamp(f) for f in sorted({i.file for i in self._infos.values()})}
 
     # -- files -----------------------------------------------------------------------------------
     def weight_files(self) -> list[Path]:
@@ -131,7 +132,7 @@ class Checkpoint:
         mtime or inode differ): what was read from it may mix two versions."""
         for f, stamp in self._stamps.items():
             try:
-                now = _stamp(f)
+                now = file_stamp(f)
             except OSError as e:
                 raise CheckpointError(f"{f}: became unreadable while it was being read ({os.strerror(e.errno or 0)})") from None
             if now != stamp:
@@ -332,7 +333,12 @@ def local_path(ref: str, *, base_dir: Path | None = None) -> Path | None:
 
 def resolve_model_ref(ref: str, *, base_dir: Path | None = None) -> Path:
     """A recipe's model reference → a local path. Relative paths resolve against the recipe's folder;
-    a Hugging Face hub id is fetched (or taken from the local cache when HF_HUB_OFFLINE=1)."""
+    a Hugging Face hub id is fetched (or taken from the local cache when HF_HUB_OFFLINE=1). A model with
+    a LoRA adapter (``MODEL+ADAPTER``) has no path of its own: open it with
+    :func:`tsugiki.merging.sources.open_checkpoint`, or
+    resolve its MODEL (:func:`tsugiki.merging.refs.split_lora_ref`) where only MODEL's files are read."""
+    if split_lora_ref(ref)[1] is not None:
+        raise CheckpointError(f"{ref}: a model with a LoRA adapter (MODEL+ADAPTER) is not supported here")
     local = local_path(ref, base_dir=base_dir)
     if local is not None:
         return local
@@ -349,7 +355,3 @@ def _snapshot(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # offline, unknown repo, auth: all reported the same way
         raise CheckpointError(f"{repo_id}: not a local path and could not be fetched from the hub ({type(e).__name__})") from None
-
-
-def open_sources(refs: Iterable[str], *, base_dir: Path | None = None, allow_pickle: bool = False) -> dict[str, Checkpoint]:
-    return {r: Checkpoint(resolve_model_ref(r, base_dir=base_dir), allow_pickle=allow_pickle, label=r) for r in refs}

@@ -28,10 +28,11 @@ import torch
 from torch import nn
 
 from tsugiki.errors import MergeError
-from tsugiki.merging.checkpoint import Checkpoint, StateDictSource, resolve_model_ref
+from tsugiki.merging.checkpoint import Checkpoint, StateDictSource
 from tsugiki.merging.execute import compute_dtype_for, inputs_unchanged, merge_job, release_inputs, warn_if_not_finite
 from tsugiki.merging.plan import MergePlan, TensorJob, plan_merge
 from tsugiki.merging.recipe import Recipe
+from tsugiki.merging.sources import open_checkpoint
 from tsugiki.merging.tensors import TensorSource
 
 SourceLike = TensorSource | Mapping[str, torch.Tensor] | str | os.PathLike
@@ -48,7 +49,7 @@ def load_into_memory(ref: str, source: SourceLike, *, allow_pickle: bool = False
     if isinstance(source, Mapping):
         return StateDictSource(source, label=ref)
     if isinstance(source, (str, os.PathLike)):
-        source = Checkpoint(resolve_model_ref(str(source)), allow_pickle=allow_pickle, label=ref)
+        source = open_checkpoint(str(source), allow_pickle=allow_pickle, label=ref)  # MODEL+ADAPTER: merged in
     with source if isinstance(source, Checkpoint) else _nullcontext():
         tensors = {n: source.read(n) for n in source.names()}
         config = source.config() if hasattr(source, "config") else None

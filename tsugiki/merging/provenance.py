@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from tsugiki.fileio import atomic_write, cache_dir
+from tsugiki.merging.refs import LORA_SEP, split_lora_ref
 
 if TYPE_CHECKING:
     from tsugiki.merging.recipe import Recipe
@@ -138,6 +139,19 @@ def written_ref(ref: str, resolved: Path | None, out: Path, named: Named | None 
     return os.path.relpath(Path(resolved).resolve(), Path(out).resolve())
 
 
+def _written_lora_ref(ref: str, out: Path, named: Named | None, base_dir: Path | None) -> str:
+    """:func:`written_ref` of ``MODEL+ADAPTER``: each part written as a source of its own is."""
+    from tsugiki.merging.checkpoint import local_path
+
+    given = (named or Named(ref)).given
+    parts, given_parts = split_lora_ref(ref), split_lora_ref(given)
+    if given_parts[1] is None:  # named as a whole by something that is not a MODEL+ADAPTER ref
+        given_parts = parts
+    model = written_ref(parts[0], local_path(parts[0], base_dir=base_dir), out, Named(given_parts[0]))
+    adapter = written_ref(parts[1], local_path(parts[1], base_dir=base_dir), out, Named(given_parts[1]))
+    return f"{model}{LORA_SEP}{adapter}"
+
+
 def recipe_header(digests: Mapping[str, list[tuple[str, str]]], written: Mapping[str, str]) -> str:
     """Comment lines for the top of ``tsugiki_recipe.yaml``: how refs resolve, each source's digests."""
     lines = ["# Written by tsugiki. Model refs are hub ids or paths; a relative path is relative to this file's folder.",
@@ -156,6 +170,7 @@ def sources_markdown(digests: Mapping[str, list[tuple[str, str]]], written: Mapp
     for ref, files in digests.items():
         n = named.get(ref, Named(ref))
         kind = "hub id" if resolved.get(ref) is None else "path"
+        kind += " with a LoRA adapter merged in" if split_lora_ref(ref)[1] is not None else ""
         role = " (base)" if ref == base else ""
         sums = "<br>".join(f"`{name}` `{digest}`" for name, digest in files)
         rows.append(f"| `{written[ref]}`{role} | `{n.given}` ({kind}; {n.where}) | {sums} |")
@@ -191,8 +206,9 @@ def describe(recipe: "Recipe", digests: SourceDigests, out: Path, *, base_dir: P
     named = dict(named or {})
     sums = digests.result()
     refs = list(dict.fromkeys([*sums, *recipe.model_refs(include_tokenizer=True), *extra_refs]))
-    resolved = {r: local_path(r, base_dir=base_dir) for r in refs}
-    written = {r: written_ref(r, resolved[r], out, named.get(r)) for r in refs}
+    resolved = {r: local_path(split_lora_ref(r)[0], base_dir=base_dir) for r in refs}
+    written = {r: _written_lora_ref(r, out, named.get(r), base_dir) if split_lora_ref(r)[1] is not None
+               else written_ref(r, resolved[r], out, named.get(r)) for r in refs}
     out_recipe = recipe.map_refs(lambda r: written.get(r, r))
     return Description(out_recipe, recipe_header(sums, written),
                        sources_markdown(sums, written, named, resolved, recipe.base_model), written)

@@ -3,7 +3,9 @@
 A recipe is a YAML mapping with these top-level keys (mergekit's, with its meaning):
 
 - ``merge_method`` (required): a method name from ``tsugiki.merging.methods``.
-- ``base_model``: a model reference (a local path or a hub id, optionally ``@revision``).
+- ``base_model``: a model reference (a local path or a hub id, optionally ``@revision``; ``MODEL+ADAPTER``
+  or ``{model: MODEL, lora: ADAPTER}`` for a model with a peft LoRA adapter merged in, see
+  :mod:`tsugiki.merging.refs` and :mod:`tsugiki.merging.lora`).
 - exactly one of
   - ``models``: a list of ``{model, parameters}``;
   - ``slices``: a list of ``{sources: [{model, layer_range: [start, end], parameters}], parameters,
@@ -20,7 +22,7 @@ tsugiki extras:
 
 - ``seed``: an int in [0, 2**64) seeding the randomized methods (DARE, DELLA).
 
-Rejected with a RecipeError as not supported (yet): ``modules``, LoRA references (``model+lora``), ``override_architecture``, a slice's ``residual_weight`` (which mergekit ignores),
+Rejected with a RecipeError as not supported (yet): ``modules``, ``override_architecture``, a slice's ``residual_weight`` (which mergekit ignores),
 YAML merge keys (``<<``) and non-standard tags.
 
 Also refused, as mergekit refuses them: a model listed twice in ``models`` or in one slice's sources,
@@ -242,6 +244,15 @@ class Recipe:
             if s.model == model:
                 return f"slices[{i}].sources[{j}]"
         return f"slices[{i}]"
+
+    def ref_where(self, ref: str) -> str:
+        """``"FILE:LINE: PATH: "`` of the first place naming model ``ref`` (for errors about that source)."""
+        paths = ["base_model"] if self.base_model == ref else []
+        paths += [f"models[{j}].model" for j, m in enumerate(self.models or ()) if m.model == ref]
+        for i, s in enumerate(self.slices or ()):
+            paths += [f"slices[{i}].base_model"] if s.base_model == ref else []
+            paths += [f"slices[{i}].sources[{j}].model" for j, x in enumerate(s.sources) if x.model == ref]
+        return f"{self.where(paths[0])}{paths[0]}: " if paths else self.where()
 
     def where(self, path: str = "") -> str:
         """``"FILE:LINE: "`` for a dotted path (the nearest enclosing node known), for messages."""

@@ -28,6 +28,7 @@ from tsugiki.merging.recipe_schema import (
 )
 from tsugiki.merging.recipe_yaml import dotted_path, nearest_line
 from tsugiki.merging.recipe_tokenizer import check_tokenizer
+from tsugiki.merging.refs import check_model_ref, type_name
 from tsugiki.registry import Registry
 
 # the Recipe class (tsugiki.merging.recipe) is handed to the checker, which does not import it
@@ -52,22 +53,6 @@ def _lookup_method(methods: MethodLookup, name: str) -> Any:
 
 def _is_seq(v: Any) -> bool:
     return isinstance(v, (list, tuple))
-
-
-def _type_name(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, (int, float)):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    if _is_seq(v):
-        return "a list"
-    if isinstance(v, Mapping):
-        return "a mapping"
-    return f"a {type(v).__name__}"
 
 
 class RecipeChecker:
@@ -96,7 +81,7 @@ class RecipeChecker:
 
     def mapping(self, value: Any, path: tuple, allowed: Sequence[str], what: str) -> Mapping[str, Any]:
         if not isinstance(value, Mapping):
-            raise self.err(path, f"{what} must be a mapping, got {_type_name(value)}")
+            raise self.err(path, f"{what} must be a mapping, got {type_name(value)}")
         for k in value:
             if not isinstance(k, str):
                 raise self.err(path, f"key {k!r} is not a string")
@@ -112,7 +97,7 @@ class RecipeChecker:
         if value is None and optional:
             return None
         if not isinstance(value, str):
-            raise self.err(path, f"expected a string, got {_type_name(value)}")
+            raise self.err(path, f"expected a string, got {type_name(value)}")
         return value
 
     # -- recipe --
@@ -155,7 +140,7 @@ class RecipeChecker:
         seed = d.get("seed")
         if seed is not None:
             if not isinstance(seed, int) or isinstance(seed, bool):
-                raise self.err(("seed",), f"seed must be an integer, got {_type_name(seed)}")
+                raise self.err(("seed",), f"seed must be an integer, got {type_name(seed)}")
             if not 0 <= seed < 2**64:
                 raise self.err(("seed",), "seed must be within [0, 2**64)")
 
@@ -179,48 +164,16 @@ class RecipeChecker:
         return recipe
 
     def model_ref(self, value: Any, path: tuple, *, optional: bool = False) -> Optional[str]:
-        if value is None:
-            if optional:
-                return None
-            raise self.err(path, "a model reference is required")
-        if isinstance(value, Mapping):  # mergekit's expanded form {model: {path, revision}, lora, ...}
-            v = self.mapping(value, path, ("model", "lora", "override_architecture"), "a model reference")
-            if v.get("lora") is not None:
-                raise self.err(path + ("lora",), "LoRA references are not supported", key=True)
-            if v.get("override_architecture") is not None:
-                raise self.err(path + ("override_architecture",), "'override_architecture' is not supported", key=True)
-            inner = v.get("model")
-            if isinstance(inner, Mapping):
-                m = self.mapping(inner, path + ("model",), ("path", "revision"), "a model path")
-                p = self.string(m.get("path"), path + ("model", "path"), optional=False)
-                rev = self.string(m.get("revision"), path + ("model", "revision"))
-                for ch in "@+":
-                    if ch in p:  # type: ignore[operator]
-                        raise self.err(path + ("model", "path"), f"{ch!r} in a model path is not supported")
-                value = f"{p}@{rev}" if rev is not None else p
-                path = path + ("model",)
-            else:
-                return self.model_ref(inner, path + ("model",))
-        if not isinstance(value, str):
-            raise self.err(path, f"a model reference must be a string, got {_type_name(value)}")
-        if not value.strip():
-            raise self.err(path, "empty model reference")
-        if "+" in value:
-            raise self.err(path, f"LoRA references are not supported ({value!r} uses mergekit's model+lora syntax)")
-        if value.count("@") > 1:
-            raise self.err(path, f"invalid model reference {value!r}: more than one '@'")
-        if value.endswith("@") or value.startswith("@"):
-            raise self.err(path, f"invalid model reference {value!r}: empty path or revision")
-        return value
+        return check_model_ref(self, value, path, optional=optional)
 
     def models(self, value: Any, path: tuple) -> tuple[ModelEntry, ...]:
         if not _is_seq(value):
-            raise self.err(path, f"'models' must be a list, got {_type_name(value)}")
+            raise self.err(path, f"'models' must be a list, got {type_name(value)}")
         out: list[ModelEntry] = []
         for i, item in enumerate(value):
             p = path + (i,)
             if not isinstance(item, Mapping):
-                raise self.err(p, f"each model entry must be a mapping with a 'model' key, got {_type_name(item)}")
+                raise self.err(p, f"each model entry must be a mapping with a 'model' key, got {type_name(item)}")
             m = self.mapping(item, p, ("model", "parameters"), "a model entry")
             if "model" not in m:
                 raise self.err(p, "missing required key 'model'")
@@ -232,7 +185,7 @@ class RecipeChecker:
 
     def slices(self, value: Any, path: tuple) -> tuple[Slice, ...]:
         if not _is_seq(value):
-            raise self.err(path, f"'slices' must be a list, got {_type_name(value)}")
+            raise self.err(path, f"'slices' must be a list, got {type_name(value)}")
         out: list[Slice] = []
         for i, item in enumerate(value):
             p = path + (i,)
@@ -243,7 +196,7 @@ class RecipeChecker:
             if not srcs:
                 raise self.err(p, "a slice needs a non-empty 'sources' list")
             if not _is_seq(srcs):
-                raise self.err(p + ("sources",), f"'sources' must be a list, got {_type_name(srcs)}")
+                raise self.err(p + ("sources",), f"'sources' must be a list, got {type_name(srcs)}")
             sources: list[SliceSource] = []
             for j, src in enumerate(srcs):
                 q = p + ("sources", j)
@@ -276,7 +229,7 @@ class RecipeChecker:
             raise self.err(path, "layer_range must be a list of two integers [start, end]")
         for k, v in enumerate(value):
             if not isinstance(v, int) or isinstance(v, bool):
-                raise self.err(path + (k,), f"layer_range entries must be integers, got {_type_name(v)}")
+                raise self.err(path + (k,), f"layer_range entries must be integers, got {type_name(v)}")
         a, b = value
         if a < 0:
             raise self.err(path, f"start ({a}) must not be negative")
@@ -300,7 +253,7 @@ class RecipeChecker:
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            raise self.err(path, f"'parameters' must be a mapping, got {_type_name(value)}")
+            raise self.err(path, f"'parameters' must be a mapping, got {type_name(value)}")
         out: dict[str, Setting] = {}
         method = self.method
         names = [p.name for p in method.params]
@@ -322,7 +275,7 @@ class RecipeChecker:
 
     def scalar(self, v: Any, path: tuple, kind: Optional[type]) -> Any:
         if not is_scalar(v):
-            raise self.err(path, f"expected a scalar value, got {_type_name(v)}")
+            raise self.err(path, f"expected a scalar value, got {type_name(v)}")
         if isinstance(v, float) and not math.isfinite(v):
             raise self.err(path, f"{v!r} is not a finite number")
         try:

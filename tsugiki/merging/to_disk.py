@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from tsugiki.merging.checkpoint import open_sources
+from tsugiki.merging.sources import open_sources
 from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
 from tsugiki.merging.output import MergeResult, WeightsLayout, write_merged_dir
 from tsugiki.merging.output_files import copy_side_files, merged_config, model_card
@@ -26,7 +26,7 @@ def merge_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = Merge
     """Merge ``recipe`` into the model dir ``out``; ``named``: how the user named sources whose refs in
     ``recipe`` are not the user's own words (see :mod:`tsugiki.merging.provenance`)."""
     start = time.perf_counter()
-    sources = open_sources(recipe.model_refs(), base_dir=base_dir, allow_pickle=options.allow_pickle)
+    sources = open_sources(recipe.model_refs(), base_dir=base_dir, allow_pickle=options.allow_pickle, where=recipe.ref_where)
     try:
         plan = plan_merge(recipe, sources, seed=options.seed, vocab=recipe_vocabulary(recipe, sources, base_dir))
         if plan.arch.inferred:

@@ -257,12 +257,13 @@ def recipe_vocabulary(recipe: Any, sources: Mapping[str, Any], base_dir: Path | 
     if recipe.tokenizer_source is None:
         return None
     from tsugiki.merging.checkpoint import resolve_model_ref
+    from tsugiki.merging.refs import split_lora_ref
 
     refs = recipe.model_refs()
     dirs = {r: Path(sources[r].model_dir) for r in refs}
     source = recipe.tokenizer_source
     if source not in ("base", "union") and source not in dirs:  # a tokenizer from outside the merge
-        path = resolve_model_ref(source, base_dir=base_dir)
+        path = resolve_model_ref(split_lora_ref(source)[0], base_dir=base_dir)  # an adapter changes no tokenizer
         dirs[source] = path if path.is_dir() else path.parent
     spec = recipe.tokenizer
     return build_vocabulary(source, recipe.base_model or refs[0], refs, dirs, {r: sources[r].config() for r in refs},

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tsugiki.errors import MergeError
-from tsugiki.merging.checkpoint import Checkpoint, resolve_model_ref
+from tsugiki.merging.sources import open_checkpoint
 from tsugiki.merging.inmemory import InMemoryMerger
 from tsugiki.merging.plan import MergePlan
 from tsugiki.merging.recipe import Recipe
@@ -56,7 +56,7 @@ class VlmLanguageModelMerger:
         checkpoints, given = {}, {}
         for ref, src in sources.items():
             if isinstance(src, (str, os.PathLike)):
-                checkpoints[ref] = Checkpoint(resolve_model_ref(str(src), base_dir=base_dir), allow_pickle=allow_pickle, label=ref)
+                checkpoints[ref] = open_checkpoint(str(src), base_dir=base_dir, allow_pickle=allow_pickle, label=ref)
             else:
                 given[ref] = src
         _, lms = split_sources(checkpoints)

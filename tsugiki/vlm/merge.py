@@ -24,13 +24,15 @@ from typing import Mapping
 import torch
 
 from tsugiki.errors import CheckpointError, MergeError, RecipeError
-from tsugiki.merging.checkpoint import Checkpoint, open_sources, resolve_model_ref
+from tsugiki.merging.checkpoint import Checkpoint, resolve_model_ref
 from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
 from tsugiki.merging.output import MergeResult, WeightsLayout, write_merged_dir
 from tsugiki.merging.output_files import DTYPE_NAMES, TOKENIZER_FILES, merged_config, model_card
 from tsugiki.merging.plan import MergePlan, plan_merge
 from tsugiki.merging.provenance import Description, Named
 from tsugiki.merging.recipe import Recipe
+from tsugiki.merging.refs import split_lora_ref
+from tsugiki.merging.sources import open_sources
 from tsugiki.merging.writer import OutputTensor
 from tsugiki.vlm.graft import check_shapes, lm_shape, slice_rows, split_sources, vision_donor_ref
 from tsugiki.vlm.sources import LLAVA, VlmCheckpoint, is_multimodal_config, read_config
@@ -60,7 +62,7 @@ def is_vlm_recipe(recipe: Recipe, base_dir: Path | None = None) -> bool:
     """Whether `tsugiki merge` should take the VLM path for this recipe (reads configs only)."""
     for ref in recipe.model_refs():
         try:
-            path = resolve_model_ref(ref, base_dir=base_dir)
+            path = resolve_model_ref(split_lora_ref(ref)[0], base_dir=base_dir)  # a LoRA source: its model's files
         except CheckpointError:
             continue  # the ordinary path reports it
         if is_vlm_source(path):
@@ -84,7 +86,7 @@ def merge_vlm_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = M
     start = time.perf_counter()
     refs = recipe.model_refs()
     extra = [vision_source] if vision_source is not None and vision_source not in refs else []
-    checkpoints = open_sources(refs + extra, base_dir=base_dir, allow_pickle=options.allow_pickle)
+    checkpoints = open_sources(refs + extra, base_dir=base_dir, allow_pickle=options.allow_pickle, where=recipe.ref_where)
     try:
         vlms, lms = split_sources(checkpoints, vision_source)
         donor_ref = vision_donor_ref(recipe, list(vlms), vision_source)
@@ -167,7 +169,7 @@ def tokenizer_dir(recipe: Recipe, donor: VlmCheckpoint, base_dir: Path | None) -
         src = recipe.base_model
     if src is None:
         return donor.model_dir
-    path = resolve_model_ref(src, base_dir=base_dir)
+    path = resolve_model_ref(split_lora_ref(src)[0], base_dir=base_dir)  # an adapter changes no tokenizer
     return path if path.is_dir() else path.parent
 
 

@@ -17,7 +17,7 @@ from tsugiki.evolution.schema import Bounds, Count, Mapping_, Names, NonNegative
 from tsugiki.evolution.sources import is_vlm_path, load_causal_lm, load_vlm, model_config, read_json_config
 from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind
 from tsugiki.merging.architecture import architecture_for, spec_for_class
-from tsugiki.merging.checkpoint import open_sources
+from tsugiki.merging.sources import open_sources
 from tsugiki.merging.execute import MergeOptions
 from tsugiki.merging.inmemory import InMemoryMerger
 from tsugiki.merging.plan import plan_merge
