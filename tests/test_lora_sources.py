@@ -157,3 +157,37 @@ def test_evolve_sources_may_name_an_adapter(tmp_path):
     spec.sources = {"ja": bad}
     with pytest.raises(EvolutionError, match=re.escape(f"evolve.yaml:3: sources.ja: {bad}: {tmp_path}/nope: no such file")):
         check_source_paths(config)
+
+
+def test_ps_search_with_an_adapter_source_runs_and_exports_what_it_scored(tmp_path):
+    """An evolve config whose source is MODEL+ADAPTER: a PS search runs end to end, and its best exports (tsugiki
+    merge's path, the adapter applied as the file is read) to the weights the search scored."""
+    import torch
+
+    from tsugiki.evolution import evolve, from_data, make_problem
+    from tsugiki.evolution.runner import export_best
+
+    root = tmp_path / "data"
+    for part in ("models/base", "models/a", "models/b", "adapters/q_a", "adapters/mlp_b"):
+        shutil.copytree(DATA / part, root / part)
+    tokenizer = Path(__file__).parent / "data" / "mergekit_tokenizers" / "models" / "base"  # the search loads one
+    for name in ("models/base", "models/a", "models/b"):
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(tokenizer / f, root / name / f)
+    sources = {"base": f"{root}/models/base", "a": f"{root}/models/a+{root}/adapters/q_a",
+               "b": f"{root}/models/b+{root}/adapters/mlp_b"}
+    config = from_data({"name": "lora-ps", "sources": sources,
+                        "space": {"kind": "ps", "method": "task_arithmetic", "base_model": "base", "models": ["a", "b"],
+                                  "params": {"weight": [0, 1]}},
+                        "fitness": {"function": "neg_sphere", "args": {"center": 0.3}},
+                        "search": {"seed": 0, "population": 3, "generations": 2}})
+    result = evolve(config, tmp_path / "run", plots=False)
+    assert result.evaluations == 6 and result.best is not None
+    out = export_best(result, tmp_path / "run", tmp_path / "best")
+    problem = make_problem(result.config, tmp_path / "run")
+    problem.evaluate(result.best["params"])  # merged in memory, as the search does
+    on_disk = weights(out)
+    for name, tensor in problem.model.state_dict().items():
+        assert torch.equal(tensor, on_disk[name]), name
+    card = (out / "README.md").read_text()
+    assert "adapters/q_a" in card and "adapters/mlp_b" in card
