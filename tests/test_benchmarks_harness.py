@@ -125,3 +125,17 @@ def test_rolling_matches_a_hand_computed_perplexity(tiny_siblings, tasks):
         total += float(lp.sum())
         words += len(text.split())
     assert out["results"]["rolling"]["word_perplexity,none"] == pytest.approx(math.exp(-total / words), rel=1e-5)
+
+
+def test_lm_eval_runs_no_git_probe(tiny_siblings, tasks, tmp_path, monkeypatch, capfd):
+    """lm-eval's own `git describe` of the working folder is skipped (outside a checkout it printed `fatal: not a
+    git repository` on every call), and put back afterwards."""
+    import lm_eval.evaluator as evaluator
+
+    from tsugiki.engines import open_engine
+
+    probe = evaluator.get_git_commit_hash
+    monkeypatch.chdir(tmp_path)  # not a git checkout
+    out = harness.evaluate_tasks(open_engine("hf", tiny_siblings.base), ["ja-sample-mc"], include_path=str(tasks))
+    assert out["git_hash"] is None and evaluator.get_git_commit_hash is probe
+    assert "fatal" not in capfd.readouterr().err

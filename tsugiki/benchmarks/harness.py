@@ -192,7 +192,7 @@ def evaluate_tasks(engine: Engine, tasks: Sequence[str], *, include_path: str | 
     lm_eval = require()
     check_tasks(tasks, include_path)
     kwargs: dict[str, Any] = {"samples": samples} if samples is not None else {"limit": limit}
-    with _global_rng_kept():
+    with _global_rng_kept(), _no_git_probe():
         try:
             out = lm_eval.simple_evaluate(model=engine_lm(engine, batch_size=batch_size), tasks=list(tasks),
                                           num_fewshot=num_fewshot, task_manager=task_manager(include_path),
@@ -202,6 +202,21 @@ def evaluate_tasks(engine: Engine, tasks: Sequence[str], *, include_path: str | 
     if out is None:
         raise BenchmarkError("lm-eval returned no results")
     return out
+
+
+@contextlib.contextmanager
+def _no_git_probe():
+    """lm-eval runs ``git describe`` in the working folder on every call to record the *user's* repo in its
+    results (a subprocess per scored candidate; ``fatal: not a git repository`` on stderr outside a checkout).
+    tsugiki records its own versions: the probe is skipped while lm-eval runs."""
+    import lm_eval.evaluator as evaluator
+
+    probe = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = probe
 
 
 @contextlib.contextmanager
