@@ -177,3 +177,25 @@ def test_inspect_imported_dir_and_gguf_say_gemma3(imported, gemma_gguf, capsys):
         assert main(["inspect", str(model)]) == 0
         out = capsys.readouterr().out
         assert "known architecture 'gemma3'" in out and "layers: 18" in out, out
+
+
+def test_side_files_left_by_a_killed_process_are_removed_by_the_next(gemma_gguf, tmp_path, monkeypatch):
+    """A GGUF's side-file folder holds an owner lock while its process lives: one left by a killed process (no
+    lock) goes when the next is made; a live one (locked) and anything not named so stay."""
+    import tempfile
+
+    from tsugiki.merging.gguf import SIDE_PREFIX, GgufFile
+    from tsugiki.merging.output_dir import OWNER_FILE, take_owner
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale, live, other = tmp_path / f"{SIDE_PREFIX}stale", tmp_path / f"{SIDE_PREFIX}live", tmp_path / "other-dir"
+    for d in (stale, live, other):
+        d.mkdir()
+    (stale / OWNER_FILE).write_text("999999")  # its owner died: nobody holds the lock
+    fd = take_owner(live)
+    try:
+        side = GgufFile(gemma_gguf).side_files_dir()
+        assert side.parent == tmp_path and (side / "config.json").is_file()
+        assert not stale.exists() and live.exists() and other.exists()
+    finally:
+        os.close(fd)

@@ -39,6 +39,8 @@ from tsugiki import __version__
 from tsugiki.errors import CheckpointError, MergeError
 from tsugiki.merging.tensors import TensorInfo
 
+SIDE_PREFIX = "tsugiki-gguf-side-"  # temp folders of GGUF side files (GGUFCheckpoint.side_files_dir)
+
 log = logging.getLogger("tsugiki.gguf")
 
 GGUF_MAGIC = b"GGUF"
@@ -244,11 +246,18 @@ class GgufFile:
 
     def side_files_dir(self) -> Path:
         """A folder with config, tokenizer and generation config: what `Checkpoint.model_dir` is for
-        a GGUF, so the merge copies them like any model dir's. Made once per process, removed at exit."""
+        a GGUF, so the merge copies them like any model dir's. Made once per process, removed at exit; it holds
+        an owner lock while the process lives, so one a killed process left is removed by the next one made."""
+        from tsugiki.merging.output_dir import dead_owner, take_owner
+
         with self._lock:
             if self._side_dir is None:
-                d = Path(tempfile.mkdtemp(prefix="tsugiki-gguf-side-"))
+                for old in Path(tempfile.gettempdir()).glob(f"{SIDE_PREFIX}*"):
+                    if old.is_dir() and dead_owner(old) is not None:
+                        shutil.rmtree(old, ignore_errors=True)
+                d = Path(tempfile.mkdtemp(prefix=SIDE_PREFIX))
                 try:
+                    self._side_owner = take_owner(d)  # held (open) for the life of the process
                     self.write_side_files(d)
                 except BaseException:
                     shutil.rmtree(d, ignore_errors=True)

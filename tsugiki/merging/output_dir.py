@@ -40,14 +40,14 @@ MARKER_FILE = ".tsugiki-output"
 log = logging.getLogger("tsugiki.output")
 
 
-def _take_owner(d: Path) -> int:
+def take_owner(d: Path) -> int:
     """Create and lock ``d``'s owner file; the returned fd holds the lock until closed."""
     fd, _ = try_flock(d / OWNER_FILE, wait=True)  # a fresh dir: only a sweep could hold it, for an instant
     record_pid(fd)
     return fd
 
 
-def _dead_owner(d: Path) -> str | None:
+def dead_owner(d: Path) -> str | None:
     """``d``'s owner pid (or "unknown") if its owner is gone; None while a live process holds it."""
     try:
         fd, taken = try_flock(d / OWNER_FILE, create=False)
@@ -70,7 +70,7 @@ def sweep_debris(out: str | os.PathLike) -> list[Path]:
         kind = d.name[len(out.name) + 2:].split("-", 1)[0]
         if kind not in ("tmp", "old") or not d.is_dir() or d.is_symlink():
             continue
-        pid = _dead_owner(d)
+        pid = dead_owner(d)
         if pid is None:
             continue
         if kind == "old" and (d / "x").exists() and not out.exists():
@@ -147,7 +147,7 @@ class AtomicOutputDir:
             check_output(self.out, force=self.force, sources=self.sources)
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
-            self._owner = _take_owner(self.tmp)
+            self._owner = take_owner(self.tmp)
         except OSError as e:
             if self.tmp is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
@@ -179,7 +179,7 @@ class AtomicOutputDir:
             os.replace(self.tmp, self.out)
             return
         old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
-        fd = _take_owner(old)
+        fd = take_owner(old)
         try:
             os.replace(self.out, old / "x")
             os.replace(self.tmp, self.out)
