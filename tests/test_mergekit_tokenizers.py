@@ -138,3 +138,18 @@ def test_ps_search_over_models_whose_tokenizers_differ(tmp_path):
     assert on_disk["model.embed_tokens.weight"].shape[0] == 15 and fitness < 0
     with pytest.raises(Exception, match="tokenizer_source: expected base, union or a source name"):
         make_problem(from_data({**config.data, "space": {**config.data["space"], "tokenizer_source": "m9"}}), tmp_path)
+
+
+def test_a_rule_without_a_source_only_adds_the_token(tmp_path):
+    """``tokens: {T: {}}`` adds T and fills it as if it had no rule (it used to fail with a KeyError): a token no
+    model has gets zero rows, one only m1 has gets m1's row."""
+    recipe = load_recipe((DATA / "union.yaml").read_text().replace("{root}", str(DATA)).replace(
+        "tokenizer_source: union", "tokenizer: {source: base, tokens: {'<brand-new>': {}, x: {}}}"), source_name="r")
+    merge_to_disk(recipe, tmp_path / "out", MergeOptions(progress=False))
+    got, vocab = weights(tmp_path / "out"), AutoTokenizer.from_pretrained(str(tmp_path / "out")).get_vocab()
+    m1 = load_file(str(DATA / "models" / "m1" / "model.safetensors"))["model.embed_tokens.weight"]
+    x = AutoTokenizer.from_pretrained(str(DATA / "models" / "m1")).get_vocab()["x"]
+    emb = got["model.embed_tokens.weight"]
+    assert not emb[vocab["<brand-new>"]].any()
+    # ties of base + m1 + m2 over rows that are all m1's x row: every task vector 0 -> the base's row: m1's
+    assert (emb[vocab["x"]] - m1[x]).abs().max() <= 1e-6

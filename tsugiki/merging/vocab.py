@@ -65,58 +65,53 @@ class Vocabulary:
                                             indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return names
 
+    def __post_init__(self) -> None:
+        # the same facts as tensors, for laying out a vocabulary of any size without a loop over its tokens
+        self._index = {m: torch.tensor(r, dtype=torch.long) for m, r in self.rows.items()}
+        self._tokens = {i: t for t, i in self.vocab.items()}
+        self._forced = torch.zeros(len(self.vocab), dtype=torch.bool)
+        for token, rule in self.rules.items():
+            if rule.force and token in self.vocab:
+                self._forced[self.vocab[token]] = True
+
     def layout(self, tensors: Mapping[str, torch.Tensor], base: str | None, name: str) -> dict[str, torch.Tensor]:
         """Each model's vocabulary tensor (rows first) laid out in the output vocabulary."""
         models = list(tensors)
-        rules = dict(self.rules)
-        average = self._assign(models, base, rules)
-        fills: dict[str, torch.Tensor] = {}
         first = next(iter(tensors.values()))
-        for token, i in self.vocab.items():
-            rule = rules.get(token)
-            if not (rule and rule.force) and all(self.rows[m][i] >= 0 for m in models):
-                continue
-            if token in average:
-                acc, n = first.new_zeros(first.shape[1:]), 0
-                for m in models:
-                    if self.rows[m][i] >= 0:
-                        acc, n = acc + tensors[m][self.rows[m][i]], n + 1
-                fills[token] = acc / n
-            elif rule is not None:
-                fills[token] = self._rule_row(rule, token, i, tensors, name)
+        present = torch.stack([self._index[m] >= 0 for m in models])
+        fills: dict[int, torch.Tensor] = {}  # output id -> its row, for the models that lack it (or all: forced)
+        for i in (~present.all(0) | self._forced).nonzero().flatten().tolist():
+            token = self._tokens[i]
+            have = [m for m, p in zip(models, present[:, i].tolist()) if p]
+            rule = self.rules.get(token)
+            rule = rule if rule is not None and rule.kind is not None else _default_rule(token, have, base)
+            if rule is None:  # the mean of the models that have it
+                acc = first.new_zeros(first.shape[1:])
+                for m in have:
+                    acc = acc + tensors[m][self.rows[m][i]]
+                fills[i] = acc / len(have)
+            else:
+                fills[i] = self._rule_row(rule, token, i, tensors, name)
+        n = len(self.vocab)
+        fill_ids = torch.tensor(sorted(fills), dtype=torch.long)
+        fill_rows = torch.stack([fills[i] for i in sorted(fills)]) if fills else None
         out = {}
         for m in models:
+            idx = self._index[m]
+            take = (idx >= 0) & ~self._forced  # the model's own row
             new = first.new_zeros((self.size, *first.shape[1:]))
-            for token, i in self.vocab.items():
-                row, force = self.rows[m][i], token in rules and rules[token].force
-                if row >= 0 and not force:
-                    new[i] = tensors[m][row]
-                elif token in fills:
-                    new[i] = fills[token]
-                else:
-                    log.error("%s: no row for token %r in %s", name, token, m)
-            if self.size > len(self.vocab):
-                new[len(self.vocab):] = torch.mean(new[:len(self.vocab)], dim=0)
+            new[:n][take] = tensors[m][idx[take]]
+            lacking = ~take
+            if fill_rows is not None:
+                put = lacking[fill_ids]
+                new[fill_ids[put]] = fill_rows[put]
+                lacking[fill_ids] = False
+            for i in lacking.nonzero().flatten().tolist():
+                log.error("%s: no row for token %r in %s", name, self._tokens[i], m)
+            if self.size > n:
+                new[n:] = torch.mean(new[:n], dim=0)
             out[m] = new
         return out
-
-    def _assign(self, models: list[str], base: str | None, rules: dict[str, TokenRule]) -> set[str]:
-        """Complete ``rules`` for tokens some of ``models`` lack; returns the tokens to average."""
-        average = set()
-        for token, i in self.vocab.items():
-            if token in rules:
-                continue
-            have = [m for m in models if self.rows[m][i] >= 0]
-            if len(have) == 1:
-                rules[token] = TokenRule("model", have[0])
-            elif not have:
-                rules[token] = TokenRule("zero")
-                log.warning("token %r is in none of the models: its row is zero", token)
-            elif base in models and self.rows[base][i] >= 0:
-                rules[token] = TokenRule("model", base)
-            else:
-                average.add(token)
-        return average
 
     def _rule_row(self, rule: TokenRule, token: str, i: int, tensors: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
         first = next(iter(tensors.values()))
@@ -135,6 +130,17 @@ class Vocabulary:
         if row < 0:
             raise MergeError(f"{name}: token {token!r} takes its row from {rule.model}, which lacks the token")
         return tensors[rule.model][row]
+
+
+def _default_rule(token: str, have: Sequence[str], base: str | None) -> TokenRule | None:
+    """Where a token's row comes from without a rule (``have``: the models that have it): the one model that has
+    it, the base, nobody (zero); None: the mean of those that have it."""
+    if len(have) == 1:
+        return TokenRule("model", have[0])
+    if not have:
+        log.warning("token %r is in none of the models: its row is zero", token)
+        return TokenRule("zero")
+    return TokenRule("model", base) if base in have else None
 
 
 # ------------------------------------------------------------------------------------ building
