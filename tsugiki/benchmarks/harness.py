@@ -159,9 +159,9 @@ def _lm_class() -> type:
             out: list[str] = [""] * len(requests)
             for (until, max_new), rows in groups.items():
                 for i in rows:
-                    if len(self.tok_encode(asks[i])) + max_new > self.max_length:
-                        raise BenchmarkError(f"task {requests[i].task_name!r}: a prompt of {len(self.tok_encode(asks[i]))} "
-                                             f"tokens and {max_new} new ones exceed the model's {self.max_length}")
+                    if (n := len(self.tok_encode(asks[i]))) + max_new > self.max_length:
+                        raise BenchmarkError(f"task {requests[i].task_name!r}: a prompt of {n} tokens and {max_new} "
+                                             f"new ones exceed the model's {self.max_length}")
                 texts = self.engine.generate([asks[i] for i in rows], stop=list(until), max_new_tokens=max_new,
                                              batch_size=self.batch_size)
                 for i, text in zip(rows, texts):
@@ -257,6 +257,7 @@ def task_docs(tasks: tuple[str, ...], include_path: str | None = None,
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=8)
 def task_fewshot(tasks: tuple[str, ...], include_path: str | None, num_fewshot: int | None) -> int:
     """The largest number of few-shot examples any of ``tasks`` puts before a doc (``num_fewshot`` overrides)."""
     if num_fewshot is not None:

@@ -128,6 +128,7 @@ def _write_leaderboard(results, folder: Path, baseline: str | None) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from tsugiki.benchmarks import plan as planning
+    from tsugiki.benchmarks.harness import is_task
     from tsugiki.benchmarks.results import write_result
     from tsugiki.benchmarks.specs import BENCHMARKS
     from tsugiki.fileio import check_writable_dir
@@ -149,7 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             samples = write_samples(Path(tmp) / "samples")
             dataset_dir = dataset_dir or samples
             predictions.append(str(samples / "sample-predictions"))
-            if args.lm_eval_include is None and any(b.startswith("lm-eval:") for b in args.benchmarks):
+            if args.lm_eval_include is None and any(map(is_task, args.benchmarks)):
                 from tsugiki.benchmarks.samples import write_sample_tasks
 
                 args.lm_eval_include = str(write_sample_tasks(Path(tmp) / "lm-eval-tasks"))

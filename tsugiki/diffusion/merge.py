@@ -119,7 +119,7 @@ def merge_sdxl_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = 
     ``named`` as for :func:`tsugiki.merging.to_disk.merge_to_disk`."""
     start = time.perf_counter()
     refs = recipe.model_refs()
-    if recipe.tokenizer_source == "union" or recipe.tokenizer is not None:
+    if recipe.builds_tokenizer:
         raise RecipeError("an SDXL merge takes its text encoders and tokenizers from one pipeline "
                           "(tokenizer_source: base or a pipeline); union and token rules are for causal-LM merges")
     text_ref = recipe.base_model if recipe.tokenizer_source == "base" else recipe.tokenizer_source

@@ -331,10 +331,12 @@ def lm_eval_pairs(args: Mapping[str, Any]) -> list[Pair]:
 
 
 def _task_names(tasks: Any) -> tuple[str, ...]:
+    from tsugiki.benchmarks.harness import task_name
+
     names = (tasks,) if isinstance(tasks, str) else tuple(tasks) if isinstance(tasks, (list, tuple)) else ()
     if not names or not all(isinstance(t, str) and t for t in names):
         raise EvolutionError(f"lm_eval: tasks must be a task name or a list of them, not {tasks!r}")
-    return tuple(t.removeprefix("lm-eval:") for t in names)
+    return tuple(task_name(t) for t in names)  # lm-eval:TASK written as tsugiki eval takes it, or TASK
 
 
 _LM_EVAL_UNIT = ("acc", "acc_norm", "exact_match")  # lm-eval metrics whose per-doc scores lie in [0, 1]

@@ -73,6 +73,8 @@ def inputs_unchanged(job: TensorJob, plan: MergePlan, sources: Mapping[str, Tens
     (same dtype, same bytes; NaNs with the same payload compare equal, -0.0 and +0.0 do not)."""
     if plan.method.name not in BASE_PLUS_TASK_VECTORS or job.base_index is None or len(job.inputs) < 2:
         return False
+    if job.vocabulary:  # rows are laid out in the output vocabulary first: the inputs are not the output's rows
+        return False
     base = sources[job.inputs[job.base_index][0]].view(job.inputs[job.base_index][1])
     if base.dim() == 0 or not base.is_floating_point() or base.element_size() not in _BITS:
         return False
@@ -140,8 +142,6 @@ def merge_job(job: TensorJob, plan: MergePlan, sources: Mapping[str, TensorSourc
     the result (see `MergeInputs.out`; a NaN/Inf result is reported after it was written there).
     ``unchanged``: `inputs_unchanged` for this job if the caller knows it (None: found out here;
     False: always run the kernel); where true, the base is copied (`unchanged_result`)."""
-    if job.vocabulary and plan.vocab is not None:
-        unchanged = False  # the rows move: the inputs are not the output's layout
     if unchanged is None:
         unchanged = inputs_unchanged(job, plan, sources)
     if unchanged:
@@ -155,7 +155,7 @@ def merge_job(job: TensorJob, plan: MergePlan, sources: Mapping[str, TensorSourc
         if check_inputs:
             warn_if_not_finite(t, sources[ref], name)
         tensors.append(t)
-    if job.vocabulary and plan.vocab is not None:
+    if job.vocabulary:
         refs = [ref for ref, _ in job.inputs]
         base = refs[job.base_index] if job.base_index is not None else None
         laid = plan.vocab.layout(dict(zip(refs, tensors)), base, job.out_name)

@@ -166,7 +166,7 @@ class InMemoryMerger:
 
     def _is_unchanged(self, job: TensorJob, plan: MergePlan) -> bool:
         """`inputs_unchanged`, remembered while the job's input tensors stay the same."""
-        if not self.copy_unchanged or (job.vocabulary and plan.vocab is not None):
+        if not self.copy_unchanged:
             return False
         signature = (plan.method.name, self._signature(job))
         known = self._unchanged.get(job.out_name)

@@ -32,7 +32,7 @@ class TensorJob:
     shape: tuple[int, ...]
     in_dtype: torch.dtype
     seed: int | None
-    vocabulary: bool = False  # rows are tokens: laid out in the output vocabulary first (plan.vocab)
+    vocabulary: bool = False  # rows are tokens, laid out in the plan's vocabulary first (set only with plan.vocab)
 
 
 @dataclass(frozen=True)

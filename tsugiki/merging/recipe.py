@@ -245,6 +245,11 @@ class Recipe:
                 return f"slices[{i}].sources[{j}]"
         return f"slices[{i}]"
 
+    @property
+    def builds_tokenizer(self) -> bool:
+        """Whether the output tokenizer is built (``union``, token rules) rather than one model's taken as it is."""
+        return self.tokenizer_source == "union" or self.tokenizer is not None
+
     def ref_where(self, ref: str) -> str:
         """``"FILE:LINE: PATH: "`` of the first place naming model ``ref`` (for errors about that source)."""
         paths = ["base_model"] if self.base_model == ref else []

@@ -160,7 +160,7 @@ def check_processor_files(donor: VlmCheckpoint) -> None:
 
 def tokenizer_dir(recipe: Recipe, donor: VlmCheckpoint, base_dir: Path | None) -> Path:
     src = recipe.tokenizer_source
-    if src == "union" or recipe.tokenizer is not None:
+    if recipe.builds_tokenizer:
         raise RecipeError("a LLaVA merge takes one model's tokenizer (its image token sits at a fixed id): "
                           "tokenizer_source union and token rules are for causal-LM merges")
     if src == "base":

@@ -7,6 +7,7 @@ exports as a grafted VLM dir."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -160,7 +161,7 @@ class PSProblem(Problem):
         recipe = self.ps.recipe(self.space.decode(self.space.x0()))
         sources = open_sources(recipe.model_refs())
         try:
-            plan_merge(recipe, sources, vocab=recipe_vocabulary(recipe, sources))  # MergeError names the tensor at fault
+            plan_merge(recipe, sources, vocab=self.vocabulary)  # MergeError names the tensor at fault
         finally:
             for src in sources.values():
                 src.close()
@@ -176,15 +177,17 @@ class PSProblem(Problem):
             return
         ref = self.ps.base_model or self.ps.models[0]
         self.model, self.tokenizer = load_causal_lm(self.paths[ref], device)
-        vocab = self._vocabulary()
+        vocab = self.vocabulary
         if vocab is not None:  # the candidate has the output vocabulary's rows and tokenizer
             self.model.resize_token_embeddings(vocab.size, mean_resizing=False)
             self.tokenizer = vocab.tokenizer
         self.merger = InMemoryMerger(self.model, {r: r for r in sorted(refs)}, vocab=vocab)
         self.engine = self.start_engine(self.model, self.tokenizer, self.paths[ref])
 
-    def _vocabulary(self):
-        """The output vocabulary every candidate shares (None without ``tokenizer_source``)."""
+    @cached_property
+    def vocabulary(self):
+        """The output vocabulary every candidate shares (None without ``tokenizer_source``), built once per
+        process: the check and the setup both need it, and it loads every source's tokenizer."""
         recipe = self.ps.recipe(self.space.decode(self.space.x0()))
         if recipe.tokenizer_source is None:
             return None
