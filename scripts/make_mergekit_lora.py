@@ -39,20 +39,9 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from make_mergekit_recipes import CONFIG, SHAPES  # the same tiny Llama (a script's own folder is on sys.path)
+
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "mergekit_lora"
-CONFIG = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8, "intermediate_size": 16,
-    "num_hidden_layers": 4, "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 16,
-    "max_position_embeddings": 32, "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "torch_dtype": "float32",
-}
-SHAPES = {"model.embed_tokens.weight": (16, 8), "model.norm.weight": (8,), "lm_head.weight": (16, 8)}
-for _i in range(4):
-    for _name, _shape in {"self_attn.q_proj": (8, 8), "self_attn.k_proj": (4, 8), "self_attn.v_proj": (4, 8),
-                          "self_attn.o_proj": (8, 8), "mlp.gate_proj": (16, 8), "mlp.up_proj": (16, 8),
-                          "mlp.down_proj": (8, 16)}.items():
-        SHAPES[f"model.layers.{_i}.{_name}.weight"] = _shape
-    for _norm in ("input_layernorm", "post_attention_layernorm"):
-        SHAPES[f"model.layers.{_i}.{_norm}.weight"] = (8,)
 
 ADAPTERS = {
     "q_a": ("a", dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "o_proj"])),
