@@ -138,6 +138,32 @@ def test_ray_backend_equals_serial(tmp_path):
     assert ray_run.best == serial.best
 
 
+def test_backend_names_are_the_registry_s(tmp_path, capsys):
+    import re
+
+    from tsugiki.cli import build_parser
+    from tsugiki.errors import UnknownNameError
+    from tsugiki.evolution.backends import BACKENDS, ProcessBackend, SerialBackend, make_backend
+    from tsugiki.evolution.search_config import BACKEND_NAMES
+
+    assert sorted(BACKENDS.names()) == sorted(BACKEND_NAMES)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evolve", "--backend", "nope"])
+    cli = re.search(r"choose from (.*)\)", capsys.readouterr().err).group(1)
+    assert sorted(c.strip(" '") for c in cli.split(",")) == sorted(BACKEND_NAMES)
+    config = from_data(box(tmp_path, generations=1))
+    kw = dict(timeout=None, threads=1)
+    one = make_backend("local", "the problem", config, tmp_path, workers=1, **kw)
+    assert isinstance(one, SerialBackend) and one.problem == "the problem"
+    pool = make_backend("local", None, config, tmp_path, workers=2, **kw)
+    try:
+        assert isinstance(pool, ProcessBackend) and pool.workers == 2
+    finally:
+        pool.close()
+    with pytest.raises(UnknownNameError, match=r"unknown backend 'rey'; did you mean 'ray'\?"):
+        make_backend("rey", None, config, tmp_path, workers=1, **kw)
+
+
 
 # ---- resume is a replay of the logs: no pickle, exact, and refuses what does not replay -------------
 def _files(run: Path) -> dict[str, bytes]:

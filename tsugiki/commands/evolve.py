@@ -79,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("-o", "--output", help="run directory (created, or continued if it holds this config's run)")
     e.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its own config")
     e.add_argument("--workers", type=int, help="parallel evaluation processes (default: the config's)")
+    # BACKENDS' names (tsugiki.evolution.backends; a test checks), spelled out: importing it loads torch
     e.add_argument("--backend", choices=["local", "ray"], help="where workers run (ray: optional dependency)")
     e.add_argument("--generations", type=int, help="total generations (may be raised to extend a run)")
     e.add_argument("--max-evaluations", dest="max_evaluations", type=int, help="total evaluation budget")

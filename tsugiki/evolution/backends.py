@@ -5,6 +5,9 @@ the runner orders results by task index, so the history does not depend on which
 first. Each evaluation runs with the same number of torch threads (``search.threads``) whatever the
 backend, so CPU reductions add up in the same order and parallel runs equal serial ones.
 
+Backends are registered by the name ``search.backend`` gives (:data:`BACKENDS`): ``local`` (this process for
+one worker, else a pool of local processes) and ``ray``.
+
 A candidate that raises, returns NaN or runs past ``search.timeout`` seconds gets ``fitness=None`` and
 its error; the timeout is a SIGALRM in the evaluating process's main thread (it interrupts Python code
 between operations, not a single long C call). A local worker that dies fails its candidate and is
@@ -32,6 +35,7 @@ from tsugiki.errors import EvolutionError
 from tsugiki.evolution.config import from_data
 from tsugiki.evolution.front import summary
 from tsugiki.evolution.problems import SetupError, make_problem
+from tsugiki.registry import Registry
 from tsugiki.threads import torch_threads
 
 
@@ -173,6 +177,14 @@ class ProcessBackend:
         self.workers = workers
         self.pool = self._new_pool()
 
+    @classmethod
+    def create(cls, problem, config, run_dir: Path, *, workers: int, timeout: float | None, threads: int,
+               keep_problem: bool = False):
+        """``local``: one worker evaluates in this process (:class:`SerialBackend`, on ``problem``), more in a pool."""
+        if workers <= 1:
+            return SerialBackend(problem, timeout=timeout, threads=threads, keep_problem=keep_problem)
+        return cls(config, run_dir, workers=workers, timeout=timeout, threads=threads)
+
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=self.args)
 
@@ -233,6 +245,12 @@ class RayBackend:
         args = (dict(config.data), str(run_dir), timeout, threads)
         self.actors = [_Actor.remote(*args) for _ in range(workers)]
 
+    @classmethod
+    def create(cls, problem, config, run_dir: Path, *, workers: int, timeout: float | None, threads: int,
+               keep_problem: bool = False):
+        """Actors build their own problem from the config: ``problem`` (this process's) is not used."""
+        return cls(config, run_dir, workers=workers, timeout=timeout, threads=threads)
+
     def map(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, Result]]:
         ray = self.ray
         queue = list(tasks)
@@ -257,12 +275,16 @@ class RayBackend:
             self.ray.shutdown()
 
 
+#: ``search.backend`` names -> backend classes (each class's ``create`` makes a backend from the same arguments).
+#: :data:`tsugiki.evolution.search_config.BACKEND_NAMES` and ``tsugiki evolve --backend`` list the same names
+#: without importing this module (a cycle; torch for every command); a test checks they agree.
+BACKENDS: Registry[type] = Registry("backend")
+for _cls in (ProcessBackend, RayBackend):
+    BACKENDS.register(_cls.name, _cls)
+
+
 def make_backend(name: str, problem, config, run_dir: Path, *, workers: int, timeout: float | None, threads: int,
                  keep_problem: bool = False):
-    if name == "ray":
-        return RayBackend(config, run_dir, workers=workers, timeout=timeout, threads=threads)
-    if name != "local":
-        raise EvolutionError(f"unknown backend {name!r} (local, ray)")
-    if workers <= 1:
-        return SerialBackend(problem, timeout=timeout, threads=threads, keep_problem=keep_problem)
-    return ProcessBackend(config, run_dir, workers=workers, timeout=timeout, threads=threads)
+    """The backend registered as ``name`` (UnknownNameError with a suggestion otherwise)."""
+    return BACKENDS.get(name).create(problem, config, run_dir, workers=workers, timeout=timeout, threads=threads,
+                                     keep_problem=keep_problem)

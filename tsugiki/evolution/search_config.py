@@ -13,6 +13,9 @@ from tsugiki.evolution.schema import Count, Mapping_, NonNegative, Number, Secti
 #: the names :data:`tsugiki.evolution.optimizers.OPTIMIZERS` registers (checked there by a test); listed
 #: here so a config is validated without importing the optimisers (pymoo, cma)
 OPTIMIZER_NAMES = ("cma", "nsga2", "random")
+#: the names :data:`tsugiki.evolution.backends.BACKENDS` registers (checked by a test); listed here because
+#: that module imports this one (through the config) and torch
+BACKEND_NAMES = ("local", "ray")
 
 
 def _device(v: Any) -> str:
@@ -52,7 +55,7 @@ class Search(Section):
     max_evaluations: Optional[Count] = None
     timeout: Optional[Number] = None
     workers: Count = 1
-    backend: Annotated[str, one_of("local", "ray")] = "local"
+    backend: Annotated[str, one_of(*BACKEND_NAMES)] = "local"
     threads: Count = 1
     device: Annotated[str, PlainValidator(_device)] = "cpu"
     cma_options: Mapping_ = {}
