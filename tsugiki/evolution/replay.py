@@ -4,14 +4,32 @@ given the config), and the bookkeeping the loop and the replay share (costs, tal
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.backends import Result
 from tsugiki.evolution.front import Front
-from tsugiki.evolution.optimizers import make_optimizer, objective_costs
+from tsugiki.evolution.optimizers import Optimizer, make_optimizer, objective_costs
 from tsugiki.evolution.problems import Problem
 from tsugiki.evolution.rundir import RunDir
+
+
+@dataclass
+class RunState:
+    """Where a search stands after its committed generations: what :func:`replay` rebuilds and the loop
+    carries on. Nothing here is written as such: the logs are the state (:mod:`tsugiki.evolution.rundir`)."""
+
+    opt: Optimizer
+    generation: int = 0  # the next generation to run
+    evaluations: int = 0
+    failures: int = 0
+    best: dict | None = None  # best.json's fields, with the candidate's vector ``x``
+    seconds: float = 0.0
+    front: Front | None = None  # a multi-objective run's
+    asked: tuple[list, dict[int, Result]] | None = None  # the interrupted generation: its candidates, the results logged
+    generations_bytes: int = 0  # the end of the committed lines of generations.jsonl ...
+    history_bytes: int = 0  # ... and of history.jsonl: what follows is cut before the run goes on
 
 
 def vec(x) -> list[float]:
@@ -19,11 +37,11 @@ def vec(x) -> list[float]:
     return [float(v) for v in x]
 
 
-def tally(st: dict, X: list, fitness: list[float | None]) -> tuple[float, int] | None:
+def tally(st: RunState, X: list, fitness: list[float | None]) -> tuple[float, int] | None:
     """Count a generation into ``st``; its best (fitness, index), lowest index on ties, or None."""
     ok = [(f, i) for i, f in enumerate(fitness) if f is not None]
-    st["evaluations"] += len(X)
-    st["failures"] += len(X) - len(ok)
+    st.evaluations += len(X)
+    st.failures += len(X) - len(ok)
     return max(ok, key=lambda t: (t[0], -t[1])) if ok else None
 
 
@@ -33,15 +51,15 @@ def by_full_set(config: Any) -> bool:
     return bool(est and est.full_every)
 
 
-def improves(st: dict, gen: int, X: list, top: tuple[float, int], row: dict, problem: Problem, by_full: bool) -> bool:
+def improves(st: RunState, gen: int, X: list, top: tuple[float, int], row: dict, problem: Problem, by_full: bool) -> bool:
     """Whether generation ``gen``'s best (``top``) is the run's new best (one fitness). With ``by_full``, only
     generation bests scored on the full set compete, by that score (an estimate can stray most where a search
     selects it: on its highest values); the estimate is kept beside it."""
     best_f, best_i = top
     score = row.get("best_full_fitness") if by_full else best_f
-    if score is None or (st["best"] is not None and not score > st["best"]["fitness"]):
+    if score is None or (st.best is not None and not score > st.best["fitness"]):
         return False
-    st["best"] = {"generation": gen, "index": best_i, "fitness": score, "validation": row.get("validation"),
+    st.best = {"generation": gen, "index": best_i, "fitness": score, "validation": row.get("validation"),
                   "params": problem.space.decode(X[best_i]), "x": vec(X[best_i]),
                   **({"estimate": best_f} if by_full else {})}
     return True
@@ -54,10 +72,10 @@ def costs(problem: Problem, results: list[Result]) -> list[list[float]]:
     return objective_costs([None if r.fitness is None else [r.fitness] for r in results], ["maximize"])
 
 
-def front_add(st: dict, problem: Problem, gen: int, X: list, results: list[Result]) -> list[int]:
+def front_add(st: RunState, problem: Problem, gen: int, X: list, results: list[Result]) -> list[int]:
     """Add a generation's successful candidates to the run's front; the indices now on it."""
     names = problem.objective_names
-    return st["front"].add([{"generation": gen, "index": i, "objectives": dict(zip(names, r.objectives)),
+    return st.front.add([{"generation": gen, "index": i, "objectives": dict(zip(names, r.objectives)),
                              "params": problem.space.decode(X[i]), "x": vec(X[i])}
                             for i, r in enumerate(results) if r.fitness is not None])
 
@@ -68,28 +86,26 @@ def line_result(obj: dict, names: list[str]) -> Result:
                   objectives=tuple(float(objs[n]) for n in names) if names and obj.get("fitness") is not None else None)
 
 
-def stop_reason(config: Any, state: dict) -> str:
+def stop_reason(config: Any, state: RunState) -> str:
     s = config.spec.search
-    if s.generations is not None and state["generation"] >= s.generations:
+    if s.generations is not None and state.generation >= s.generations:
         return f"{s.generations} generations"
-    if s.max_evaluations is not None and state["evaluations"] >= s.max_evaluations:
-        return f"{state['evaluations']} evaluations (budget {s.max_evaluations})"
-    stop = state["opt"].stop()
-    return f"{state['opt'].name}: " + ", ".join(stop) if stop else ""
+    if s.max_evaluations is not None and state.evaluations >= s.max_evaluations:
+        return f"{state.evaluations} evaluations (budget {s.max_evaluations})"
+    stop = state.opt.stop()
+    return f"{state.opt.name}: " + ", ".join(stop) if stop else ""
 
 
-def replay(config: Any, problem: Problem, rd: RunDir) -> dict:
+def replay(config: Any, problem: Problem, rd: RunDir) -> RunState:
     """The run state after the generations committed in ``rd`` (none for a new run), rebuilt from the
     config and the logs: a fresh optimiser asks, the asked vectors must equal the recorded ``x``
     exactly, and it is told the recorded costs, generation by generation (the optimiser's arithmetic
     only, no evaluation). History lines of an interrupted generation are checked against its re-asked
-    candidates and handed to the loop (``st["asked"]``). Reads only; refuses (EvolutionError naming
+    candidates and handed to the loop (``asked``). Reads only; refuses (EvolutionError naming
     the run dir) anything that does not replay, before any file is changed."""
     names = problem.objective_names
     opt = make_optimizer(config, problem.space, problem.directions)
-    st: dict[str, Any] = {"opt": opt, "generation": 0, "evaluations": 0, "failures": 0, "best": None, "seconds": 0.0}
-    if names:
-        st["front"] = Front(names, problem.directions)
+    st = RunState(opt, front=Front(names, problem.directions) if names else None)
     who = "CMA-ES" if opt.name == "cma" else opt.name
     lib = {"cma": "cma/", "nsga2": "pymoo/"}.get(opt.name, "")
 
@@ -115,11 +131,11 @@ def replay(config: Any, problem: Problem, rd: RunDir) -> dict:
         return line_result(obj, names)
 
     rows = list(rd.lines_after("generations.jsonl", 0))
-    st["generations_bytes"] = rows[-1][1] if rows else 0
-    rd.check_tail("generations.jsonl", st["generations_bytes"])
+    st.generations_bytes = rows[-1][1] if rows else 0
+    rd.check_tail("generations.jsonl", st.generations_bytes)
     lines = list(rd.lines_after("history.jsonl", 0))
-    st["history_bytes"] = lines[-1][1] if lines else 0  # only a partly written last line is cut
-    rd.check_tail("history.jsonl", st["history_bytes"])
+    st.history_bytes = lines[-1][1] if lines else 0  # only a partly written last line is cut
+    rd.check_tail("history.jsonl", st.history_bytes)
     at = 0
     for gen, (row, _) in enumerate(rows):
         if row.get("generation") != gen:
@@ -141,20 +157,20 @@ def replay(config: Any, problem: Problem, rd: RunDir) -> dict:
             if problem.has_validation and [v.get("index") for v in validated] != new:
                 raise refuse(f"generation {gen}'s validated candidates in generations.jsonl are not its new front points")
             for v in validated:
-                st["front"].set_validation(gen, v["index"], v.get("objectives"))
-            st["best"] = st["front"].best()
+                st.front.set_validation(gen, v["index"], v.get("objectives"))
+            st.best = st.front.best()
         elif top:
             improves(st, gen, X, top, row, problem, by_full_set(config))
-        st["seconds"] += float(row.get("seconds") or 0.0)
-        st["generation"] = gen + 1
+        st.seconds += float(row.get("seconds") or 0.0)
+        st.generation = gen + 1
     pending = [obj for obj, _ in lines[at:]]
     for i, obj in enumerate(pending):
-        if obj.get("generation") != st["generation"] or obj.get("index") != i:
+        if obj.get("generation") != st.generation or obj.get("index") != i:
             raise refuse(f"history.jsonl has generation {obj.get('generation')!r} candidate {obj.get('index')!r} "
-                         f"past the last finished generation ({st['generation'] - 1})")
+                         f"past the last finished generation ({st.generation - 1})")
     if pending and not stop_reason(config, st):  # the loop runs this generation next: ask it now
         X = opt.ask()
         if len(pending) > len(X):
-            raise refuse(f"generation {st['generation']} has {len(pending)} history lines; {who} asks for {len(X)}")
-        st["asked"] = (X, {i: check_line(obj, st["generation"], i, X[i]) for i, obj in enumerate(pending)})
+            raise refuse(f"generation {st.generation} has {len(pending)} history lines; {who} asks for {len(X)}")
+        st.asked = (X, {i: check_line(obj, st.generation, i, X[i]) for i, obj in enumerate(pending)})
     return st

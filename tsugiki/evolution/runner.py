@@ -39,7 +39,7 @@ from tsugiki.evolution.fitness import names_code
 from tsugiki.evolution.front import choose
 from tsugiki.evolution.plan import check_config, config_function_refs
 from tsugiki.evolution.problems import KeptProblem, Problem, make_problem
-from tsugiki.evolution.replay import by_full_set, costs, front_add, improves, replay, stop_reason, tally, vec
+from tsugiki.evolution.replay import RunState, by_full_set, costs, front_add, improves, replay, stop_reason, tally, vec
 from tsugiki.evolution.report import write_plots
 from tsugiki.evolution.rundir import RunDir, json_line
 from tsugiki.evolution.sources import prepare_sources
@@ -130,8 +130,8 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
         atomic_write(rd.config_file, config.to_yaml())  # the search keys a resume may change
         if meta is None:  # only a config that can run claims the dir: until run.json, another may replace it
             rd.write_meta(config.fingerprint())
-        for name in ("generations.jsonl", "history.jsonl"):
-            rd.truncate(name, state.pop(name.replace(".jsonl", "_bytes")))
+        rd.truncate("generations.jsonl", state.generations_bytes)
+        rd.truncate("history.jsonl", state.history_bytes)
         s = config.spec.search
         backend = make_backend(s.backend, problem, config, rd.path, workers=s.workers, timeout=s.timeout, threads=s.threads,
                                keep_problem=keep is not None)
@@ -141,8 +141,8 @@ def evolve(config: EvolveConfig | None, run_dir: str | Path, *, progress: bool =
         reason = loop.run(progress)
         if plots:
             write_plots(rd.path, problem)
-        return RunResult(rd.path, state["generation"], state["evaluations"], state["failures"], state["best"], reason,
-                         state["seconds"], config)
+        return RunResult(rd.path, state.generation, state.evaluations, state.failures, state.best, reason,
+                         state.seconds, config)
     except BaseException:
         if keep is not None:
             keep.close()  # a run that failed half-way: its problem's state is not vouched for
@@ -184,14 +184,14 @@ def export_best(result: RunResult, run_dir: str | Path, export_to: str | Path, *
 
 
 class _Loop:
-    def __init__(self, config, rd: RunDir, problem: Problem, backend, state: dict, on_generation,
+    def __init__(self, config, rd: RunDir, problem: Problem, backend, state: RunState, on_generation,
                  estimation: Estimation | None = None):
         self.config, self.rd, self.problem, self.backend, self.state = config, rd, problem, backend, state
         self.on_generation, self.estimation = on_generation, estimation
 
     def run(self, progress: bool) -> str:
         s, st = self.config.spec.search, self.state
-        bar = progress_bar(total=s.generations, initial=st["generation"], desc=f"evolve {self.config.name}", unit="gen",
+        bar = progress_bar(total=s.generations, initial=st.generation, desc=f"evolve {self.config.name}", unit="gen",
                    disable=not progress, leave=True)
         try:
             while not (reason := stop_reason(self.config, st)):
@@ -207,10 +207,11 @@ class _Loop:
 
     def generation(self) -> dict:
         st, rd, space, problem = self.state, self.rd, self.problem.space, self.problem
-        gen, seed = st["generation"], self.config.spec.search.seed
+        gen, seed = st.generation, self.config.spec.search.seed
         started = time.perf_counter()
-        opt = st["opt"]
-        X, results = st.pop("asked", None) or (opt.ask(), {})  # asked by replay(): the interrupted generation
+        opt = st.opt
+        X, results = st.asked or (opt.ask(), {})  # asked by replay(): the interrupted generation
+        st.asked = None
         est = self.estimation
         make_task = est.task if est else (lambda i, x, s: Task(i, x, "fitness", s))
         tasks = [make_task(i, tuple(vec(X[i])), candidate_seed(seed, gen, i)) for i in range(len(X)) if i not in results]
@@ -227,7 +228,7 @@ class _Loop:
         fitness = [r.fitness for r in ordered]
         top = tally(st, X, fitness)
         ok = [f for f in fitness if f is not None]
-        row: dict[str, Any] = {"generation": gen, "evaluations": st["evaluations"], "population": len(X),
+        row: dict[str, Any] = {"generation": gen, "evaluations": st.evaluations, "population": len(X),
                                "failures": len(X) - len(ok), "best_index": None, "best_fitness": None,
                                "mean_fitness": sum(ok) / len(ok) if ok else None, "validation": None}
         data = problem.data.get("fitness")
@@ -248,12 +249,12 @@ class _Loop:
                 row["items_scored"] += len(data)
             if improves(st, gen, X, top, row, problem, by_full_set(self.config)):
                 self.write_best()
-        row["best_so_far"] = st["best"]["fitness"] if st["best"] else None
+        row["best_so_far"] = st.best["fitness"] if st.best else None
         row.update(opt.row())
         row["seconds"] = time.perf_counter() - started
-        st["seconds"] += row["seconds"]
+        st.seconds += row["seconds"]
         rd.append("generations.jsonl", row)  # the commit point of the generation
-        st["generation"] = gen + 1
+        st.generation = gen + 1
         return row
 
     def front_generation(self, gen: int, X: list, results: list[Result], row: dict) -> None:
@@ -271,12 +272,12 @@ class _Loop:
                                          dict(zip(names, r.objectives)), **({"error": r.error} if r.error else {})})
             row["validated"].sort(key=lambda v: v["index"])
             for v in row["validated"]:
-                st["front"].set_validation(gen, v["index"], v["objectives"])
-        row["front_size"] = len(st["front"].entries)
-        before, st["best"] = st["best"], st["front"].best()
-        if st["best"] != before:
+                st.front.set_validation(gen, v["index"], v["objectives"])
+        row["front_size"] = len(st.front.entries)
+        before, st.best = st.best, st.front.best()
+        if st.best != before:
             self.write_best()
-        st["front"].write(self.rd.path)
+        st.front.write(self.rd.path)
 
     def score(self, task: Task, row: dict, error_key: str) -> float | None:
         (_, r), = list(self.backend.map([task]))
@@ -289,7 +290,7 @@ class _Loop:
     def sync_best(self) -> None:
         """best.yaml/best.json as of the last committed generation (a kill may have left a newer
         generation's best, which that generation rewrites identically when it runs again)."""
-        b, p = self.state["best"], self.rd.file("best.json")
+        b, p = self.state.best, self.rd.file("best.json")
         try:
             on_disk = json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
         except (OSError, ValueError):
@@ -300,11 +301,11 @@ class _Loop:
                     self.rd.file(name).unlink(missing_ok=True)
         elif not isinstance(on_disk, dict) or (on_disk.get("generation"), on_disk.get("index")) != (b["generation"], b["index"]):
             self.write_best()
-        if "front" in self.state:
-            self.state["front"].write(self.rd.path)
+        if self.state.front is not None:
+            self.state.front.write(self.rd.path)
 
     def write_best(self) -> None:
-        b = self.state["best"]
+        b = self.state.best
         header = (f"# best candidate of run {self.config.name!r}: generation {b['generation']}, index {b['index']}, "
                   f"fitness {b['fitness']:.6g}" + (f" (full set; estimate {b['estimate']:.6g})" if "estimate" in b else "")
                   + (f", validation {b['validation']:.6g}" if b["validation"] is not None else "")
