@@ -54,7 +54,7 @@ from tsugiki.evolution.engine_config import EngineSection
 from tsugiki.evolution.search_config import Search
 from tsugiki.evolution.tiny_config import TinyModels, TinySdxl, TinyVlm
 from tsugiki.evolution.space_kind import SPACE_KINDS, SpaceKind
-from tsugiki.merging.recipe_yaml import parse_yaml
+from tsugiki.yaml_lines import parse_yaml
 
 RESUMABLE_CHANGES = ("workers", "backend", "generations", "max_evaluations")
 BRINGS_ITEMS = ("lm_eval",)  # fitness functions whose items come from their args (no data: needed)

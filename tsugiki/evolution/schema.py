@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError, Val
 from pydantic_core import PydanticCustomError
 
 from tsugiki.errors import EvolutionError
-from tsugiki.merging.recipe_yaml import dotted_path, nearest_line
+from tsugiki.yaml_lines import dotted_path, nearest_line
 
 
 class Section(BaseModel):

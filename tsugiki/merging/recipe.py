@@ -44,7 +44,7 @@ Usage::
     text = recipe.to_yaml(); assert load_recipe(text) == recipe
 
 This module holds the data model, dumping and the :func:`load_recipe` entry point; the internals
-live in :mod:`tsugiki.merging.recipe_yaml` (YAML text -> plain data + line maps) and
+live in :mod:`tsugiki.yaml_lines` (YAML text -> plain data + line maps) and
 :mod:`tsugiki.merging.recipe_check` (validation into a :class:`Recipe`; imported lazily, as it
 builds the dataclasses defined here).
 """
@@ -63,7 +63,7 @@ from tsugiki.merging.parameters import Conditional, Setting, resolve_param
 from tsugiki.merging.recipe_check import RecipeChecker
 from tsugiki.merging.recipe_schema import DTYPES, MethodLookup, ModelEntry, Params, RecipeWarning, Slice, SliceSource
 from tsugiki.merging.recipe_tokenizer import TokenizerSpec, tokenizer_data
-from tsugiki.merging.recipe_yaml import nearest_line, parse_yaml
+from tsugiki.yaml_lines import nearest_line, parse_yaml
 
 if TYPE_CHECKING:  # pragma: no cover
     from tsugiki.merging.methods.base import MergeMethod
@@ -315,7 +315,7 @@ def _entry_data(model: str, layer_range: Optional[tuple[int, int]], params: Para
 
 
 # ---------------------------------------------------------------------------------------------
-# loading (parsing: recipe_yaml; validation: recipe_check)
+# loading (parsing: tsugiki.yaml_lines; validation: recipe_check)
 
 
 def load_recipe(

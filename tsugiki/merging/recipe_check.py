@@ -1,4 +1,4 @@
-"""Recipe validation: plain data (as :mod:`tsugiki.merging.recipe_yaml` gives) -> a :class:`Recipe`.
+"""Recipe validation: plain data (as :mod:`tsugiki.yaml_lines` gives) -> a :class:`Recipe`.
 
 Internals of :mod:`tsugiki.merging.recipe`, whose module docstring documents the schema enforced
 here. :class:`RecipeChecker` looks the merge method up, checks every key, model reference, layer range,
@@ -26,10 +26,10 @@ from tsugiki.merging.recipe_schema import (
     Slice,
     SliceSource,
 )
-from tsugiki.merging.recipe_yaml import dotted_path, nearest_line
 from tsugiki.merging.recipe_tokenizer import check_tokenizer
 from tsugiki.merging.refs import check_model_ref, type_name
 from tsugiki.registry import Registry
+from tsugiki.yaml_lines import dotted_path, nearest_line
 
 # the Recipe class (tsugiki.merging.recipe) is handed to the checker, which does not import it
 RecipeT = TypeVar("RecipeT")

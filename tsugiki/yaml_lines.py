@@ -1,11 +1,13 @@
-"""Recipe YAML composition: YAML text -> plain data, plus the line of every node.
+"""Line-tracking YAML: YAML text -> plain data, plus the line of every node.
 
-Internals of :mod:`tsugiki.merging.recipe`. :func:`parse_yaml` composes the YAML node graph with
-PyYAML's safe loader and walks it (:class:`_Walker`) into plain data (dicts, lists, scalars), while
-recording, for each dotted path (``slices[0].sources[1].layer_range``), the line of its value node
-(``lines``) and of its mapping key (``key_lines``); the validator uses them to prefix every message
-with ``FILE:LINE: ``. Merge keys (``<<``), non-standard tags, duplicate keys, non-string keys,
-recursive aliases and oversized / overly deep documents are refused here with a RecipeError.
+Merge recipes (:mod:`tsugiki.merging.recipe`) and evolve configs (:mod:`tsugiki.evolution.config`) are
+both read with it, so both report ``FILE:LINE: path: message``. :func:`parse_yaml` composes the YAML
+node graph with PyYAML's safe loader and walks it (:class:`_Walker`) into plain data (dicts, lists,
+scalars), while recording, for each dotted path (``slices[0].sources[1].layer_range``), the line of its
+value node (``lines``) and of its mapping key (``key_lines``); the validators use them to prefix every
+message with ``FILE:LINE: ``. Merge keys (``<<``), non-standard tags, duplicate keys, non-string keys,
+recursive aliases and oversized / overly deep documents are refused here with a RecipeError (the evolve
+config turns it into its EvolutionError).
 """
 
 from __future__ import annotations
