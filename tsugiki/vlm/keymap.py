@@ -1,4 +1,4 @@
-"""The LLaVA ↔ standalone-LLM key map, read from package data (`merging/keymaps/llava.json`).
+"""The LLaVA ↔ standalone-LLM key map, read from package data (`vlm/keymaps/llava.json`).
 
 A LLaVA-family checkpoint holds a whole causal LM under a prefix (`language_model.model.*` on disk,
 `model.language_model.*` in transformers 5 modules) beside its vision side. The map renames the
@@ -85,5 +85,5 @@ def _load(data: dict) -> KeyMap:
 
 @lru_cache(maxsize=None)
 def load_keymap(name: str = "llava") -> KeyMap:
-    entry = resources.files("tsugiki.merging") / "keymaps" / f"{name}.json"
+    entry = resources.files("tsugiki.vlm") / "keymaps" / f"{name}.json"
     return _load(json.loads(entry.read_text()))
