@@ -58,6 +58,7 @@ from tsugiki.demo.stage import (
 from tsugiki.engines import EngineOptions
 from tsugiki.engines.resident import ResidentEngine
 from tsugiki.evolution.problems import KeptProblem
+from tsugiki.fileio import atomic_write
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -237,9 +238,7 @@ def _cached_evaluation(model: Scored, test: list[dict], path: Path, batch_size: 
             return cached["scores"]
     scores = evaluate(model.ready(), test, batch_size=batch_size, english=english, engine=engine)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "scores": scores}, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, json.dumps({"key": key, "scores": scores}, ensure_ascii=False))
     return scores
 
 
@@ -277,9 +276,7 @@ def mgsm_ja_table(models: list[tuple[str, Path | Scored]], out: Path, progress: 
                       "scores": {k: [e.value, e.low, e.high] for k, e in res.scores.items()},
                       "responses": [r["prediction"] for r in res.items]}
             out.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
-            tmp.replace(cache)
+            atomic_write(cache, json.dumps(record, ensure_ascii=False))
         n = record["n"]
         cells = [f"{v:.1f} [{lo:.1f}, {hi:.1f}]" for v, lo, hi in (record["scores"][k] for k in ("acc_ja", "acc"))]
         body.append([name, *cells, f"{record['seconds']:.0f}"])
