@@ -127,7 +127,7 @@ def _write_leaderboard(results, folder: Path, baseline: str | None) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tsugiki.benchmarks import plan as planning
+    from tsugiki.benchmarks import cases as selection
     from tsugiki.benchmarks.harness import is_task
     from tsugiki.benchmarks.results import write_result
     from tsugiki.benchmarks.specs import BENCHMARKS
@@ -139,9 +139,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"{name:16} v{spec.version}  {spec.title} [{spec.metric}: {spec.primary}]  {spec.description}")
         return 0
     check_writable_dir(args.results_dir, "results folder")  # before any model is evaluated
-    thresholds = planning.parse_min_scores(args.min_score)
+    thresholds = selection.parse_min_scores(args.min_score)
     models, predictions, dataset_dir = list(args.model), list(args.predictions), args.dataset_dir
-    gen = planning.GenerationOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+    gen = selection.GenerationOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                      device=args.device, dtype=args.dtype, threads=args.threads, engine=args.engine)
     with tempfile.TemporaryDirectory(prefix="tsugiki-samples-") as tmp:
         if args.samples:  # the same default run as `pytest benchmarks/` without options
@@ -154,12 +154,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 from tsugiki.benchmarks.samples import write_sample_tasks
 
                 args.lm_eval_include = str(write_sample_tasks(Path(tmp) / "lm-eval-tasks"))
-            models.append(f"{planning.EMBEDDED_MODEL}={planning.build_embedded_model(tmp)}")
+            models.append(f"{selection.EMBEDDED_MODEL}={selection.build_embedded_model(tmp)}")
             gen.max_new_tokens = gen.max_new_tokens or 16
             gen.threads = gen.threads or 1
-        cases = planning.plan(args.benchmarks, models=models, vlm_models=args.vlm_model, predictions=predictions,
-                              dataset_dir=dataset_dir, limit=args.limit, generation=gen,
-                              lm_eval_include=args.lm_eval_include)
+        cases = selection.select_cases(args.benchmarks, models=models, vlm_models=args.vlm_model,
+                                       predictions=predictions, dataset_dir=dataset_dir, limit=args.limit,
+                                       generation=gen, lm_eval_include=args.lm_eval_include)
         results, failures = [], []
         for case in cases:
             result = case.evaluate(limit=args.limit, extraction=args.extraction, progress=not args.quiet)
@@ -168,7 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"{case.model} / {case.benchmark}: {result.primary} = {est.value:.2f} "
                   f"(95% CI {est.low:.2f}–{est.high:.2f}, n={result.n}) → {path}", file=sys.stderr)
             results.append(result)
-            failures += planning.check_thresholds(result, thresholds)
+            failures += selection.check_thresholds(result, thresholds)
     print(_write_leaderboard(results, Path(args.results_dir), args.baseline))
     for f in failures:
         print(f"FAILED {f}", file=sys.stderr)
