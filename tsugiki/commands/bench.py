@@ -3,6 +3,7 @@
 ``score`` has one sub-verb per metric (``rouge-ja``, ``mgsm``). More come from functions
 ``add(score_subparsers)`` listed in ``SCORE_VERBS`` or passed as ``register(sub, score_verbs=[...])``;
 ``register`` also returns the ``score`` sub-parsers. Each sub-verb sets ``func`` like any verb.
+``eval`` has one sub-verb, ``t2i`` (``EVAL_VERBS``), beside its list of benchmarks (see ``_EvalParser``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tsugiki.commands.images import add_score_fid_parser
+from tsugiki.commands import images
+from tsugiki.commands.verbs import Verb
 from tsugiki.engines import engine_names
 
 SUMMARY_FILES = ("leaderboard.md", "leaderboard.html")
@@ -200,7 +202,23 @@ def _positive(text: str) -> int:
 
 
 # Adders of `tsugiki score METRIC` verbs, listed explicitly: add e.g. FID's here.
-SCORE_VERBS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_score_verbs, add_score_fid_parser)
+SCORE_VERBS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_score_verbs, images.add_score_fid_parser)
+# `tsugiki eval NAME ...`: verbs whose options differ from the benchmarks'
+EVAL_VERBS: dict[str, Verb] = {"t2i": images.T2I}
+
+
+class _EvalParser(argparse.ArgumentParser):
+    """`eval`'s parser: `tsugiki eval t2i ...` is handed to that verb's parser, anything else is
+    `tsugiki eval [BENCHMARK ...]`. argparse cannot say this itself: sub-parsers on `eval` would read
+    the first benchmark name as a sub-verb and refuse it. So the first word picks the parser here, and each
+    keeps its own options and --help."""
+
+    sub_verbs: dict[str, argparse.ArgumentParser]
+
+    def parse_known_args(self, args=None, namespace=None):
+        if args and args[0] in self.sub_verbs:
+            return self.sub_verbs[args[0]].parse_known_args(args[1:], namespace)
+        return super().parse_known_args(args, namespace)
 
 
 def register(sub: argparse._SubParsersAction,
@@ -248,6 +266,9 @@ def register(sub: argparse._SubParsersAction,
     e.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
+    e.__class__ = _EvalParser  # `sub` makes plain parsers; this one also dispatches the EVAL_VERBS
+    e.sub_verbs = {name: verb.build(argparse.ArgumentParser(prog=f"{e.prog} {name}", description=verb.description))
+                   for name, verb in EVAL_VERBS.items()}
 
     r = sub.add_parser("report", help="merge result files into one leaderboard (Markdown, HTML)",
                        description="Rows = models, columns = benchmarks (primary score), best in bold, "
