@@ -58,18 +58,18 @@ def pytest_addoption(parser):
 
 
 class BenchSession:
-    """The planned cases, their thresholds, and the results gathered so far."""
+    """The selected cases, their thresholds, and the results gathered so far."""
 
     def __init__(self, config: pytest.Config):
-        from tsugiki.benchmarks import plan as planning
+        from tsugiki.benchmarks import cases as selection
 
         opt = config.option
         self.results_dir = Path(opt.results_dir)
-        self.thresholds = planning.parse_min_scores(opt.min_score)
+        self.thresholds = selection.parse_min_scores(opt.min_score)
         self.extraction, self.limit, self.baseline = opt.extraction, opt.limit, opt.baseline
         models, predictions, dataset_dir = list(opt.model), list(opt.predictions), opt.dataset_dir
         benches, include = list(opt.bench) or None, opt.lm_eval_include
-        gen = planning.GenerationOptions(max_new_tokens=opt.max_new_tokens, batch_size=opt.batch_size,
+        gen = selection.GenerationOptions(max_new_tokens=opt.max_new_tokens, batch_size=opt.batch_size,
                                          device=opt.device, threads=opt.threads, engine=opt.engine, dtype=opt.dtype)
         self.embedded: Path | None = None
         self.default_run = not (models or opt.vlm_model or predictions)
@@ -81,15 +81,16 @@ class BenchSession:
 
                 include = str(write_sample_tasks(Path(self._tmp.name) / "lm-eval-tasks"))
                 benches = BENCHMARKS.names() + [f"lm-eval:{t}" for t in SAMPLE_TASKS]
-            self.embedded = planning.build_embedded_model(self._tmp.name)  # a second: planning checks models exist
-            models = [f"{planning.EMBEDDED_MODEL}={self.embedded}"]
+            self.embedded = selection.build_embedded_model(self._tmp.name)  # a second: select_cases checks models exist
+            models = [f"{selection.EMBEDDED_MODEL}={self.embedded}"]
             predictions = [str(FIXTURES / "sample-predictions")]
             dataset_dir = dataset_dir or FIXTURES
             gen.max_new_tokens = gen.max_new_tokens or EMBEDDED_MAX_NEW_TOKENS
             gen.batch_size = max(gen.batch_size, 32)
             gen.threads = gen.threads or 1  # a tiny model gains nothing from more, and loses much on a busy machine
-        self.cases = planning.plan(benches, models=models, vlm_models=opt.vlm_model, predictions=predictions,
-                                   dataset_dir=dataset_dir, limit=opt.limit, generation=gen, lm_eval_include=include)
+        self.cases = selection.select_cases(benches, models=models, vlm_models=opt.vlm_model, predictions=predictions,
+                                            dataset_dir=dataset_dir, limit=opt.limit, generation=gen,
+                                            lm_eval_include=include)
         self.results = []
 
     def run(self, case):

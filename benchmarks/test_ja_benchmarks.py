@@ -1,8 +1,8 @@
-"""One test per (model, benchmark) case planned by conftest.py; see its docstring for the options."""
+"""One test per (model, benchmark) case selected by conftest.py; see its docstring for the options."""
 
 import pytest
 
-from tsugiki.benchmarks.plan import check_thresholds
+from tsugiki.benchmarks.cases import check_thresholds
 
 
 def test_benchmark(case, bench_session, record_testsuite_property):

@@ -58,7 +58,7 @@ def main() -> None:
 
             model = real_base()
         elif args.model == "tiny":
-            from tsugiki.benchmarks.plan import build_embedded_model
+            from tsugiki.benchmarks.cases import build_embedded_model
 
             model = build_embedded_model(tmp)
         else:

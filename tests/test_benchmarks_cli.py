@@ -170,7 +170,7 @@ def test_eval_list(tsugiki):
 
 
 def test_eval_vlm_models_go_through_the_vlm_predictor(tsugiki, tmp_path, monkeypatch):
-    from tsugiki.benchmarks import plan
+    from tsugiki.benchmarks import cases
     from tsugiki.benchmarks.predictors import CallablePredictor
 
     seen = []
@@ -183,7 +183,7 @@ def test_eval_vlm_models_go_through_the_vlm_predictor(tsugiki, tmp_path, monkeyp
 
         return CallablePredictor(answer, name=options["name"])
 
-    monkeypatch.setattr(plan, "vlm_predictor", fake_vlm)
+    monkeypatch.setattr(cases, "vlm_predictor", fake_vlm)
     (tmp_path / "vlm").mkdir()
     code, out, err = tsugiki("eval", "--vlm-model", f"evovlm={tmp_path / 'vlm'}", "--dataset-dir", FIXTURES,
                              "--max-new-tokens", "8", "--results-dir", tmp_path, "-q")

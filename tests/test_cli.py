@@ -42,7 +42,7 @@ def test_help_lists_verbs(capsys):
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for verb in ("merge", "inspect", "tiny-models", "demo"):
+    for verb in ("merge", "inspect", "tiny", "demo"):
         assert verb in text
 
 
@@ -202,6 +202,45 @@ def test_eval_t2i_two_word_spelling(capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", "t2i", "--help"])
     assert e.value.code == 0 and "--prompts" in capsys.readouterr().out
+
+
+def test_eval_t2i_is_a_sub_verb_of_eval_beside_its_benchmarks(capsys):
+    from tsugiki.cli import build_parser
+    from tsugiki.commands.bench import cmd_eval
+    from tsugiki.commands.images import cmd_eval_t2i
+
+    parser = build_parser()
+    args = parser.parse_args(["-v", "eval", "t2i", "pipe", "--prompts", "p.txt", "-o", "run", "--steps", "1"])
+    assert args.func is cmd_eval_t2i and args.verbose and (args.pipeline, args.steps) == ("pipe", 1)
+    args = parser.parse_args(["eval", "mgsm-ja", "mgsm-en", "--model", "m", "--limit", "2"])
+    assert args.func is cmd_eval and (args.benchmarks, args.model, args.limit) == (["mgsm-ja", "mgsm-en"], ["m"], 2)
+    assert parser.parse_args(["eval", "--list"]).list
+    with pytest.raises(SystemExit) as e:  # a t2i option is no benchmark option
+        parser.parse_args(["eval", "mgsm-ja", "--prompts", "p.txt"])
+    assert e.value.code == 2 and "unrecognized arguments: --prompts" in capsys.readouterr().err
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("old, new, options", [(["tiny-models"], ["tiny", "lm"], ["-n", "1", "--kind", "perturbed"]),
+                                               (["vlm", "tiny"], ["tiny", "vlm"], []),
+                                               (["tiny-sdxl"], ["tiny", "sdxl"], ["-n", "1"])])
+def test_old_tiny_spellings_are_aliases(tmp_path, capsys, old, new, options):
+    """The old spelling builds the same files, prints the same lines, and says the new spelling once."""
+    assert main([*new, "-o", str(tmp_path / "new"), *options]) == 0
+    new_out, new_err = capsys.readouterr()
+    assert main([*old, "-o", str(tmp_path / "old"), *options]) == 0
+    old_out, old_err = capsys.readouterr()
+    note = f"tsugiki: note: `tsugiki {' '.join(old)}` is now `tsugiki {' '.join(new)}`\n"
+    assert old_err.startswith(note) and old_err.count("note:") == 1 and "note:" not in new_err
+    assert old_out.replace(str(tmp_path / "old"), "OUT") == new_out.replace(str(tmp_path / "new"), "OUT")
+    assert str(tmp_path / "new") in new_out
+    assert _files(tmp_path / "old") == _files(tmp_path / "new") != {}
+    with pytest.raises(SystemExit):
+        main([*old[:-1], "--help"])
+    assert f"(alias of tsugiki {' '.join(new)})" in capsys.readouterr().out
 
 
 def _verbs(parser, path=()):

@@ -3,7 +3,6 @@ random-weight networks: the plumbing, not the numbers)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -107,13 +106,10 @@ def test_eval_t2i_end_to_end(pipeline, tmp_path):
 
 
 def test_cli_parsers(pipeline, tmp_path, capsys):
-    from tsugiki.commands.images import add_eval_t2i_parser, register
+    from tsugiki.cli import build_parser
 
     (tmp_path / "p.txt").write_text("\n".join(PROMPTS), encoding="utf-8")
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    register(sub)
-    add_eval_t2i_parser(sub.add_parser("eval").add_subparsers())
+    parser = build_parser()
     args = parser.parse_args(["eval", "t2i", str(pipeline), "--prompts", str(tmp_path / "p.txt"), "-o", str(tmp_path / "run"),
                               "--limit", "2", "--steps", "1", "--guidance", "0", "-q"])
     assert args.func(args) == 0
@@ -123,6 +119,27 @@ def test_cli_parsers(pipeline, tmp_path, capsys):
                               "--hps-weights", str(tmp_path / "x.safetensors"), "--limit", "1", "--steps", "1", "-q"])
     with pytest.raises(TsugikiError, match="HPS needs --clip-tokenizer"):
         args.func(args)
-    args = parser.parse_args(["tiny-sdxl", "-o", str(tmp_path / "tiny"), "-n", "1", "--single-file"])
+    args = parser.parse_args(["tiny", "sdxl", "-o", str(tmp_path / "tiny"), "-n", "1", "--single-file"])
     assert args.func(args) == 0
     assert (tmp_path / "tiny" / "sdxl_0" / "model_index.json").exists() and (tmp_path / "tiny" / "sdxl_0.safetensors").exists()
+
+
+def test_eval_t2i_old_spelling_is_an_alias(pipeline, tmp_path, capsys):
+    """`tsugiki eval-t2i` runs `tsugiki eval t2i` (the same report) and says so once on stderr."""
+    from tsugiki.cli import main
+
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS), encoding="utf-8")
+    reports = {}
+    for argv in (["eval", "t2i"], ["eval-t2i"]):
+        out = tmp_path / "-".join(argv)
+        assert main([*argv, str(pipeline), "--prompts", str(tmp_path / "p.txt"), "-o", str(out), "--limit", "2",
+                     "--steps", "1", "--guidance", "0", "-q"]) == 0
+        printed, err = capsys.readouterr()
+        reports[argv[-1]] = json.loads(printed)
+        if argv == ["eval-t2i"]:
+            assert err.startswith("tsugiki: note: `tsugiki eval-t2i` is now `tsugiki eval t2i`\n")
+            assert err.count("note:") == 1
+        else:
+            assert "note:" not in err
+        assert (out / "grid.png").exists()
+    assert reports["t2i"]["n"] == 2 and reports["eval-t2i"] == reports["t2i"]

@@ -60,6 +60,26 @@ def test_tokenizer_is_deterministic_padded_and_maps_unknown_to_unk():
 # --------------------------------------------------------------------------- models
 
 
+def test_one_list_of_tiny_architectures(tmp_path, capsys):
+    """factory.archs is what the factory builds and `tsugiki tiny lm|vlm --arch` offers (an evolve
+    config's tiny_models.arch: test_evolution_schema)."""
+    from tsugiki.cli import build_parser
+    from tsugiki.factory.archs import llava_text_arch_names, tiny_arch_names
+    from tsugiki.factory.lm import config_json
+
+    assert tiny_arch_names() == ["llama", "mistral", "qwen2"] and llava_text_arch_names() == ["llama", "mistral"]
+    for name in tiny_arch_names():
+        assert config_json(TinyLMSpec(arch=name))["model_type"] == name
+    parser = build_parser()
+    assert parser.parse_args(["tiny", "lm", "-o", "x", "--arch", "qwen2"]).arch == "qwen2"
+    assert parser.parse_args(["tiny", "vlm", "-o", "x", "--arch", "llama"]).arch == "llama"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["tiny", "vlm", "-o", "x", "--arch", "qwen2"])
+    assert "invalid choice: 'qwen2'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"unknown tiny architecture 'lama'; did you mean 'llama'\?"):
+        build_tiny_lm(tmp_path / "x", TinyLMSpec(arch="lama"))
+
+
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
 def test_build_tiny_lm_loads_and_generates(tmp_path, arch):
     spec = TinyLMSpec(arch=arch, tie_word_embeddings=arch == "qwen2")

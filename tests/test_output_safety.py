@@ -119,7 +119,7 @@ def test_eval_results_dir_that_is_a_file_fails_before_any_model_is_evaluated(tmp
     assert calls == [] and f.read_text() == "not a folder"
 
 
-@pytest.mark.parametrize("argv", [["merge", "{recipe}", "-q"], ["tiny-models"], ["vlm", "tiny"], ["tiny-sdxl"]])
+@pytest.mark.parametrize("argv", [["merge", "{recipe}", "-q"], ["tiny", "lm"], ["tiny", "vlm"], ["tiny", "sdxl"]])
 def test_output_under_a_file_is_refused_before_any_work(recipe, tmp_path, capsys, argv):
     f = tmp_path / "f"
     f.write_text("x")
@@ -148,17 +148,17 @@ def _previous(out: Path) -> dict:
 
 
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
-@pytest.mark.parametrize("verb", ["merge", "import-gguf", "tiny-models"])
+@pytest.mark.parametrize("verb", ["merge", "import-gguf", "tiny lm"])
 def test_write_error_is_one_line_and_keeps_the_previous_output(recipe, tmp_path, monkeypatch, capsys, verb, code):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"never read: the output is refused first")
     root = tmp_path / "models"
-    out = root / "base" if verb == "tiny-models" else tmp_path / "out"
+    out = root / "base" if verb == "tiny lm" else tmp_path / "out"
     before = _previous(out)
     _fail_mkdtemp(monkeypatch, out, code)
     argv = {"merge": ["merge", str(recipe), "-o", str(out), "-q", "--force"],
             "import-gguf": ["import-gguf", str(gguf), "-o", str(out), "--force"],
-            "tiny-models": ["tiny-models", "-o", str(root), "-n", "1", "--kind", "perturbed"]}[verb]
+            "tiny lm": ["tiny", "lm", "-o", str(root), "-n", "1", "--kind", "perturbed"]}[verb]
     assert main(argv) == 2
     one_line(capsys, out, os.strerror(code))
     assert snapshot(out) == before and debris(tmp_path, out.parent) == []
@@ -191,7 +191,7 @@ def test_any_other_file_error_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
         raise OSError(errno.EIO, os.strerror(errno.EIO), str(tmp_path / "x" / "model.safetensors"))
 
     monkeypatch.setattr(lm, "build_siblings", broken)
-    assert main(["tiny-models", "-o", str(tmp_path / "x")]) == 2
+    assert main(["tiny", "lm", "-o", str(tmp_path / "x")]) == 2
     assert one_line(capsys) == f"tsugiki: error: {tmp_path / 'x' / 'model.safetensors'}: {os.strerror(errno.EIO)}"
 
 

@@ -8,13 +8,11 @@ import logging
 import sys
 
 from tsugiki import __version__
-from tsugiki.commands import bench, demo, evolve, gguf, images, merge, vlm
+from tsugiki.commands import bench, demo, evolve, gguf, images, merge, tiny, vlm
 from tsugiki.errors import TsugikiError
 from tsugiki.progress import interactive, quiet_third_party_bars, restore_env
 
-COMMAND_MODULES = (merge, gguf, vlm, evolve, bench, images, demo)
-# two-word spellings of verbs whose options differ from the first word's: `tsugiki eval t2i ...`
-VERB_ALIASES = {("eval", "t2i"): "eval-t2i"}
+COMMAND_MODULES = (merge, tiny, gguf, vlm, evolve, bench, images, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if tuple(argv[:2]) in VERB_ALIASES:
-        argv = [VERB_ALIASES[tuple(argv[:2])], *argv[2:]]
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # a log or a pipe gets plain progress lines from us and no third-party bars (see tsugiki.progress)
     saved = None if interactive() else quiet_third_party_bars()

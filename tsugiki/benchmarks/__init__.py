@@ -10,7 +10,7 @@ Modules, each small and importable on its own (nothing heavy is imported here):
   and the seed's bootstrap, equal to the seed's numbers; ``mgsm``: prompt, answer extraction, acc.
 - ``predictors``: the ``Predictor`` interface (``predict(items) -> list[str]``) and its file, callable
   and Hugging Face causal-LM implementations.
-- ``runner``, ``plan``, ``results``, ``leaderboard``: run cases, write results, merge leaderboards.
+- ``runner``, ``cases``, ``results``, ``leaderboard``: run cases, write results, merge leaderboards.
 - ``t2i``, ``fid``, ``hps``: text-to-image evaluation of SDXL pipelines (``tsugiki eval t2i``).
 - ``samples``: tiny sample sets in the hub schemas; ``reference``: the seed's scoring, re-implemented
   plainly, for tests and ``perf/scoring_speed.py``.

@@ -3,6 +3,7 @@
 ``score`` has one sub-verb per metric (``rouge-ja``, ``mgsm``). More come from functions
 ``add(score_subparsers)`` listed in ``SCORE_VERBS`` or passed as ``register(sub, score_verbs=[...])``;
 ``register`` also returns the ``score`` sub-parsers. Each sub-verb sets ``func`` like any verb.
+``eval`` has one sub-verb, ``t2i`` (``EVAL_VERBS``), beside its list of benchmarks (see ``_EvalParser``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tsugiki.commands.images import add_score_fid_parser
+from tsugiki.commands import images
+from tsugiki.commands.verbs import Verb
 from tsugiki.engines import engine_names
 
 SUMMARY_FILES = ("leaderboard.md", "leaderboard.html")
@@ -127,7 +129,7 @@ def _write_leaderboard(results, folder: Path, baseline: str | None) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tsugiki.benchmarks import plan as planning
+    from tsugiki.benchmarks import cases as selection
     from tsugiki.benchmarks.harness import is_task
     from tsugiki.benchmarks.results import write_result
     from tsugiki.benchmarks.specs import BENCHMARKS
@@ -139,9 +141,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"{name:16} v{spec.version}  {spec.title} [{spec.metric}: {spec.primary}]  {spec.description}")
         return 0
     check_writable_dir(args.results_dir, "results folder")  # before any model is evaluated
-    thresholds = planning.parse_min_scores(args.min_score)
+    thresholds = selection.parse_min_scores(args.min_score)
     models, predictions, dataset_dir = list(args.model), list(args.predictions), args.dataset_dir
-    gen = planning.GenerationOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+    gen = selection.GenerationOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                      device=args.device, dtype=args.dtype, threads=args.threads, engine=args.engine)
     with tempfile.TemporaryDirectory(prefix="tsugiki-samples-") as tmp:
         if args.samples:  # the same default run as `pytest benchmarks/` without options
@@ -154,12 +156,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 from tsugiki.benchmarks.samples import write_sample_tasks
 
                 args.lm_eval_include = str(write_sample_tasks(Path(tmp) / "lm-eval-tasks"))
-            models.append(f"{planning.EMBEDDED_MODEL}={planning.build_embedded_model(tmp)}")
+            models.append(f"{selection.EMBEDDED_MODEL}={selection.build_embedded_model(tmp)}")
             gen.max_new_tokens = gen.max_new_tokens or 16
             gen.threads = gen.threads or 1
-        cases = planning.plan(args.benchmarks, models=models, vlm_models=args.vlm_model, predictions=predictions,
-                              dataset_dir=dataset_dir, limit=args.limit, generation=gen,
-                              lm_eval_include=args.lm_eval_include)
+        cases = selection.select_cases(args.benchmarks, models=models, vlm_models=args.vlm_model,
+                                       predictions=predictions, dataset_dir=dataset_dir, limit=args.limit,
+                                       generation=gen, lm_eval_include=args.lm_eval_include)
         results, failures = [], []
         for case in cases:
             result = case.evaluate(limit=args.limit, extraction=args.extraction, progress=not args.quiet)
@@ -168,7 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"{case.model} / {case.benchmark}: {result.primary} = {est.value:.2f} "
                   f"(95% CI {est.low:.2f}–{est.high:.2f}, n={result.n}) → {path}", file=sys.stderr)
             results.append(result)
-            failures += planning.check_thresholds(result, thresholds)
+            failures += selection.check_thresholds(result, thresholds)
     print(_write_leaderboard(results, Path(args.results_dir), args.baseline))
     for f in failures:
         print(f"FAILED {f}", file=sys.stderr)
@@ -200,7 +202,23 @@ def _positive(text: str) -> int:
 
 
 # Adders of `tsugiki score METRIC` verbs, listed explicitly: add e.g. FID's here.
-SCORE_VERBS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_score_verbs, add_score_fid_parser)
+SCORE_VERBS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_score_verbs, images.add_score_fid_parser)
+# `tsugiki eval NAME ...`: verbs whose options differ from the benchmarks'
+EVAL_VERBS: dict[str, Verb] = {"t2i": images.T2I}
+
+
+class _EvalParser(argparse.ArgumentParser):
+    """`eval`'s parser: `tsugiki eval t2i ...` is handed to that verb's parser, anything else is
+    `tsugiki eval [BENCHMARK ...]`. argparse cannot say this itself: sub-parsers on `eval` would read
+    the first benchmark name as a sub-verb and refuse it. So the first word picks the parser here, and each
+    keeps its own options and --help."""
+
+    sub_verbs: dict[str, argparse.ArgumentParser]
+
+    def parse_known_args(self, args=None, namespace=None):
+        if args and args[0] in self.sub_verbs:
+            return self.sub_verbs[args[0]].parse_known_args(args[1:], namespace)
+        return super().parse_known_args(args, namespace)
 
 
 def register(sub: argparse._SubParsersAction,
@@ -248,6 +266,9 @@ def register(sub: argparse._SubParsersAction,
     e.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
+    e.__class__ = _EvalParser  # `sub` makes plain parsers; this one also dispatches the EVAL_VERBS
+    e.sub_verbs = {name: verb.build(argparse.ArgumentParser(prog=f"{e.prog} {name}", description=verb.description))
+                   for name, verb in EVAL_VERBS.items()}
 
     r = sub.add_parser("report", help="merge result files into one leaderboard (Markdown, HTML)",
                        description="Rows = models, columns = benchmarks (primary score), best in bold, "

@@ -1,8 +1,8 @@
-"""Image-model verbs: `score fid`, `eval t2i` (or `eval-t2i`), `tiny-sdxl`.
+"""Image-model verbs: `score fid` and `eval t2i`.
 
-The CLI wires them in: `add_score_fid_parser(score_subparsers)` under a `score` verb,
-`add_eval_t2i_parser(eval_subparsers)` under an `eval` verb, and `register(subparsers)` for the
-top-level `eval-t2i` and `tiny-sdxl` verbs.
+The CLI wires them in: `add_score_fid_parser(score_subparsers)` under the `score` verb, ``T2I`` as the
+`t2i` sub-verb of `eval` (tsugiki.commands.bench), and `register(subparsers)` for the old top-level
+spellings `eval-t2i` (of `eval t2i`, left out of the list of verbs) and `tiny-sdxl` (of `tiny sdxl`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from tsugiki.commands import tiny
+from tsugiki.commands.verbs import Verb
 
 
 def cmd_score_fid(args: argparse.Namespace) -> int:
@@ -69,41 +72,13 @@ def _t2i_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-tokenizer", help="local CLIP tokenizer folder for HPS")
     p.add_argument("--allow-pickle", action="store_true", help="allow .pt/.pth weight files (loaded with weights_only=True)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_eval_t2i)
 
 
-def add_eval_t2i_parser(eval_sub: argparse._SubParsersAction, name: str = "t2i", *, listed: bool = True) -> argparse.ArgumentParser:
-    """``listed=False``: a verb that works but is not listed in the parent's help (``eval-t2i``, the
-    spelling ``tsugiki eval t2i`` is turned into)."""
-    kwargs = {"help": "generate images for prompts with an SDXL pipeline; report FID and HPSv2"} if listed else {}
-    p = eval_sub.add_parser(name, **kwargs,
-                            description="Generate one image per prompt, save them with a grid PNG, and score FID "
-                                        "(against reference features or images) and HPSv2.")
-    _t2i_arguments(p)
-    return p
-
-
-def cmd_tiny_sdxl(args: argparse.Namespace) -> int:
-    from tsugiki.factory.sdxl import build_tiny_sdxl, export_single_file
-    from tsugiki.fileio import check_writable_dir
-
-    out = Path(args.output)
-    check_writable_dir(out)
-    for i in range(args.n):
-        path = build_tiny_sdxl(out / f"sdxl_{i}", seed=args.seed, unet_seed=args.seed + i)
-        print(f"pipeline: {path}")
-        if args.single_file:
-            print(f"single file: {export_single_file(path, out / f'sdxl_{i}.safetensors')}")
-    return 0
+T2I = Verb("generate images for prompts with an SDXL pipeline; report FID and HPSv2",
+           "Generate one image per prompt, save them with a grid PNG, and score FID (against reference features or "
+           "images) and HPSv2.", _t2i_arguments, cmd_eval_t2i)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_eval_t2i_parser(sub, name="eval-t2i", listed=False)  # `tsugiki eval t2i` (see tsugiki.cli.VERB_ALIASES)
-    t = sub.add_parser("tiny-sdxl", help="build tiny SDXL pipelines (real diffusers format) offline",
-                       description="Build tiny SDXL pipelines in the real diffusers layout (shared text encoders and "
-                                   "VAE, different UNets), random weights, offline: for trying SDXL merges.")
-    t.add_argument("-o", "--output", required=True, help="folder to create them in")
-    t.add_argument("-n", type=int, default=2, help="number of pipelines (same text encoders/VAE, different UNets)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the shared parts; UNet i uses seed + i")
-    t.add_argument("--single-file", action="store_true", help="also export each in the original single-file layout")
-    t.set_defaults(func=cmd_tiny_sdxl)
+    T2I.add_alias(sub, "eval-t2i", "eval t2i", listed=False)
+    tiny.SDXL.add_alias(sub, "tiny-sdxl", "tiny sdxl")

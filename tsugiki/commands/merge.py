@@ -1,10 +1,11 @@
-"""`tsugiki merge`, `tsugiki inspect`, `tsugiki tiny-models`."""
+"""`tsugiki merge`, `tsugiki inspect`, `tsugiki extract-lora`; `tsugiki tiny-models` (an alias of `tsugiki tiny lm`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from tsugiki.commands import tiny
 from tsugiki.commands.vlm import add_vocab_argument
 
 
@@ -77,18 +78,6 @@ def cmd_extract_lora(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tiny_models(args: argparse.Namespace) -> int:
-    from tsugiki.factory.lm import TinyLMSpec, build_siblings
-    from tsugiki.fileio import check_writable_dir
-
-    check_writable_dir(args.output)
-    siblings = build_siblings(Path(args.output), n=args.n, spec=TinyLMSpec(arch=args.arch, seed=args.seed), kind=args.kind)
-    print(f"base: {siblings.base}")
-    for v in siblings.variants:
-        print(f"variant: {v}")
-    return 0
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("merge", help="merge models from a recipe (mergekit-compatible YAML)",
                        description="Merge models tensor by tensor from a recipe and write a Hugging Face model dir.")
@@ -130,13 +119,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) checkpoints")
     x.set_defaults(func=cmd_extract_lora)
 
-    t = sub.add_parser("tiny-models", help="build tiny mergeable sibling LMs (real HF format) offline",
-                       description="Build a tiny base LM and N siblings that share every tensor name and shape, in the "
-                                   "real Hugging Face format, offline: for trying merges and evolution.")
-    t.add_argument("-o", "--output", required=True, help="folder to create them in")
-    t.add_argument("--arch", default="llama", choices=["llama", "mistral", "qwen2"], help="architecture (default llama)")
-    t.add_argument("--kind", default="finetuned", choices=["finetuned", "perturbed"],
-                   help="finetuned: each sibling trained briefly on its own data; perturbed: random weight deltas")
-    t.add_argument("-n", type=int, default=2, help="number of variants besides the base")
-    t.add_argument("--seed", type=int, default=0, help="seed of the weights and the fine-tuning data")
-    t.set_defaults(func=cmd_tiny_models)
+    tiny.LM.add_alias(sub, "tiny-models", "tiny lm")

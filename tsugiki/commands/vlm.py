@@ -1,10 +1,10 @@
-"""`tsugiki vlm swap|ask|tiny`: LLaVA-family grafting helpers. (Merging a recipe with a VLM source is
-plain `tsugiki merge`.)"""
+"""`tsugiki vlm swap|ask`: LLaVA-family grafting helpers (`tsugiki vlm tiny` is an alias of `tsugiki tiny vlm`).
+(Merging a recipe with a VLM source is plain `tsugiki merge`.)"""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from tsugiki.commands import tiny
 
 VOCAB_CHOICES = {"error": "error", "embed-slice": "embed_slice"}
 
@@ -49,19 +49,6 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tiny(args: argparse.Namespace) -> int:
-    from tsugiki.factory.lm import TinyLMSpec
-    from tsugiki.factory.vlm import build_graft_set
-    from tsugiki.fileio import check_writable_dir
-
-    check_writable_dir(args.output)
-    s = build_graft_set(Path(args.output), TinyLMSpec(arch=args.arch, seed=args.seed))
-    for label, path in [("llava", s.llava), ("llava_next", s.llava_next), ("llm base", s.llms.base)] + \
-            [("llm variant", v) for v in s.llms.variants]:
-        print(f"{label}: {path}")
-    return 0
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     vlm = sub.add_parser("vlm", help="LLaVA-family models: swap the language model, ask about images, tiny models",
                          description="Merging a recipe whose sources include a LLaVA-family model is `tsugiki merge`.")
@@ -94,10 +81,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_ask)
 
-    t = verbs.add_parser("tiny", help="build tiny LLaVA, LLaVA-NeXT and sibling LLMs (graftable) offline",
-                         description="Build a tiny LLaVA, a LLaVA-NeXT and sibling LLMs whose language models can be "
-                                     "grafted into them; random weights, offline, for trying the VLM commands.")
-    t.add_argument("-o", "--output", required=True, help="folder to create them in")
-    t.add_argument("--arch", default="mistral", choices=["llama", "mistral"], help="language-model architecture")
-    t.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    t.set_defaults(func=cmd_tiny)
+    tiny.VLM.add_alias(verbs, "vlm tiny", "tiny vlm")

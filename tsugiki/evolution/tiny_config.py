@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 from tsugiki.evolution.schema import Count, NonNegative, NonNegativeNumber, Section, one_of
+from tsugiki.factory.archs import tiny_arch_names
 
 
 class TinyModels(Section):
     """Tiny factory LM siblings (tsugiki.factory.lm), sources ``base``, ``variant_0``, ..."""
 
-    arch: Annotated[str, one_of("llama", "mistral", "qwen2")] = "llama"
+    arch: Annotated[str, one_of(*tiny_arch_names())] = "llama"
     n: NonNegative = 2
     kind: Annotated[str, one_of("finetuned", "perturbed")] = "finetuned"
     seed: NonNegative = 0

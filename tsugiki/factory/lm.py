@@ -14,36 +14,20 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import (
-    GenerationConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+import transformers
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerFast
 
+from tsugiki.factory.archs import tiny_arch
 from tsugiki.factory.tokenizer import build_char_tokenizer
 from tsugiki.hf_quiet import hf_progress_bars_off
 from tsugiki.threads import torch_threads
-
-Arch = Literal["llama", "mistral", "qwen2"]
-_ARCHS = {
-    "llama": (LlamaConfig, LlamaForCausalLM),
-    "mistral": (MistralConfig, MistralForCausalLM),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-}
-
 
 @dataclass(frozen=True)
 class TinyLMSpec:
     """Shape and seed of a tiny model. ``vocab_size=None`` means the char tokenizer's size (a
     larger value pads the tokenizer with reserved tokens, rounded up to a multiple of 64)."""
 
-    arch: Arch = "llama"
+    arch: str = "llama"  # a name in tsugiki.factory.archs.TINY_ARCHS
     hidden_size: int = 32
     num_layers: int = 4
     num_heads: int = 4
@@ -71,9 +55,7 @@ class SiblingSet:
 
 
 def make_config(spec: TinyLMSpec, tok: PreTrainedTokenizerFast, dtype: torch.dtype):
-    if spec.arch not in _ARCHS:
-        raise ValueError(f"unknown arch {spec.arch!r}; expected one of {sorted(_ARCHS)}")
-    config_cls, _ = _ARCHS[spec.arch]
+    config_cls = getattr(transformers, tiny_arch(spec.arch).config_class)
     return config_cls(
         vocab_size=len(tok),
         hidden_size=spec.hidden_size,
@@ -96,7 +78,7 @@ def make_config(spec: TinyLMSpec, tok: PreTrainedTokenizerFast, dtype: torch.dty
 def config_json(spec: TinyLMSpec) -> dict:
     """The config.json of a model built from ``spec``, without building it (a plan reads it)."""
     config = make_config(spec, build_char_tokenizer(spec.vocab_size), torch.float32)
-    return {**config.to_diff_dict(), "architectures": [_ARCHS[spec.arch][1].__name__]}
+    return {**config.to_diff_dict(), "architectures": [tiny_arch(spec.arch).model_class]}
 
 
 def _new_model(spec: TinyLMSpec, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
@@ -104,7 +86,7 @@ def _new_model(spec: TinyLMSpec, tok: PreTrainedTokenizerFast) -> PreTrainedMode
     config = make_config(spec, tok, torch.float32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        model = _ARCHS[spec.arch][1](config)
+        model = getattr(transformers, tiny_arch(spec.arch).model_class)(config)
     return model.eval()
 
 

@@ -1,4 +1,5 @@
-"""Tiny LLaVA and LLaVA-NeXT models (Mistral or Llama text + CLIP vision) as real checkpoints, offline.
+"""Tiny LLaVA and LLaVA-NeXT models (Mistral or Llama text, ``factory.archs.llava_text_arch_names()``, + CLIP
+vision) as real checkpoints, offline.
 
 The language model has the shapes and vocabulary of a tiny LM built from the same `TinyLMSpec`, so
 a tiny VLM and the tiny LM siblings can be grafted together. The tokenizer is the project's char

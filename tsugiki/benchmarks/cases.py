@@ -113,9 +113,9 @@ class _LazyGenerators:
         return next(r for r in results if r.benchmark == harness.PREFIX + task)
 
 
-def plan(benchmarks: Sequence[str] | None = None, *, models: Sequence[str] = (), vlm_models: Sequence[str] = (),
-         predictions: Sequence[str] = (), dataset_dir: str | Path | None = None, limit: int | None = None,
-         generation: GenerationOptions | None = None, lm_eval_include: str | Path | None = None) -> list[Case]:
+def select_cases(benchmarks: Sequence[str] | None = None, *, models: Sequence[str] = (), vlm_models: Sequence[str] = (),
+                 predictions: Sequence[str] = (), dataset_dir: str | Path | None = None, limit: int | None = None,
+                 generation: GenerationOptions | None = None, lm_eval_include: str | Path | None = None) -> list[Case]:
     """All cases: every model on every selected benchmark of its kind, every predictions folder on
     the selected benchmarks it has a file for (all of them when ``benchmarks`` names them); every causal LM
     on every ``lm-eval:TASK`` named (lm-eval's registry, or the YAMLs in ``lm_eval_include``)."""
