@@ -26,7 +26,7 @@ from typing import Mapping
 
 import torch
 
-from tsugiki import __version__
+from tsugiki.version import __version__
 from tsugiki.diffusion.blocks import block_t, locate, match_name
 from tsugiki.diffusion.layout import ORIGINAL_PREFIX, sdxl_unet_table
 from tsugiki.diffusion.pipeline_files import check_compatible, component_config, copy_components
