@@ -24,11 +24,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from tsugiki.merging.output_dir import check_output
     from tsugiki.merging.recipe import load_recipe
     from tsugiki.merging.refs import split_lora_ref
-    from tsugiki.merging.to_disk import merge_to_disk
 
     from tsugiki.commands.vlm import VOCAB_CHOICES
-    from tsugiki.diffusion.merge import is_sdxl_recipe, merge_sdxl_to_disk
-    from tsugiki.vlm.merge import is_vlm_recipe, merge_vlm_to_disk
+    from tsugiki.families import merge
 
     recipe = load_recipe(args.recipe)
     options = MergeOptions(out_dtype=parse_dtype(args.dtype), device=args.device, allow_pickle=args.allow_pickle,
@@ -38,15 +36,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     parts = [part for r in recipe.model_refs() for part in split_lora_ref(r) if part]  # a model and its adapter
     local = [p for p in (local_path(r, base_dir=base_dir) for r in parts) if p]
     check_output(args.output, force=args.force, sources=local)  # before any source is opened or downloaded
-    # the recipe's sources decide the family: a LLaVA source means the LM inside it is merged,
-    # an SDXL pipeline/UNet source means UNets are merged and the rest of the pipeline copied
-    if is_vlm_recipe(recipe, base_dir):
-        result = merge_vlm_to_disk(recipe, args.output, options, base_dir=base_dir, vocab=VOCAB_CHOICES[args.vocab])
-    elif is_sdxl_recipe(recipe, base_dir):
-        result = merge_sdxl_to_disk(recipe, args.output, options, base_dir=base_dir,
-                                    components_from=args.components_from, single_file=args.single_file)
-    else:
-        result = merge_to_disk(recipe, args.output, options, base_dir=base_dir)
+    # the recipe's sources decide the family (tsugiki.families); each ignores the other families' options
+    result = merge(recipe, args.output, options, base_dir=base_dir, vocab=VOCAB_CHOICES[args.vocab],
+                   components_from=args.components_from, single_file=args.single_file)
     print(f"merged {result.tensors} tensors ({result.bytes_written / 1e6:.1f} MB) in {result.seconds:.2f}s → {result.out}")
     return 0
 

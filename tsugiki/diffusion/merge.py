@@ -26,20 +26,21 @@ from typing import Mapping
 
 import torch
 
-from tsugiki import __version__
+from tsugiki.version import __version__
 from tsugiki.diffusion.blocks import block_t, locate, match_name
 from tsugiki.diffusion.layout import ORIGINAL_PREFIX, sdxl_unet_table
 from tsugiki.diffusion.pipeline_files import check_compatible, component_config, copy_components
 from tsugiki.diffusion.sources import UNetSource, diffusion_kind
 from tsugiki.errors import CheckpointError, MergeError, RecipeError
 from tsugiki.merging.checkpoint import resolve_model_ref
-from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
-from tsugiki.merging.output import MergeResult, WeightsLayout, write_merged_dir
+from tsugiki.merging.execute import MergeOptions
+from tsugiki.merging.output import MergeResult
 from tsugiki.merging.methods import get_method
 from tsugiki.merging.methods.base import MergeMethod
 from tsugiki.merging.plan import TensorJob, tensor_seed
 from tsugiki.merging.provenance import Description, Named
 from tsugiki.merging.recipe import Recipe, resolve_params
+from tsugiki.merging.to_disk import write_plan
 from tsugiki.merging.writer import OutputTensor, ShardedSafetensorsWriter
 
 log = logging.getLogger("tsugiki.diffusion")
@@ -136,31 +137,19 @@ def merge_sdxl_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = 
         unet_config = component_config(pipeline_dir, "unet")
         _check_donor_shapes(plan, pipeline_dir, donor_ref, sources.get(donor_ref), options.allow_pickle)
         check_compatible(unet_config, pipeline_dir, text_dir)
-        out_dtype = options.out_dtype or parse_dtype(recipe.out_dtype or recipe.dtype)
 
-        def dtype_of(job: TensorJob) -> torch.dtype:
-            return job.in_dtype if out_dtype is None or not job.in_dtype.is_floating_point else out_dtype
-
-        entries = [OutputTensor(j.out_name, dtype_of(j), j.shape) for j in plan.jobs]
-
-        def tensors():
-            for job, tensor in iter_merged(plan, sources, device=options.device, progress=options.progress,
-                                           desc="merging UNet"):
-                tensor = tensor.to(dtype=dtype_of(job), device="cpu")
-                yield job.out_name, tensor, aliases_input(job, tensor, sources)
-
-        def side_files(tmp: Path) -> list[str]:
+        def side_files(tmp: Path, out_dtype: torch.dtype | None) -> list[str]:
             (tmp / "unet" / "config.json").write_bytes((pipeline_dir / "unet" / "config.json").read_bytes())
             files = ["unet/config.json"]
             if single_file:
-                files.append(write_original_layout(tmp / "unet", tmp / SINGLE_FILE_NAME, entries))
+                files.append(write_original_layout(tmp / "unet", tmp / SINGLE_FILE_NAME))
             return files
 
-        layout = WeightsLayout(entries, {"tsugiki_method": plan.method.name}, weights_dir="unet", prefix="diffusion_pytorch_model")
-        return write_merged_dir(out, options, recipe, sources, layout, tensors(), side_files=side_files,
-                                card=lambda d: _model_card(d, plan, d.written[donor_ref], d.written[text_ref or donor_ref]),
-                                first_files=lambda tmp: copy_components(pipeline_dir, text_dir, tmp), base_dir=base_dir,
-                                named=named, extra_refs=[r for r in (donor_ref, text_ref) if r], start=start)
+        return write_plan(out, options, recipe, plan, sources, weights_dir="unet", prefix="diffusion_pytorch_model",
+                          desc="merging UNet", side_files=side_files,
+                          card=lambda d: _model_card(d, plan, d.written[donor_ref], d.written[text_ref or donor_ref]),
+                          first_files=lambda tmp: copy_components(pipeline_dir, text_dir, tmp), base_dir=base_dir,
+                          named=named, extra_refs=[r for r in (donor_ref, text_ref) if r], start=start)
     finally:
         for s in sources.values():
             s.close()
@@ -181,21 +170,25 @@ def _check_donor_shapes(plan: UNetPlan, pipeline_dir: Path, donor_ref: str, dono
             own.close()
 
 
-def write_original_layout(unet_dir: Path, target: Path, entries: list[OutputTensor]) -> str:
-    """Stream a written diffusers UNet into one original-layout file (`model.diffusion_model.*`)."""
+def write_original_layout(unet_dir: Path, target: Path) -> str:
+    """Stream a written diffusers UNet into one original-layout file (`model.diffusion_model.*`), in table
+    order (the order it was written in), each tensor with the dtype and shape it was written with."""
     table = sdxl_unet_table()
-    renamed = [OutputTensor(ORIGINAL_PREFIX + table.by_diffusers(e.name).original, e.dtype, e.shape)  # type: ignore[union-attr]
-               for e in entries]
     src = UNetSource(unet_dir, label=str(unet_dir))
-    writer = ShardedSafetensorsWriter(target.parent, renamed, max_shard_bytes=2**62,  # one file, never sharded
-                                      prefix=target.name.removesuffix(".safetensors"))
     try:
-        for e, r in zip(entries, renamed):
-            writer.write(r.name, src.read(e.name))
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+        names = table.diffusers_names()
+        infos = [src.info(n) for n in names]
+        renamed = [OutputTensor(ORIGINAL_PREFIX + table.by_diffusers(n).original, i.dtype, i.shape)  # type: ignore[union-attr]
+                   for n, i in zip(names, infos)]
+        writer = ShardedSafetensorsWriter(target.parent, renamed, max_shard_bytes=2**62,  # one file, never sharded
+                                          prefix=target.name.removesuffix(".safetensors"))
+        try:
+            for n, r in zip(names, renamed):
+                writer.write(r.name, src.read(n))
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
     finally:
         src.close()
     return target.name

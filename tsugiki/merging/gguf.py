@@ -35,7 +35,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from tsugiki import __version__
+from tsugiki.version import __version__
 from tsugiki.errors import CheckpointError, MergeError
 from tsugiki.merging.tensors import TensorInfo
 

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from tsugiki import __version__
+from tsugiki.version import __version__
 from tsugiki.errors import OutputExistsError, OutputWriteError, TsugikiError
 from tsugiki.fileio import check_writable_dir, holder_pid, record_pid, try_flock
 

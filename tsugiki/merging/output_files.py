@@ -9,7 +9,7 @@ from typing import Mapping
 
 import torch
 
-from tsugiki import __version__
+from tsugiki.version import __version__
 from tsugiki.errors import RecipeError
 from tsugiki.merging.plan import MergePlan
 from tsugiki.merging.recipe import Recipe

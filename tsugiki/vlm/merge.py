@@ -25,15 +25,15 @@ import torch
 
 from tsugiki.errors import CheckpointError, MergeError, RecipeError
 from tsugiki.merging.checkpoint import Checkpoint, resolve_model_ref
-from tsugiki.merging.execute import MergeOptions, aliases_input, iter_merged, parse_dtype
-from tsugiki.merging.output import MergeResult, WeightsLayout, write_merged_dir
+from tsugiki.merging.execute import MergeOptions
+from tsugiki.merging.output import MergeResult
 from tsugiki.merging.output_files import DTYPE_NAMES, TOKENIZER_FILES, merged_config, model_card
 from tsugiki.merging.plan import MergePlan, plan_merge
 from tsugiki.merging.provenance import Description, Named
 from tsugiki.merging.recipe import Recipe
 from tsugiki.merging.refs import split_lora_ref
 from tsugiki.merging.sources import open_sources
-from tsugiki.merging.writer import OutputTensor
+from tsugiki.merging.to_disk import Tail, write_plan
 from tsugiki.vlm.graft import check_shapes, lm_shape, slice_rows, split_sources, vision_donor_ref
 from tsugiki.vlm.sources import LLAVA, VlmCheckpoint, is_multimodal_config, read_config
 
@@ -100,42 +100,20 @@ def merge_vlm_to_disk(recipe: Recipe, out: str | Path, options: MergeOptions = M
         check_image_token(tok_dir, donor)
         if len(vlms) > 1:
             log.info("vision tower and projector taken from %s", donor_ref)
-        out_dtype = options.out_dtype or parse_dtype(recipe.out_dtype or recipe.dtype)
+        donor_lm = lms[donor_ref]
+        # embed_slice: the merged first rows, then the donor's own rows beyond them
+        tails = ({n: Tail(target.vocab - rows, lambda n=n: donor_lm.read(n)[rows:]) for n in target.vocab_tensors}
+                 if rows and rows < target.vocab else {})
 
-        def dtype_of(job):
-            return job.in_dtype if out_dtype is None or not job.in_dtype.is_floating_point else out_dtype
-
-        vocab_tensors = set(target.vocab_tensors) if rows else set()
-
-        def shape_of(job):
-            return (target.vocab, *job.shape[1:]) if job.out_name in vocab_tensors else job.shape
-
-        vision = [donor.checkpoint.info(n) for n in donor.vision_names]
-        entries = [OutputTensor(i.name, i.dtype, i.shape) for i in vision]
-        entries += [OutputTensor(donor.layout.to_vlm(j.out_name), dtype_of(j), shape_of(j)) for j in plan.jobs]
-
-        def tensors():
-            for info in vision:  # bit for bit: same bytes, same dtype, same name
-                yield info.name, donor.checkpoint.read(info.name), False
-            for job, tensor in iter_merged(plan, sources, device=options.device, progress=options.progress):
-                dtype = dtype_of(job)
-                if not dtype.is_floating_point:
-                    tensor = tensor.round()
-                tensor = tensor.to(dtype=dtype, device="cpu")
-                if job.out_name in vocab_tensors and rows < target.vocab:
-                    tail = lms[donor_ref].read(job.out_name)[rows:]
-                    tensor = torch.cat([tensor, tail.to(dtype)])
-                yield donor.layout.to_vlm(job.out_name), tensor, aliases_input(job, tensor, sources)
-
-        def side_files(tmp: Path) -> list[str]:
+        def side_files(tmp: Path, out_dtype: torch.dtype | None) -> list[str]:
             config = vlm_config(donor, plan, {r: s.config() for r, s in sources.items()}, out_dtype)
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             return ["config.json"] + copy_vlm_side_files(donor.model_dir, tok_dir, recipe, tmp)
 
-        layout = WeightsLayout(entries, {"tsugiki_method": plan.method.name, "tsugiki_vision_source": donor_ref})
-        return write_merged_dir(out, options, recipe, checkpoints, layout, tensors(), side_files=side_files,
-                                card=lambda d: vlm_model_card(d, plan, d.written[donor_ref], rows), base_dir=base_dir,
-                                named=named, start=start)
+        return write_plan(out, options, recipe, plan, sources, opened=checkpoints, metadata={"tsugiki_vision_source": donor_ref},
+                          copied=(donor.checkpoint, donor.vision_names), rename=donor.layout.to_vlm, tails=tails,
+                          side_files=side_files, card=lambda d: vlm_model_card(d, plan, d.written[donor_ref], rows),
+                          base_dir=base_dir, named=named, start=start)
     finally:
         for c in checkpoints.values():
             c.close()

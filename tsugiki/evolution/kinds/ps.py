@@ -17,16 +17,15 @@ from tsugiki.evolution.ps import DEFAULT_BOUNDS, PSSpace, recipe_data
 from tsugiki.evolution.schema import Bounds, Count, Mapping_, Names, NonNegative
 from tsugiki.evolution.sources import is_vlm_path, load_causal_lm, load_vlm, model_config, read_json_config
 from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind
+from tsugiki.families import merge
 from tsugiki.merging.architecture import architecture_for, spec_for_class
 from tsugiki.merging.sources import open_sources
 from tsugiki.merging.execute import MergeOptions
 from tsugiki.merging.inmemory import InMemoryMerger
 from tsugiki.merging.plan import plan_merge
 from tsugiki.merging.recipe import Recipe
-from tsugiki.merging.to_disk import merge_to_disk
 from tsugiki.merging.vocab import recipe_vocabulary
 from tsugiki.vlm.inmemory import VlmLanguageModelMerger
-from tsugiki.vlm.merge import merge_vlm_to_disk
 from tsugiki.vlm.sources import is_multimodal_config
 
 
@@ -229,7 +228,6 @@ class PSProblem(Problem):
         return {"kind": "ps", "matrices": parameter_matrices(self.ps, values)}
 
     def export(self, values, out, *, force: bool = False) -> Path:
-        options = MergeOptions(force=force, progress=False)
-        if self.vlm is not None:  # a grafted VLM dir: the vision donor's files with the merged language model
-            return merge_vlm_to_disk(self.ps.recipe(values), out, options, named=self.named).out
-        return merge_to_disk(self.ps.recipe(values), out, options, named=self.named).out
+        # the recipe names each member's path, so a VLM member (self.vlm) makes it a VLM recipe: a grafted
+        # VLM dir (the vision donor's files with the merged language model), else a causal-LM dir
+        return merge(self.ps.recipe(values), out, MergeOptions(force=force, progress=False), named=self.named).out
