@@ -1,10 +1,14 @@
-"""The package's shape (issue 16): modules a newcomer reads in one sitting, no import cycles between
-modules (imports inside functions and under TYPE_CHECKING counted), no module importing another's
-private name. Read from the source with ``ast``; nothing is imported."""
+"""The package's shape (issues 16 and 29): modules a newcomer reads in one sitting, no import cycles
+between modules (imports inside functions and under TYPE_CHECKING counted), no module importing
+another's private name, one home per search kind, and each list of names (choices, ``one_of``,
+``Literal``, module constants) declared in one module only. Read from the source with ``ast``; nothing
+is imported."""
 
 from __future__ import annotations
 
 import ast
+import re
+from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tsugiki"
@@ -132,3 +136,90 @@ def test_modules_stay_readable_in_one_sitting():
     sizes = {str(p.relative_to(PACKAGE)): len(p.read_text(encoding="utf-8").splitlines()) for p in _modules().values()}
     assert len(sizes) > 100
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
+# --- one home for each thing (issue 29) -------------------------------------------------------------
+
+_NAME = re.compile(r"(?!\d)\w[\w.+-]*\Z")
+
+
+def _name_set(node: ast.AST) -> frozenset[str] | None:
+    elts = node.elts if isinstance(node, (ast.List, ast.Tuple, ast.Set)) else None
+    if elts and len(elts) >= 2 and all(isinstance(e, ast.Constant) and isinstance(e.value, str)
+                                       and _NAME.match(e.value) for e in elts):
+        return frozenset(e.value for e in elts)
+    return None
+
+
+def _called(node: ast.AST) -> str | None:
+    return getattr(node, "id", None) or getattr(node, "attr", None)
+
+
+def name_lists(tree: ast.Module) -> list[tuple[frozenset[str], int]]:
+    """The lists of names a module declares: a module-level constant, argparse ``choices=``, the
+    arguments of ``one_of(...)`` and the values of ``Literal[...]`` (two or more name-like strings)."""
+    found = []
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and (n := _name_set(node.value)):
+            found.append((n, node.lineno))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            found += [(n, node.lineno) for kw in node.keywords if kw.arg == "choices" and (n := _name_set(kw.value))]
+            if _called(node.func) == "one_of" and (n := _name_set(ast.Tuple(elts=node.args))):
+                found.append((n, node.lineno))
+        elif isinstance(node, ast.Subscript) and _called(node.value) == "Literal" and (n := _name_set(node.slice)):
+            found.append((n, node.lineno))
+    return found
+
+
+def repeated_name_lists(modules: dict[str, Path]) -> dict[tuple[str, ...], list[str]]:
+    """Name lists declared (as the same set of names) in more than one module: names -> 'module:line'."""
+    where: dict[frozenset[str], dict[str, int]] = defaultdict(dict)
+    for mod, path in modules.items():
+        for names, line in name_lists(ast.parse(path.read_text(encoding="utf-8"))):
+            where[names].setdefault(mod, line)
+    return {tuple(sorted(n)): [f"{m}:{line}" for m, line in sorted(mods.items())]
+            for n, mods in where.items() if len(mods) > 1}
+
+
+def second_homes(root: Path = PACKAGE) -> list[str]:
+    """Modules of ``evolution`` outside ``evolution/kinds`` named after a search kind's home there
+    (``kinds/NAME.py`` or ``kinds/NAME/``): a kind's space, problem, plan and plots live in one place."""
+    kinds = root / "evolution" / "kinds"
+    homes = {p.stem for p in kinds.iterdir() if (p.suffix == ".py" or (p / "__init__.py").exists())
+             and not p.name.startswith("__")}
+    return sorted(str(p.relative_to(root.parent)) for p in (root / "evolution").rglob("*.py")
+                  if kinds not in p.parents and (p.stem if p.name != "__init__.py" else p.parent.name) in homes)
+
+
+def test_the_layout_checks_find_a_second_home_and_a_repeated_name_list(tmp_path):
+    pkg = tmp_path / "tsugiki"
+    (pkg / "evolution" / "kinds" / "dfs").mkdir(parents=True)
+    for f in ("__init__.py", "evolution/__init__.py", "evolution/kinds/__init__.py", "evolution/kinds/ps.py",
+              "evolution/kinds/dfs/__init__.py", "evolution/runner.py"):
+        (pkg / f).write_text("")
+    (pkg / "evolution" / "ps.py").write_text("KINDS = ('a', 'b')\n")
+    (pkg / "evolution" / "dfs.py").write_text("from typing import Literal\nArch = Literal['b', 'a']\n")
+    (pkg / "cli.py").write_text("def f(p, one_of):\n    p.add_argument('--x', choices=['a', 'b'])\n"
+                                "    one_of('x', 'y')\n    p.add_argument('-o', '--out')\n")
+    (pkg / "other.py").write_text("def g(one_of):\n    return one_of('y', 'x'), ['a', 'b']\n")
+    assert second_homes(pkg) == ["tsugiki/evolution/dfs.py", "tsugiki/evolution/ps.py"]
+    assert repeated_name_lists(_modules(pkg)) == {
+        ("a", "b"): ["tsugiki.cli:2", "tsugiki.evolution.dfs:2", "tsugiki.evolution.ps:1"],
+        ("x", "y"): ["tsugiki.cli:3", "tsugiki.other:2"]}  # a list inside a function is a use, not a declaration
+
+
+def test_one_home_per_search_kind():
+    assert second_homes() == []
+
+
+def test_each_name_list_is_declared_in_one_module():
+    assert repeated_name_lists(_modules()) == {}
+
+
+def test_no_registration_by_discovery():
+    """Registries are filled by explicit lists (issue 29): no module walks a package to import its modules."""
+    users = [m for m, p in _modules().items() for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+             if isinstance(node, (ast.Import, ast.ImportFrom))
+             and "pkgutil" in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])]
+    assert users == []

@@ -38,11 +38,11 @@ import numpy as np
 import torch
 
 from tsugiki.benchmarks.fid_inception import FEATURE_DIM, INPUT_SIZE, FIDInceptionV3
+from tsugiki.benchmarks.specs import FID_RESIZE_MODES as RESIZE_MODES
 from tsugiki.errors import CheckpointError, TsugikiError
 
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
-RESIZE_MODES = ("clean", "legacy")
 HIGHER_IS_BETTER = False
 
 

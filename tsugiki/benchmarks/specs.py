@@ -15,6 +15,9 @@ from tsugiki.benchmarks.items import Item
 from tsugiki.benchmarks.stats import Estimate
 from tsugiki.registry import Registry
 
+#: FID's resize conventions (:mod:`tsugiki.benchmarks.fid`; here so the CLI reads them without torch)
+FID_RESIZE_MODES = ("clean", "legacy")
+
 MetricFn = Callable[..., tuple[dict[str, Estimate], list[dict]]]
 
 

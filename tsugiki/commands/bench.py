@@ -17,7 +17,9 @@ from typing import Callable, Sequence
 
 from tsugiki.commands import images
 from tsugiki.commands.verbs import Verb
+from tsugiki.benchmarks.mgsm import EXTRACTIONS
 from tsugiki.engines import engine_names
+from tsugiki.merging.recipe_schema import FLOAT_DTYPES
 
 SUMMARY_FILES = ("leaderboard.md", "leaderboard.html")
 
@@ -101,7 +103,7 @@ def _add_score_verbs(score_sub: argparse._SubParsersAction) -> None:
                                          "ignored): extract a number from each response and compare; prints acc and "
                                          "acc_ja (percent) with 95% bootstrap intervals.")
     m.add_argument("pairs", help="JSONL file of {response, answer}")
-    m.add_argument("--extraction", choices=["sakana", "robust"], default="robust",
+    m.add_argument("--extraction", choices=EXTRACTIONS, default="robust",
                    help="sakana: the seed's rule, flaws included (reproduces published numbers); "
                         "robust (default): separators, negatives, full-width digits, stated final answers")
     m.add_argument("--per-item", action="store_true", help="also list each response's extracted number and verdict")
@@ -257,9 +259,9 @@ def register(sub: argparse._SubParsersAction,
                         "its default dtype runs float32 models in bfloat16, --dtype float32 keeps them) (default hf)")
     e.add_argument("--batch-size", type=_positive, default=8, help="prompts per forward pass, hf engine (default 8)")
     e.add_argument("--device", default="cpu", help="where models run (cpu, cuda, cuda:1, ...)")
-    e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="dtype models run in (default: hf their own, vllm its auto)")
+    e.add_argument("--dtype", choices=FLOAT_DTYPES, help="dtype models run in (default: hf their own, vllm its auto)")
     e.add_argument("--threads", type=_positive, help="torch CPU threads while generating (default: torch's)")
-    e.add_argument("--extraction", choices=["sakana", "robust"], help="MGSM answer extraction (default robust)")
+    e.add_argument("--extraction", choices=EXTRACTIONS, help="MGSM answer extraction (default robust)")
     e.add_argument("--min-score", action="append", default=[], metavar="BENCH[.SCORE]=VALUE",
                    help="exit 1 if a score misses this threshold; repeatable")
     e.add_argument("--baseline", metavar="LABEL", help="leaderboard row the others are compared with")

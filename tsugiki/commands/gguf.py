@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tsugiki.merging.recipe_schema import FLOAT_DTYPES
+
 
 def cmd_import_gguf(args: argparse.Namespace) -> int:
     from tsugiki.merging.gguf import import_gguf
@@ -23,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(A merge recipe may also name the .gguf file directly.)")
     g.add_argument("file", help="GGUF file")
     g.add_argument("-o", "--output", required=True, help="output model directory")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    g.add_argument("--dtype", default="float32", choices=FLOAT_DTYPES,
                    help="dtype of the written weights (default: float32, what the dequantized values are)")
     g.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     g.set_defaults(func=cmd_import_gguf)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tsugiki.commands import tiny
 from tsugiki.commands.verbs import Verb
+from tsugiki.benchmarks.specs import FID_RESIZE_MODES
+from tsugiki.merging.recipe_schema import FLOAT_DTYPES
 
 
 def cmd_score_fid(args: argparse.Namespace) -> int:
@@ -63,11 +65,11 @@ def _t2i_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, help="image width in pixels (default: the preset's, else the pipeline's)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="pipeline dtype (default: as saved)")
+    p.add_argument("--dtype", choices=FLOAT_DTYPES, help="pipeline dtype (default: as saved)")
     p.add_argument("--fid-ref", help="reference for FID: features .npy (N x 2048) or a folder of images")
     p.add_argument("--inception-weights", help="local pt_inception-2015-12-05-6726825d.pth (or .safetensors)")
     p.add_argument("--download-inception", action="store_true", help="download the FID Inception weights if not cached")
-    p.add_argument("--resize", choices=("clean", "legacy"), default="clean", help="FID resize convention (default: clean)")
+    p.add_argument("--resize", choices=FID_RESIZE_MODES, default="clean", help="FID resize convention (default: clean)")
     p.add_argument("--hps-weights", help="HPS v2/v2.1 checkpoint (open_clip ViT-H-14 state dict)")
     p.add_argument("--clip-tokenizer", help="local CLIP tokenizer folder for HPS")
     p.add_argument("--allow-pickle", action="store_true", help="allow .pt/.pth weight files (loaded with weights_only=True)")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tsugiki.commands import tiny
 from tsugiki.commands.vlm import add_vocab_argument
+from tsugiki.merging.recipe_schema import FLOAT_DTYPES
 
 
 def _size(text: str) -> int:
@@ -76,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("recipe", help="recipe YAML file")
     m.add_argument("-o", "--output", required=True, help="output model directory")
     m.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
-    m.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="output dtype (overrides the recipe)")
+    m.add_argument("--dtype", choices=FLOAT_DTYPES, help="output dtype (overrides the recipe)")
     m.add_argument("--device", default="cpu", help="device the kernels run on (cpu, cuda, cuda:1, ...)")
     m.add_argument("--seed", type=int, help="seed for randomized methods (overrides the recipe's seed)")
     m.add_argument("--max-shard-size", type=_size, help="largest output shard, e.g. 2G (default 5G)")

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from tsugiki.commands.verbs import Verb
-from tsugiki.factory.archs import llava_text_arch_names, tiny_arch_names
+from tsugiki.factory.archs import SIBLING_KINDS, llava_text_arch_names, tiny_arch_names
 
 
 def cmd_lm(args: argparse.Namespace) -> int:
@@ -26,7 +26,7 @@ def cmd_lm(args: argparse.Namespace) -> int:
 def _lm_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("-o", "--output", required=True, help="folder to create them in")
     t.add_argument("--arch", default="llama", choices=tiny_arch_names(), help="architecture (default llama)")
-    t.add_argument("--kind", default="finetuned", choices=["finetuned", "perturbed"],
+    t.add_argument("--kind", default="finetuned", choices=SIBLING_KINDS,
                    help="finetuned: each sibling trained briefly on its own data; perturbed: random weight deltas")
     t.add_argument("-n", type=int, default=2, help="number of variants besides the base")
     t.add_argument("--seed", type=int, default=0, help="seed of the weights and the fine-tuning data")

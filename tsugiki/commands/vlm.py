@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from tsugiki.commands import tiny
+from tsugiki.merging.recipe_schema import FLOAT_DTYPES
 
 VOCAB_CHOICES = {"error": "error", "embed-slice": "embed_slice"}
 
@@ -60,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("vlm", help="LLaVA / LLaVA-NeXT model directory or hub id")
     s.add_argument("llm", help="causal LM with the same hidden size and layer count")
     s.add_argument("-o", "--output", required=True, help="output model directory")
-    s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="language-model dtype (vision is copied as is)")
+    s.add_argument("--dtype", choices=FLOAT_DTYPES, help="language-model dtype (vision is copied as is)")
     s.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     s.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) checkpoints")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -51,6 +51,7 @@ from tsugiki.evolution.schema import (
     where,
 )
 from tsugiki.evolution.engine_config import EngineSection
+from tsugiki.evolution.estimate import ESTIMATORS
 from tsugiki.evolution.search_config import Search
 from tsugiki.evolution.tiny_config import TinyModels, TinySdxl, TinyVlm
 from tsugiki.evolution.space_kind import SPACE_KINDS, SpaceKind
@@ -139,7 +140,7 @@ class Estimate(Section):
     scored on the full set, so the history shows how far the estimate strays, and the run's best is the
     checked generation best with the highest full-set score (0: no checks; the best is by estimate)."""
 
-    method: Annotated[str, one_of("subsample", "anchors", "irt")] = "irt"
+    method: Annotated[str, one_of(*ESTIMATORS)] = "irt"
     items: Count
     calibration: NonNegative = 8
     sources: StrictBool = True

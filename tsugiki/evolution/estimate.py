@@ -201,7 +201,7 @@ class IRTEstimate:
 
 
 Estimator = Subsample | Anchors | IRTEstimate
-METHODS = ("subsample", "anchors", "irt")
+ESTIMATORS = ("subsample", "anchors", "irt")  # fitness.estimate.method
 
 
 def fit_estimator(method: str, responses: np.ndarray, k: int, *, seed: int = 0, dim: int = 1,
@@ -217,7 +217,7 @@ def fit_estimator(method: str, responses: np.ndarray, k: int, *, seed: int = 0, 
         if score_range is None:
             raise ValueError("irt needs item scores in a bounded range")
         return IRTEstimate.fit(r, k, dim, seed, score_range=score_range)
-    raise ValueError(f"unknown estimator {method!r} ({', '.join(METHODS)})")
+    raise ValueError(f"unknown estimator {method!r} ({', '.join(ESTIMATORS)})")
 
 
 def estimator_from_json(d: dict) -> Estimator:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 from tsugiki.evolution.schema import Count, NonNegative, NonNegativeNumber, Section, one_of
-from tsugiki.factory.archs import tiny_arch_names
+from tsugiki.factory.archs import SIBLING_KINDS, VLM_KINDS, tiny_arch_names
 
 
 class TinyModels(Section):
@@ -14,7 +14,7 @@ class TinyModels(Section):
 
     arch: Annotated[str, one_of(*tiny_arch_names())] = "llama"
     n: NonNegative = 2
-    kind: Annotated[str, one_of("finetuned", "perturbed")] = "finetuned"
+    kind: Annotated[str, one_of(*SIBLING_KINDS)] = "finetuned"
     seed: NonNegative = 0
     steps: NonNegative = 20
     hidden_size: Optional[NonNegative] = None
@@ -25,7 +25,7 @@ class TinyVlm(Section):
     """A tiny graft set (tsugiki.factory.vlm.build_graft_set): sources ``llava`` (the VLM), ``base``,
     ``variant_0``, ... (mistral LLMs)."""
 
-    kind: Annotated[str, one_of("llava", "llava_next")] = "llava"
+    kind: Annotated[str, one_of(*VLM_KINDS)] = "llava"
     n: Count = 2
     seed: NonNegative = 0
     hidden_size: Optional[NonNegative] = None

@@ -1,4 +1,5 @@
-"""The tiny causal-LM architectures the factory builds: the one list of their names.
+"""The tiny causal-LM architectures the factory builds: the one list of their names (and of the
+sibling and VLM kinds).
 
 :mod:`tsugiki.factory.lm` builds them; ``tsugiki tiny lm|vlm --arch`` and an evolve config's
 ``tiny_models.arch`` offer them. The list lives apart from ``factory.lm``, which imports torch and
@@ -20,6 +21,11 @@ class TinyArch:
     model_class: str
     llava_text: bool  # a tiny LLaVA may have it as its language model (llava-hf's ship Llama and Mistral ones)
 
+
+#: how the tiny LM siblings differ from their base (:func:`tsugiki.factory.lm.build_siblings`)
+SIBLING_KINDS = ("finetuned", "perturbed")
+#: the tiny VLM families (:class:`tsugiki.factory.vlm.TinyVLMSpec`)
+VLM_KINDS = ("llava", "llava_next")
 
 TINY_ARCHS: Registry[TinyArch] = Registry("tiny architecture")
 TINY_ARCHS.register("llama", TinyArch("LlamaConfig", "LlamaForCausalLM", llava_text=True))

@@ -17,7 +17,7 @@ import torch
 import transformers
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerFast
 
-from tsugiki.factory.archs import tiny_arch
+from tsugiki.factory.archs import SIBLING_KINDS, tiny_arch
 from tsugiki.factory.tokenizer import build_char_tokenizer
 from tsugiki.hf_quiet import hf_progress_bars_off
 from tsugiki.threads import torch_threads
@@ -231,7 +231,7 @@ def build_siblings(
     n: int = 3,
     spec: TinyLMSpec = TinyLMSpec(),
     *,
-    kind: Literal["finetuned", "perturbed"] = "finetuned",
+    kind: str = "finetuned",
     steps: int = 20,
     lr: float = 3e-3,
     delta_scale: float = 0.02,
@@ -244,7 +244,7 @@ def build_siblings(
     differs per variant; odd-numbered variants get sparse deltas, 30% of entries).
     ``kind="finetuned"``: ``steps`` AdamW steps on a per-variant synthetic corpus
     (0: Japanese sentences, 1: arithmetic ``3+4=7``, 2: copying, then cycling)."""
-    if kind not in ("finetuned", "perturbed"):
+    if kind not in SIBLING_KINDS:
         raise ValueError(f"kind must be 'finetuned' or 'perturbed', not {kind!r}")
     root = Path(out_root)
     tok = build_char_tokenizer(spec.vocab_size)

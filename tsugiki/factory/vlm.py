@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from tokenizers import Tokenizer
@@ -31,6 +30,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from tsugiki.factory.archs import VLM_KINDS
 from tsugiki.factory.lm import SiblingSet, TinyLMSpec, build_siblings, make_config, perturb
 from tsugiki.factory.tokenizer import BOS, EOS, PAD, UNK, build_char_tokenizer
 from tsugiki.hf_load import from_pretrained
@@ -49,7 +49,7 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class TinyVLMSpec:
-    kind: Literal["llava", "llava_next"] = "llava"
+    kind: str = "llava"  # one of VLM_KINDS
     text: TinyLMSpec = field(default_factory=lambda: TinyLMSpec(arch="mistral"))
     vision_hidden_size: int = 32
     vision_layers: int = 2
@@ -166,11 +166,11 @@ class GraftSet:
 
 
 def build_graft_set(out_root: str | Path, text: TinyLMSpec = TinyLMSpec(arch="mistral"), *, n: int = 2,
-                    kind: Literal["finetuned", "perturbed"] = "perturbed", lm_delta: float = 0.02) -> GraftSet:
+                    kind: str = "perturbed", lm_delta: float = 0.02) -> GraftSet:
     """`out_root/llms/{base,variant_i}` (see `build_siblings`), `out_root/llava`, `out_root/llava_next`;
     each VLM's language model is variant_0 plus a delta of relative std `lm_delta` (a "fine-tune")."""
     root = Path(out_root)
     llms = build_siblings(root / "llms", n=n, spec=text, kind=kind)
     vlms = [build_tiny_vlm(root / k, TinyVLMSpec(kind=k, text=text), language_model=llms.variants[0], lm_delta=lm_delta)
-            for k in ("llava", "llava_next")]
+            for k in VLM_KINDS]
     return GraftSet(llms, *vlms)

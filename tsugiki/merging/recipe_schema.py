@@ -12,6 +12,8 @@ from tsugiki.merging.parameters import Setting
 from tsugiki.registry import Registry
 
 DTYPES = ("bfloat16", "float16", "float32", "float64", "int64")
+#: the floating dtypes a model is written or run in (the CLI's ``--dtype`` choices)
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 TOP_LEVEL_KEYS = (
     "merge_method",
     "base_model",
