@@ -9,8 +9,8 @@ import pytest
 
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.config import from_data, load_config
-from tsugiki.evolution.kinds.dfs import PSDFSKind
-from tsugiki.evolution.kinds.ps import PSKind
+from tsugiki.evolution.kinds.dfs.kind import PSDFSKind
+from tsugiki.evolution.kinds.ps.kind import PSKind
 from tsugiki.evolution.plan import plan_space
 from tsugiki.evolution.problems import Problem, make_problem
 from tsugiki.evolution.space import Param, SearchSpace

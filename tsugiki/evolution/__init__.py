@@ -17,10 +17,10 @@ search loop), ``replay`` (resume from the logs), ``front`` (multi-objective runs
 
 import tsugiki.evolution.kinds  # noqa: F401 - registers every space kind before a config is read
 from tsugiki.evolution.config import EvolveConfig, from_data, load_config
-from tsugiki.evolution.dfs import DFSPath, DFSSpace
+from tsugiki.evolution.kinds.dfs.space import DFSPath, DFSSpace
 from tsugiki.evolution.fitness import FITNESS, EvalContext, FitnessSpec, resolve_fitness
 from tsugiki.evolution.problems import KeptProblem, Problem, make_problem
-from tsugiki.evolution.ps import PSSpace
+from tsugiki.evolution.kinds.ps.space import PSSpace
 from tsugiki.evolution.report import summary, write_plots
 from tsugiki.evolution.runner import RunResult, evolve
 from tsugiki.evolution.space import Param, SearchSpace

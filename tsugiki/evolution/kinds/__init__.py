@@ -3,8 +3,7 @@ module's kind in :data:`tsugiki.evolution.space_kind.SPACE_KINDS` (:mod:`tsugiki
 it). A new kind is a new module here: a :class:`~tsugiki.evolution.space_kind.SpaceKind` subclass
 decorated with ``@space_kind("NAME")``, with its Problem."""
 
-import importlib
-import pkgutil
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+import tsugiki.evolution.kinds.box  # noqa: F401
+import tsugiki.evolution.kinds.dfs.kind  # noqa: F401
+import tsugiki.evolution.kinds.ps.kind  # noqa: F401
+import tsugiki.evolution.kinds.sdxl.kind  # noqa: F401

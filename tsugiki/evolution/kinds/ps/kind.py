@@ -1,4 +1,4 @@
-"""``space.kind: ps``: a merge recipe per candidate (:class:`~tsugiki.evolution.ps.PSSpace`: per-model,
+"""``space.kind: ps``: a merge recipe per candidate (:class:`~tsugiki.evolution.kinds.ps.space.PSSpace`: per-model,
 per-layer-group parameters of ``method``; Akiba et al. 2024), merged in place into one loaded model with
 :class:`~tsugiki.merging.inmemory.InMemoryMerger`. When a merged model is a LLaVA-family VLM, the
 language model inside it is merged in place (:class:`~tsugiki.vlm.inmemory.VlmLanguageModelMerger`;
@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 
 from tsugiki.errors import EvolutionError, TsugikiError
 from tsugiki.evolution.problems import Problem, parameter_matrices
-from tsugiki.evolution.ps import DEFAULT_BOUNDS, PSSpace, recipe_data
+from tsugiki.evolution.kinds.ps.space import DEFAULT_BOUNDS, PSSpace, recipe_data
 from tsugiki.evolution.schema import Bounds, Count, Mapping_, Names, NonNegative
 from tsugiki.evolution.sources import is_vlm_path, load_causal_lm, load_vlm, model_config, read_json_config
 from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind

@@ -31,7 +31,7 @@ import torch
 from tsugiki.diffusion.blocks import BLOCKS, GROUPS, block_groups, conditional_setting
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.fitness import FITNESS, EvalContext, FitnessSpec
-from tsugiki.evolution.ps import DEFAULT_BOUNDS, check_searched, method_level, recipe_data
+from tsugiki.evolution.kinds.ps.space import DEFAULT_BOUNDS, check_searched, method_level, recipe_data
 from tsugiki.evolution.space import Param, SearchSpace
 from tsugiki.hf_quiet import hf_progress_bars_off
 from tsugiki.merging.recipe import Recipe

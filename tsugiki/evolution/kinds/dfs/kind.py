@@ -1,4 +1,4 @@
-"""``space.kind: dfs`` and ``ps_dfs``: an inference path per candidate (:class:`~tsugiki.evolution.dfs.DFSSpace`:
+"""``space.kind: dfs`` and ``ps_dfs``: an inference path per candidate (:class:`~tsugiki.evolution.kinds.dfs.space.DFSSpace`:
 which layer of which model runs at each of T = M x r steps, plus the scaling matrix W; Akiba et al.
 2024), assembled from the loaded sources without copying weights (:mod:`tsugiki.evolution.assemble`).
 ``ps_dfs`` adds ``ps``: the PS recipe ``ps_recipe`` merged once into ``RUN_DIR/ps_model``."""
@@ -13,7 +13,7 @@ from pydantic import PlainValidator, ValidationInfo
 
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.assemble import assemble, check_compatible
-from tsugiki.evolution.dfs import DFSSpace, exact_export, fold_for
+from tsugiki.evolution.kinds.dfs.space import DFSSpace, exact_export, fold_for
 from tsugiki.evolution.problems import Problem
 from tsugiki.evolution.schema import Bounds, Count, Names, NonNegative, NonNegativeNumber, Section, resolve_path
 from tsugiki.evolution.sources import PS_MODEL, load_causal_lm, model_config, recipe_with_paths, search_threads, source_names

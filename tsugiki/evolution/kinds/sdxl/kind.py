@@ -1,5 +1,5 @@
 """``space.kind: sdxl_blocks``: per-block (or per block group) merge parameters of SDXL UNets
-(:class:`~tsugiki.evolution.sdxl.SDXLBlockSpace`), merged in place into one loaded UNet; the best
+(:class:`~tsugiki.evolution.kinds.sdxl.space.SDXLBlockSpace`), merged in place into one loaded UNet; the best
 exports as a diffusers pipeline folder."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from tsugiki.diffusion.merge import merge_sdxl_to_disk, plan_unet_merge
 from tsugiki.diffusion.sources import UNetSource
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.problems import Problem, parameter_matrices
-from tsugiki.evolution.ps import DEFAULT_BOUNDS
+from tsugiki.evolution.kinds.ps.space import DEFAULT_BOUNDS
 from tsugiki.evolution.schema import Bounds, Mapping_, Names, NonNegative, one_of
-from tsugiki.evolution.sdxl import SDXLBlockSpace, load_unet
+from tsugiki.evolution.kinds.sdxl.space import SDXLBlockSpace, load_unet
 from tsugiki.evolution.sources import local_dir
 from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind
 from tsugiki.merging.execute import MergeOptions, iter_merged
