@@ -16,7 +16,8 @@ from tsugiki.errors import EvolutionError
 from tsugiki.evolution.problems import Problem, parameter_matrices
 from tsugiki.evolution.kinds.ps.space import DEFAULT_BOUNDS
 from tsugiki.evolution.schema import Bounds, Mapping_, Names, NonNegative, one_of
-from tsugiki.evolution.kinds.sdxl.space import SDXLBlockSpace, load_unet
+from tsugiki.evolution.kinds.sdxl.space import SDXLBlockSpace
+from tsugiki.evolution.kinds.sdxl.unet import load_unet
 from tsugiki.evolution.sources import local_dir
 from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind
 from tsugiki.merging.execute import MergeOptions, iter_merged
