@@ -17,7 +17,7 @@ from tsugiki.evolution.kinds.dfs.space import DFSSpace, exact_export, fold_for
 from tsugiki.evolution.problems import Problem
 from tsugiki.evolution.schema import Bounds, Count, Names, NonNegative, NonNegativeNumber, Section, resolve_path
 from tsugiki.evolution.sources import PS_MODEL, load_causal_lm, model_config, recipe_with_paths, search_threads, source_names
-from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind
+from tsugiki.evolution.space_kind import KindPlan, SpaceKind
 from tsugiki.merging.execute import MergeOptions
 from tsugiki.merging.recipe import Recipe, load_recipe
 from tsugiki.merging.to_disk import merge_to_disk
@@ -44,7 +44,6 @@ class FixedEnds(Section):
         return {"model": self.model, "first": self.first, "last": self.last}
 
 
-@space_kind("dfs")
 class DFSKind(SpaceKind):
     """Keys: ``models``, ``repeats`` (r), ``scale_bounds`` (of W's entries), ``scale_diagonal`` (W's
     diagonal searched too), ``fixed_ends`` ({model, first, last}), ``init_model`` (whose own path the
@@ -121,7 +120,6 @@ def _recipe_ref(v: Any, info: ValidationInfo) -> Union[str, dict]:
     return dict(v)
 
 
-@space_kind("ps_dfs")
 class PSDFSKind(DFSKind):
     """DFS keys plus ``ps_recipe`` (a recipe file or mapping; model refs may be source names): merged
     once into RUN_DIR/ps_model, available to ``models`` as ``ps``."""

@@ -16,7 +16,7 @@ from tsugiki.evolution.problems import Problem, parameter_matrices
 from tsugiki.evolution.kinds.ps.space import DEFAULT_BOUNDS, PSSpace, recipe_data
 from tsugiki.evolution.schema import Bounds, Count, Mapping_, Names, NonNegative
 from tsugiki.evolution.sources import is_vlm_path, load_causal_lm, load_vlm, model_config, read_json_config
-from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind
+from tsugiki.evolution.space_kind import KindPlan, SpaceKind
 from tsugiki.merging.architecture import architecture_for, spec_for_class
 from tsugiki.merging.sources import open_sources
 from tsugiki.merging.execute import MergeOptions
@@ -63,7 +63,6 @@ def ps_layout(cfg: Mapping[str, Any], names: Optional[list[str]], label: str, *,
         raise EvolutionError(f"source {label}: {e}") from None
 
 
-@space_kind("ps")
 class PSKind(SpaceKind):
     """Keys: ``method`` (any merge method; its real-valued parameters may be searched), ``base_model``,
     ``models``, ``layer_groups`` (values per model: that many layer groups plus the rest; 1: one value),

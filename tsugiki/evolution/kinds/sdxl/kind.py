@@ -19,7 +19,7 @@ from tsugiki.evolution.schema import Bounds, Mapping_, Names, NonNegative, one_o
 from tsugiki.evolution.kinds.sdxl.space import SDXLBlockSpace
 from tsugiki.evolution.kinds.sdxl.unet import load_unet
 from tsugiki.evolution.sources import local_dir
-from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind
+from tsugiki.evolution.space_kind import KindPlan, SpaceKind
 from tsugiki.merging.execute import MergeOptions, iter_merged
 
 
@@ -29,7 +29,6 @@ def _blocks(v: Any) -> Optional[list]:
     return v
 
 
-@space_kind("sdxl_blocks")
 class SDXLBlocksKind(SpaceKind):
     """Keys: ``method`` [task_arithmetic], ``base_model``, ``models``, ``units`` (blocks | groups),
     ``blocks`` (BLOCK or BLOCK/group; default all, the others share a "rest" value), ``params``
