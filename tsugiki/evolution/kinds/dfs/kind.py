@@ -13,6 +13,7 @@ from pydantic import PlainValidator, ValidationInfo
 
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.assemble import assemble, check_compatible
+from tsugiki.evolution.kinds.dfs.plots import CAPTIONS, path_plots
 from tsugiki.evolution.kinds.dfs.space import DFSSpace, exact_export, fold_for
 from tsugiki.evolution.problems import Problem
 from tsugiki.evolution.schema import Bounds, Count, Names, NonNegative, NonNegativeNumber, Section, resolve_path
@@ -59,6 +60,7 @@ class DFSKind(SpaceKind):
     init_indicator: NonNegativeNumber = 1.0
 
     source_keys = ("models",)
+    plot_captions = CAPTIONS
 
     def plan_sources(self) -> list[str]:
         return list(self.models)
@@ -110,6 +112,9 @@ class DFSKind(SpaceKind):
                  (f"scaling matrix W: {m} x {m}" + ("" if dfs.scale_diagonal else " off-diagonal"), len(dfs.scale_pairs())))
         notes = (f"{total} source layers; a candidate path has up to {len(dfs.slots()) + fixed} layers",)
         return KindPlan(dfs.space(), parts, notes)
+
+    def plots(self, details: Mapping[str, Any], out_dir: Path) -> list[Path]:
+        return path_plots(details, out_dir)
 
 
 def _recipe_ref(v: Any, info: ValidationInfo) -> Union[str, dict]:

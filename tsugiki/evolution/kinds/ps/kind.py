@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 
 from tsugiki.errors import EvolutionError, TsugikiError
 from tsugiki.evolution.problems import Problem, parameter_matrices
+from tsugiki.evolution.kinds.ps.plots import CAPTIONS, heatmap_plots
 from tsugiki.evolution.kinds.ps.space import DEFAULT_BOUNDS, PSSpace, recipe_data
 from tsugiki.evolution.schema import Bounds, Count, Mapping_, Names, NonNegative
 from tsugiki.evolution.sources import is_vlm_path, load_causal_lm, load_vlm, model_config, read_json_config
@@ -83,6 +84,7 @@ class PSKind(SpaceKind):
     tokenizer_source: Optional[str] = None
 
     source_keys = ("models", "base_model")
+    plot_captions = CAPTIONS
 
     def check_sources(self, config: Any, paths: Mapping[str, str]) -> None:
         super().check_sources(config, paths)
@@ -124,6 +126,9 @@ class PSKind(SpaceKind):
         parts = tuple((f"{p}: {len(ps.models)} models x {per}", len(ps.models) * len(groups)) for p in ps.bounds)
         notes = (f"VLM: the language model inside {vlms[0]} is merged; its vision tower and projector stay fixed",) if vlms else ()
         return KindPlan(space, parts, notes)
+
+    def plots(self, details: Mapping[str, Any], out_dir: Path) -> list[Path]:
+        return heatmap_plots(details, out_dir)
 
 
 class PSProblem(Problem):

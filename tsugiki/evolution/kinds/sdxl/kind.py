@@ -14,6 +14,7 @@ from tsugiki.diffusion.merge import merge_sdxl_to_disk, plan_unet_merge
 from tsugiki.diffusion.sources import UNetSource
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.problems import Problem, parameter_matrices
+from tsugiki.evolution.kinds.ps.plots import CAPTIONS, heatmap_plots
 from tsugiki.evolution.kinds.ps.space import DEFAULT_BOUNDS
 from tsugiki.evolution.schema import Bounds, Mapping_, Names, NonNegative, one_of
 from tsugiki.evolution.kinds.sdxl.space import SDXLBlockSpace
@@ -45,6 +46,7 @@ class SDXLBlocksKind(SpaceKind):
     merge_seed: NonNegative = 0
 
     source_keys = ("models", "base_model")
+    plot_captions = CAPTIONS  # the PS heatmap, over UNet blocks
 
     def build(self, config: Any, paths: Mapping[str, str]) -> SDXLBlockSpace:
         params = self.params or {"weight": Bounds(bounds=DEFAULT_BOUNDS["weight"])}
@@ -68,6 +70,9 @@ class SDXLBlocksKind(SpaceKind):
         parts = tuple((f"{p}: {len(sd.models)} models x {len(sd.columns())} UNet {sd.units}", len(sd.models) * len(sd.columns()))
                       for p in sd.bounds)
         return KindPlan(space, parts)
+
+    def plots(self, details: Mapping[str, Any], out_dir: Path) -> list[Path]:
+        return heatmap_plots(details, out_dir)
 
 
 class SDXLBlocksProblem(Problem):
@@ -102,7 +107,7 @@ class SDXLBlocksProblem(Problem):
         return header + self.sdxl.recipe(values).to_yaml()
 
     def details(self, values) -> dict[str, Any]:
-        return {"kind": "ps", "matrices": parameter_matrices(self.sdxl, values), "xlabel": "UNet " + self.sdxl.units[:-1]}
+        return {"kind": "sdxl_blocks", "matrices": parameter_matrices(self.sdxl, values), "xlabel": "UNet " + self.sdxl.units[:-1]}
 
     def export(self, values, out, *, force: bool = False) -> Path:
         return merge_sdxl_to_disk(self.sdxl.recipe(values), out, MergeOptions(force=force, progress=False),
