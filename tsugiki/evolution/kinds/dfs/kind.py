@@ -13,7 +13,7 @@ from pydantic import PlainValidator, ValidationInfo
 
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.assemble import assemble, check_compatible
-from tsugiki.evolution.kinds.dfs.plots import CAPTIONS, path_plots
+from tsugiki.evolution.kinds.dfs.plots import CAPTIONS, PATH_PLOT, plot_dfs
 from tsugiki.evolution.kinds.dfs.space import DFSSpace, exact_export, fold_for
 from tsugiki.evolution.problems import Problem
 from tsugiki.evolution.schema import Bounds, Count, Names, NonNegative, NonNegativeNumber, Section, resolve_path
@@ -114,7 +114,7 @@ class DFSKind(SpaceKind):
         return KindPlan(dfs.space(), parts, notes)
 
     def plots(self, details: Mapping[str, Any], out_dir: Path) -> list[Path]:
-        return path_plots(details, out_dir)
+        return [plot_dfs(details, Path(out_dir) / PATH_PLOT)]
 
 
 def _recipe_ref(v: Any, info: ValidationInfo) -> Union[str, dict]:

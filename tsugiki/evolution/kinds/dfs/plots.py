@@ -5,18 +5,11 @@ arXiv:2403.13187), from the Problem's ``details`` (``models``, ``path``, ``scale
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
 
 from tsugiki.evolution.report import figure
 
 PATH_PLOT = "dfs_path.png"
-#: the kinds' ``plot_captions``
 CAPTIONS = {PATH_PLOT: "Best DFS inference path (source layer per position) and scaling matrix W."}
-
-
-def path_plots(details: Mapping[str, Any], out_dir: Path) -> list[Path]:
-    """The kinds' ``plots``: ``out_dir/dfs_path.png``."""
-    return [plot_dfs(details, Path(out_dir) / PATH_PLOT)]
 
 
 def plot_dfs(details: dict, out: Path) -> Path:
