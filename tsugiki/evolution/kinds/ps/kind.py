@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from tsugiki.errors import EvolutionError, TsugikiError
-from tsugiki.evolution.problems import Problem, parameter_matrices
 from tsugiki.evolution.kinds.ps.plots import CAPTIONS, heatmap_plots
 from tsugiki.evolution.kinds.ps.space import DEFAULT_BOUNDS, PSSpace, recipe_data
+from tsugiki.evolution.problems import Problem, parameter_matrices
 from tsugiki.evolution.schema import Bounds, Count, Mapping_, Names, NonNegative
 from tsugiki.evolution.sources import is_vlm_path, load_causal_lm, load_vlm, model_config, read_json_config
 from tsugiki.evolution.space_kind import KindPlan, SpaceKind

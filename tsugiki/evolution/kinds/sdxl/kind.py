@@ -13,12 +13,12 @@ from pydantic import PlainValidator
 from tsugiki.diffusion.merge import merge_sdxl_to_disk, plan_unet_merge
 from tsugiki.diffusion.sources import UNetSource
 from tsugiki.errors import EvolutionError
-from tsugiki.evolution.problems import Problem, parameter_matrices
 from tsugiki.evolution.kinds.ps.plots import CAPTIONS, heatmap_plots
 from tsugiki.evolution.kinds.ps.space import DEFAULT_BOUNDS
-from tsugiki.evolution.schema import Bounds, Mapping_, Names, NonNegative, one_of
 from tsugiki.evolution.kinds.sdxl.space import SDXLBlockSpace
 from tsugiki.evolution.kinds.sdxl.unet import load_unet
+from tsugiki.evolution.problems import Problem, parameter_matrices
+from tsugiki.evolution.schema import Bounds, Mapping_, Names, NonNegative, one_of
 from tsugiki.evolution.sources import local_dir
 from tsugiki.evolution.space_kind import KindPlan, SpaceKind
 from tsugiki.merging.execute import MergeOptions, iter_merged
