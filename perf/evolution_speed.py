@@ -30,7 +30,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tsugiki.evolution.assemble import assemble
-from tsugiki.evolution.dfs import DFSPath
+from tsugiki.evolution.kinds.dfs.space import DFSPath
 from tsugiki.merging.inmemory import DEFAULT_CACHE_BYTES, SORT_SHARE, InMemoryMerger
 from tsugiki.merging.recipe import Recipe
 

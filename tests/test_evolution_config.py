@@ -9,8 +9,8 @@ import pytest
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.config import load_config
 from tsugiki.evolution.data import check_disjoint, generate, load_pairs
-from tsugiki.evolution.dfs import DFSSpace
-from tsugiki.evolution.ps import PSSpace
+from tsugiki.evolution.kinds.dfs.space import DFSSpace
+from tsugiki.evolution.kinds.ps.space import PSSpace
 from tsugiki.evolution.optimizers import failure_costs
 from tsugiki.evolution.space import Param, SearchSpace
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from tsugiki.evolution import evolve, from_data, make_problem
 from tsugiki.evolution.assemble import assemble
-from tsugiki.evolution.dfs import DFSPath
+from tsugiki.evolution.kinds.dfs.space import DFSPath
 from tsugiki.evolution.sources import load_causal_lm
 
 IDS = torch.tensor([[1, 7, 76, 8, 84, 11, 40, 41]])

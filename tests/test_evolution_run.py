@@ -255,7 +255,7 @@ def test_kept_problem_serves_search_seeds_and_changes_no_result(tiny_siblings, t
     models load once, and every history is the one a fresh problem writes; any other difference gets a new
     problem, and the old one is closed."""
     from tsugiki.evolution import KeptProblem, evolve, from_data
-    from tsugiki.evolution.kinds.ps import PSProblem
+    from tsugiki.evolution.kinds.ps.kind import PSProblem
 
     def config(seed: int, method: str = "dare_ties") -> dict:
         return {"name": f"ps-s{seed}", "sources": {"base": str(tiny_siblings.base), "a": str(tiny_siblings.variants[0]),

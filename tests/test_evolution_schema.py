@@ -3,14 +3,18 @@ keeps round-trips, messages keep their file:line voice, and a space kind is one 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Mapping
 
 import pytest
 
+import tsugiki
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.config import from_data, load_config
-from tsugiki.evolution.kinds.dfs import PSDFSKind
-from tsugiki.evolution.kinds.ps import PSKind
+from tsugiki.evolution.fitness import FITNESS
+from tsugiki.evolution.kinds.dfs.kind import PSDFSKind
+from tsugiki.evolution.kinds.ps.kind import PSKind
 from tsugiki.evolution.plan import plan_space
 from tsugiki.evolution.problems import Problem, make_problem
 from tsugiki.evolution.space import Param, SearchSpace
@@ -124,6 +128,16 @@ def test_a_new_space_kind_is_one_class_registered_by_name(tmp_path):
             from_data({"space": {"kind": "test_line", "lo": "x"}, "fitness": {"function": "neg_sphere"}})
     finally:
         SPACE_KINDS._items.pop("test_line")
+
+
+def test_kinds_and_fitness_functions_are_registered_in_one_explicit_list_each():
+    assert SPACE_KINDS.names() == ["box", "ps", "dfs", "ps_dfs", "sdxl_blocks"]
+    assert all(SPACE_KINDS.get(name).model_fields["kind"].default == name for name in SPACE_KINDS)
+    assert "unet_output_mse" in FITNESS  # the SDXL kind's fitness, registered with the other built-ins
+    root = Path(tsugiki.__file__).parent
+    registering = {p.relative_to(root).as_posix() for p in root.rglob("*.py")
+                   if re.search(r"\b(SPACE_KINDS|FITNESS)\.register\(", p.read_text(encoding="utf-8"))}
+    assert registering == {"evolution/kinds/__init__.py", "evolution/fitness.py"}  # importing a kind registers nothing
 
 
 def test_ps_dfs_plans_its_ps_model_from_the_recipe_base(tmp_path):

@@ -13,7 +13,7 @@ from tsugiki.diffusion.blocks import locate
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution import evolve, from_data, load_config, make_problem
 from tsugiki.evolution.sources import prepare_sources
-from tsugiki.evolution.sdxl import load_unet, unet_forward, unet_inputs
+from tsugiki.evolution.kinds.sdxl.unet import load_unet, unet_forward, unet_inputs
 from tsugiki.merging.methods.nearswap import nearswap_tensors
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-sdxl-blocks.yaml"

@@ -6,9 +6,10 @@ After Akiba et al. 2024, "Evolutionary Optimization of Model Merging Recipes" (a
     result = evolve(load_config("configs/tiny-ps.yaml"), "runs/tiny-ps")   # or evolve(None, run_dir)
     print(summary("runs/tiny-ps"))
 
-Modules: ``space`` (bounded parameters <-> vectors), ``ps`` / ``dfs`` / ``sdxl`` (the search spaces),
-``assemble`` (no-copy DFS candidates), ``fitness`` / ``data`` (scoring), ``config`` and ``schema`` (the
-typed YAML config), ``space_kind`` and ``kinds`` (each ``space.kind``: its keys, problem and plan),
+Modules: ``space`` (bounded parameters <-> vectors), ``kinds`` (each ``space.kind`` in one home,
+``box`` or a package ``ps`` / ``dfs`` / ``sdxl``: its search space, keys, problem, plan and plots) and
+``space_kind`` (what a kind is; the registry), ``assemble`` (no-copy DFS candidates), ``fitness`` /
+``data`` (scoring), ``config`` and ``schema`` (the typed YAML config),
 ``problems`` (space + scoring + export), ``sources`` (paths, tiny models, loading), ``plan`` (weight-free
 ``--plan``), ``backends`` (serial, processes, Ray), ``optimizers`` (cma, nsga2, random), ``runner`` (the
 search loop), ``replay`` (resume from the logs), ``front`` (multi-objective runs' Pareto front), ``rundir``
@@ -17,10 +18,10 @@ search loop), ``replay`` (resume from the logs), ``front`` (multi-objective runs
 
 import tsugiki.evolution.kinds  # noqa: F401 - registers every space kind before a config is read
 from tsugiki.evolution.config import EvolveConfig, from_data, load_config
-from tsugiki.evolution.dfs import DFSPath, DFSSpace
 from tsugiki.evolution.fitness import FITNESS, EvalContext, FitnessSpec, resolve_fitness
+from tsugiki.evolution.kinds.dfs.space import DFSPath, DFSSpace
+from tsugiki.evolution.kinds.ps.space import PSSpace
 from tsugiki.evolution.problems import KeptProblem, Problem, make_problem
-from tsugiki.evolution.ps import PSSpace
 from tsugiki.evolution.report import summary, write_plots
 from tsugiki.evolution.runner import RunResult, evolve
 from tsugiki.evolution.space import Param, SearchSpace

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from tsugiki.errors import EvolutionError
-from tsugiki.evolution.dfs import DFSPath
+from tsugiki.evolution.kinds.dfs.space import DFSPath
 
 
 class PathLayer(nn.Module):

@@ -37,6 +37,7 @@ the loader keeps disjoint by id and text from the config's ``test`` set):
 - ``rougeL_ja``: Japanese ROUGE-L (0..1) of a VLM's VQA answers; args ``template``,
   ``max_new_tokens``, ``num_beams``, ``repetition_penalty``, ``batch_size``, ``language_filter``, ``stop`` (cut
   each answer at the first of these strings).
+- ``unet_output_mse``: an SDXL UNet's noise prediction vs a reference UNet's (:mod:`tsugiki.evolution.kinds.sdxl.unet`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from tsugiki.engines import Engine
 from tsugiki.engines.hf import HFEngine, truncate_at_stop
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.data import Pair
+from tsugiki.evolution.kinds.sdxl.unet import unet_output_mse
 from tsugiki.registry import Registry
 from tsugiki.vlm.generate import GenerationSettings, VQAPredictor
 
@@ -351,6 +353,7 @@ def _unit(args: Mapping[str, Any]) -> tuple[float, float]:
     return 0.0, 1.0
 
 
+# every built-in, registered here in one list (no module registers a fitness function when imported)
 FITNESS.register("mgsm_accuracy", FitnessSpec(mgsm_accuracy, True, "MGSM-style accuracy of greedy generations (0..1)",
                                               mgsm_items, _unit))
 FITNESS.register("rougeL_ja", FitnessSpec(rougeL_ja, True, "Japanese ROUGE-L of a VLM's VQA answers (0..1)",
@@ -367,6 +370,7 @@ FITNESS.register("lm_eval", FitnessSpec(lm_eval, True, "an lm-evaluation-harness
 FITNESS.register("neg_sphere", FitnessSpec(neg_sphere, False, "-sum((x - center)^2); no model"))
 FITNESS.register("weighted_sum", FitnessSpec(weighted_sum, True, "weighted sum of other fitness functions",
                                              weighted_sum_items, _weighted_sum_range))
+FITNESS.register("unet_output_mse", FitnessSpec(unet_output_mse, True, "-MSE of the UNet's noise prediction vs a reference UNet"))
 
 
 # ------------------------------------------------------------------------------ lookup

@@ -3,12 +3,13 @@
 - ``plots/fitness.png``: every candidate's fitness over evaluations, the best so far, and the best of
   each generation next to its score on the validation split (the gap shows overfitting to the fitness
   set, which the toy runs measured at 2-5x).
-- ``plots/ps_heatmap.png``: the best PS candidate's parameters per model and layer group (as in Fig. 3
-  of Akiba et al. 2024, arXiv:2403.13187).
 - ``plots/pareto.png`` (a multi-objective run): every candidate in the first two objectives, the Pareto
   front of the evaluated ones, and the validated front points on the validation split.
-- ``plots/dfs_path.png``: the best DFS inference path (source layer per path position, coloured by
-  model) and the scaling matrix W (as in the paper's Fig. 4).
+- the space kind's plots of the best candidate (:meth:`~tsugiki.evolution.space_kind.SpaceKind.plots`,
+  drawn in the kind's home): ``plots/ps_heatmap.png`` for ps and sdxl_blocks (its parameters per model
+  and layer group or UNet block, as in Fig. 3 of Akiba et al. 2024, arXiv:2403.13187;
+  :mod:`tsugiki.evolution.kinds.ps.plots`), ``plots/dfs_path.png`` for dfs and ps_dfs (the inference
+  path and the scaling matrix W, as in the paper's Fig. 4; :mod:`tsugiki.evolution.kinds.dfs.plots`).
 
 - ``report.html``: a self-contained page (no scripts, nothing fetched) with the summary table, the
   best candidate's parameters and a per-generation table, showing the PNG plots above (files in
@@ -26,18 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from tsugiki.evolution.rundir import CALIBRATION, ESTIMATOR, RunDir
+from tsugiki.evolution.space_kind import SPACE_KINDS
 from tsugiki.fileio import atomic_write
 from tsugiki.tables import Cell, Table, esc, html_page, to_html
 
 
-def _figure(w: float, h: float):
+def figure(w: float, h: float):
+    """A matplotlib figure (object API, no pyplot state) in the size and layout every run plot uses."""
     from matplotlib.figure import Figure  # matplotlib only when plots are drawn
 
     return Figure(figsize=(w, h), dpi=100, layout="constrained")
 
 
 def plot_fitness(history: list[dict], generations: list[dict], out: Path) -> Path:
-    fig = _figure(8, 4.5)
+    fig = figure(8, 4.5)
     ax = fig.add_subplot()
     xs = list(range(1, len(history) + 1))
     ok = [(x, h["fitness"]) for x, h in zip(xs, history) if h["fitness"] is not None]
@@ -70,67 +73,13 @@ def plot_fitness(history: list[dict], generations: list[dict], out: Path) -> Pat
     return out
 
 
-def plot_ps(details: dict, out: Path) -> Path:
-    mats = details["matrices"]
-    fig = _figure(4 + 2.2 * len(mats), 1.5 + 0.5 * len(next(iter(mats.values()))["rows"]))
-    for k, (pname, m) in enumerate(mats.items(), 1):
-        ax = fig.add_subplot(1, len(mats), k)
-        lo, hi = m["bounds"]
-        im = ax.imshow(m["values"], vmin=lo, vmax=hi, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(m["cols"])), m["cols"])
-        ax.set_yticks(range(len(m["rows"])), m["rows"])
-        ax.set_xlabel(details.get("xlabel", "layer group"))
-        ax.set_title(pname)
-        for i, row in enumerate(m["values"]):
-            for j, v in enumerate(row):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < (lo + hi) / 2 else "k")
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.savefig(out)
-    return out
-
-
-def plot_dfs(details: dict, out: Path) -> Path:
-    models = details["models"]
-    fig = _figure(11, 4)
-    ax = fig.add_subplot(1, 2, 1)
-    colors = {m: f"C{i}" for i, m in enumerate(models)}
-    path = details["path"]
-    ax.plot(range(len(path)), [p["layer"] for p in path], color="lightgray", zorder=1)
-    for m in models:
-        pts = [(k, p["layer"]) for k, p in enumerate(path) if p["model"] == m]
-        if pts:
-            ax.scatter(*zip(*pts), color=colors[m], label=m, zorder=2, s=25)
-    from matplotlib.ticker import MaxNLocator  # matplotlib only when plots are drawn
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("position on the inference path")
-    ax.set_ylabel("source layer")
-    ax.set_title(f"inference path ({len(path)} layers)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    ax2 = fig.add_subplot(1, 2, 2)
-    im = ax2.imshow(details["scales"], cmap="coolwarm", vmin=0, vmax=2)
-    ax2.set_xticks(range(len(models)), models, rotation=30)
-    ax2.set_yticks(range(len(models)), models)
-    ax2.set_xlabel("to model j")
-    ax2.set_ylabel("from model i")
-    ax2.set_title("scaling matrix W")
-    for i, row in enumerate(details["scales"]):
-        for j, v in enumerate(row):
-            ax2.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
-    fig.colorbar(im, ax=ax2, shrink=0.8)
-    fig.savefig(out)
-    return out
-
-
 def plot_pareto(history: list[dict], front: dict, out: Path) -> Path:
     """Every evaluated candidate in the first two objectives, the front highlighted; beside it, the validated
     front points' validation objectives (a multi-objective run; more than two objectives: the first two)."""
     names = [o["name"] for o in front["objectives"]][:2]
     label = [f"{o['name']} ({'higher' if o['direction'] == 'maximize' else 'lower'} is better)" for o in front["objectives"][:2]]
     validated = [p for p in front["front"] if p.get("validation")]
-    fig = _figure(12 if validated else 6.5, 5)
+    fig = figure(12 if validated else 6.5, 5)
     ax = fig.add_subplot(1, 2 if validated else 1, 1)
     pts = [[h["objectives"][n] for n in names] for h in history if h.get("objectives")]
     if pts:
@@ -178,11 +127,7 @@ def write_plots(run_dir: str | Path, problem=None) -> list[Path]:
         files.append(plot_pareto(history, front, out / "pareto.png"))
     best = _best(rd)
     if problem is not None and best is not None:
-        details = problem.details(best["params"])
-        if details["kind"] == "ps":
-            files.append(plot_ps(details, out / "ps_heatmap.png"))
-        elif details["kind"] in ("dfs", "ps_dfs"):
-            files.append(plot_dfs(details, out / "dfs_path.png"))
+        files += problem.config.spec.space.plots(problem.details(best["params"]), out)
     write_html(rd.path)
     return files
 
@@ -190,10 +135,17 @@ def write_plots(run_dir: str | Path, problem=None) -> list[Path]:
 _CAPTIONS = {"fitness.png": "Fitness over evaluations: every candidate, the best so far, and each generation's best "
                             "on the fitness and validation splits (the gap shows overfitting); in an estimated run "
                             "also its score on the full fitness set (the gap shows the estimate's error).",
-             "ps_heatmap.png": "Best candidate's merge parameters per model and layer group / UNet block.",
-             "dfs_path.png": "Best DFS inference path (source layer per position) and scaling matrix W.",
              "pareto.png": "Every evaluated candidate in the first two objectives with the Pareto front of the evaluated "
                            "ones (front.json); beside it, the validated front points on the validation split."}
+
+
+def _captions() -> dict[str, str]:
+    """The PNGs report.html shows, in its order, with their captions: the run's, then every kind's."""
+    out = dict(_CAPTIONS)
+    for name in SPACE_KINDS:
+        for png, caption in SPACE_KINDS.get(name).plot_captions.items():
+            out.setdefault(png, caption)
+    return out
 
 
 def write_html(run_dir: str | Path) -> Path:
@@ -218,9 +170,9 @@ def write_html(run_dir: str | Path) -> Path:
                  ("best found at", f"generation {best['generation']}, candidate {best['index']}")]
     parts = [f"<h1>{esc(name)}</h1><h2>Summary</h2>", to_html(Table((), rows, key_value=True))]
     plots = rd.file("plots")
-    for png in ("fitness.png", "pareto.png", "ps_heatmap.png", "dfs_path.png"):
+    for png, caption in _captions().items():
         if (plots / png).exists():
-            parts.append(f"<figure><img src=\"plots/{png}\" alt=\"{png}\"><figcaption>{esc(_CAPTIONS[png])}</figcaption></figure>")
+            parts.append(f"<figure><img src=\"plots/{png}\" alt=\"{png}\"><figcaption>{esc(caption)}</figcaption></figure>")
     if best:
         params = [[k, Cell(f"{v:.4g}", numeric=True)] for k, v in best["params"].items()]
         parts += ["<h2>Best candidate</h2>", to_html(Table(["parameter", "value"], params)),

@@ -2,9 +2,11 @@
 
 A kind is one class (a typed config section, :class:`~tsugiki.evolution.schema.Section`) that owns its
 ``space:`` keys and their defaults, builds its :class:`~tsugiki.evolution.problems.Problem` from a
-validated config, and plans itself from the sources' config.json files without weights
-(``tsugiki evolve CONFIG --plan``). The kinds live in :mod:`tsugiki.evolution.kinds`, one file each,
-and register themselves in :data:`SPACE_KINDS`; adding a kind is adding a file there.
+validated config, plans itself from the sources' config.json files without weights
+(``tsugiki evolve CONFIG --plan``) and draws the best candidate's plots for the run's report. The kinds
+live in :mod:`tsugiki.evolution.kinds`, each in one home (``kinds/NAME.py`` or ``kinds/NAME/``), and
+are registered in :data:`SPACE_KINDS` in one explicit list there (:data:`tsugiki.evolution.kinds.KINDS`);
+adding a kind is adding its module or package there and its class to that list.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class SpaceKind(Section):
 
     #: space keys whose values name sources (checked against the known sources when a problem is built)
     source_keys: ClassVar[tuple[str, ...]] = ()
+    #: the PNGs :meth:`plots` may write into ``RUN_DIR/plots``: file name -> its caption in report.html
+    plot_captions: ClassVar[Mapping[str, str]] = {}
 
     def plan_sources(self) -> list[str]:
         """The sources whose config.json a plan reads."""
@@ -66,6 +70,11 @@ class SpaceKind(Section):
     def plan(self, config: Any, paths: Mapping[str, str], configs: Mapping[str, Mapping[str, Any]]) -> KindPlan:
         raise NotImplementedError
 
+    def plots(self, details: Mapping[str, Any], out_dir: Path) -> list[Path]:
+        """Draw the best candidate's plots (``details``: its Problem's ``details``) into ``out_dir``, files
+        named in :attr:`plot_captions`; called only when matplotlib is installed."""
+        return []
+
     def check_sources(self, config: Any, paths: Mapping[str, str]) -> None:
         """Every model named under ``space.<key>`` for :attr:`source_keys` is a known source."""
         for key in self.source_keys:
@@ -75,15 +84,6 @@ class SpaceKind(Section):
                     raise EvolutionError(f"{config.where('space.' + key)}unknown source {name!r} (known: {', '.join(paths)})")
 
 
-#: ``space.kind`` -> its class; filled by the modules of :mod:`tsugiki.evolution.kinds` (imported by
+#: ``space.kind`` -> its class; filled by :mod:`tsugiki.evolution.kinds` from its list of kinds (imported by
 #: :mod:`tsugiki.evolution`, so every kind is registered before any config is read)
 SPACE_KINDS: Registry[type[SpaceKind]] = Registry("space kind")
-
-
-def space_kind(name: str) -> Callable[[type[SpaceKind]], type[SpaceKind]]:
-    """Class decorator: register a kind under ``name``."""
-
-    def register(cls: type[SpaceKind]) -> type[SpaceKind]:
-        return SPACE_KINDS.register(name, cls)
-
-    return register

@@ -11,7 +11,7 @@ VAE fixed) and reported FID and HPSv2. Here, at a scale two CPU cores afford:
   scheduler are shared, bit for bit.
 - baseline: the uniform average of the two UNets (linear merge, equal weights).
 - evolved: CMA-ES over task-arithmetic weights (over the base) of both sources per UNet block
-  (:class:`tsugiki.evolution.kinds.sdxl.SDXLBlocksProblem` through :func:`tsugiki.evolution.runner.evolve`),
+  (:class:`tsugiki.evolution.kinds.sdxl.kind.SDXLBlocksProblem` through :func:`tsugiki.evolution.runner.evolve`),
   starting at the uniform average; fitness: the judge's mean probability of the right prompt on the
   *fitness* prompt split. The best is exported as a diffusers pipeline folder.
 - metrics on the disjoint *held-out* split (:func:`tsugiki.demo.sdxl.data.items_of`), all through a

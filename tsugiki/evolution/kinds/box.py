@@ -10,10 +10,9 @@ from pydantic import ValidationInfo
 from tsugiki.evolution.problems import Problem
 from tsugiki.evolution.schema import Bounds, at
 from tsugiki.evolution.space import Param, SearchSpace
-from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind
+from tsugiki.evolution.space_kind import KindPlan, SpaceKind
 
 
-@space_kind("box")
 class BoxKind(SpaceKind):
     """Keys: ``params`` ({NAME: [low, high] or {bounds, init, transform}}, at least one)."""
 

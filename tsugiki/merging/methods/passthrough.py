@@ -4,7 +4,7 @@ tensor itself (no copy).
 
 ``offset`` (tsugiki's, not mergekit's) is added after the scale: ``t * scale + offset``. It exists
 for norm weights applied as ``1 + w`` (Gemma's RMSNorm), whose gain ``1 + w`` is multiplied by s
-with ``scale: s, offset: s - 1``; DFS export folds its scales that way (tsugiki.evolution.dfs)."""
+with ``scale: s, offset: s - 1``; DFS export folds its scales that way (tsugiki.evolution.kinds.dfs.space)."""
 
 from __future__ import annotations
 

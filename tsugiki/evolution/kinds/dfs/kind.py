@@ -1,4 +1,4 @@
-"""``space.kind: dfs`` and ``ps_dfs``: an inference path per candidate (:class:`~tsugiki.evolution.dfs.DFSSpace`:
+"""``space.kind: dfs`` and ``ps_dfs``: an inference path per candidate (:class:`~tsugiki.evolution.kinds.dfs.space.DFSSpace`:
 which layer of which model runs at each of T = M x r steps, plus the scaling matrix W; Akiba et al.
 2024), assembled from the loaded sources without copying weights (:mod:`tsugiki.evolution.assemble`).
 ``ps_dfs`` adds ``ps``: the PS recipe ``ps_recipe`` merged once into ``RUN_DIR/ps_model``."""
@@ -13,11 +13,12 @@ from pydantic import PlainValidator, ValidationInfo
 
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.assemble import assemble, check_compatible
-from tsugiki.evolution.dfs import DFSSpace, exact_export, fold_for
+from tsugiki.evolution.kinds.dfs.plots import CAPTIONS, PATH_PLOT, plot_dfs
+from tsugiki.evolution.kinds.dfs.space import DFSSpace, exact_export, fold_for
 from tsugiki.evolution.problems import Problem
 from tsugiki.evolution.schema import Bounds, Count, Names, NonNegative, NonNegativeNumber, Section, resolve_path
 from tsugiki.evolution.sources import PS_MODEL, load_causal_lm, model_config, recipe_with_paths, search_threads, source_names
-from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind
+from tsugiki.evolution.space_kind import KindPlan, SpaceKind
 from tsugiki.merging.execute import MergeOptions
 from tsugiki.merging.recipe import Recipe, load_recipe
 from tsugiki.merging.to_disk import merge_to_disk
@@ -44,7 +45,6 @@ class FixedEnds(Section):
         return {"model": self.model, "first": self.first, "last": self.last}
 
 
-@space_kind("dfs")
 class DFSKind(SpaceKind):
     """Keys: ``models``, ``repeats`` (r), ``scale_bounds`` (of W's entries), ``scale_diagonal`` (W's
     diagonal searched too), ``fixed_ends`` ({model, first, last}), ``init_model`` (whose own path the
@@ -60,6 +60,7 @@ class DFSKind(SpaceKind):
     init_indicator: NonNegativeNumber = 1.0
 
     source_keys = ("models",)
+    plot_captions = CAPTIONS
 
     def plan_sources(self) -> list[str]:
         return list(self.models)
@@ -112,6 +113,9 @@ class DFSKind(SpaceKind):
         notes = (f"{total} source layers; a candidate path has up to {len(dfs.slots()) + fixed} layers",)
         return KindPlan(dfs.space(), parts, notes)
 
+    def plots(self, details: Mapping[str, Any], out_dir: Path) -> list[Path]:
+        return [plot_dfs(details, Path(out_dir) / PATH_PLOT)]
+
 
 def _recipe_ref(v: Any, info: ValidationInfo) -> Union[str, dict]:
     if isinstance(v, str):
@@ -121,7 +125,6 @@ def _recipe_ref(v: Any, info: ValidationInfo) -> Union[str, dict]:
     return dict(v)
 
 
-@space_kind("ps_dfs")
 class PSDFSKind(DFSKind):
     """DFS keys plus ``ps_recipe`` (a recipe file or mapping; model refs may be source names): merged
     once into RUN_DIR/ps_model, available to ``models`` as ``ps``."""

@@ -1,5 +1,5 @@
 """``space.kind: sdxl_blocks``: per-block (or per block group) merge parameters of SDXL UNets
-(:class:`~tsugiki.evolution.sdxl.SDXLBlockSpace`), merged in place into one loaded UNet; the best
+(:class:`~tsugiki.evolution.kinds.sdxl.space.SDXLBlockSpace`), merged in place into one loaded UNet; the best
 exports as a diffusers pipeline folder."""
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from pydantic import PlainValidator
 from tsugiki.diffusion.merge import merge_sdxl_to_disk, plan_unet_merge
 from tsugiki.diffusion.sources import UNetSource
 from tsugiki.errors import EvolutionError
+from tsugiki.evolution.kinds.ps.plots import CAPTIONS, heatmap_plots
+from tsugiki.evolution.kinds.ps.space import DEFAULT_BOUNDS
+from tsugiki.evolution.kinds.sdxl.space import SDXLBlockSpace
+from tsugiki.evolution.kinds.sdxl.unet import load_unet
 from tsugiki.evolution.problems import Problem, parameter_matrices
-from tsugiki.evolution.ps import DEFAULT_BOUNDS
 from tsugiki.evolution.schema import Bounds, Mapping_, Names, NonNegative, one_of
-from tsugiki.evolution.sdxl import SDXLBlockSpace, load_unet
 from tsugiki.evolution.sources import local_dir
-from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind
+from tsugiki.evolution.space_kind import KindPlan, SpaceKind
 from tsugiki.merging.execute import MergeOptions, iter_merged
 
 
@@ -28,7 +30,6 @@ def _blocks(v: Any) -> Optional[list]:
     return v
 
 
-@space_kind("sdxl_blocks")
 class SDXLBlocksKind(SpaceKind):
     """Keys: ``method`` [task_arithmetic], ``base_model``, ``models``, ``units`` (blocks | groups),
     ``blocks`` (BLOCK or BLOCK/group; default all, the others share a "rest" value), ``params``
@@ -45,6 +46,7 @@ class SDXLBlocksKind(SpaceKind):
     merge_seed: NonNegative = 0
 
     source_keys = ("models", "base_model")
+    plot_captions = CAPTIONS  # the PS heatmap, over UNet blocks
 
     def build(self, config: Any, paths: Mapping[str, str]) -> SDXLBlockSpace:
         params = self.params or {"weight": Bounds(bounds=DEFAULT_BOUNDS["weight"])}
@@ -68,6 +70,9 @@ class SDXLBlocksKind(SpaceKind):
         parts = tuple((f"{p}: {len(sd.models)} models x {len(sd.columns())} UNet {sd.units}", len(sd.models) * len(sd.columns()))
                       for p in sd.bounds)
         return KindPlan(space, parts)
+
+    def plots(self, details: Mapping[str, Any], out_dir: Path) -> list[Path]:
+        return heatmap_plots(details, out_dir)
 
 
 class SDXLBlocksProblem(Problem):
@@ -102,7 +107,7 @@ class SDXLBlocksProblem(Problem):
         return header + self.sdxl.recipe(values).to_yaml()
 
     def details(self, values) -> dict[str, Any]:
-        return {"kind": "ps", "matrices": parameter_matrices(self.sdxl, values), "xlabel": "UNet " + self.sdxl.units[:-1]}
+        return {"kind": "sdxl_blocks", "matrices": parameter_matrices(self.sdxl, values), "xlabel": "UNet " + self.sdxl.units[:-1]}
 
     def export(self, values, out, *, force: bool = False) -> Path:
         return merge_sdxl_to_disk(self.sdxl.recipe(values), out, MergeOptions(force=force, progress=False),

@@ -1,4 +1,4 @@
-"""``space.kind: ps``: a merge recipe per candidate (:class:`~tsugiki.evolution.ps.PSSpace`: per-model,
+"""``space.kind: ps``: a merge recipe per candidate (:class:`~tsugiki.evolution.kinds.ps.space.PSSpace`: per-model,
 per-layer-group parameters of ``method``; Akiba et al. 2024), merged in place into one loaded model with
 :class:`~tsugiki.merging.inmemory.InMemoryMerger`. When a merged model is a LLaVA-family VLM, the
 language model inside it is merged in place (:class:`~tsugiki.vlm.inmemory.VlmLanguageModelMerger`;
@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from tsugiki.errors import EvolutionError, TsugikiError
+from tsugiki.evolution.kinds.ps.plots import CAPTIONS, heatmap_plots
+from tsugiki.evolution.kinds.ps.space import DEFAULT_BOUNDS, PSSpace, recipe_data
 from tsugiki.evolution.problems import Problem, parameter_matrices
-from tsugiki.evolution.ps import DEFAULT_BOUNDS, PSSpace, recipe_data
 from tsugiki.evolution.schema import Bounds, Count, Mapping_, Names, NonNegative
 from tsugiki.evolution.sources import is_vlm_path, load_causal_lm, load_vlm, model_config, read_json_config
-from tsugiki.evolution.space_kind import KindPlan, SpaceKind, space_kind
+from tsugiki.evolution.space_kind import KindPlan, SpaceKind
 from tsugiki.families import merge
 from tsugiki.merging.architecture import architecture_for, spec_for_class
 from tsugiki.merging.sources import open_sources
@@ -62,7 +63,6 @@ def ps_layout(cfg: Mapping[str, Any], names: Optional[list[str]], label: str, *,
         raise EvolutionError(f"source {label}: {e}") from None
 
 
-@space_kind("ps")
 class PSKind(SpaceKind):
     """Keys: ``method`` (any merge method; its real-valued parameters may be searched), ``base_model``,
     ``models``, ``layer_groups`` (values per model: that many layer groups plus the rest; 1: one value),
@@ -83,6 +83,7 @@ class PSKind(SpaceKind):
     tokenizer_source: Optional[str] = None
 
     source_keys = ("models", "base_model")
+    plot_captions = CAPTIONS
 
     def check_sources(self, config: Any, paths: Mapping[str, str]) -> None:
         super().check_sources(config, paths)
@@ -124,6 +125,9 @@ class PSKind(SpaceKind):
         parts = tuple((f"{p}: {len(ps.models)} models x {per}", len(ps.models) * len(groups)) for p in ps.bounds)
         notes = (f"VLM: the language model inside {vlms[0]} is merged; its vision tower and projector stay fixed",) if vlms else ()
         return KindPlan(space, parts, notes)
+
+    def plots(self, details: Mapping[str, Any], out_dir: Path) -> list[Path]:
+        return heatmap_plots(details, out_dir)
 
 
 class PSProblem(Problem):
