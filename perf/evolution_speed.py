@@ -29,7 +29,7 @@ import psutil
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tsugiki.evolution.assemble import assemble
+from tsugiki.evolution.kinds.dfs.assemble import assemble
 from tsugiki.evolution.kinds.dfs.space import DFSPath
 from tsugiki.merging.inmemory import DEFAULT_CACHE_BYTES, SORT_SHARE, InMemoryMerger
 from tsugiki.merging.recipe import Recipe

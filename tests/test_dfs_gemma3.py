@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, Gemma3ForCausalLM, Gemma3TextConf
 
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution import from_data, make_problem
-from tsugiki.evolution.assemble import assemble, check_compatible
+from tsugiki.evolution.kinds.dfs.assemble import assemble, check_compatible
 from tsugiki.evolution.kinds.dfs.space import RESIDUAL_FOLD, DFSPath, fold_for
 from tsugiki.evolution.sources import load_causal_lm
 from tsugiki.merging.execute import MergeOptions

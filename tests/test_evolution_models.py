@@ -11,7 +11,7 @@ from helpers import weights
 from transformers import AutoModelForCausalLM
 
 from tsugiki.evolution import evolve, from_data, make_problem
-from tsugiki.evolution.assemble import assemble
+from tsugiki.evolution.kinds.dfs.assemble import assemble
 from tsugiki.evolution.kinds.dfs.space import DFSPath
 from tsugiki.evolution.sources import load_causal_lm
 

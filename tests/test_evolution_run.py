@@ -141,17 +141,22 @@ def test_ray_backend_equals_serial(tmp_path):
 def test_backend_names_are_the_registry_s(tmp_path, capsys):
     import re
 
-    from tsugiki.cli import build_parser
+    import yaml
+
+    from tsugiki.cli import main
     from tsugiki.errors import UnknownNameError
     from tsugiki.evolution.backends import BACKENDS, ProcessBackend, SerialBackend, make_backend
     from tsugiki.evolution.search_config import BACKEND_NAMES
 
     assert sorted(BACKENDS.names()) == sorted(BACKEND_NAMES)
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["evolve", "--backend", "nope"])
-    cli = re.search(r"choose from (.*)\)", capsys.readouterr().err).group(1)
-    assert sorted(c.strip(" '") for c in cli.split(",")) == sorted(BACKEND_NAMES)
     config = from_data(box(tmp_path, generations=1))
+    (tmp_path / "box.yaml").write_text(yaml.safe_dump(dict(config.data)))
+    # `tsugiki evolve --backend` is checked as the config's search.backend: its names, one line, nothing written
+    assert main(["evolve", str(tmp_path / "box.yaml"), "-o", str(tmp_path / "run"), "--backend", "rey",
+                 "--allow-code"]) == 2
+    listed = re.search(r"search\.backend: expected (.*), got 'rey'", capsys.readouterr().err).group(1)
+    assert sorted(re.findall(r"'(\w+)'", listed)) == sorted(BACKEND_NAMES)
+    assert not (tmp_path / "run").exists()
     kw = dict(timeout=None, threads=1)
     one = make_backend("local", "the problem", config, tmp_path, workers=1, **kw)
     assert isinstance(one, SerialBackend) and one.problem == "the problem"

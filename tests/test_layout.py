@@ -213,8 +213,16 @@ def test_one_home_per_search_kind():
     assert second_homes() == []
 
 
+#: the same names for different things, on purpose: the demo has one stage per merge family, named after it
+DIFFERENT_THINGS = {("lm", "sdxl", "vlm"): {"tsugiki.demo.run", "tsugiki.families"}}
+
+
 def test_each_name_list_is_declared_in_one_module():
-    assert repeated_name_lists(_modules()) == {}
+    repeated = repeated_name_lists(_modules())
+    for names, modules in DIFFERENT_THINGS.items():
+        if {w.partition(":")[0] for w in repeated.get(names, ())} == modules:
+            del repeated[names]
+    assert repeated == {}
 
 
 def test_no_registration_by_discovery():

@@ -9,7 +9,7 @@ from tsugiki.errors import EvolutionError
 
 
 def cmd_evolve(args: argparse.Namespace) -> int:
-    from tsugiki.evolution.config import load_config
+    from tsugiki.evolution.config import RESUMABLE_CHANGES, load_config
     from tsugiki.evolution.report import summary
     from tsugiki.evolution.runner import evolve_and_export
 
@@ -33,7 +33,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         if config is None:
             raise EvolutionError(f"{run_dir}: not a run dir (no config.yaml) to resume")
     front = _front_choice(args, config)
-    changes = {k: getattr(args, k) for k in ("workers", "backend", "generations", "max_evaluations") if getattr(args, k) is not None}
+    changes = {k: getattr(args, k) for k in RESUMABLE_CHANGES if getattr(args, k) is not None}
     if changes:
         config = config.with_search(**changes)
     result, out = evolve_and_export(config, run_dir, args.export, force=args.force, progress=not args.quiet,
@@ -79,8 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("-o", "--output", help="run directory (created, or continued if it holds this config's run)")
     e.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its own config")
     e.add_argument("--workers", type=int, help="parallel evaluation processes (default: the config's)")
-    # BACKENDS' names (tsugiki.evolution.backends; a test checks), spelled out: importing it loads torch
-    e.add_argument("--backend", choices=["local", "ray"], help="where workers run (ray: optional dependency)")
+    # checked with the config's search.backend (its names: tsugiki.evolution.search_config, read without torch
+    # only once a config is): a wrong name is the config's one-line error
+    e.add_argument("--backend", metavar="NAME", help="where workers run: local or ray (ray: optional dependency)")
     e.add_argument("--generations", type=int, help="total generations (may be raised to extend a run)")
     e.add_argument("--max-evaluations", dest="max_evaluations", type=int, help="total evaluation budget")
     e.add_argument("--export", metavar="DIR", help="write the best candidate as a merged model dir at the end")

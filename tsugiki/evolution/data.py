@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 
 from tsugiki.benchmarks.items import VQAItem
 from tsugiki.errors import BenchmarkError, EvolutionError, TsugikiError
+from tsugiki.factory.lm import JA_PLACES, JA_SUBJECTS, JA_VERBS
 from tsugiki.registry import Registry
 
 SPLITS = {"fitness": (0.0, 0.4), "validation": (0.4, 0.7), "test": (0.7, 1.0)}
@@ -82,15 +83,10 @@ def _arithmetic() -> list[Pair]:
     return [Pair(f"{a}+{b}=", str(a + b)) for a in range(10) for b in range(10)]
 
 
-_JA_SUBJECTS = ["私", "彼", "先生", "友達", "母", "犬", "猫", "学生"]
-_JA_PLACES = ["東京", "大阪", "学校", "駅", "店", "家", "公園", "山"]
-_JA_VERBS = ["行きます", "来ました", "歩きます", "帰ります", "走りました"]
-
-
 def _ja_sentences() -> list[Pair]:
     # one verb per (subject, place), so that every prompt has exactly one answer
-    return [Pair(f"{s}は{p}へ", f"{_JA_VERBS[(3 * i + j) % len(_JA_VERBS)]}。")
-            for i, s in enumerate(_JA_SUBJECTS) for j, p in enumerate(_JA_PLACES)]
+    return [Pair(f"{s}は{p}へ", f"{JA_VERBS[(3 * i + j) % len(JA_VERBS)]}。")
+            for i, s in enumerate(JA_SUBJECTS) for j, p in enumerate(JA_PLACES)]
 
 
 def _copy_words() -> list[Pair]:

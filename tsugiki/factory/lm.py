@@ -170,9 +170,11 @@ def perturb(model: PreTrainedModel, seed: int, scale: float, density: float) -> 
             p.add_(delta.to(p.dtype))
 
 
-_JA_SUBJECTS = ["私", "彼", "先生", "友達", "母", "犬", "猫", "学生"]
-_JA_PLACES = ["東京", "大阪", "学校", "駅", "店", "家", "公園", "山"]
-_JA_VERBS = ["行きます", "来ました", "歩きます", "帰ります", "走りました"]
+#: the words of the Japanese siblings' corpus; the evolve data generator ``ja_sentences``
+#: (:mod:`tsugiki.evolution.data`) asks about sentences made of the same words
+JA_SUBJECTS = ["私", "彼", "先生", "友達", "母", "犬", "猫", "学生"]
+JA_PLACES = ["東京", "大阪", "学校", "駅", "店", "家", "公園", "山"]
+JA_VERBS = ["行きます", "来ました", "歩きます", "帰ります", "走りました"]
 
 
 def _corpus(task: int, seed: int, n: int = 64) -> list[str]:
@@ -181,7 +183,7 @@ def _corpus(task: int, seed: int, n: int = 64) -> list[str]:
     out = []
     for _ in range(n):
         if task % 3 == 0:  # Japanese sentence templates
-            s, p, v = rng.choice(_JA_SUBJECTS), rng.choice(_JA_PLACES), rng.choice(_JA_VERBS)
+            s, p, v = rng.choice(JA_SUBJECTS), rng.choice(JA_PLACES), rng.choice(JA_VERBS)
             out.append(f"{s}は{p}へ{v}。")
         elif task % 3 == 1:  # English arithmetic
             a, b = rng.randrange(10), rng.randrange(10)

@@ -1,6 +1,6 @@
 """``space.kind: dfs`` and ``ps_dfs``: an inference path per candidate (:class:`~tsugiki.evolution.kinds.dfs.space.DFSSpace`:
 which layer of which model runs at each of T = M x r steps, plus the scaling matrix W; Akiba et al.
-2024), assembled from the loaded sources without copying weights (:mod:`tsugiki.evolution.assemble`).
+2024), assembled from the loaded sources without copying weights (:mod:`tsugiki.evolution.kinds.dfs.assemble`).
 ``ps_dfs`` adds ``ps``: the PS recipe ``ps_recipe`` merged once into ``RUN_DIR/ps_model``."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import yaml
 from pydantic import PlainValidator, ValidationInfo
 
 from tsugiki.errors import EvolutionError
-from tsugiki.evolution.assemble import assemble, check_compatible
+from tsugiki.evolution.kinds.dfs.assemble import assemble, check_compatible
 from tsugiki.evolution.kinds.dfs.plots import CAPTIONS, PATH_PLOT, plot_dfs
 from tsugiki.evolution.kinds.dfs.space import DFSSpace, exact_export, fold_for
 from tsugiki.evolution.problems import Problem

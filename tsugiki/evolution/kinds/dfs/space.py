@@ -21,7 +21,7 @@ merge engine writes as a plain Hugging Face checkpoint (``from_pretrained`` load
 Each output layer keeps its source layer's kind: the merge engine writes the per-layer config lists
 (``layer_types``: sliding or full attention) from the source of each output layer, and the settings
 the config holds once for every layer (rotary parameters per layer type, sliding window, ...) must be
-the same in all sources (:func:`tsugiki.evolution.assemble.check_compatible`).
+the same in all sources (:func:`tsugiki.evolution.kinds.dfs.assemble.check_compatible`).
 
 The scales are *folded*: with P_k = s_1 * ... * s_k the product of the scales up to path layer k, the
 residual stream of the scaled model is P_k times that of a model whose layer-k branch outputs

@@ -15,7 +15,7 @@ from tsugiki.diffusion.sources import UNetSource
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.kinds.ps.plots import CAPTIONS, heatmap_plots
 from tsugiki.evolution.kinds.ps.space import DEFAULT_BOUNDS
-from tsugiki.evolution.kinds.sdxl.space import SDXLBlockSpace
+from tsugiki.evolution.kinds.sdxl.space import UNITS, SDXLBlockSpace
 from tsugiki.evolution.kinds.sdxl.unet import load_unet
 from tsugiki.evolution.problems import Problem, parameter_matrices
 from tsugiki.evolution.schema import Bounds, Mapping_, Names, NonNegative, one_of
@@ -39,7 +39,7 @@ class SDXLBlocksKind(SpaceKind):
     method: str = "task_arithmetic"
     base_model: Optional[str] = None
     models: Names
-    units: Annotated[str, one_of("blocks", "groups")] = "blocks"
+    units: Annotated[str, one_of(*UNITS)] = "blocks"
     blocks: Annotated[Optional[list], PlainValidator(_blocks)] = None
     params: Optional[dict[str, Bounds]] = None
     fixed: Mapping_ = {}
