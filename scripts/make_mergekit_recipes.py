@@ -8,7 +8,7 @@ Run with a Python that has mergekit installed (tsugiki itself never imports merg
 It writes four tiny Llama checkpoints (base, a, b, c: 4 layers, hidden 8; a, b, c are the base plus
 noise, sparse for some tensors so that ram and sce see unique and shared changes) under models/, and for
 each recipe <name>.yaml (model paths relative to the fixture dir, written as ``{root}/...``) the merged
-``<name>.safetensors`` from mergekit's ``run_merge``. tests/test_mergekit_recipes.py merges the same
+``<name>.safetensors`` from mergekit's ``run_merge``. tests/merging/test_mergekit_recipes.py merges the same
 recipes with tsugiki and compares.
 """
 

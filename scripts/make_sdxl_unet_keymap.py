@@ -3,7 +3,7 @@ original (Stability `sgm`) layout and in diffusers' layout, with its merge block
 
 The diffusers names come from diffusers' own UNet2DConditionModel built with the SDXL base config on
 the meta device (no weights, no download). The original names follow the `sgm` UNetModel module
-structure written out below. tests/test_diffusion_layout.py checks the table against diffusers'
+structure written out below. tests/diffusion/test_unet_layout.py checks the table against diffusers'
 single-file converter (`convert_ldm_unet_checkpoint`), an independent implementation.
 
     python scripts/make_sdxl_unet_keymap.py   # rewrites the JSON file

@@ -1,13 +1,32 @@
-"""Small helpers shared by test modules."""
+"""Small helpers shared by test modules (the test tree mirrors the package: tests/merging/ tests
+tsugiki/merging/, and so on; this file and conftest.py sit at its root, which pytest puts on sys.path)."""
 
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file, save_file
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO / "tests" / "data"
+
+
+def vllm_or_skip():
+    """The vLLM tests run wherever vLLM is installed; tox installs it and sets TSUGIKI_REQUIRE_VLLM=1, so
+    there a missing vLLM is a failure, not a skip."""
+    from tsugiki.engines import ENGINES
+
+    if ENGINES.get("vllm").available():
+        return
+    if os.environ.get("TSUGIKI_REQUIRE_VLLM") == "1":
+        pytest.fail("TSUGIKI_REQUIRE_VLLM=1 but vLLM is not installed")
+    pytest.skip("vLLM is not installed")
 
 
 def weights(path):

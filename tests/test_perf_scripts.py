@@ -2,7 +2,7 @@
 inputs run end to end from a temp folder with relative paths (the work dirs land under that folder). The
 scripts that need the real Gemma 3 270M (engine_speed, estimated_search, fitness_estimate, demo_lm_seeds)
 write their configs with absolute data paths; the relative ``--work`` case of fitness_estimate, which
-once joined the work dir twice, is run in tests/test_demo_lm.py."""
+once joined the work dir twice, is run in tests/demo/test_lm_stage.py."""
 
 from __future__ import annotations
 

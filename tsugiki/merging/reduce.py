@@ -6,7 +6,7 @@ threads, and with them SLERP's angle or DARE's rescale factor. Here a tensor is 
 entries: PyTorch reduces each row within one thread (it parallelises over rows), in a fixed order, and
 the row results (plus the tail) are combined the same way until one value is left; ``ROW`` is below
 PyTorch's grain size (32768), so a vector that short is reduced by one thread. A merged model is then
-bit for bit the same whatever ``torch.get_num_threads()`` is (tests/test_methods.py checks every method).
+bit for bit the same whatever ``torch.get_num_threads()`` is (tests/merging/test_methods.py checks every method).
 """
 
 from __future__ import annotations

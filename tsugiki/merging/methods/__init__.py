@@ -3,7 +3,7 @@
     METHODS: Registry[MergeMethod]   get_method(name) -> MergeMethod
 
 Definitions, parameter names and defaults follow mergekit 0.1.5 (checked against its own
-implementations by tests/test_methods.py with fixtures from scripts/make_mergekit_reference.py).
+implementations by tests/merging/test_methods.py with fixtures from scripts/make_mergekit_reference.py).
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ from tsugiki.merging.execute import MergeOptions
 from tsugiki.merging.recipe import load_recipe
 from tsugiki.merging.to_disk import merge_to_disk
 
-from helpers import weights
+from helpers import TEST_DATA, weights
 
-DATA = Path(__file__).parent / "data" / "mergekit_lora"
+DATA = TEST_DATA / "mergekit_lora"
 RECIPES = sorted(DATA.glob("*.yaml"))
 
 
@@ -170,7 +170,7 @@ def test_ps_search_with_an_adapter_source_runs_and_exports_what_it_scored(tmp_pa
     root = tmp_path / "data"
     for part in ("models/base", "models/a", "models/b", "adapters/q_a", "adapters/mlp_b"):
         shutil.copytree(DATA / part, root / part)
-    tokenizer = Path(__file__).parent / "data" / "mergekit_tokenizers" / "models" / "base"  # the search loads one
+    tokenizer = TEST_DATA / "mergekit_tokenizers" / "models" / "base"  # the search loads one
     for name in ("models/base", "models/a", "models/b"):
         for f in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(tokenizer / f, root / name / f)

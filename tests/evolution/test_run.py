@@ -16,6 +16,7 @@ from tsugiki.errors import EvolutionError
 from tsugiki.evolution import evolve as _evolve
 from tsugiki.evolution import from_data, summary
 from tsugiki.evolution.rundir import RunDir
+from helpers import REPO
 
 HERE = Path(__file__).resolve()
 # the configs here name this file's functions as their fitness: code, which runs only when allowed
@@ -194,8 +195,8 @@ def test_resume_never_unpickles(tmp_path):
     (run / "state.pkl").write_bytes(pickle.dumps(_Planted(marker)))  # what an old or hostile run dir may hold
     evolve(from_data(box(tmp_path, generations=4)), run, plots=False)
     assert not marker.exists()
-    src = HERE.parents[1] / "tsugiki" / "evolution"
-    assert not [p.name for p in src.glob("*.py") if "import pickle" in p.read_text() or "pickle.load" in p.read_text()]
+    src = REPO / "tsugiki" / "evolution"
+    assert not [p.name for p in src.rglob("*.py") if "import pickle" in p.read_text() or "pickle.load" in p.read_text()]
 
 
 def test_interrupted_generation_and_partial_lines_resume_exactly(tmp_path):

@@ -1,7 +1,6 @@
 """Loaders on fixture sets in the hub schemas (parquet and JSONL + images), hub path mocked."""
 
 import json
-from pathlib import Path
 
 import datasets
 import pytest
@@ -11,8 +10,9 @@ from tsugiki.benchmarks.loaders import load_ja_vg_vqa, load_ja_vlm_wild, load_mg
 from tsugiki.benchmarks.runner import resolve_source
 from tsugiki.benchmarks.specs import BENCHMARKS
 from tsugiki.errors import BenchmarkError, TsugikiError
+from helpers import TEST_DATA
 
-FIXTURES = Path(__file__).parent / "data" / "benchmarks"
+FIXTURES = TEST_DATA / "benchmarks"
 
 
 @pytest.fixture(scope="module")

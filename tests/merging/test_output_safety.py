@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import copy_model
+from helpers import TEST_DATA, copy_model
 from tsugiki.cli import main
 from tsugiki.merging import output_dir
 from tsugiki.merging.output_dir import MARKER_FILE, AtomicOutputDir
 
-FIXTURES = Path(__file__).parent / "data" / "benchmarks"
+FIXTURES = TEST_DATA / "benchmarks"
 PREDICTIONS = ["--predictions", str(FIXTURES / "sample-predictions"), "--dataset-dir", str(FIXTURES)]
 
 

@@ -16,9 +16,9 @@ from tsugiki.merging.execute import MergeOptions
 from tsugiki.merging.recipe import load_recipe
 from tsugiki.merging.to_disk import merge_to_disk
 
-from helpers import weights
+from helpers import TEST_DATA, weights
 
-DATA = Path(__file__).parent / "data" / "mergekit_lora"
+DATA = TEST_DATA / "mergekit_lora"
 BASE, FT = DATA / "models" / "base", DATA / "models" / "b"
 
 

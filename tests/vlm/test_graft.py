@@ -321,7 +321,7 @@ def test_graft_with_each_newer_method_merges_like_standalone(method, world, tmp_
 
 def test_graft_of_an_llm_with_a_lora_adapter_merges_like_standalone(world, tmp_path):
     """An LLM source written MODEL+ADAPTER: its LM enters the graft with the adapter merged in, tensor for
-    tensor as in the ordinary merge (tests/test_lora_sources.py checks that one against mergekit)."""
+    tensor as in the ordinary merge (tests/merging/test_lora_sources.py checks that one against mergekit)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 

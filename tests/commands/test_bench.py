@@ -2,14 +2,14 @@
 
 import argparse
 import json
-from pathlib import Path
 
 import pytest
 
 from tsugiki import cli
 from tsugiki.commands import bench
+from helpers import TEST_DATA
 
-FIXTURES = Path(__file__).parent / "data" / "benchmarks"
+FIXTURES = TEST_DATA / "benchmarks"
 
 
 @pytest.fixture

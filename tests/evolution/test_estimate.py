@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import kendalltau, pearsonr
 
 from tsugiki.evolution.estimate import IRT, Anchors, IRTEstimate, Subsample, kmeans
+from helpers import REPO
 
 
 def simulate(n_models: int, n_items: int, seed: int, *, a=None, b=None):
@@ -102,11 +103,10 @@ def test_anchors_rank_a_recorded_real_population():
     (perf/fitness_estimate.py's record): anchors fitted on the sources and calibration candidates rank the
     held-back candidates from 10 items with Kendall tau >= 0.8, for every estimator seed tried."""
     import json
-    from pathlib import Path
 
     from tsugiki.benchmarks.stats import kendall_tau
 
-    pop = json.loads((Path(__file__).parents[1] / "perf/results/fitness-estimate-population.json").read_text())
+    pop = json.loads((REPO / "perf/results/fitness-estimate-population.json").read_text())
     calib = np.array([m["scores"] for m in pop["models"] if m["group"] != "test"])
     test = [np.asarray(m["scores"]) for m in pop["models"] if m["group"] == "test"]
     assert calib.shape == (9, 100) and len(test) == 16

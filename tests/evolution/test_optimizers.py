@@ -19,9 +19,10 @@ from tsugiki.evolution.front import Front, choose, non_dominated, pick
 from tsugiki.evolution.optimizers import OPTIMIZERS
 from tsugiki.evolution.rundir import RunDir
 from tsugiki.evolution.search_config import OPTIMIZER_NAMES
+from helpers import REPO
 
 HERE = Path(__file__).resolve()
-ROOT = HERE.parents[1]
+ROOT = REPO
 evolve = functools.partial(_evolve, allow_code=True)  # the configs name this file's functions
 
 

@@ -6,7 +6,6 @@ import dataclasses
 import math
 import os
 import warnings
-from pathlib import Path
 
 import pytest
 import yaml
@@ -18,8 +17,9 @@ from tsugiki.merging.methods.base import MergeMethod, Param
 from tsugiki.merging.parameters import Conditional, layer_t, resolve_value
 from tsugiki.merging.recipe import ModelEntry, Recipe, RecipeWarning, Slice, SliceSource, load_recipe, resolve_params
 from tsugiki.registry import Registry
+from helpers import TEST_DATA
 
-DATA = Path(__file__).parent / "data" / "recipes"
+DATA = TEST_DATA / "recipes"
 
 
 def _kernel(inputs, **kw):  # pragma: no cover - never called here

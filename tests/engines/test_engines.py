@@ -5,12 +5,12 @@ in float32; a swapped-in model equal to a fresh engine on its dir, and the base 
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import vllm_or_skip
 from tsugiki.engines import ENGINES, EngineError, EngineOptions, fastest_available, open_engine
 from tsugiki.engines.hf import truncate_at_stop
 from tsugiki.factory import TinyLMSpec, build_siblings
@@ -19,16 +19,6 @@ from tsugiki.tokenizer_cache import load_tokenizer
 PROMPTS = ["3と4を足すと", "雪は何色", "a b", "日本の首都は", "こんにちは、", "x"]
 STOP = ["。", "\n"]
 PAIRS = [("問題: 3 + 4 =", " 7。答えは 7 です。"), ("雪は", "白い"), ("a b", " c d e")]
-
-
-def vllm_or_skip():
-    """The vLLM tests run wherever vLLM is installed; tox installs it and sets TSUGIKI_REQUIRE_VLLM=1, so
-    there a missing vLLM is a failure, not a skip."""
-    if ENGINES.get("vllm").available():
-        return
-    if os.environ.get("TSUGIKI_REQUIRE_VLLM") == "1":
-        pytest.fail("TSUGIKI_REQUIRE_VLLM=1 but vLLM is not installed")
-    pytest.skip("vLLM is not installed")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from tsugiki.evolution import evolve, from_data, make_problem
 from tsugiki.evolution.backends import Task, evaluate_task
 from tsugiki.evolution.rundir import RunDir
 
-from test_engines import vllm_or_skip
+from helpers import vllm_or_skip
 
 
 def ps_config(tmp_path, engine=None, generations=2, population=4):

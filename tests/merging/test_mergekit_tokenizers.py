@@ -12,13 +12,13 @@ import pytest
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from helpers import weights
+from helpers import TEST_DATA, weights
 from tsugiki.errors import RecipeError
 from tsugiki.merging.execute import MergeOptions
 from tsugiki.merging.recipe import load_recipe
 from tsugiki.merging.to_disk import merge_to_disk
 
-DATA = Path(__file__).parent / "data" / "mergekit_tokenizers"
+DATA = TEST_DATA / "mergekit_tokenizers"
 RECIPES = sorted(DATA.glob("*.yaml"))
 VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 

@@ -7,9 +7,8 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def run_suite(tmp_path, *args):

@@ -4,7 +4,6 @@ language model inside a VLM, on tiny real checkpoints; each checked against an i
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +17,9 @@ from tsugiki.evolution.fitness import FITNESS, EvalContext
 from tsugiki.evolution.sources import load_causal_lm, prepare_sources
 from tsugiki.factory.lm import TinyLMSpec, build_siblings
 from tsugiki.vlm.generate import GenerationSettings, VQAPredictor
+from helpers import REPO
 
-VLM_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-vlm-ps.yaml"
+VLM_CONFIG = REPO / "configs" / "tiny-vlm-ps.yaml"
 
 
 

@@ -5,7 +5,6 @@ checkpoints (recorded by scripts/make_mergekit_recipes.py; mergekit is not impor
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -14,9 +13,9 @@ from tsugiki.merging.execute import MergeOptions
 from tsugiki.merging.recipe import load_recipe
 from tsugiki.merging.to_disk import merge_to_disk
 
-from helpers import weights
+from helpers import TEST_DATA, weights
 
-DATA = Path(__file__).parent / "data" / "mergekit_recipes"
+DATA = TEST_DATA / "mergekit_recipes"
 RECIPES = sorted(DATA.glob("*.yaml"))
 
 

@@ -17,8 +17,9 @@ import pytest
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.config import from_data, load_config
 from tsugiki.evolution.plan import cma_population, plan_space
+from helpers import REPO
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = REPO / "configs"
 PAPER_CONFIGS = sorted([*CONFIGS.glob("evollm-jp-*.yaml"), *CONFIGS.glob("evovlm-jp*.yaml"),
                         *CONFIGS.glob("evosdxl-jp*.yaml")])
 

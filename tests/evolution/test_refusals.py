@@ -12,8 +12,9 @@ import pytest
 
 from tsugiki.cli import main
 from tsugiki.evolution import runner
+from helpers import REPO
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = REPO / "configs"
 TINY_PS = """name: refused
 tiny_models: {arch: llama, n: 2, steps: 3}
 space: {kind: ps, method: linear, models: [variant_0, variant_1], params: {weight: [0.0, 1.0]}}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,9 @@ from tsugiki.errors import MergeError, UnknownNameError
 from tsugiki.merging import selection as sel
 from tsugiki.merging import sparsify as sp
 from tsugiki.merging.methods import METHODS, REQUIRED, MergeInputs, get_method
+from helpers import TEST_DATA
 
-REF_DIR = Path(__file__).parent / "data" / "mergekit_reference"
+REF_DIR = TEST_DATA / "mergekit_reference"
 SQ2 = math.sqrt(2)
 
 

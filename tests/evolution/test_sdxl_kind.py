@@ -15,8 +15,9 @@ from tsugiki.evolution import evolve, from_data, load_config, make_problem
 from tsugiki.evolution.sources import prepare_sources
 from tsugiki.evolution.kinds.sdxl.unet import load_unet, unet_forward, unet_inputs
 from tsugiki.merging.methods.nearswap import nearswap_tensors
+from helpers import REPO
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-sdxl-blocks.yaml"
+CONFIG = REPO / "configs" / "tiny-sdxl-blocks.yaml"
 
 
 def unet_weights(pipe: Path) -> dict:
