@@ -231,3 +231,13 @@ def test_no_registration_by_discovery():
              if isinstance(node, (ast.Import, ast.ImportFrom))
              and "pkgutil" in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])]
     assert users == []
+
+
+def test_tests_are_laid_out_like_the_package():
+    """tests/NAME/ tests tsugiki/NAME/ (tests/data holds fixtures); the root keeps tests of top-level modules
+    and of the whole. Basenames stay unique: pytest imports each test file by its name."""
+    tests = Path(__file__).resolve().parent
+    dirs = sorted(d.name for d in tests.iterdir() if d.is_dir() and d.name not in ("data", "__pycache__"))
+    assert dirs and [d for d in dirs if not (PACKAGE / d / "__init__.py").exists()] == []
+    files = [p.name for p in tests.rglob("test_*.py") if "data" not in p.relative_to(tests).parts]
+    assert len(files) == len(set(files)) and len(files) > 50

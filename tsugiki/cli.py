@@ -9,6 +9,7 @@ import sys
 
 from tsugiki import __version__
 from tsugiki.commands import bench, demo, evolve, gguf, images, merge, tiny, vlm
+from tsugiki.commands.verbs import VerbParser
 from tsugiki.errors import TsugikiError
 from tsugiki.progress import interactive, quiet_third_party_bars, restore_env
 
@@ -16,7 +17,7 @@ COMMAND_MODULES = (merge, tiny, gguf, vlm, evolve, bench, images, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tsugiki", description="Evolve merged models and benchmark them.")
+    p = VerbParser(prog="tsugiki", description="Evolve merged models and benchmark them.")  # verbs' parsers too
     p.add_argument("--version", action="version", version=f"tsugiki {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -3,7 +3,8 @@
 ``score`` has one sub-verb per metric (``rouge-ja``, ``mgsm``). More come from functions
 ``add(score_subparsers)`` listed in ``SCORE_VERBS`` or passed as ``register(sub, score_verbs=[...])``;
 ``register`` also returns the ``score`` sub-parsers. Each sub-verb sets ``func`` like any verb.
-``eval`` has one sub-verb, ``t2i`` (``EVAL_VERBS``), beside its list of benchmarks (see ``_EvalParser``).
+``eval`` has one sub-verb, ``t2i`` (``EVAL_VERBS``), beside its list of benchmarks
+(see :class:`tsugiki.commands.verbs.VerbParser`).
 """
 
 from __future__ import annotations
@@ -209,19 +210,6 @@ SCORE_VERBS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_sc
 EVAL_VERBS: dict[str, Verb] = {"t2i": images.T2I}
 
 
-class _EvalParser(argparse.ArgumentParser):
-    """`eval`'s parser: `tsugiki eval t2i ...` is handed to that verb's parser, anything else is
-    `tsugiki eval [BENCHMARK ...]`. argparse cannot say this itself: sub-parsers on `eval` would read
-    the first benchmark name as a sub-verb and refuse it. So the first word picks the parser here, and each
-    keeps its own options and --help."""
-
-    sub_verbs: dict[str, argparse.ArgumentParser]
-
-    def parse_known_args(self, args=None, namespace=None):
-        if args and args[0] in self.sub_verbs:
-            return self.sub_verbs[args[0]].parse_known_args(args[1:], namespace)
-        return super().parse_known_args(args, namespace)
-
 
 def register(sub: argparse._SubParsersAction,
              score_verbs: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse._SubParsersAction:
@@ -268,7 +256,7 @@ def register(sub: argparse._SubParsersAction,
     e.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
-    e.__class__ = _EvalParser  # `sub` makes plain parsers; this one also dispatches the EVAL_VERBS
+    # `sub` makes VerbParsers (tsugiki.commands.verbs): `tsugiki eval t2i ...` goes to the T2I verb
     e.sub_verbs = {name: verb.build(argparse.ArgumentParser(prog=f"{e.prog} {name}", description=verb.description))
                    for name, verb in EVAL_VERBS.items()}
 

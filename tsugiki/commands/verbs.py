@@ -11,6 +11,22 @@ from dataclasses import dataclass
 from typing import Callable
 
 
+class VerbParser(argparse.ArgumentParser):
+    """The CLI's parsers (``tsugiki`` and, through ``add_subparsers``, every verb's): the first word may name
+    one of ``sub_verbs``, which then parses the rest with its own options and --help; anything else is this
+    parser's own. `tsugiki eval t2i ...` beside `tsugiki eval [BENCHMARK ...]`: argparse's sub-parsers
+    cannot say this, they would read the first benchmark name as a sub-verb and refuse it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sub_verbs: dict[str, argparse.ArgumentParser] = {}
+
+    def parse_known_args(self, args=None, namespace=None):
+        if args and args[0] in self.sub_verbs:
+            return self.sub_verbs[args[0]].parse_known_args(args[1:], namespace)
+        return super().parse_known_args(args, namespace)
+
+
 @dataclass(frozen=True)
 class Verb:
     help: str  # its line in the parent's list of verbs
