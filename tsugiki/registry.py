@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import difflib
-from typing import Generic, Iterator, TypeVar
+from typing import Generic, Iterable, Iterator, TypeVar
 
 from tsugiki.errors import UnknownNameError
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: object, known: Iterable[str], n: int = 1) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``known`` (up to ``n``, comma-separated), or ``""``: the
+    one suffix every unknown-name error in tsugiki ends its first clause with."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=n)
+    return f"; did you mean {', '.join(repr(c) if n == 1 else c for c in close)}?" if close else ""
 
 
 class Registry(Generic[T]):
@@ -25,10 +32,8 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self._items), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
             known = ", ".join(sorted(self._items))
-            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (known: {known})") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{did_you_mean(name, self._items)} (known: {known})") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -98,6 +98,22 @@ def test_other_sections_keep_their_rules():
             from_data(data)
 
 
+def test_a_wrong_name_gets_the_nearest_one():
+    """Every name list answers a typo with its nearest name (tsugiki.registry.did_you_mean), in config
+    sections as in the registries."""
+    base = {"space": {"kind": "box", "params": {"x": [0, 1]}}, "fitness": {"function": "neg_sphere"}}
+    cases = [
+        (dict(base, search={"backend": "rey"}), r"search\.backend: expected 'local' or 'ray', got 'rey'; did you mean 'ray'\?$"),
+        (dict(base, tiny_models={"arch": "lama"}), r"tiny_models\.arch: expected one of llama, mistral, qwen2, got 'lama'; "
+                                                   r"did you mean 'llama'\?$"),
+        (dict(base, search={"optimizer": "nsga"}), r"unknown optimizer 'nsga'; did you mean 'nsga2'\?"),
+        (dict(base, space={"kind": "bx", "params": {"x": [0, 1]}}), r"space\.kind: expected one of .*, got 'bx'; did you mean 'box'\?$"),
+    ]
+    for data, message in cases:
+        with pytest.raises(EvolutionError, match=message):
+            from_data(data)
+
+
 class _Line(SpaceKind):
     """A kind written in a test: one parameter ``slope`` in [lo, hi]."""
 

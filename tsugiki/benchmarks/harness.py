@@ -27,6 +27,7 @@ from tsugiki.benchmarks.results import BenchmarkResult
 from tsugiki.benchmarks.stats import Estimate
 from tsugiki.engines import Engine
 from tsugiki.errors import BenchmarkError
+from tsugiki.registry import did_you_mean
 
 PREFIX = "lm-eval:"
 INSTALL = "pip install 'tsugiki[lm-eval]'"
@@ -66,13 +67,10 @@ def task_manager(include_path: str | None = None) -> Any:
 
 def check_tasks(tasks: Sequence[str], include_path: str | None = None) -> None:
     """Refuse unknown task names in one line, with lm-eval's nearest names, before any model loads."""
-    import difflib
-
     known = task_manager(include_path).all_tasks
     for name in tasks:
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            hint = did_you_mean(name, known, n=3)
             where = f" or in {include_path}" if include_path else " (local YAMLs: --lm-eval-include DIR)"
             raise BenchmarkError(f"lm-eval has no task {name!r} in its registry{where}{hint}")
 

@@ -55,6 +55,7 @@ from tsugiki.evolution.estimate import ESTIMATORS
 from tsugiki.evolution.search_config import Search
 from tsugiki.evolution.tiny_config import TinyModels, TinySdxl, TinyVlm
 from tsugiki.evolution.space_kind import SPACE_KINDS, SpaceKind
+from tsugiki.registry import did_you_mean
 from tsugiki.yaml_lines import parse_yaml
 
 RESUMABLE_CHANGES = ("workers", "backend", "generations", "max_evaluations")
@@ -250,7 +251,8 @@ def _space(v: Any, info: ValidationInfo) -> SpaceKind:
         raise ValueError(f"expected a mapping, got {type(v).__name__}")
     kind = v.get("kind")
     if not isinstance(kind, str) or kind not in SPACE_KINDS:
-        raise at("kind", f"expected one of {', '.join(sorted(SPACE_KINDS.names()))}, got {kind!r}")
+        raise at("kind", f"expected one of {', '.join(sorted(SPACE_KINDS.names()))}, got {kind!r}"
+                         f"{did_you_mean(kind, SPACE_KINDS)}")
     return SPACE_KINDS.get(kind).model_validate(v, context=info.context)
 
 

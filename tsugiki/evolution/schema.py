@@ -9,7 +9,6 @@ number, ``"1"`` is not an integer.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional
 
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError, Val
 from pydantic_core import PydanticCustomError
 
 from tsugiki.errors import EvolutionError
+from tsugiki.registry import did_you_mean
 from tsugiki.yaml_lines import dotted_path, nearest_line
 
 
@@ -37,9 +37,7 @@ class Section(BaseModel):
         allowed = list(cls.model_fields)
         for k in v:
             if k not in allowed:
-                close = difflib.get_close_matches(str(k), allowed, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise at(k, f"unknown key {k!r}{hint} (allowed: {', '.join(allowed)})")
+                raise at(k, f"unknown key {k!r}{did_you_mean(k, allowed)} (allowed: {', '.join(allowed)})")
         return cls._check(dict(v), info)
 
     @classmethod
@@ -116,7 +114,7 @@ def one_of(*choices: str):
     def check(v: Any) -> str:
         if v not in choices:
             listed = " or ".join(repr(c) for c in choices) if len(choices) == 2 else "one of " + ", ".join(choices)
-            raise ValueError(f"expected {listed}, got {v!r}")
+            raise ValueError(f"expected {listed}, got {v!r}{did_you_mean(v, choices)}")
         return v
 
     return PlainValidator(check)

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 from pydantic import PlainValidator, ValidationInfo, model_validator
 
 from tsugiki.evolution.schema import Count, Mapping_, NonNegative, Number, Section, at, integer, number_value, one_of
+from tsugiki.registry import did_you_mean
 
 #: the names :data:`tsugiki.evolution.optimizers.OPTIMIZERS` registers (checked there by a test); listed
 #: here so a config is validated without importing the optimisers (pymoo, cma)
@@ -33,11 +34,7 @@ def _sigma(v: Any) -> float:
 
 def _optimizer(v: Any) -> str:
     if v not in OPTIMIZER_NAMES:
-        import difflib
-
-        close = difflib.get_close_matches(str(v), OPTIMIZER_NAMES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown optimizer {v!r}{hint} (known: {', '.join(OPTIMIZER_NAMES)})")
+        raise ValueError(f"unknown optimizer {v!r}{did_you_mean(v, OPTIMIZER_NAMES)} (known: {', '.join(OPTIMIZER_NAMES)})")
     return v
 
 

@@ -9,7 +9,6 @@ the dotted path at fault; accepted-but-ineffective constructs warn with :class:`
 
 from __future__ import annotations
 
-import difflib
 import math
 import warnings
 from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
@@ -28,7 +27,7 @@ from tsugiki.merging.recipe_schema import (
 )
 from tsugiki.merging.recipe_tokenizer import check_tokenizer
 from tsugiki.merging.refs import check_model_ref, type_name
-from tsugiki.registry import Registry
+from tsugiki.registry import Registry, did_you_mean
 from tsugiki.yaml_lines import dotted_path, nearest_line
 
 # the Recipe class (tsugiki.merging.recipe) is handed to the checker, which does not import it
@@ -45,8 +44,7 @@ def _lookup_method(methods: MethodLookup, name: str) -> Any:
     if isinstance(methods, Mapping):
         if name in methods:
             return methods[name]
-        close = difflib.get_close_matches(name, [str(k) for k in methods], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, methods)
         raise UnknownNameError(f"unknown merge method {name!r}{hint} (known: {', '.join(sorted(map(str, methods)))})")
     return methods(name)
 
@@ -86,8 +84,7 @@ class RecipeChecker:
             if not isinstance(k, str):
                 raise self.err(path, f"key {k!r} is not a string")
             if k not in allowed:
-                close = difflib.get_close_matches(k, list(allowed), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(k, allowed)
                 raise self.err(
                     path + (k,), f"unknown key {k!r} in {what}{hint} (allowed: {', '.join(allowed)})", key=True
                 )
@@ -243,8 +240,7 @@ class RecipeChecker:
             return None
         name = v[len("torch.") :] if v.startswith("torch.") else v
         if name not in DTYPES:
-            close = difflib.get_close_matches(name, DTYPES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, DTYPES)
             raise self.err(path, f"unknown dtype {v!r}{hint} (known: {', '.join(DTYPES)})")
         return name
 
@@ -264,8 +260,7 @@ class RecipeChecker:
             param = method.param(k)
             kind = param.kind if param is not None else IGNORABLE_PARAMS.get(k)
             if param is None and k not in IGNORABLE_PARAMS:
-                close = difflib.get_close_matches(k, names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(k, names)
                 known = ", ".join(names) or "none"
                 raise self.err(p, f"unknown parameter {k!r} for merge method {method.name!r}{hint} (known: {known})", key=True)
             if per_model_scope and (param is None or not param.per_model):
