@@ -16,7 +16,8 @@ import pytest
 
 from tsugiki.errors import EvolutionError
 from tsugiki.evolution.config import from_data, load_config
-from tsugiki.evolution.plan import cma_population, plan_space
+from tsugiki.evolution.optimizers import cma_population
+from tsugiki.evolution.plan import plan_space
 from helpers import REPO
 
 CONFIGS = REPO / "configs"

@@ -24,12 +24,12 @@ CMA-ES's default for the dimension (4 + floor(3 ln n)).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 
 from tsugiki.errors import EvolutionError
-from tsugiki.evolution.plan import cma_population
 from tsugiki.evolution.space import SearchSpace
 from tsugiki.registry import Registry
 
@@ -109,6 +109,11 @@ class Optimizer:
 
     def row(self) -> dict[str, Any]:
         return {}
+
+
+def cma_population(dim: int) -> int:
+    """pycma's default population size for ``dim`` dimensions (used when search.population is unset)."""
+    return 4 + int(3 * math.log(dim))
 
 
 OPTIMIZERS: Registry[type[Optimizer]] = Registry("optimizer")

@@ -4,7 +4,6 @@ evaluation budget), resolved from the sources' config.json files alone. ``tsugik
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,6 +12,7 @@ from tsugiki.errors import EvolutionError, TsugikiError
 from tsugiki.evolution.config import EvolveConfig
 from tsugiki.evolution.data import check_data
 from tsugiki.evolution.fitness import function_refs, names_code, resolve_fitness
+from tsugiki.evolution.optimizers import cma_population
 from tsugiki.evolution.sources import read_source_config, source_paths, tiny_configs
 from tsugiki.evolution.space import SearchSpace
 from tsugiki.hf_load import code_named
@@ -38,11 +38,6 @@ class SpacePlan:
         lines.append(f"budget: population {self.population}, {self.evaluations} evaluations")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-
-def cma_population(dim: int) -> int:
-    """pycma's default population size for ``dim`` dimensions (used when search.population is unset)."""
-    return 4 + int(3 * math.log(dim))
 
 
 def plan_sources(config: EvolveConfig) -> list[str]:

@@ -8,12 +8,10 @@ from typing import Annotated, Any, Optional
 
 from pydantic import PlainValidator, ValidationInfo, model_validator
 
+from tsugiki.evolution.optimizers import OPTIMIZERS
 from tsugiki.evolution.schema import Count, Mapping_, NonNegative, Number, Section, at, integer, number_value, one_of
 from tsugiki.registry import did_you_mean
 
-#: the names :data:`tsugiki.evolution.optimizers.OPTIMIZERS` registers (checked there by a test); listed
-#: here so a config is validated without importing the optimisers (pymoo, cma)
-OPTIMIZER_NAMES = ("cma", "nsga2", "random")
 #: the names :data:`tsugiki.evolution.backends.BACKENDS` registers (checked by a test); listed here because
 #: that module imports this one (through the config) and torch
 BACKEND_NAMES = ("local", "ray")
@@ -33,8 +31,8 @@ def _sigma(v: Any) -> float:
 
 
 def _optimizer(v: Any) -> str:
-    if v not in OPTIMIZER_NAMES:
-        raise ValueError(f"unknown optimizer {v!r}{did_you_mean(v, OPTIMIZER_NAMES)} (known: {', '.join(OPTIMIZER_NAMES)})")
+    if v not in OPTIMIZERS:  # the registry's names (pymoo and cma are imported only when a search starts)
+        raise ValueError(f"unknown optimizer {v!r}{did_you_mean(v, OPTIMIZERS)} (known: {', '.join(OPTIMIZERS.names())})")
     return v
 
 
