@@ -46,6 +46,19 @@ def test_help_lists_verbs(capsys):
         assert verb in text
 
 
+def test_a_wrong_choice_gets_the_nearest_one(capsys):
+    """argparse's words for a wrong verb or choice, with the nearest name as tsugiki's other name lists give it."""
+    for argv, hint in ((["merg"], "'merg'; did you mean 'merge'?"), (["tiny", "lm", "-o", "x", "--arch", "lama"],
+                                                                       "'lama'; did you mean 'llama'?")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and f"invalid choice: {hint} (choose from " in err
+    with pytest.raises(SystemExit):
+        main(["eval", "--dtype", "fp99"])
+    assert "invalid choice: 'fp99' (choose from 'float32', 'float16', 'bfloat16')" in capsys.readouterr().err
+
+
 def test_merge_success_prints_output(tiny_siblings, tmp_path):
     a, b, _ = tiny_siblings.variants
     out = tmp_path / "out"

@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from tsugiki.registry import did_you_mean
+
 
 class VerbParser(argparse.ArgumentParser):
     """The CLI's parsers (``tsugiki`` and, through ``add_subparsers``, every verb's): the first word may name
@@ -25,6 +27,14 @@ class VerbParser(argparse.ArgumentParser):
         if args and args[0] in self.sub_verbs:
             return self.sub_verbs[args[0]].parse_known_args(args[1:], namespace)
         return super().parse_known_args(args, namespace)
+
+    def _check_value(self, action, value):
+        # argparse's own check and words (Python 3.11's), with the nearest choice as every tsugiki name list
+        # gives it (argparse suggests only from Python 3.14, with suggest_on_error)
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(repr, action.choices))
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r}{did_you_mean(value, action.choices)} (choose from {choices})")
 
 
 @dataclass(frozen=True)
