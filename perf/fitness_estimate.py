@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from tsugiki.benchmarks.stats import kendall_tau
-from tsugiki.evolution.estimate import METHODS, fit_estimator
+from tsugiki.evolution.estimate import ESTIMATORS, fit_estimator
 
 
 def build_population(work: Path, n_items: int, n_calibration: int, n_test: int, fitness: str) -> dict:
@@ -91,7 +91,7 @@ def evaluate(pop: dict, k: int, seeds: int) -> list[dict]:
     full = [float(np.mean(m["scores"])) for m in test]
     n = calib.shape[1]
     out = []
-    for method in METHODS:
+    for method in ESTIMATORS:
         taus, maes, biases, secs = [], [], [], []
         for seed in range(seeds if method != "irt" else min(seeds, 3)):
             t0 = time.perf_counter()
