@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tsugiki.engines import engine_names
+
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from tsugiki.demo.run import STAGES, run_demo
@@ -49,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the LM stage also runs the DFS and PS+DFS searches for each search seed (layer paths scored by the "
                         "worked answer's log-likelihood with transformers; off by default: they found no working path "
                         "at this scale and cost several minutes per seed)")
-    d.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
+    d.add_argument("--engine", choices=["auto", *engine_names()], default="auto",
                    help="what scores text in the LM stage: auto (vllm where installed, else hf), hf (transformers) or "
                         "vllm (pip install 'tsugiki[vllm]'); a run dir keeps the engine it was started with")
     d.add_argument("--force", action="store_true", help="delete an existing demo run directory first")

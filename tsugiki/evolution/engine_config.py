@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-from tsugiki.engines import EngineOptions
+from tsugiki.engines import EngineOptions, engine_names
 from tsugiki.evolution.schema import Count, Number, Section, one_of
 
 
@@ -17,7 +17,7 @@ class EngineSection(Section):
     vLLM's ``auto``: bfloat16 for float32 checkpoints), ``max_model_len``, ``gpu_memory_utilization``,
     ``tensor_parallel_size`` and ``kv_cache_gib`` (the KV cache on CPU) are vLLM's settings."""
 
-    name: Annotated[str, one_of("hf", "vllm")] = "hf"
+    name: Annotated[str, one_of(*engine_names())] = "hf"
     dtype: Optional[Annotated[str, one_of("auto", "float32", "bfloat16", "float16")]] = None
     max_model_len: Optional[Count] = None
     gpu_memory_utilization: Optional[Number] = None
