@@ -10,11 +10,11 @@ from tsugiki.errors import UnknownNameError
 T = TypeVar("T")
 
 
-def did_you_mean(name: object, known: Iterable[str], n: int = 1) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``known`` (up to ``n``, comma-separated), or ``""``: the
-    one suffix every unknown-name error in tsugiki ends its first clause with."""
+def did_you_mean(name: object, known: Iterable[str], n: int = 1, *, quoted: bool = True) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``known`` (up to ``n``, comma-separated; ``quoted=False``:
+    bare names), or ``""``: the one suffix every unknown-name error in tsugiki ends its first clause with."""
     close = difflib.get_close_matches(str(name), [str(k) for k in known], n=n)
-    return f"; did you mean {', '.join(repr(c) if n == 1 else c for c in close)}?" if close else ""
+    return f"; did you mean {', '.join(repr(c) if quoted else c for c in close)}?" if close else ""
 
 
 class Registry(Generic[T]):

@@ -70,7 +70,7 @@ def check_tasks(tasks: Sequence[str], include_path: str | None = None) -> None:
     known = task_manager(include_path).all_tasks
     for name in tasks:
         if name not in known:
-            hint = did_you_mean(name, known, n=3)
+            hint = did_you_mean(name, known, n=3, quoted=False)
             where = f" or in {include_path}" if include_path else " (local YAMLs: --lm-eval-include DIR)"
             raise BenchmarkError(f"lm-eval has no task {name!r} in its registry{where}{hint}")
 

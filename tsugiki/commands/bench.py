@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tsugiki.commands import images
-from tsugiki.commands.verbs import Verb
 from tsugiki.benchmarks.mgsm import EXTRACTIONS
+from tsugiki.commands import images
+from tsugiki.commands.verbs import Verb, VerbParser
 from tsugiki.engines import engine_names
 from tsugiki.merging.recipe_schema import FLOAT_DTYPES
 
@@ -210,7 +210,6 @@ SCORE_VERBS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_sc
 EVAL_VERBS: dict[str, Verb] = {"t2i": images.T2I}
 
 
-
 def register(sub: argparse._SubParsersAction,
              score_verbs: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse._SubParsersAction:
     """Add ``score``, ``eval`` and ``report``; returns ``score``'s sub-parsers (for more metrics)."""
@@ -257,7 +256,7 @@ def register(sub: argparse._SubParsersAction,
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
     # `sub` makes VerbParsers (tsugiki.commands.verbs): `tsugiki eval t2i ...` goes to the T2I verb
-    e.sub_verbs = {name: verb.build(argparse.ArgumentParser(prog=f"{e.prog} {name}", description=verb.description))
+    e.sub_verbs = {name: verb.build(VerbParser(prog=f"{e.prog} {name}", description=verb.description))
                    for name, verb in EVAL_VERBS.items()}
 
     r = sub.add_parser("report", help="merge result files into one leaderboard (Markdown, HTML)",

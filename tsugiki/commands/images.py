@@ -11,9 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
+from tsugiki.benchmarks.specs import FID_RESIZE_MODES
 from tsugiki.commands import tiny
 from tsugiki.commands.verbs import Verb
-from tsugiki.benchmarks.specs import FID_RESIZE_MODES
 from tsugiki.merging.recipe_schema import FLOAT_DTYPES
 
 

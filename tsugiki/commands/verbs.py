@@ -58,8 +58,7 @@ class Verb:
         """`tsugiki OLD` as an alias of `tsugiki NEW` (``old``, ``new``: the words after `tsugiki`; the
         last word of ``old`` is added to ``sub``). ``listed=False``: left out of the parent's list of verbs."""
         kwargs = {"help": f"(alias of tsugiki {new})"} if listed else {}
-        p = sub.add_parser(old.split()[-1], description=self.description, **kwargs)
-        self.add_arguments(p)
+        p = self.build(sub.add_parser(old.split()[-1], description=self.description, **kwargs))
         p.set_defaults(func=functools.partial(_noted, f"tsugiki: note: `tsugiki {old}` is now `tsugiki {new}`", self.run))
         return p
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+
 from tsugiki.commands import tiny
 from tsugiki.merging.recipe_schema import FLOAT_DTYPES
 

@@ -276,8 +276,8 @@ class RayBackend:
 
 
 #: ``search.backend`` names -> backend classes (each class's ``create`` makes a backend from the same arguments).
-#: :data:`tsugiki.evolution.search_config.BACKEND_NAMES` and ``tsugiki evolve --backend`` list the same names
-#: without importing this module (a cycle; torch for every command); a test checks they agree.
+#: :data:`tsugiki.evolution.search_config.BACKEND_NAMES` lists the same names for the config, which cannot import
+#: this module (it imports the config); a test checks they agree.
 BACKENDS: Registry[type] = Registry("backend")
 for _cls in (ProcessBackend, RayBackend):
     BACKENDS.register(_cls.name, _cls)

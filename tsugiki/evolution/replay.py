@@ -60,8 +60,8 @@ def improves(st: RunState, gen: int, X: list, top: tuple[float, int], row: dict,
     if score is None or (st.best is not None and not score > st.best["fitness"]):
         return False
     st.best = {"generation": gen, "index": best_i, "fitness": score, "validation": row.get("validation"),
-                  "params": problem.space.decode(X[best_i]), "x": vec(X[best_i]),
-                  **({"estimate": best_f} if by_full else {})}
+               "params": problem.space.decode(X[best_i]), "x": vec(X[best_i]),
+               **({"estimate": best_f} if by_full else {})}
     return True
 
 
@@ -76,8 +76,8 @@ def front_add(st: RunState, problem: Problem, gen: int, X: list, results: list[R
     """Add a generation's successful candidates to the run's front; the indices now on it."""
     names = problem.objective_names
     return st.front.add([{"generation": gen, "index": i, "objectives": dict(zip(names, r.objectives)),
-                             "params": problem.space.decode(X[i]), "x": vec(X[i])}
-                            for i, r in enumerate(results) if r.fitness is not None])
+                          "params": problem.space.decode(X[i]), "x": vec(X[i])}
+                         for i, r in enumerate(results) if r.fitness is not None])
 
 
 def line_result(obj: dict, names: list[str]) -> Result:
